@@ -1,0 +1,33 @@
+//! realize-core: the domain of realize, with no network and no protobuf.
+//!
+//! It holds the rules that keep files safe: path validation ([`path`]), the
+//! directory store with its partial and final files ([`store`]), hashing and
+//! rsync-style deltas ([`delta`]), the [`Service`] trait the move algorithm
+//! talks to, and the move algorithm itself ([`mover`]).
+//!
+//! This crate must never open a socket or see a protobuf type: a remote
+//! daemon reaches the algorithm through realize-net's implementation of
+//! [`Service`], and a local path through [`LocalStore`].
+//!
+//! Start reading at [`mover::move_files`].
+
+pub mod delta;
+pub mod error;
+pub mod hash;
+pub mod mover;
+pub mod path;
+pub mod service;
+pub mod store;
+
+pub use error::{ErrorCode, ServiceError, StoreError};
+pub use hash::Sha256Hash;
+pub use mover::{MoveError, MoveOptions, MoveSummary, Side, move_files};
+pub use path::{DirId, RelPath};
+pub use service::{
+    ByteRange, ByteStream, DirInfo, Entry, EntryStream, FileKind, FileStamp, HashResult, Service,
+    ServiceInfo,
+};
+pub use store::LocalStore;
+
+/// The version every realize binary and daemon reports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

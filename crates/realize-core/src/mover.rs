@@ -1,0 +1,506 @@
+//! The move algorithm: copy what the destination lacks, verify, then delete the source.
+//!
+//! For each file, in this order and never another:
+//! 1. bring the destination's partial file to the source's content, sending
+//!    only what differs (ranges whose hashes already match are skipped, the
+//!    others are patched with an rsync delta, bytes past the end are copied);
+//! 2. check that the SHA-256 of the destination equals the source's, and
+//!    that the source still has the stamp it was listed with;
+//! 3. `finish` the destination (fsync, atomic rename);
+//! 4. only then delete the source, if it still has that stamp.
+//!
+//! Any failure before step 4 leaves the source untouched, so at every
+//! instant one complete, verified copy exists.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use futures::{StreamExt, TryFutureExt, TryStreamExt, future, stream};
+use tracing::Instrument;
+
+use crate::error::{ErrorCode, ServiceError};
+use crate::hash::Sha256Hash;
+use crate::path::{DirId, RelPath};
+use crate::service::{ByteRange, ByteStream, Entry, FileKind, FileStamp, Service};
+
+/// Tuning of a move.
+#[derive(Clone, Debug)]
+pub struct MoveOptions {
+    /// Files in flight at once.
+    pub parallel: usize,
+    /// Bytes compared, diffed and patched at a time when resuming; bounds
+    /// the memory a delta needs on each side.
+    pub range_size: u64,
+    /// rsync block size of the signatures.
+    pub block_size: u32,
+}
+
+impl Default for MoveOptions {
+    fn default() -> Self {
+        MoveOptions {
+            parallel: 4,
+            range_size: 8 * 1024 * 1024,
+            block_size: 4096,
+        }
+    }
+}
+
+/// Which end of a move an error came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Destination,
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Side::Source => "source",
+            Side::Destination => "destination",
+        })
+    }
+}
+
+/// Why a move, or the move of one file, failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MoveError {
+    #[error("{side}")]
+    Service {
+        side: Side,
+        #[source]
+        source: ServiceError,
+    },
+    #[error("{side} does not serve directory {dir}")]
+    MissingDir { side: Side, dir: DirId },
+    #[error(
+        "{dir}: source and destination are the same directory, refusing to move it onto itself"
+    )]
+    SameDirectory { dir: DirId },
+    #[error(
+        "{dir}/{path}: destination hash {destination_hash} does not match source hash {source_hash}, source kept"
+    )]
+    HashMismatch {
+        dir: DirId,
+        path: RelPath,
+        source_hash: Sha256Hash,
+        destination_hash: Sha256Hash,
+    },
+    #[error("{dir}/{path}: source changed while being moved, not deleted")]
+    SourceChanged { dir: DirId, path: RelPath },
+}
+
+impl MoveError {
+    fn source(source: ServiceError) -> Self {
+        MoveError::Service {
+            side: Side::Source,
+            source,
+        }
+    }
+
+    fn destination(source: ServiceError) -> Self {
+        MoveError::Service {
+            side: Side::Destination,
+            source,
+        }
+    }
+}
+
+/// A file, or a whole directory, that could not be moved.
+#[derive(Debug)]
+pub struct Failure {
+    pub dir: DirId,
+    pub path: Option<RelPath>,
+    pub error: MoveError,
+}
+
+/// What a move did.
+#[derive(Debug, Default)]
+pub struct MoveSummary {
+    pub files_moved: u64,
+    pub files_failed: u64,
+    /// Size of the files moved.
+    pub bytes_moved: u64,
+    /// File, delta and signature bytes that crossed between the two sides.
+    pub bytes_sent: u64,
+    pub failures: Vec<Failure>,
+}
+
+/// Moves every file of `dirs` from `src` to `dst`.
+///
+/// Fails as a whole only if the two sides cannot be compared (an `info`
+/// call fails, a directory is missing, or both sides are the same
+/// directory); a file or directory that fails is recorded in
+/// [`MoveSummary::failures`] and the others go on.
+pub async fn move_files(
+    src: &dyn Service,
+    dst: &dyn Service,
+    dirs: &[DirId],
+    options: &MoveOptions,
+) -> Result<MoveSummary, MoveError> {
+    check_distinct(src, dst, dirs).await?;
+    let mut summary = MoveSummary::default();
+    for dir in dirs {
+        move_dir(src, dst, dir, options, &mut summary)
+            .instrument(tracing::info_span!("dir", %dir))
+            .await;
+    }
+    Ok(summary)
+}
+
+/// Refuses to move a directory onto itself, which would delete the only copy.
+async fn check_distinct(
+    src: &dyn Service,
+    dst: &dyn Service,
+    dirs: &[DirId],
+) -> Result<(), MoveError> {
+    let (src_info, dst_info) = future::try_join(
+        src.info().map_err(MoveError::source),
+        dst.info().map_err(MoveError::destination),
+    )
+    .await?;
+    for dir in dirs {
+        let identity = |info: &crate::ServiceInfo, side| {
+            info.dirs
+                .iter()
+                .find(|d| &d.id == dir)
+                .map(|d| d.identity.clone())
+                .ok_or_else(|| MoveError::MissingDir {
+                    side,
+                    dir: dir.clone(),
+                })
+        };
+        let src_identity = identity(&src_info, Side::Source)?;
+        let dst_identity = identity(&dst_info, Side::Destination)?;
+        if !src_identity.is_empty() && src_identity == dst_identity {
+            return Err(MoveError::SameDirectory { dir: dir.clone() });
+        }
+    }
+    Ok(())
+}
+
+/// The forms of a path present on the destination.
+#[derive(Clone, Copy, Debug, Default)]
+struct DestinationState {
+    final_stamp: Option<FileStamp>,
+    partial_stamp: Option<FileStamp>,
+}
+
+async fn move_dir(
+    src: &dyn Service,
+    dst: &dyn Service,
+    dir: &DirId,
+    options: &MoveOptions,
+    summary: &mut MoveSummary,
+) {
+    let listings = future::try_join(
+        async { src.list(dir, false).await?.try_collect::<Vec<_>>().await }
+            .map_err(MoveError::source),
+        async { dst.list(dir, true).await?.try_collect::<Vec<_>>().await }
+            .map_err(MoveError::destination),
+    )
+    .await;
+    let (src_entries, dst_entries) = match listings {
+        Ok(listings) => listings,
+        Err(error) => {
+            tracing::error!(%dir, error = %ErrorChain(&error), "cannot list directory");
+            summary.failures.push(Failure {
+                dir: dir.clone(),
+                path: None,
+                error,
+            });
+            return;
+        }
+    };
+    let mut destination: HashMap<RelPath, DestinationState> = HashMap::new();
+    for entry in dst_entries {
+        let state = destination.entry(entry.path).or_default();
+        match entry.kind {
+            FileKind::Final => state.final_stamp = Some(entry.stamp),
+            FileKind::Partial => state.partial_stamp = Some(entry.stamp),
+        }
+    }
+    let mut results = stream::iter(
+        src_entries
+            .into_iter()
+            .filter(|e| e.kind == FileKind::Final),
+    )
+    .map(|entry| {
+        let state = destination.remove(&entry.path).unwrap_or_default();
+        let span = tracing::info_span!("file", path = %entry.path);
+        async move {
+            let result = move_file(src, dst, dir, &entry, state, options).await;
+            (entry, result)
+        }
+        .instrument(span)
+    })
+    .buffer_unordered(options.parallel.max(1));
+    while let Some((entry, result)) = results.next().await {
+        match result {
+            Ok(sent) => {
+                summary.files_moved += 1;
+                summary.bytes_moved += entry.stamp.size;
+                summary.bytes_sent += sent;
+            }
+            Err(error) => {
+                tracing::error!(%dir, path = %entry.path, error = %ErrorChain(&error), "file not moved");
+                summary.files_failed += 1;
+                summary.failures.push(Failure {
+                    dir: dir.clone(),
+                    path: Some(entry.path),
+                    error,
+                });
+            }
+        }
+    }
+}
+
+/// Moves one file; returns the bytes sent between the sides.
+async fn move_file(
+    src: &dyn Service,
+    dst: &dyn Service,
+    dir: &DirId,
+    entry: &Entry,
+    state: DestinationState,
+    options: &MoveOptions,
+) -> Result<u64, MoveError> {
+    let path = &entry.path;
+    let size = entry.stamp.size;
+    let transfer = Transfer {
+        src,
+        dst,
+        dir,
+        path,
+        size,
+        options,
+    };
+    let source_hash = async {
+        let result = src
+            .hash(dir, path, FileKind::Final, None)
+            .await
+            .map_err(MoveError::source)?;
+        if result.stamp != entry.stamp {
+            return Err(MoveError::SourceChanged {
+                dir: dir.clone(),
+                path: path.clone(),
+            });
+        }
+        Ok(result.hash)
+    };
+    let destination = async {
+        // A final file of the same size may already be identical: compare
+        // hashes before sending anything.
+        if state.partial_stamp.is_none()
+            && let Some(final_stamp) = state.final_stamp
+            && final_stamp.size == size
+        {
+            let result = dst
+                .hash(dir, path, FileKind::Final, None)
+                .await
+                .map_err(MoveError::destination)?;
+            return Ok((result.hash, FileKind::Final, 0));
+        }
+        let working = match (state.partial_stamp, state.final_stamp) {
+            (Some(partial), _) => Some((FileKind::Partial, partial.size)),
+            (None, Some(final_stamp)) => Some((FileKind::Final, final_stamp.size)),
+            (None, None) => None,
+        };
+        let sent = transfer.run(working).await?;
+        Ok((transfer.destination_hash().await?, FileKind::Partial, sent))
+    };
+    let (source_hash, (mut destination_hash, kind, mut sent)) =
+        future::try_join(source_hash, destination).await?;
+    if destination_hash != source_hash && kind == FileKind::Final {
+        tracing::info!(size, "destination differs from source, overwriting it");
+        sent += transfer.run(Some((FileKind::Final, size))).await?;
+        destination_hash = transfer.destination_hash().await?;
+    }
+    if destination_hash != source_hash {
+        return Err(MoveError::HashMismatch {
+            dir: dir.clone(),
+            path: path.clone(),
+            source_hash,
+            destination_hash,
+        });
+    }
+    dst.finish(dir, path)
+        .await
+        .map_err(MoveError::destination)?;
+    src.delete(dir, path, Some(entry.stamp))
+        .await
+        .map_err(|e| match e.code() {
+            ErrorCode::FailedPrecondition => MoveError::SourceChanged {
+                dir: dir.clone(),
+                path: path.clone(),
+            },
+            _ => MoveError::source(e),
+        })?;
+    tracing::info!(size, bytes_sent = sent, sha256 = %source_hash, "moved");
+    Ok(sent)
+}
+
+/// Brings the destination's partial file to the source's content.
+struct Transfer<'a> {
+    src: &'a dyn Service,
+    dst: &'a dyn Service,
+    dir: &'a DirId,
+    path: &'a RelPath,
+    size: u64,
+    options: &'a MoveOptions,
+}
+
+impl Transfer<'_> {
+    /// `working` is the destination's working copy (form and length) if it
+    /// has one. Returns the bytes sent.
+    async fn run(&self, working: Option<(FileKind, u64)>) -> Result<u64, MoveError> {
+        let (mut kind, base_len) = working.unwrap_or((FileKind::Partial, 0));
+        let mut sent = 0;
+        let mut offset = 0;
+        while offset < self.size && offset < base_len {
+            let range = ByteRange::new(offset, (offset + self.options.range_size).min(self.size));
+            let (source, destination) = future::try_join(
+                self.src
+                    .hash(self.dir, self.path, FileKind::Final, Some(range))
+                    .map_err(MoveError::source),
+                async {
+                    if range.end > base_len {
+                        return Ok(None);
+                    }
+                    self.dst
+                        .hash(self.dir, self.path, kind, Some(range))
+                        .await
+                        .map(|r| Some(r.hash))
+                        .map_err(MoveError::destination)
+                },
+            )
+            .await?;
+            if destination != Some(source.hash) {
+                sent += self.patch(range, source.hash).await?;
+                kind = FileKind::Partial;
+            }
+            offset = range.end;
+        }
+        // Always called, even with nothing left to copy: it also sets the
+        // partial file's final size and turns a final file into a partial one.
+        sent += self.copy_range(ByteRange::new(offset, self.size)).await?;
+        tracing::debug!(bytes_sent = sent, resumed_from = base_len, "transfer done");
+        Ok(sent)
+    }
+
+    /// Patches one range with an rsync delta, checks it by SHA-256, and
+    /// falls back to copying the range if the delta did not reproduce it.
+    async fn patch(&self, range: ByteRange, expected: Sha256Hash) -> Result<u64, MoveError> {
+        let signature = self
+            .dst
+            .signature(self.dir, self.path, range, self.options.block_size)
+            .await
+            .map_err(MoveError::destination)?;
+        let signature_len = signature.len() as u64;
+        let delta = self
+            .src
+            .diff(self.dir, self.path, range, signature)
+            .await
+            .map_err(MoveError::source)?;
+        let (delta, relay) = Relay::new(delta);
+        self.dst
+            .apply_delta(self.dir, self.path, range, self.size, delta)
+            .await
+            .map_err(|e| relay.error(e))?;
+        let mut sent = signature_len + relay.bytes();
+        let patched = self
+            .dst
+            .hash(self.dir, self.path, FileKind::Partial, Some(range))
+            .await
+            .map_err(MoveError::destination)?;
+        if patched.hash != expected {
+            tracing::warn!(
+                start = range.start,
+                end = range.end,
+                "delta did not reproduce the range, copying it"
+            );
+            sent += self.copy_range(range).await?;
+        }
+        Ok(sent)
+    }
+
+    /// Copies `range` of the source and sets the destination's size.
+    async fn copy_range(&self, range: ByteRange) -> Result<u64, MoveError> {
+        let data = self
+            .src
+            .read(self.dir, self.path, range.start, Some(range.len()))
+            .await
+            .map_err(MoveError::source)?;
+        let (data, relay) = Relay::new(data);
+        self.dst
+            .write(self.dir, self.path, range.start, self.size, data)
+            .await
+            .map_err(|e| relay.error(e))?;
+        Ok(relay.bytes())
+    }
+
+    async fn destination_hash(&self) -> Result<Sha256Hash, MoveError> {
+        self.dst
+            .hash(self.dir, self.path, FileKind::Partial, None)
+            .await
+            .map(|r| r.hash)
+            .map_err(MoveError::destination)
+    }
+}
+
+/// Counts the bytes relayed from the source to the destination, and
+/// remembers whether the source failed, so an error is blamed on the right side.
+struct Relay {
+    bytes: Arc<AtomicU64>,
+    source_failed: Arc<AtomicBool>,
+}
+
+impl Relay {
+    fn new(stream: ByteStream) -> (ByteStream, Relay) {
+        let relay = Relay {
+            bytes: Arc::default(),
+            source_failed: Arc::default(),
+        };
+        let (bytes, source_failed) = (Arc::clone(&relay.bytes), Arc::clone(&relay.source_failed));
+        let stream = stream
+            .inspect(move |item| match item {
+                Ok(chunk) => {
+                    bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+                Err(_) => source_failed.store(true, Ordering::Relaxed),
+            })
+            .boxed();
+        (stream, relay)
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn error(&self, error: ServiceError) -> MoveError {
+        if self.source_failed.load(Ordering::Relaxed) {
+            MoveError::source(error)
+        } else {
+            MoveError::destination(error)
+        }
+    }
+}
+
+/// Displays an error and its causes on one line: `a: b: c`.
+#[derive(Debug)]
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

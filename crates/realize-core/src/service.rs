@@ -1,0 +1,164 @@
+//! The `Service` trait: what the move algorithm needs from each side.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+use crate::error::ServiceError;
+use crate::hash::Sha256Hash;
+use crate::path::{DirId, RelPath};
+
+/// Chunks of file or delta bytes, streamed so no call holds a whole file.
+pub type ByteStream = BoxStream<'static, Result<Bytes, ServiceError>>;
+/// Entries of a directory listing, sorted by path.
+pub type EntryStream = BoxStream<'static, Result<Entry, ServiceError>>;
+
+/// Half-open byte range `[start, end)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl ByteRange {
+    pub fn new(start: u64, end: u64) -> Self {
+        ByteRange { start, end }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.end.saturating_sub(self.start)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Which form of a file: `NAME` or `.NAME.part`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    Final,
+    Partial,
+}
+
+/// One version of a file: if any field changes, the file changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileStamp {
+    pub size: u64,
+    pub mtime_unix_nanos: i64,
+    pub inode: u64,
+}
+
+/// A file in a listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub path: RelPath,
+    pub kind: FileKind,
+    pub stamp: FileStamp,
+}
+
+/// The digest of a file or range, and the file's stamp while it was read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HashResult {
+    pub hash: Sha256Hash,
+    pub stamp: FileStamp,
+}
+
+/// A directory a service serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirInfo {
+    pub id: DirId,
+    /// Host, device and inode of the root, to detect a move onto itself.
+    pub identity: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceInfo {
+    pub version: String,
+    pub dirs: Vec<DirInfo>,
+}
+
+/// One side of a move: a local store or a remote daemon.
+///
+/// Writes go to the partial form `.NAME.part`; the "working copy" of a path
+/// is its partial file if there is one, else its final file.
+#[async_trait]
+pub trait Service: Send + Sync + std::fmt::Debug {
+    async fn info(&self) -> Result<ServiceInfo, ServiceError>;
+
+    /// Regular files under `dir`, sorted by path; partial files only if asked.
+    async fn list(&self, dir: &DirId, include_partial: bool) -> Result<EntryStream, ServiceError>;
+
+    /// Bytes of the final file from `offset`, up to `length` or the end.
+    async fn read(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<ByteStream, ServiceError>;
+
+    /// Writes `data` at `offset` of the partial file (turning a final file
+    /// into a partial one first), then sets its size to `file_size`. An error
+    /// from `data` aborts the write and is returned as is.
+    async fn write(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        offset: u64,
+        file_size: u64,
+        data: ByteStream,
+    ) -> Result<u64, ServiceError>;
+
+    /// rsync signature of `range` of the working copy; whatever part of the
+    /// range is missing is treated as empty.
+    async fn signature(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        range: ByteRange,
+        block_size: u32,
+    ) -> Result<Bytes, ServiceError>;
+
+    /// Delta turning the signed bytes into `range` of the final file.
+    async fn diff(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        range: ByteRange,
+        signature: Bytes,
+    ) -> Result<ByteStream, ServiceError>;
+
+    /// Applies a delta from [`Service::diff`] to `range` of the working copy
+    /// (which becomes partial), then sets its size to `file_size`.
+    async fn apply_delta(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        range: ByteRange,
+        file_size: u64,
+        delta: ByteStream,
+    ) -> Result<u64, ServiceError>;
+
+    /// SHA-256 of the given form of the file, or of a range of it.
+    async fn hash(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        kind: FileKind,
+        range: Option<ByteRange>,
+    ) -> Result<HashResult, ServiceError>;
+
+    /// fsyncs the partial file and renames it to its final name (fsyncs an
+    /// existing final file if there is no partial one).
+    async fn finish(&self, dir: &DirId, path: &RelPath) -> Result<(), ServiceError>;
+
+    /// Removes both forms and the parent directories left empty. With
+    /// `if_stamp`, refuses if the final file no longer has that stamp.
+    async fn delete(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        if_stamp: Option<FileStamp>,
+    ) -> Result<(), ServiceError>;
+}

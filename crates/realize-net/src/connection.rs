@@ -1,0 +1,604 @@
+//! Peer connections: the daemon's stream of authenticated TLS connections and the client channel.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument;
+
+use crate::keys::PublicKey;
+use crate::tls::SERVER_NAME;
+
+/// Accepted connections waiting for the server to pick them up; small because tonic
+/// drains the stream continuously.
+const ACCEPT_QUEUE: usize = 32;
+
+/// Pause after an accept error that is not about one connection (such as running out of
+/// file descriptors), so the loop does not spin while the condition lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Who is on the other end of a server connection; handlers get it from the request extensions.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    pub peer_id: String,
+    pub addr: SocketAddr,
+}
+
+/// A server-side connection whose TLS handshake has completed and whose peer is known.
+pub struct ServerConn<S = TcpStream> {
+    inner: tokio_rustls::server::TlsStream<S>,
+    info: PeerInfo,
+}
+
+impl<S> ServerConn<S> {
+    pub fn peer_info(&self) -> &PeerInfo {
+        &self.info
+    }
+}
+
+impl<S> std::fmt::Debug for ServerConn<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConn")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ServerConn<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ServerConn<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl<S> Connected for ServerConn<S> {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+/// Why one incoming connection was dropped; only logged, never sent to tonic.
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    // io::Error hides the rustls error from the source chain, so show it in the message.
+    #[error("{0}")]
+    Tls(io::Error),
+    #[error("client key is not among the allowed peers")]
+    UnknownKey,
+    #[error("no handshake within {0:?}")]
+    Timeout(Duration),
+    #[error("peer sent no usable certificate")]
+    NoCertificate,
+    #[error("key {0} is allowed by tls but has no peer id")]
+    NoPeerId(PublicKey),
+}
+
+/// Accepts TCP connections and yields those that complete a mutual TLS handshake with a
+/// known peer.
+///
+/// Each handshake runs in its own task under `handshake_timeout`, so a slow or silent
+/// client cannot hold up the others. Refused connections are logged and dropped. The
+/// background tasks stop once the returned stream is dropped. Must be called inside a
+/// tokio runtime.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    peers: Arc<HashMap<PublicKey, String>>,
+    handshake_timeout: Duration,
+) -> impl Stream<Item = Result<ServerConn, io::Error>> + Send + 'static {
+    let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+    let acceptor = TlsAcceptor::from(tls);
+    tokio::spawn(accept_loop(
+        listener,
+        acceptor,
+        peers,
+        handshake_timeout,
+        tx,
+    ));
+    ReceiverStream::new(rx)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    peers: Arc<HashMap<PublicKey, String>>,
+    handshake_timeout: Duration,
+    tx: mpsc::Sender<Result<ServerConn, io::Error>>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = tx.closed() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, addr) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                if !is_connection_error(&e) {
+                    tokio::select! {
+                        () = tx.closed() => return,
+                        () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                    }
+                }
+                continue;
+            }
+        };
+        let span = tracing::info_span!("accept", addr = %addr);
+        let task = accept_one(
+            acceptor.clone(),
+            tcp,
+            addr,
+            Arc::clone(&peers),
+            handshake_timeout,
+            tx.clone(),
+        );
+        tokio::spawn(task.instrument(span));
+    }
+}
+
+async fn accept_one(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    addr: SocketAddr,
+    peers: Arc<HashMap<PublicKey, String>>,
+    handshake_timeout: Duration,
+    tx: mpsc::Sender<Result<ServerConn, io::Error>>,
+) {
+    let result = tokio::time::timeout(handshake_timeout, handshake(&acceptor, tcp, addr, &peers))
+        .await
+        .unwrap_or(Err(HandshakeError::Timeout(handshake_timeout)));
+    match result {
+        Ok(conn) => {
+            tracing::info!(peer = %conn.info.peer_id, addr = %addr, "connection accepted");
+            // Fails only when the server is gone; the connection is then dropped.
+            let _ = tx.send(Ok(conn)).await;
+        }
+        Err(e) => tracing::warn!(addr = %addr, error = %e, "tls handshake refused"),
+    }
+}
+
+/// Errors that concern only the connection being accepted, after which accepting again
+/// at once is right.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}
+
+/// The server's TCP → TLS step; anything wrapping the raw stream (such as a rate limit)
+/// belongs here.
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    addr: SocketAddr,
+    peers: &HashMap<PublicKey, String>,
+) -> Result<ServerConn, HandshakeError> {
+    if let Err(e) = tcp.set_nodelay(true) {
+        // Only a latency cost, not a reason to refuse the peer.
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+    let tls = acceptor.accept(tcp).await.map_err(|e| {
+        if is_unpinned_key(&e) {
+            HandshakeError::UnknownKey
+        } else {
+            HandshakeError::Tls(e)
+        }
+    })?;
+    let key = crate::tls::peer_public_key(tls.get_ref().1).ok_or(HandshakeError::NoCertificate)?;
+    let peer_id = peers
+        .get(&key)
+        .ok_or_else(|| HandshakeError::NoPeerId(key.clone()))?
+        .clone();
+    Ok(ServerConn {
+        inner: tls,
+        info: PeerInfo { peer_id, addr },
+    })
+}
+
+/// Why the client could not open a channel to a daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("invalid server address {addr:?}")]
+    InvalidAddress {
+        addr: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("server at {addr} presented a key not in --peers")]
+    UntrustedServer {
+        addr: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("timed out connecting to {addr} after {after:?}")]
+    TimedOut {
+        addr: String,
+        after: Duration,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("cannot connect to {addr}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// Opens a gRPC channel to the daemon at `addr` (`host:port`) over mutual TLS.
+///
+/// With TLS 1.3 the server checks the client's key after the client considers the
+/// handshake done, so a daemon that does not allow this client shows up as a failure of
+/// the first call, not here.
+pub async fn connect(
+    addr: &str,
+    tls: Arc<rustls::ClientConfig>,
+    connect_timeout: Duration,
+) -> Result<Channel, ConnectError> {
+    let endpoint = Endpoint::try_from(format!("http://{addr}"))
+        .map_err(|source| ConnectError::InvalidAddress {
+            addr: addr.to_owned(),
+            source,
+        })?
+        .connect_timeout(connect_timeout);
+    let connector = TlsConnector::from(tls);
+    let target = addr.to_owned();
+    let result = endpoint
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let connector = connector.clone();
+            let target = target.clone();
+            async move { dial(&target, &connector).await.map(TokioIo::new) }
+        }))
+        .await;
+    result.map_err(|source| {
+        let addr = addr.to_owned();
+        if chain_has(&source, is_unpinned_key) {
+            ConnectError::UntrustedServer { addr, source }
+        } else if chain_has(&source, |e| e.kind() == io::ErrorKind::TimedOut) {
+            ConnectError::TimedOut {
+                addr,
+                after: connect_timeout,
+                source,
+            }
+        } else {
+            ConnectError::Connect { addr, source }
+        }
+    })
+}
+
+/// The client's TCP → TLS step; anything wrapping the raw stream (such as a rate limit)
+/// belongs here.
+async fn dial(
+    addr: &str,
+    connector: &TlsConnector,
+) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let name = ServerName::try_from(SERVER_NAME)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    connector.connect(name, tcp).await
+}
+
+fn is_unpinned_key(e: &io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| {
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure
+                )
+            )
+        })
+}
+
+/// Looks for an io::Error matching `pred` in the cause chain; io::Error's own `source`
+/// skips its payload, so each one is inspected directly.
+fn chain_has(error: &(dyn std::error::Error + 'static), pred: impl Fn(&io::Error) -> bool) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            if pred(io) {
+                return true;
+            }
+            if let Some(inner) = io.get_ref()
+                && let Some(inner_io) = inner.downcast_ref::<io::Error>()
+                && pred(inner_io)
+            {
+                return true;
+            }
+        }
+        current = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::keys::PrivateKey;
+    use crate::tls::{client_config, server_config};
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    struct Setup {
+        addr: SocketAddr,
+        server_key: PrivateKey,
+        client_key: PrivateKey,
+        conns: Pin<Box<dyn Stream<Item = Result<ServerConn, io::Error>> + Send>>,
+    }
+
+    async fn setup() -> Setup {
+        let server_key = PrivateKey::generate().unwrap();
+        let client_key = PrivateKey::generate().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tls = server_config(&server_key, [client_key.public_key()]).unwrap();
+        let peers = Arc::new(HashMap::from([(
+            client_key.public_key(),
+            "laptop".to_owned(),
+        )]));
+        let conns = Box::pin(incoming(listener, tls, peers, TIMEOUT));
+        Setup {
+            addr,
+            server_key,
+            client_key,
+            conns,
+        }
+    }
+
+    async fn tls_client(
+        addr: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(addr).await?;
+        let name = ServerName::try_from(SERVER_NAME).unwrap();
+        TlsConnector::from(config).connect(name, tcp).await
+    }
+
+    #[tokio::test]
+    async fn allowed_client_reaches_the_server_with_its_peer_id() {
+        let mut s = setup().await;
+        let config = client_config(&s.client_key, [s.server_key.public_key()]).unwrap();
+        let client = tokio::spawn(async move {
+            let mut tls = tls_client(s.addr, config).await?;
+            tls.write_all(b"ping").await?;
+            let mut reply = [0u8; 4];
+            tls.read_exact(&mut reply).await?;
+            io::Result::Ok(reply)
+        });
+        let mut conn = s.conns.next().await.unwrap().unwrap();
+        assert_eq!(conn.peer_info().peer_id, "laptop");
+        assert_eq!(conn.connect_info().addr.ip(), s.addr.ip());
+        let mut buf = [0u8; 4];
+        conn.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        conn.write_all(b"pong").await.unwrap();
+        conn.flush().await.unwrap();
+        assert_eq!(&client.await.unwrap().unwrap(), b"pong");
+    }
+
+    #[tokio::test]
+    async fn refused_connections_do_not_block_later_ones() {
+        let mut s = setup().await;
+        // Garbage on the port, then a client with an unknown key, then a good client:
+        // only the good one may come out of the stream.
+        let mut garbage = TcpStream::connect(s.addr).await.unwrap();
+        garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let intruder = PrivateKey::generate().unwrap();
+        let intruder_config = client_config(&intruder, [s.server_key.public_key()]).unwrap();
+        let intruder_result = async {
+            let mut tls = tls_client(s.addr, intruder_config).await?;
+            tls.write_all(b"x").await?;
+            tls.flush().await?;
+            let mut buf = [0u8; 1];
+            tls.read_exact(&mut buf).await?;
+            io::Result::Ok(())
+        }
+        .await;
+        assert!(intruder_result.is_err(), "intruder got through");
+        let mut rest = Vec::new();
+        // The server closes the garbage connection rather than leaving it hanging.
+        garbage.read_to_end(&mut rest).await.ok();
+
+        let config = client_config(&s.client_key, [s.server_key.public_key()]).unwrap();
+        let _client = tls_client(s.addr, config).await.unwrap();
+        let conn = s.conns.next().await.unwrap().unwrap();
+        assert_eq!(conn.peer_info().peer_id, "laptop");
+    }
+
+    #[tokio::test]
+    async fn client_pinned_to_another_key_refuses_the_server() {
+        let s = setup().await;
+        let other = PrivateKey::generate().unwrap();
+        let config = client_config(&s.client_key, [other.public_key()]).unwrap();
+        let err = tls_client(s.addr, config).await.unwrap_err();
+        assert!(is_unpinned_key(&err), "{err}");
+    }
+
+    #[tokio::test]
+    async fn silent_client_times_out_without_blocking_others() {
+        let server_key = PrivateKey::generate().unwrap();
+        let client_key = PrivateKey::generate().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tls = server_config(&server_key, [client_key.public_key()]).unwrap();
+        let peers = Arc::new(HashMap::from([(
+            client_key.public_key(),
+            "laptop".to_owned(),
+        )]));
+        let mut conns = Box::pin(incoming(listener, tls, peers, Duration::from_millis(200)));
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+
+        let config = client_config(&client_key, [server_key.public_key()]).unwrap();
+        let _client = tls_client(addr, config).await.unwrap();
+        assert_eq!(
+            conns.next().await.unwrap().unwrap().peer_info().peer_id,
+            "laptop"
+        );
+
+        // The server hangs up on the silent client once its handshake time is over.
+        let mut buf = Vec::new();
+        let n = tokio::time::timeout(TIMEOUT, silent.read_to_end(&mut buf))
+            .await
+            .expect("server never closed the silent connection");
+        assert!(n.is_err() || buf.is_empty());
+    }
+
+    #[tokio::test]
+    async fn dropping_the_stream_stops_accepting() {
+        let s = setup().await;
+        drop(s.conns);
+        // Once the accept loop has seen the receiver go, the listener is closed and
+        // connecting is refused; poll until then rather than sleeping a fixed time.
+        let refused = tokio::time::timeout(TIMEOUT, async {
+            loop {
+                match TcpStream::connect(s.addr).await {
+                    Err(_) => break,
+                    Ok(_) => tokio::task::yield_now().await,
+                }
+            }
+        })
+        .await;
+        assert!(
+            refused.is_ok(),
+            "listener still open after the stream was dropped"
+        );
+    }
+
+    async fn serve(s: Setup) -> (SocketAddr, PrivateKey, PrivateKey) {
+        let Setup {
+            addr,
+            server_key,
+            client_key,
+            conns,
+        } = s;
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_routes(tonic::service::Routes::default())
+                .serve_with_incoming(conns),
+        );
+        (addr, server_key, client_key)
+    }
+
+    async fn call(channel: Channel) -> Result<http::StatusCode, tonic::transport::Error> {
+        use tower::ServiceExt;
+        let request = http::Request::builder()
+            .uri("http://realize/realize.v1.Test/Nothing")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(tonic::body::Body::empty())
+            .unwrap();
+        let response = channel.oneshot(request).await?;
+        Ok(response.status())
+    }
+
+    #[tokio::test]
+    async fn grpc_channel_over_pinned_tls() {
+        let (addr, server_key, client_key) = serve(setup().await).await;
+        let config = client_config(&client_key, [server_key.public_key()]).unwrap();
+        let channel = connect(&addr.to_string(), config, TIMEOUT).await.unwrap();
+        // An unknown method still gets an HTTP 200 with a grpc-status, proving h2 over TLS works.
+        assert_eq!(call(channel).await.unwrap(), http::StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn grpc_connect_to_untrusted_server_names_the_problem() {
+        let (addr, _server_key, client_key) = serve(setup().await).await;
+        let other = PrivateKey::generate().unwrap();
+        let config = client_config(&client_key, [other.public_key()]).unwrap();
+        let err = connect(&addr.to_string(), config, TIMEOUT)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ConnectError::UntrustedServer { .. }),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("server at {addr} presented a key not in --peers")
+        );
+    }
+
+    #[tokio::test]
+    async fn grpc_intruder_fails_at_first_call() {
+        let (addr, server_key, _client_key) = serve(setup().await).await;
+        let intruder = PrivateKey::generate().unwrap();
+        let config = client_config(&intruder, [server_key.public_key()]).unwrap();
+        let result = match connect(&addr.to_string(), config, TIMEOUT).await {
+            Ok(channel) => call(channel).await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        assert!(result.is_err(), "intruder got an answer");
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_a_connect_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let key = PrivateKey::generate().unwrap();
+        let config = client_config(&key, [key.public_key()]).unwrap();
+        let err = connect(&addr.to_string(), config, TIMEOUT)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ConnectError::Connect { .. }), "{err:?}");
+        assert_eq!(err.to_string(), format!("cannot connect to {addr}"));
+    }
+}

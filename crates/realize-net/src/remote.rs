@@ -1,0 +1,297 @@
+//! `RemoteService`: realize-core's `Service`, implemented by gRPC calls to a daemon.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::channel::oneshot;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt, TryStreamExt, future, ready, stream};
+use realize_core::{
+    ByteRange, ByteStream, DirId, EntryStream, FileKind, FileStamp, HashResult, RelPath, Service,
+    ServiceError, ServiceInfo,
+};
+use realize_proto::{error_from_status, pb};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tonic::transport::Channel;
+
+type Client = pb::realize_client::RealizeClient<Channel>;
+
+/// A daemon reached over one gRPC channel.
+#[derive(Clone, Debug)]
+pub struct RemoteService {
+    client: Client,
+}
+
+impl RemoteService {
+    pub fn new(channel: Channel) -> Self {
+        RemoteService {
+            client: Client::new(channel),
+        }
+    }
+
+    fn client(&self) -> Client {
+        self.client.clone()
+    }
+}
+
+fn protocol(error: realize_proto::WireError) -> ServiceError {
+    ServiceError::Protocol(error.to_string())
+}
+
+/// Maps a server stream of messages into a stream of core values.
+fn map_stream<M, T>(
+    messages: tonic::Streaming<M>,
+    convert: impl Fn(M) -> Result<T, ServiceError> + Send + 'static,
+) -> BoxStream<'static, Result<T, ServiceError>>
+where
+    M: Send + 'static,
+    T: Send + 'static,
+{
+    messages
+        .map_err(error_from_status)
+        .and_then(move |m| future::ready(convert(m)))
+        .boxed()
+}
+
+/// The outgoing half of a client-streaming call: `header`, then `data`.
+///
+/// An error in `data` must abort the call rather than end the stream,
+/// since a cleanly ended stream tells the server the data is complete. So
+/// the stream stalls on error and hands the error to the returned receiver;
+/// the caller then drops the call, which resets the HTTP/2 stream.
+fn client_stream<M: Send + 'static>(
+    header: M,
+    data: ByteStream,
+    to_message: fn(Bytes) -> M,
+) -> (
+    impl Stream<Item = M> + Send + 'static,
+    oneshot::Receiver<ServiceError>,
+) {
+    let (error_tx, error_rx) = oneshot::channel();
+    let body = Body {
+        data,
+        to_message,
+        error_tx: Some(error_tx),
+    };
+    (stream::once(future::ready(header)).chain(body), error_rx)
+}
+
+struct Body<M> {
+    data: ByteStream,
+    to_message: fn(Bytes) -> M,
+    /// Taken when `data` fails; from then on the stream stays pending.
+    error_tx: Option<oneshot::Sender<ServiceError>>,
+}
+
+impl<M> Stream for Body<M> {
+    type Item = M;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<M>> {
+        if self.error_tx.is_none() {
+            return Poll::Pending;
+        }
+        match ready!(self.data.poll_next_unpin(cx)) {
+            Some(Ok(chunk)) => Poll::Ready(Some((self.to_message)(chunk))),
+            Some(Err(error)) => {
+                if let Some(tx) = self.error_tx.take() {
+                    // The receiver only goes away once the call is over.
+                    let _ = tx.send(error);
+                }
+                Poll::Pending
+            }
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+#[async_trait]
+impl Service for RemoteService {
+    async fn info(&self) -> Result<ServiceInfo, ServiceError> {
+        let response = self
+            .client()
+            .info(pb::InfoRequest {})
+            .await
+            .map_err(error_from_status)?;
+        ServiceInfo::try_from(response.into_inner()).map_err(protocol)
+    }
+
+    async fn list(&self, dir: &DirId, include_partial: bool) -> Result<EntryStream, ServiceError> {
+        let response = self
+            .client()
+            .list(pb::ListRequest {
+                dir: dir.to_string(),
+                include_partial,
+            })
+            .await
+            .map_err(error_from_status)?;
+        Ok(map_stream(response.into_inner(), |m| {
+            m.try_into().map_err(protocol)
+        }))
+    }
+
+    async fn read(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<ByteStream, ServiceError> {
+        let response = self
+            .client()
+            .read(pb::ReadRequest {
+                dir: dir.to_string(),
+                path: path.to_string(),
+                offset,
+                length,
+            })
+            .await
+            .map_err(error_from_status)?;
+        Ok(map_stream(response.into_inner(), |m| Ok(m.data)))
+    }
+
+    async fn write(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        offset: u64,
+        file_size: u64,
+        data: ByteStream,
+    ) -> Result<u64, ServiceError> {
+        use pb::write_request::Message;
+        let header = pb::WriteRequest {
+            message: Some(Message::Header(pb::WriteHeader {
+                dir: dir.to_string(),
+                path: path.to_string(),
+                offset,
+                file_size,
+            })),
+        };
+        let (outgoing, data_error) = client_stream(header, data, |chunk| pb::WriteRequest {
+            message: Some(Message::Data(chunk)),
+        });
+        let mut client = self.client();
+        tokio::select! {
+            response = client.write(outgoing) => {
+                Ok(response.map_err(error_from_status)?.into_inner().bytes_written)
+            }
+            Ok(error) = data_error => Err(error),
+        }
+    }
+
+    async fn signature(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        range: ByteRange,
+        block_size: u32,
+    ) -> Result<Bytes, ServiceError> {
+        let response = self
+            .client()
+            .signature(pb::SignatureRequest {
+                dir: dir.to_string(),
+                path: path.to_string(),
+                range: Some(range.into()),
+                block_size,
+            })
+            .await
+            .map_err(error_from_status)?;
+        Ok(response.into_inner().signature)
+    }
+
+    async fn diff(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        range: ByteRange,
+        signature: Bytes,
+    ) -> Result<ByteStream, ServiceError> {
+        let response = self
+            .client()
+            .diff(pb::DiffRequest {
+                dir: dir.to_string(),
+                path: path.to_string(),
+                range: Some(range.into()),
+                signature,
+            })
+            .await
+            .map_err(error_from_status)?;
+        Ok(map_stream(response.into_inner(), |m| Ok(m.delta)))
+    }
+
+    async fn apply_delta(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        range: ByteRange,
+        file_size: u64,
+        delta: ByteStream,
+    ) -> Result<u64, ServiceError> {
+        use pb::apply_delta_request::Message;
+        let header = pb::ApplyDeltaRequest {
+            message: Some(Message::Header(pb::ApplyDeltaHeader {
+                dir: dir.to_string(),
+                path: path.to_string(),
+                range: Some(range.into()),
+                file_size,
+            })),
+        };
+        let (outgoing, delta_error) = client_stream(header, delta, |chunk| pb::ApplyDeltaRequest {
+            message: Some(Message::Delta(chunk)),
+        });
+        let mut client = self.client();
+        tokio::select! {
+            response = client.apply_delta(outgoing) => {
+                Ok(response.map_err(error_from_status)?.into_inner().bytes_written)
+            }
+            Ok(error) = delta_error => Err(error),
+        }
+    }
+
+    async fn hash(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        kind: FileKind,
+        range: Option<ByteRange>,
+    ) -> Result<HashResult, ServiceError> {
+        let response = self
+            .client()
+            .hash(pb::HashRequest {
+                dir: dir.to_string(),
+                path: path.to_string(),
+                range: range.map(Into::into),
+                kind: pb::FileKind::from(kind).into(),
+            })
+            .await
+            .map_err(error_from_status)?;
+        HashResult::try_from(response.into_inner()).map_err(protocol)
+    }
+
+    async fn finish(&self, dir: &DirId, path: &RelPath) -> Result<(), ServiceError> {
+        self.client()
+            .finish(pb::FinishRequest {
+                dir: dir.to_string(),
+                path: path.to_string(),
+            })
+            .await
+            .map_err(error_from_status)?;
+        Ok(())
+    }
+
+    async fn delete(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        if_stamp: Option<FileStamp>,
+    ) -> Result<(), ServiceError> {
+        self.client()
+            .delete(pb::DeleteRequest {
+                dir: dir.to_string(),
+                path: path.to_string(),
+                if_stamp: if_stamp.map(Into::into),
+            })
+            .await
+            .map_err(error_from_status)?;
+        Ok(())
+    }
+}
