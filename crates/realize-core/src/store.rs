@@ -441,7 +441,7 @@ impl Service for LocalStore {
         let mut file = r.open(FileKind::Final).await?;
         let size = file.metadata().await.map_err(r.io("stat"))?.len();
         let end = match length {
-            Some(len) => offset.checked_add(len).unwrap_or(u64::MAX),
+            Some(len) => offset.saturating_add(len),
             None => size.max(offset),
         };
         if end > size {
@@ -491,16 +491,25 @@ impl Service for LocalStore {
             .await
             .map_err(r.io("seek"))?;
         let mut written = 0u64;
-        while let Some(chunk) = data.next().await {
-            let chunk = chunk?;
-            if offset + written + chunk.len() as u64 > file_size {
-                return Err(r
-                    .invalid(format!("data goes past the file size {file_size}"))
-                    .into());
+        let copied: Result<(), ServiceError> = async {
+            while let Some(chunk) = data.next().await {
+                let chunk = chunk?;
+                if offset + written + chunk.len() as u64 > file_size {
+                    return Err(r
+                        .invalid(format!("data goes past the file size {file_size}"))
+                        .into());
+                }
+                file.write_all(&chunk).await.map_err(r.io("write"))?;
+                written += chunk.len() as u64;
             }
-            file.write_all(&chunk).await.map_err(r.io("write"))?;
-            written += chunk.len() as u64;
+            Ok(())
         }
+        .await;
+        // tokio writes in the background: flush even when aborting, so what was
+        // written is on the file before the next call touches it.
+        let flushed = file.flush().await.map_err(r.io("write"));
+        copied?;
+        flushed?;
         file.set_len(file_size).await.map_err(r.io("set length"))?;
         file.flush().await.map_err(r.io("write"))?;
         Ok(written)

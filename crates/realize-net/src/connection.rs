@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::Stream;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -263,6 +263,12 @@ pub enum ConnectError {
         #[source]
         source: tonic::transport::Error,
     },
+    #[error("daemon at {addr} refused our key: it is not among the daemon's [peers]")]
+    RefusedByServer {
+        addr: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
     #[error("timed out connecting to {addr} after {after:?}")]
     TimedOut {
         addr: String,
@@ -281,8 +287,9 @@ pub enum ConnectError {
 /// Opens a gRPC channel to the daemon at `addr` (`host:port`) over mutual TLS.
 ///
 /// With TLS 1.3 the server checks the client's key after the client considers the
-/// handshake done, so a daemon that does not allow this client shows up as a failure of
-/// the first call, not here.
+/// handshake done, so [`dial`] waits for the daemon's first bytes: a daemon that does
+/// not allow this client closes the connection instead, and that is reported here as
+/// [`ConnectError::RefusedByServer`] rather than as a puzzling failure of the first call.
 pub async fn connect(
     addr: &str,
     tls: Arc<rustls::ClientConfig>,
@@ -307,6 +314,11 @@ pub async fn connect(
         let addr = addr.to_owned();
         if chain_has(&source, is_unpinned_key) {
             ConnectError::UntrustedServer { addr, source }
+        } else if chain_has(&source, |e| {
+            e.get_ref()
+                .is_some_and(|inner| inner.is::<ClosedAfterHandshake>())
+        }) {
+            ConnectError::RefusedByServer { addr, source }
         } else if chain_has(&source, |e| e.kind() == io::ErrorKind::TimedOut) {
             ConnectError::TimedOut {
                 addr,
@@ -321,15 +333,98 @@ pub async fn connect(
 
 /// The client's TCP → TLS step; anything wrapping the raw stream (such as a rate limit)
 /// belongs here.
-async fn dial(
-    addr: &str,
-    connector: &TlsConnector,
-) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+///
+/// It returns only once the daemon has sent its first bytes (the HTTP/2 settings it
+/// sends unprompted), which proves the daemon accepted our key.
+async fn dial(addr: &str, connector: &TlsConnector) -> io::Result<ClientConn> {
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     let name = ServerName::try_from(SERVER_NAME)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    connector.connect(name, tcp).await
+    let mut tls = connector.connect(name, tcp).await?;
+    let mut first = vec![0u8; FIRST_READ];
+    match tls.read(&mut first).await {
+        Ok(0) | Err(_) => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            ClosedAfterHandshake,
+        )),
+        Ok(n) => {
+            first.truncate(n);
+            Ok(ClientConn {
+                unread: first,
+                position: 0,
+                inner: tls,
+            })
+        }
+    }
+}
+
+/// Enough for the daemon's HTTP/2 settings frame.
+const FIRST_READ: usize = 4096;
+
+/// The daemon closed the connection (with an alert, a reset or EOF) right after the
+/// handshake: that is how a TLS 1.3 server refuses a client certificate.
+#[derive(Debug, thiserror::Error)]
+#[error("connection closed right after the TLS handshake")]
+struct ClosedAfterHandshake;
+
+/// A client TLS stream that first replays the bytes [`dial`] read to check the daemon
+/// accepted us.
+struct ClientConn {
+    unread: Vec<u8>,
+    position: usize,
+    inner: tokio_rustls::client::TlsStream<TcpStream>,
+}
+
+impl AsyncRead for ClientConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.position < self.unread.len() {
+            let n = buf.remaining().min(self.unread.len() - self.position);
+            let start = self.position;
+            buf.put_slice(&self.unread[start..start + n]);
+            self.position += n;
+            if self.position == self.unread.len() {
+                self.unread = Vec::new();
+                self.position = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ClientConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
 
 fn is_unpinned_key(e: &io::Error) -> bool {
@@ -577,15 +672,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn grpc_intruder_fails_at_first_call() {
+    async fn grpc_intruder_is_refused_at_connect() {
         let (addr, server_key, _client_key) = serve(setup().await).await;
         let intruder = PrivateKey::generate().unwrap();
         let config = client_config(&intruder, [server_key.public_key()]).unwrap();
-        let result = match connect(&addr.to_string(), config, TIMEOUT).await {
-            Ok(channel) => call(channel).await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        assert!(result.is_err(), "intruder got an answer");
+        let err = connect(&addr.to_string(), config, TIMEOUT)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ConnectError::RefusedByServer { .. }),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("daemon at {addr} refused our key: it is not among the daemon's [peers]")
+        );
     }
 
     #[tokio::test]

@@ -1,1 +1,855 @@
+//! Tests of the directory store against real temporary directories.
 
+use std::os::unix::fs::symlink;
+use std::path::Path;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt, stream};
+
+use super::LocalStore;
+use crate::delta::MAX_RANGE;
+use crate::error::{ErrorCode, ServiceError};
+use crate::hash::Sha256Hash;
+use crate::path::{DirId, RelPath};
+use crate::service::{ByteRange, ByteStream, FileKind, Service};
+
+fn dir() -> DirId {
+    DirId::new("d").unwrap()
+}
+
+fn rel(path: &str) -> RelPath {
+    RelPath::new(path).unwrap()
+}
+
+fn store(root: &Path) -> LocalStore {
+    LocalStore::new([(dir(), root.to_path_buf())])
+}
+
+fn write_file(root: &Path, rel: &str, bytes: &[u8]) {
+    let path = root.join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn read_file(root: &Path, rel: &str) -> Vec<u8> {
+    std::fs::read(root.join(rel)).unwrap()
+}
+
+fn exists(root: &Path, rel: &str) -> bool {
+    root.join(rel).symlink_metadata().is_ok()
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), different for each seed.
+fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+        })
+        .collect()
+}
+
+/// A stream of the given chunks.
+fn chunks<I: IntoIterator<Item = Vec<u8>>>(chunks: I) -> ByteStream {
+    let chunks: Vec<_> = chunks.into_iter().map(|c| Ok(Bytes::from(c))).collect();
+    stream::iter(chunks).boxed()
+}
+
+async fn collect(data: ByteStream) -> Result<Vec<u8>, ServiceError> {
+    let parts: Vec<Bytes> = data.try_collect().await?;
+    Ok(parts.concat())
+}
+
+/// The code of an error the call must have returned.
+fn code<T>(result: Result<T, ServiceError>) -> ErrorCode {
+    match result {
+        Ok(_) => panic!("expected an error, got Ok"),
+        Err(e) => e.code(),
+    }
+}
+
+/// Every path under `root`, files and directories, relative and sorted.
+fn tree(root: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for item in std::fs::read_dir(dir).unwrap() {
+            let item = item.unwrap();
+            let path = item.path();
+            out.push(path.strip_prefix(root).unwrap().display().to_string());
+            if item.file_type().unwrap().is_dir() {
+                walk(root, &path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+async fn list(store: &LocalStore, include_partial: bool) -> Vec<(String, FileKind, u64)> {
+    store
+        .list(&dir(), include_partial)
+        .await
+        .unwrap()
+        .map_ok(|e| (e.path.to_string(), e.kind, e.stamp.size))
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+// ---------------------------------------------------------------- list
+
+#[tokio::test]
+async fn list_walks_nested_dirs_sorted_and_skips_what_does_not_move() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    write_file(root, "b.txt", b"bbb");
+    write_file(root, "a/z.txt", &[7; 10]);
+    write_file(root, "a/b/c.txt", b"hello");
+    write_file(root, "a.txt", b"a");
+    write_file(root, "empty", b"");
+    write_file(root, "a/.p.part", &[1; 7]);
+    write_file(root, "x", b"final");
+    write_file(root, ".x.part", b"partial!");
+    symlink(root.join("b.txt"), root.join("link-to-file")).unwrap();
+    symlink(root.join("a"), root.join("link-to-dir")).unwrap();
+    std::fs::create_dir(root.join("only-links")).unwrap();
+    symlink(root.join("b.txt"), root.join("only-links/l")).unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(root.join("fifo"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let store = store(root);
+
+    let finals = vec![
+        ("a.txt".to_string(), FileKind::Final, 1),
+        ("a/b/c.txt".to_string(), FileKind::Final, 5),
+        ("a/z.txt".to_string(), FileKind::Final, 10),
+        ("b.txt".to_string(), FileKind::Final, 3),
+        ("empty".to_string(), FileKind::Final, 0),
+        ("x".to_string(), FileKind::Final, 5),
+    ];
+    assert_eq!(list(&store, false).await, finals);
+
+    let all = vec![
+        ("a.txt".to_string(), FileKind::Final, 1),
+        ("a/b/c.txt".to_string(), FileKind::Final, 5),
+        ("a/p".to_string(), FileKind::Partial, 7),
+        ("a/z.txt".to_string(), FileKind::Final, 10),
+        ("b.txt".to_string(), FileKind::Final, 3),
+        ("empty".to_string(), FileKind::Final, 0),
+        ("x".to_string(), FileKind::Final, 5),
+        ("x".to_string(), FileKind::Partial, 8),
+    ];
+    assert_eq!(list(&store, true).await, all);
+}
+
+#[tokio::test]
+async fn list_is_sorted_by_path_in_a_larger_tree() {
+    let root = tempfile::tempdir().unwrap();
+    let names = [
+        "z",
+        "a-b",
+        "a/b",
+        "a.b",
+        "a0",
+        "A",
+        "m/n/o/p",
+        "m/n-o",
+        "m/n/o.q",
+        "_",
+        "m/.n.part",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        write_file(root.path(), name, &random_bytes(i as u64, i * 3));
+    }
+    let listed = list(&store(root.path()), true).await;
+    assert_eq!(listed.len(), names.len());
+    let paths: Vec<&str> = listed.iter().map(|(p, _, _)| p.as_str()).collect();
+    let mut sorted = paths.clone();
+    sorted.sort();
+    assert_eq!(paths, sorted);
+}
+
+#[tokio::test]
+async fn list_of_an_unknown_dir_is_invalid_argument() {
+    let root = tempfile::tempdir().unwrap();
+    let store = store(root.path());
+    let other = DirId::new("other").unwrap();
+    assert_eq!(
+        code(store.list(&other, false).await),
+        ErrorCode::InvalidArgument
+    );
+}
+
+// ---------------------------------------------------------------- write
+
+#[tokio::test]
+async fn write_creates_the_partial_file_and_its_parents_never_the_final_one() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let store = store(root);
+    let data = random_bytes(1, 3000);
+    let written = store
+        .write(
+            &dir(),
+            &rel("x/y/f.bin"),
+            0,
+            3000,
+            chunks([data[..1000].to_vec(), data[1000..].to_vec()]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(written, 3000);
+    assert_eq!(read_file(root, "x/y/.f.bin.part"), data);
+    assert!(!exists(root, "x/y/f.bin"));
+    assert_eq!(tree(root), ["x", "x/y", "x/y/.f.bin.part"]);
+
+    // A second write continues the same partial file.
+    let more = random_bytes(2, 500);
+    store
+        .write(
+            &dir(),
+            &rel("x/y/f.bin"),
+            3000,
+            3500,
+            chunks([more.clone()]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(read_file(root, "x/y/.f.bin.part"), [data, more].concat());
+    assert!(!exists(root, "x/y/f.bin"));
+}
+
+#[tokio::test]
+async fn write_past_the_file_size_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let store = store(root);
+    let result = store
+        .write(&dir(), &rel("f"), 0, 10, chunks([vec![1; 6], vec![2; 6]]))
+        .await;
+    assert_eq!(code(result), ErrorCode::InvalidArgument);
+    let result = store
+        .write(&dir(), &rel("g"), 11, 10, chunks([Vec::new()]))
+        .await;
+    assert_eq!(code(result), ErrorCode::InvalidArgument);
+    assert!(!exists(root, "f"));
+    assert!(!exists(root, "g"));
+    assert!(!exists(root, ".g.part"));
+}
+
+#[tokio::test]
+async fn write_turns_an_existing_final_file_into_the_partial_file() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let original = random_bytes(3, 100);
+    write_file(root, "sub/f", &original);
+    let store = store(root);
+    store
+        .write(&dir(), &rel("sub/f"), 10, 100, chunks([b"XY".to_vec()]))
+        .await
+        .unwrap();
+    assert!(!exists(root, "sub/f"));
+    let mut expected = original;
+    expected[10..12].copy_from_slice(b"XY");
+    assert_eq!(read_file(root, "sub/.f.part"), expected);
+}
+
+#[tokio::test]
+async fn write_sets_the_length_to_file_size_at_the_end() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let store = store(root);
+    write_file(root, ".f.part", &random_bytes(4, 100));
+    let head = random_bytes(5, 10);
+    store
+        .write(&dir(), &rel("f"), 0, 10, chunks([head.clone()]))
+        .await
+        .unwrap();
+    assert_eq!(read_file(root, ".f.part"), head);
+
+    // Nothing to write but a larger size: extended with zeros.
+    store
+        .write(&dir(), &rel("f"), 10, 50, chunks([]))
+        .await
+        .unwrap();
+    let mut expected = head;
+    expected.resize(50, 0);
+    assert_eq!(read_file(root, ".f.part"), expected);
+}
+
+#[tokio::test]
+async fn an_error_in_the_data_aborts_the_write_as_is() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let store = store(root);
+    let head = random_bytes(6, 100);
+    let data = stream::iter([
+        Ok(Bytes::from(head.clone())),
+        Err(ServiceError::Protocol("boom".into())),
+        Ok(Bytes::from(vec![9; 100])),
+    ])
+    .boxed();
+    let result = store.write(&dir(), &rel("f"), 0, 1000, data).await;
+    assert!(
+        matches!(&result, Err(ServiceError::Protocol(m)) if m == "boom"),
+        "{result:?}"
+    );
+    // The size was not set to file_size: only what was written is there.
+    assert_eq!(read_file(root, ".f.part"), head);
+    assert!(!exists(root, "f"));
+}
+
+/// When `write` returns, whatever it wrote must be on disk: a write still
+/// in flight would land after the caller has moved on (and after a retry).
+#[tokio::test]
+async fn an_aborted_write_has_finished_writing_when_it_returns() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let store = store(root);
+    // Larger than tokio's 2 MiB file buffer, so part of it is written in
+    // the background.
+    let head = random_bytes(7, 4 * 1024 * 1024 + 123);
+    let data = stream::iter([
+        Ok(Bytes::from(head.clone())),
+        Err(ServiceError::Protocol("boom".into())),
+    ])
+    .boxed();
+    let result = store
+        .write(&dir(), &rel("f"), 0, 8 * 1024 * 1024, data)
+        .await;
+    assert!(matches!(result, Err(ServiceError::Protocol(_))));
+    let on_disk = read_file(root, ".f.part");
+    assert_eq!(on_disk.len(), head.len());
+    assert!(on_disk == head);
+}
+
+// ---------------------------------------------------------------- finish
+
+#[tokio::test]
+async fn finish_renames_the_partial_file_to_the_final_name() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let data = random_bytes(8, 1000);
+    write_file(root, "a/.f.part", &data);
+    write_file(root, "a/f", b"old final, replaced");
+    let store = store(root);
+    store.finish(&dir(), &rel("a/f")).await.unwrap();
+    assert_eq!(read_file(root, "a/f"), data);
+    assert!(!exists(root, "a/.f.part"));
+}
+
+#[tokio::test]
+async fn finish_of_a_final_file_alone_leaves_it() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    write_file(root, "f", b"done");
+    let store = store(root);
+    store.finish(&dir(), &rel("f")).await.unwrap();
+    assert_eq!(read_file(root, "f"), b"done");
+    assert_eq!(tree(root), ["f"]);
+}
+
+#[tokio::test]
+async fn finish_of_nothing_is_not_found() {
+    let root = tempfile::tempdir().unwrap();
+    let store = store(root.path());
+    assert_eq!(
+        code(store.finish(&dir(), &rel("a/f")).await),
+        ErrorCode::NotFound
+    );
+    assert!(tree(root.path()).is_empty());
+}
+
+// ---------------------------------------------------------------- delete
+
+#[tokio::test]
+async fn delete_removes_both_forms_and_the_parents_left_empty() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    write_file(root, "a/b/c/f", b"final");
+    write_file(root, "a/b/c/.f.part", b"partial");
+    write_file(root, "a/keep", b"keep");
+    let store = store(root);
+    store.delete(&dir(), &rel("a/b/c/f"), None).await.unwrap();
+    assert_eq!(tree(root), ["a", "a/keep"]);
+
+    store.delete(&dir(), &rel("a/keep"), None).await.unwrap();
+    // The root itself stays, even empty.
+    assert!(root.is_dir());
+    assert!(tree(root).is_empty());
+}
+
+#[tokio::test]
+async fn delete_of_nothing_is_ok() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    write_file(root, "other", b"x");
+    let store = store(root);
+    store.delete(&dir(), &rel("f"), None).await.unwrap();
+    store.delete(&dir(), &rel("no/such/f"), None).await.unwrap();
+    assert_eq!(tree(root), ["other"]);
+}
+
+#[tokio::test]
+async fn delete_with_a_stale_stamp_is_refused_and_deletes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    write_file(root, "sub/f", b"version 1");
+    write_file(root, "sub/.f.part", b"partial");
+    let store = store(root);
+    let stamp = store
+        .hash(&dir(), &rel("sub/f"), FileKind::Final, None)
+        .await
+        .unwrap()
+        .stamp;
+    write_file(root, "sub/f", b"version 2, longer");
+    let result = store.delete(&dir(), &rel("sub/f"), Some(stamp)).await;
+    assert_eq!(code(result), ErrorCode::FailedPrecondition);
+    assert_eq!(read_file(root, "sub/f"), b"version 2, longer");
+    assert_eq!(read_file(root, "sub/.f.part"), b"partial");
+
+    // With the current stamp it goes through.
+    let stamp = store
+        .hash(&dir(), &rel("sub/f"), FileKind::Final, None)
+        .await
+        .unwrap()
+        .stamp;
+    store
+        .delete(&dir(), &rel("sub/f"), Some(stamp))
+        .await
+        .unwrap();
+    assert!(tree(root).is_empty());
+}
+
+// ---------------------------------------------------------------- hash
+
+#[tokio::test]
+async fn hash_of_a_file_and_of_ranges_is_the_sha256_of_those_bytes() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    // Larger than the 1 MiB hash buffer, so it is hashed in several reads.
+    let data = random_bytes(9, 2 * 1024 * 1024 + 17);
+    write_file(root, "f", &data);
+    write_file(root, "empty", b"");
+    let store = store(root);
+    let check = |range: Option<(usize, usize)>| {
+        let store = store.clone();
+        let data = &data;
+        async move {
+            let expected = match range {
+                Some((start, end)) => Sha256Hash::of(&data[start..end]),
+                None => Sha256Hash::of(data),
+            };
+            let range = range.map(|(s, e)| ByteRange::new(s as u64, e as u64));
+            let got = store
+                .hash(&dir(), &rel("f"), FileKind::Final, range)
+                .await
+                .unwrap();
+            assert_eq!(got.hash, expected, "{range:?}");
+            assert_eq!(got.stamp.size, data.len() as u64);
+        }
+    };
+    check(None).await;
+    check(Some((0, data.len()))).await;
+    check(Some((0, 1))).await;
+    check(Some((1000, 1_500_000))).await;
+    check(Some((data.len() - 5, data.len()))).await;
+    check(Some((77, 77))).await;
+    let empty = store
+        .hash(&dir(), &rel("empty"), FileKind::Final, None)
+        .await
+        .unwrap();
+    assert_eq!(empty.hash, Sha256Hash::of(b""));
+}
+
+#[tokio::test]
+async fn hash_past_the_end_is_out_of_range() {
+    let root = tempfile::tempdir().unwrap();
+    write_file(root.path(), "f", &[1; 100]);
+    let store = store(root.path());
+    let (d, f) = (dir(), rel("f"));
+    let hash = |start, end| store.hash(&d, &f, FileKind::Final, Some(ByteRange::new(start, end)));
+    assert_eq!(code(hash(0, 101).await), ErrorCode::OutOfRange);
+    assert_eq!(code(hash(200, 300).await), ErrorCode::OutOfRange);
+    assert_eq!(code(hash(50, 10).await), ErrorCode::InvalidArgument);
+    let missing = store
+        .hash(&dir(), &rel("nope"), FileKind::Final, None)
+        .await;
+    assert_eq!(code(missing), ErrorCode::NotFound);
+}
+
+#[tokio::test]
+async fn hash_of_the_partial_form_reads_the_partial_file() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    write_file(root, "a/f", b"the final file");
+    write_file(root, "a/.f.part", b"the partial file");
+    let store = store(root);
+    let partial = store
+        .hash(&dir(), &rel("a/f"), FileKind::Partial, None)
+        .await
+        .unwrap();
+    assert_eq!(partial.hash, Sha256Hash::of(b"the partial file"));
+    assert_eq!(partial.stamp.size, 16);
+    let final_ = store
+        .hash(&dir(), &rel("a/f"), FileKind::Final, None)
+        .await
+        .unwrap();
+    assert_eq!(final_.hash, Sha256Hash::of(b"the final file"));
+    let range = store
+        .hash(
+            &dir(),
+            &rel("a/f"),
+            FileKind::Partial,
+            Some(ByteRange::new(4, 11)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(range.hash, Sha256Hash::of(b"partial"));
+}
+
+// ---------------------------------------------------------------- read
+
+#[tokio::test]
+async fn read_returns_exactly_the_requested_bytes() {
+    let root = tempfile::tempdir().unwrap();
+    // Several 256 KiB chunks.
+    let data = random_bytes(10, 1024 * 1024 + 333);
+    write_file(root.path(), "d/f", &data);
+    let store = store(root.path());
+    let read = |offset: u64, length: Option<u64>| {
+        let store = store.clone();
+        async move {
+            collect(
+                store
+                    .read(&dir(), &rel("d/f"), offset, length)
+                    .await
+                    .unwrap(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    assert!(read(0, None).await == data);
+    assert!(read(0, Some(data.len() as u64)).await == data);
+    assert!(read(100, Some(300_000)).await == data[100..300_100]);
+    assert!(read(500_000, None).await == data[500_000..]);
+    assert!(read(data.len() as u64, None).await.is_empty());
+    assert!(read(7, Some(0)).await.is_empty());
+}
+
+#[tokio::test]
+async fn read_past_the_end_is_out_of_range() {
+    let root = tempfile::tempdir().unwrap();
+    write_file(root.path(), "f", &[1; 100]);
+    write_file(root.path(), ".g.part", &[1; 100]);
+    let store = store(root.path());
+    let (d, f) = (dir(), rel("f"));
+    let read = |offset, length| store.read(&d, &f, offset, length);
+    assert_eq!(code(read(0, Some(101)).await), ErrorCode::OutOfRange);
+    assert_eq!(code(read(101, None).await), ErrorCode::OutOfRange);
+    assert_eq!(code(read(50, Some(u64::MAX)).await), ErrorCode::OutOfRange);
+    // Read only ever serves final files.
+    let partial_only = store.read(&dir(), &rel("g"), 0, None).await;
+    assert_eq!(code(partial_only), ErrorCode::NotFound);
+}
+
+// ---------------------------------------------------------------- deltas
+
+#[tokio::test]
+async fn signature_diff_and_apply_delta_resume_a_half_written_partial() {
+    let src_root = tempfile::tempdir().unwrap();
+    let dst_root = tempfile::tempdir().unwrap();
+    let data = random_bytes(11, 300_000);
+    write_file(src_root.path(), "a/f", &data);
+    write_file(dst_root.path(), "a/.f.part", &data[..150_000]);
+    let (src, dst) = (store(src_root.path()), store(dst_root.path()));
+    let path = rel("a/f");
+    let range = ByteRange::new(0, data.len() as u64);
+
+    let signature = dst.signature(&dir(), &path, range, 1024).await.unwrap();
+    let delta = collect(src.diff(&dir(), &path, range, signature).await.unwrap())
+        .await
+        .unwrap();
+    // The first half is matched by the signature, not sent again.
+    assert!(delta.len() < 160_000, "delta is {} bytes", delta.len());
+    let applied = dst
+        .apply_delta(&dir(), &path, range, data.len() as u64, chunks([delta]))
+        .await
+        .unwrap();
+    assert_eq!(applied, data.len() as u64);
+    assert!(read_file(dst_root.path(), "a/.f.part") == data);
+    assert!(!exists(dst_root.path(), "a/f"));
+}
+
+#[tokio::test]
+async fn apply_delta_to_a_range_of_a_final_file_makes_it_partial() {
+    let src_root = tempfile::tempdir().unwrap();
+    let dst_root = tempfile::tempdir().unwrap();
+    let data = random_bytes(12, 100_000);
+    let mut old = data.clone();
+    old[50_000] ^= 0xff;
+    old.truncate(90_000);
+    write_file(src_root.path(), "f", &data);
+    write_file(dst_root.path(), "f", &old);
+    let (src, dst) = (store(src_root.path()), store(dst_root.path()));
+    let range = ByteRange::new(40_000, 60_000);
+    let signature = dst.signature(&dir(), &rel("f"), range, 512).await.unwrap();
+    let delta = collect(src.diff(&dir(), &rel("f"), range, signature).await.unwrap())
+        .await
+        .unwrap();
+    assert!(delta.len() < 2_000, "delta is {} bytes", delta.len());
+    dst.apply_delta(&dir(), &rel("f"), range, 100_000, chunks([delta]))
+        .await
+        .unwrap();
+    assert!(!exists(dst_root.path(), "f"));
+    let partial = read_file(dst_root.path(), ".f.part");
+    assert_eq!(partial.len(), 100_000);
+    assert!(partial[..90_000] == data[..90_000]);
+    assert!(partial[90_000..].iter().all(|&b| b == 0));
+}
+
+#[tokio::test]
+async fn ranges_larger_than_max_range_are_invalid() {
+    let root = tempfile::tempdir().unwrap();
+    write_file(root.path(), "f", &[1; 100]);
+    let store = store(root.path());
+    let range = ByteRange::new(0, MAX_RANGE + 1);
+    let signature = store.signature(&dir(), &rel("f"), range, 1024).await;
+    assert_eq!(code(signature), ErrorCode::InvalidArgument);
+    let good_signature = store
+        .signature(&dir(), &rel("f"), ByteRange::new(0, 100), 1024)
+        .await
+        .unwrap();
+    let diff = store.diff(&dir(), &rel("f"), range, good_signature).await;
+    assert_eq!(code(diff), ErrorCode::InvalidArgument);
+    let apply = store
+        .apply_delta(&dir(), &rel("f"), range, MAX_RANGE + 1, chunks([]))
+        .await;
+    assert_eq!(code(apply), ErrorCode::InvalidArgument);
+    assert_eq!(read_file(root.path(), "f"), [1; 100]);
+    assert_eq!(tree(root.path()), ["f"]);
+}
+
+#[tokio::test]
+async fn a_bad_block_size_is_invalid() {
+    let root = tempfile::tempdir().unwrap();
+    write_file(root.path(), "f", &[1; 100]);
+    let store = store(root.path());
+    let range = ByteRange::new(0, 100);
+    for block_size in [0, 1, 2 * 1024 * 1024] {
+        let result = store.signature(&dir(), &rel("f"), range, block_size).await;
+        assert_eq!(code(result), ErrorCode::InvalidArgument, "{block_size}");
+    }
+}
+
+#[tokio::test]
+async fn a_garbage_delta_is_invalid_and_leaves_the_partial_file_alone() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let partial = random_bytes(13, 5000);
+    write_file(root, ".f.part", &partial);
+    let store = store(root);
+    let range = ByteRange::new(0, 8000);
+    for garbage in [
+        b"this is not a delta".to_vec(),
+        random_bytes(14, 3000),
+        Vec::new(),
+        // A valid magic and a copy command far past the base.
+        [
+            &[0x72, 0x73, 0x02, 0x36][..],
+            &[0x45],
+            &u32::MAX.to_be_bytes(),
+            &[0x10],
+        ]
+        .concat(),
+    ] {
+        let result = store
+            .apply_delta(&dir(), &rel("f"), range, 8000, chunks([garbage]))
+            .await;
+        assert_eq!(code(result), ErrorCode::InvalidArgument);
+        assert!(read_file(root, ".f.part") == partial);
+        assert!(!exists(root, "f"));
+    }
+    // A delta far longer than the range could ever need is refused too.
+    let huge = vec![0u8; 100_000];
+    let result = store
+        .apply_delta(
+            &dir(),
+            &rel("f"),
+            ByteRange::new(0, 1000),
+            1000,
+            chunks([huge]),
+        )
+        .await;
+    assert_eq!(code(result), ErrorCode::InvalidArgument);
+    assert!(read_file(root, ".f.part") == partial);
+}
+
+#[tokio::test]
+async fn a_garbage_signature_is_invalid() {
+    let root = tempfile::tempdir().unwrap();
+    write_file(root.path(), "f", &random_bytes(15, 5000));
+    let store = store(root.path());
+    let range = ByteRange::new(0, 5000);
+    let mut truncated = store
+        .signature(&dir(), &rel("f"), range, 1024)
+        .await
+        .unwrap()
+        .to_vec();
+    truncated.truncate(truncated.len() - 3);
+    let mut bad_magic = store
+        .signature(&dir(), &rel("f"), range, 1024)
+        .await
+        .unwrap()
+        .to_vec();
+    bad_magic[0] ^= 0xff;
+    for garbage in [
+        b"not a signature at all".to_vec(),
+        Vec::new(),
+        vec![0; 3],
+        random_bytes(16, 4096),
+        truncated,
+        bad_magic,
+    ] {
+        let result = store
+            .diff(&dir(), &rel("f"), range, Bytes::from(garbage))
+            .await;
+        assert_eq!(code(result), ErrorCode::InvalidArgument);
+    }
+}
+
+// ---------------------------------------------------------------- path safety
+
+#[tokio::test]
+async fn a_symlinked_parent_leading_outside_the_root_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let (root, outside) = (root.path(), outside.path());
+    write_file(outside, "f", b"outside, must not be touched");
+    write_file(outside, ".f.part", b"outside partial");
+    symlink(outside, root.join("link")).unwrap();
+    std::fs::create_dir(root.join("real")).unwrap();
+    symlink(outside, root.join("real/deeper")).unwrap();
+    let store = store(root);
+    let before = tree(outside);
+
+    for path in ["link/f", "link/new/g", "real/deeper/f"] {
+        let path = rel(path);
+        let read = store.read(&dir(), &path, 0, None).await;
+        assert_eq!(code(read), ErrorCode::InvalidArgument, "read {path}");
+        let write = store
+            .write(&dir(), &path, 0, 4, chunks([b"evil".to_vec()]))
+            .await;
+        assert_eq!(code(write), ErrorCode::InvalidArgument, "write {path}");
+        for kind in [FileKind::Final, FileKind::Partial] {
+            let hash = store.hash(&dir(), &path, kind, None).await;
+            assert_eq!(code(hash), ErrorCode::InvalidArgument, "hash {path}");
+        }
+        let delete = store.delete(&dir(), &path, None).await;
+        assert_eq!(code(delete), ErrorCode::InvalidArgument, "delete {path}");
+        let finish = store.finish(&dir(), &path).await;
+        assert_eq!(code(finish), ErrorCode::InvalidArgument, "finish {path}");
+        let range = ByteRange::new(0, 4);
+        let signature = store.signature(&dir(), &path, range, 1024).await;
+        assert_eq!(code(signature), ErrorCode::InvalidArgument);
+        let apply = store.apply_delta(&dir(), &path, range, 4, chunks([])).await;
+        assert_eq!(code(apply), ErrorCode::InvalidArgument);
+    }
+    assert_eq!(tree(outside), before);
+    assert_eq!(read_file(outside, "f"), b"outside, must not be touched");
+    assert_eq!(read_file(outside, ".f.part"), b"outside partial");
+    // The symlinks themselves are not removed either.
+    assert!(exists(root, "link"));
+    assert!(exists(root, "real/deeper"));
+}
+
+#[tokio::test]
+async fn a_regular_file_as_a_parent_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    write_file(root.path(), "sub", b"a file, not a directory");
+    let store = store(root.path());
+    let write = store
+        .write(&dir(), &rel("sub/f"), 0, 1, chunks([b"x".to_vec()]))
+        .await;
+    assert_eq!(code(write), ErrorCode::InvalidArgument);
+    assert_eq!(read_file(root.path(), "sub"), b"a file, not a directory");
+}
+
+#[tokio::test]
+async fn an_unknown_dir_id_is_invalid_argument() {
+    let root = tempfile::tempdir().unwrap();
+    write_file(root.path(), "f", b"data");
+    let store = store(root.path());
+    let other = DirId::new("other").unwrap();
+    let path = rel("f");
+    assert_eq!(
+        code(store.read(&other, &path, 0, None).await),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        code(store.hash(&other, &path, FileKind::Final, None).await),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            store
+                .write(&other, &path, 0, 1, chunks([b"x".to_vec()]))
+                .await
+        ),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        code(store.delete(&other, &path, None).await),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        code(store.finish(&other, &path).await),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(tree(root.path()), ["f"]);
+}
+
+// ---------------------------------------------------------------- info
+
+#[tokio::test]
+async fn info_identifies_each_root() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let identity = |root: &Path| {
+        let store = store(root);
+        async move {
+            let info = store.info().await.unwrap();
+            assert_eq!(info.dirs.len(), 1);
+            assert_eq!(info.dirs[0].id, dir());
+            assert!(!info.dirs[0].identity.is_empty());
+            info.dirs[0].identity.clone()
+        }
+    };
+    let (id_a, id_b) = (identity(a.path()).await, identity(b.path()).await);
+    assert_ne!(id_a, id_b);
+    assert_eq!(identity(a.path()).await, id_a);
+
+    // The same root reached through a symlink is the same directory.
+    let link_parent = tempfile::tempdir().unwrap();
+    let link = link_parent.path().join("link");
+    symlink(a.path(), &link).unwrap();
+    assert_eq!(identity(&link).await, id_a);
+
+    let both = LocalStore::new([
+        (DirId::new("one").unwrap(), a.path().to_path_buf()),
+        (DirId::new("two").unwrap(), b.path().to_path_buf()),
+    ]);
+    let info = both.info().await.unwrap();
+    let ids: Vec<&str> = info.dirs.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["one", "two"]);
+    assert_eq!(info.dirs[0].identity, id_a);
+    assert_eq!(info.dirs[1].identity, id_b);
+    assert_eq!(info.version, crate::VERSION);
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `realized` and `realize` binaries over mutual
+//! TLS on loopback, on real files.
+#![allow(clippy::unwrap_used)]
+
+mod moves;
+mod rejections;
+mod util;

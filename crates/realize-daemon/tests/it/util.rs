@@ -1,0 +1,299 @@
+//! Test fixtures: temp trees, key pairs, a running `realized`, and `realize` runs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use realize_core::{DirId, Service, Sha256Hash};
+use realize_net::keys::{PrivateKey, PublicKey};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Longest any binary may run in a test before it counts as hung.
+const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn realized_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_realized"))
+}
+
+/// `realize` is built next to `realized` by `cargo test --workspace`.
+pub fn realize_bin() -> PathBuf {
+    let path = realized_bin().with_file_name("realize");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test --workspace` (or `cargo build -p realize-cli`) first",
+        path.display()
+    );
+    path
+}
+
+/// Deterministic bytes, different for each seed.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+pub fn write_file(root: &Path, rel: &str, data: &[u8]) {
+    let path = root.join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, data).unwrap();
+}
+
+/// Every regular file under `root`, by relative path, with its SHA-256.
+pub fn tree(root: &Path) -> BTreeMap<String, Sha256Hash> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Sha256Hash>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            if entry.file_type().unwrap().is_dir() {
+                walk(root, &path, out);
+            } else {
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .to_string();
+                out.insert(rel, Sha256Hash::of(&std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// The sample tree of the move tests: nested directories, an empty file and
+/// a file of several MiB.
+pub fn sample_tree(root: &Path) {
+    write_file(root, "top.txt", b"top level\n");
+    write_file(root, "empty", b"");
+    write_file(root, "a/b/c/deep.txt", b"deep\n");
+    write_file(root, "a/big.bin", &pseudo_random(5 * 1024 * 1024 + 17, 1));
+    write_file(root, "a/b/mid.bin", &pseudo_random(70_000, 2));
+}
+
+/// A key pair written to `DIR/NAME.key` and `DIR/NAME.pub.pem`.
+pub struct KeyFiles {
+    pub key: PrivateKey,
+    pub private: PathBuf,
+    pub public: PathBuf,
+}
+
+impl KeyFiles {
+    pub fn new(dir: &Path, name: &str) -> Self {
+        let key = PrivateKey::generate().unwrap();
+        let private = dir.join(format!("{name}.key"));
+        let public = dir.join(format!("{name}.pub.pem"));
+        std::fs::write(&private, key.to_pem()).unwrap();
+        std::fs::write(&public, key.public_key().to_pem()).unwrap();
+        KeyFiles {
+            key,
+            private,
+            public,
+        }
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public_key()
+    }
+}
+
+/// A `realized` process on an ephemeral loopback port.
+pub struct Daemon {
+    child: Child,
+    pub addr: String,
+    pub key: KeyFiles,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    /// Starts `realized` serving `dirs` to the peer `client`, and waits for
+    /// its "listening on" line.
+    pub async fn start(work: &Path, dirs: &[(&str, &Path)], client: &KeyFiles) -> Daemon {
+        let name = format!(
+            "daemon{}",
+            dirs.len() + std::fs::read_dir(work).unwrap().count()
+        );
+        let key = KeyFiles::new(work, &name);
+        let mut config = format!(
+            "address = \"127.0.0.1:0\"\nprivkey = {:?}\n[dirs]\n",
+            key.private
+        );
+        for (id, path) in dirs {
+            config.push_str(&format!("{id} = {path:?}\n"));
+        }
+        config.push_str(&format!(
+            "[peers.client]\npublic_key_file = {:?}\n",
+            client.public
+        ));
+        let config_path = work.join(format!("{name}.toml"));
+        std::fs::write(&config_path, config).unwrap();
+        let mut child = Command::new(realized_bin())
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = Arc::new(Mutex::new(String::new()));
+        let addr = tokio::time::timeout(PROCESS_TIMEOUT, async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                log.lock().unwrap().push_str(&format!("{line}\n"));
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    return rest.split_whitespace().next().unwrap().to_string();
+                }
+            }
+            panic!("realized exited before listening:\n{}", log.lock().unwrap());
+        })
+        .await
+        .expect("realized did not start listening");
+        let drain = Arc::clone(&log);
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                drain.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        });
+        Daemon {
+            child,
+            addr,
+            key,
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub async fn stop(mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+/// Runs `realize` with `args` and returns its output.
+pub async fn realize(args: &[&std::ffi::OsStr]) -> Output {
+    let output = Command::new(realize_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(PROCESS_TIMEOUT, output)
+        .await
+        .expect("realize hung")
+        .unwrap()
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A side of a move, as `realize` flags.
+pub enum Side<'a> {
+    Path(&'a Path),
+    Addr(&'a str),
+}
+
+/// Builds a `realize` command line moving `dirs` from `src` to `dst` as `client`.
+pub fn move_args(
+    src: Side<'_>,
+    dst: Side<'_>,
+    dirs: &[&str],
+    client: &KeyFiles,
+    trusted: &[&Path],
+    work: &Path,
+) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    for (side, path_flag, addr_flag) in [
+        (src, "--src-path", "--src-addr"),
+        (dst, "--dst-path", "--dst-addr"),
+    ] {
+        match side {
+            Side::Path(p) => {
+                args.push(path_flag.into());
+                args.push(p.into());
+            }
+            Side::Addr(addr) => {
+                args.push(addr_flag.into());
+                args.push(addr.into());
+            }
+        }
+    }
+    if !trusted.is_empty() {
+        let peers = work.join("peers.pem");
+        let pems: Vec<String> = trusted
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect();
+        std::fs::write(&peers, pems.concat()).unwrap();
+        args.push("--privkey".into());
+        args.push(client.private.clone().into());
+        args.push("--peers".into());
+        args.push(peers.into());
+    }
+    args.extend(dirs.iter().map(|d| (*d).into()));
+    args
+}
+
+pub fn os(args: &[std::ffi::OsString]) -> Vec<&std::ffi::OsStr> {
+    args.iter().map(|a| a.as_os_str()).collect()
+}
+
+/// A daemon served in-process by the library, for tests that need to wrap
+/// its store (fault injection); `realize` still runs as a real process.
+pub struct InProcessDaemon {
+    pub addr: String,
+    pub key: KeyFiles,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl InProcessDaemon {
+    pub async fn start(work: &Path, service: Arc<dyn Service>, client: &KeyFiles) -> Self {
+        let key = KeyFiles::new(work, "inprocess");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let peers = BTreeMap::from([("client".to_string(), client.public_key())]);
+        let server_key = PrivateKey::from_pem(&key.key.to_pem()).unwrap();
+        let task = tokio::spawn(async move {
+            realize_daemon::serve(listener, &server_key, &peers, service, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        InProcessDaemon {
+            addr,
+            key,
+            shutdown: Some(tx),
+            task,
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.unwrap();
+    }
+}
+
+pub fn dir_id(id: &str) -> DirId {
+    DirId::new(id).unwrap()
+}
