@@ -1,1 +1,157 @@
-fn main() {}
+//! `cargo xtask`: the project's automation, in Rust rather than shell scripts.
+//!
+//! - `cargo xtask ci`: what CI runs: formatting, clippy, and every test.
+//! - `cargo xtask demo`: a five-minute tour in one command: keys, a daemon on
+//!   loopback, and a verified move into it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, bail};
+
+fn main() -> anyhow::Result<()> {
+    let task = std::env::args().nth(1);
+    match task.as_deref() {
+        Some("ci") => ci(),
+        Some("demo") => demo(),
+        _ => {
+            eprintln!("usage: cargo xtask <ci|demo>");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    eprintln!("$ {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !status.success() {
+        bail!("{program} {} failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+fn ci() -> anyhow::Result<()> {
+    run("cargo", &["fmt", "--all", "--", "--check"])?;
+    run(
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    run("cargo", &["test", "--workspace"])
+}
+
+fn demo() -> anyhow::Result<()> {
+    run("cargo", &["build", "--workspace", "--bins"])?;
+    let bin = workspace_root().join("target/debug");
+    let demo = std::env::temp_dir().join(format!("realize-demo-{}", std::process::id()));
+    let (src, dst) = (demo.join("laptop/photos"), demo.join("server/photos"));
+    for (rel, size) in [
+        ("2024/beach.jpg", 3_000_000),
+        ("2024/sunset.jpg", 1_500_000),
+        ("notes.txt", 42),
+    ] {
+        let path = src.join(rel);
+        std::fs::create_dir_all(path.parent().context("no parent")?)?;
+        std::fs::write(
+            &path,
+            (0..size)
+                .map(|i: u32| (i * 31 % 251) as u8)
+                .collect::<Vec<_>>(),
+        )?;
+    }
+    std::fs::create_dir_all(&dst)?;
+    for name in ["laptop", "server"] {
+        let prefix = demo.join(name).join(name);
+        let status = Command::new(bin.join("realize"))
+            .args(["keygen", "--out"])
+            .arg(&prefix)
+            .stdout(Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("realize keygen failed");
+        }
+    }
+    let config = demo.join("server/realized.toml");
+    std::fs::write(
+        &config,
+        "address = \"127.0.0.1:0\"\nprivkey = \"server.key\"\n[dirs]\nphotos = \"photos\"\n[peers.laptop]\npublic_key_file = \"../laptop/laptop.pub.pem\"\n",
+    )?;
+    eprintln!("\n$ realized --config {}", config.display());
+    let mut daemon = Command::new(bin.join("realized"))
+        .arg("--config")
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start realized")?;
+    let stderr = daemon.stderr.take().context("no stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let Some(line) = lines.next() else {
+            bail!("realized exited before listening");
+        };
+        let line = line?;
+        eprintln!("  {line}");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+        }
+    };
+    // Keep draining the daemon's log so it never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            eprintln!("  {line}");
+        }
+    });
+    let args = [
+        "--src-path".into(),
+        src.clone().into_os_string(),
+        "--dst-addr".into(),
+        addr.into(),
+        "--privkey".into(),
+        demo.join("laptop/laptop.key").into_os_string(),
+        "--peers".into(),
+        demo.join("server/server.pub.pem").into_os_string(),
+        "photos".into(),
+    ];
+    eprintln!(
+        "\n$ realize {}",
+        args.iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let status = Command::new(bin.join("realize")).args(&args).status()?;
+    daemon.kill()?;
+    daemon.wait()?;
+    eprintln!("\nfiles now under {}:", dst.display());
+    run("find", &[&dst.to_string_lossy(), "-type", "f"])?;
+    if !status.success() {
+        bail!("the demo move failed");
+    }
+    eprintln!(
+        "\nthe demo lives in {}; remove it when done",
+        demo.display()
+    );
+    Ok(())
+}
