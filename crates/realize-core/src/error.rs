@@ -42,6 +42,12 @@ pub enum StoreError {
     },
     #[error("unknown directory {dir}")]
     UnknownDir { dir: String },
+    #[error("{dir}: root directory is unavailable")]
+    RootUnavailable {
+        dir: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("{dir}/{path}: not found")]
     NotFound { dir: String, path: String },
     #[error("{dir}/{path}: not a regular file")]
@@ -101,6 +107,7 @@ impl StoreError {
                 ErrorCode::FailedPrecondition
             }
             StoreError::OutOfRange { .. } => ErrorCode::OutOfRange,
+            StoreError::RootUnavailable { .. } => ErrorCode::Unavailable,
             StoreError::Io { source, .. } => match source.kind() {
                 io::ErrorKind::NotFound => ErrorCode::NotFound,
                 io::ErrorKind::PermissionDenied => ErrorCode::PermissionDenied,

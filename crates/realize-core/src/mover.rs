@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use futures::{StreamExt, TryFutureExt, TryStreamExt, future, stream};
 use tracing::Instrument;
 
+use crate::delta;
 use crate::error::{ErrorCode, ServiceError};
 use crate::hash::Sha256Hash;
 use crate::path::{DirId, RelPath};
@@ -42,6 +43,23 @@ impl Default for MoveOptions {
             parallel: 4,
             range_size: 8 * 1024 * 1024,
             block_size: 4096,
+        }
+    }
+}
+
+impl MoveOptions {
+    /// The options with every field in the range the stores accept, so an
+    /// embedding program cannot make a move loop (range 0) or always fail.
+    fn clamped(&self) -> MoveOptions {
+        let block_size = self
+            .block_size
+            .clamp(delta::MIN_BLOCK_SIZE, delta::MAX_BLOCK_SIZE);
+        MoveOptions {
+            parallel: self.parallel.max(1),
+            range_size: self
+                .range_size
+                .clamp(u64::from(block_size), delta::MAX_RANGE),
+            block_size,
         }
     }
 }
@@ -75,9 +93,9 @@ pub enum MoveError {
     #[error("{side} does not serve directory {dir}")]
     MissingDir { side: Side, dir: DirId },
     #[error(
-        "{dir}: source and destination are the same directory, refusing to move it onto itself"
+        "{dir}: source and destination are the same directory or one contains the other, refusing to move"
     )]
-    SameDirectory { dir: DirId },
+    Overlap { dir: DirId },
     #[error(
         "{dir}/{path}: destination hash {destination_hash} does not match source hash {source_hash}, source kept"
     )]
@@ -140,6 +158,7 @@ pub async fn move_files(
     options: &MoveOptions,
 ) -> Result<MoveSummary, MoveError> {
     check_distinct(src, dst, dirs).await?;
+    let options = &options.clamped();
     let mut summary = MoveSummary::default();
     for dir in dirs {
         move_dir(src, dst, dir, options, &mut summary)
@@ -149,7 +168,9 @@ pub async fn move_files(
     Ok(summary)
 }
 
-/// Refuses to move a directory onto itself, which would delete the only copy.
+/// Refuses to move a directory onto itself, which would delete the only
+/// copy, or into or out of a directory it contains, where files would land
+/// on source files not yet moved.
 async fn check_distinct(
     src: &dyn Service,
     dst: &dyn Service,
@@ -161,20 +182,24 @@ async fn check_distinct(
     )
     .await?;
     for dir in dirs {
-        let identity = |info: &crate::ServiceInfo, side| {
+        let find = |info: &crate::ServiceInfo, side| {
             info.dirs
                 .iter()
                 .find(|d| &d.id == dir)
-                .map(|d| d.identity.clone())
+                .cloned()
                 .ok_or_else(|| MoveError::MissingDir {
                     side,
                     dir: dir.clone(),
                 })
         };
-        let src_identity = identity(&src_info, Side::Source)?;
-        let dst_identity = identity(&dst_info, Side::Destination)?;
-        if !src_identity.is_empty() && src_identity == dst_identity {
-            return Err(MoveError::SameDirectory { dir: dir.clone() });
+        let src_dir = find(&src_info, Side::Source)?;
+        let dst_dir = find(&dst_info, Side::Destination)?;
+        let overlap = !src_dir.identity.is_empty()
+            && (src_dir.identity == dst_dir.identity
+                || src_dir.ancestors.contains(&dst_dir.identity)
+                || dst_dir.ancestors.contains(&src_dir.identity));
+        if overlap {
+            return Err(MoveError::Overlap { dir: dir.clone() });
         }
     }
     Ok(())
@@ -235,7 +260,7 @@ async fn move_dir(
         }
         .instrument(span)
     })
-    .buffer_unordered(options.parallel.max(1));
+    .buffer_unordered(options.parallel);
     while let Some((entry, result)) = results.next().await {
         match result {
             Ok(sent) => {

@@ -70,6 +70,9 @@ pub struct DirInfo {
     pub id: DirId,
     /// Host, device and inode of the root, to detect a move onto itself.
     pub identity: String,
+    /// Identities of the directories above the root, to detect a move into
+    /// a directory inside the source, or out of one inside the destination.
+    pub ancestors: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -122,22 +122,32 @@ impl Resolved {
             .map(|m| (FileKind::Final, m.len())))
     }
 
+    /// Opens a form for reading; only a regular file opens. O_NONBLOCK keeps a
+    /// FIFO from blocking the open (it changes nothing for regular files), and
+    /// O_NOFOLLOW refuses a symlink.
     async fn open(&self, kind: FileKind) -> Result<File, StoreError> {
-        fs::OpenOptions::new()
+        let not_a_file = || StoreError::NotAFile {
+            dir: self.dir.clone(),
+            path: self.path.clone(),
+        };
+        let file = fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(self.form(kind))
             .await
-            .map_err(|e| {
-                if e.kind() == io::ErrorKind::NotFound {
-                    StoreError::NotFound {
-                        dir: self.dir.clone(),
-                        path: self.path.clone(),
-                    }
-                } else {
-                    self.io("open")(e)
-                }
-            })
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => StoreError::NotFound {
+                    dir: self.dir.clone(),
+                    path: self.path.clone(),
+                },
+                _ if e.raw_os_error() == Some(libc::ELOOP) => not_a_file(),
+                _ => self.io("open")(e),
+            })?;
+        let meta = file.metadata().await.map_err(self.io("stat"))?;
+        if !meta.is_file() {
+            return Err(not_a_file());
+        }
+        Ok(file)
     }
 
     /// Opens the partial file for writing, turning the final file into it
@@ -274,6 +284,23 @@ impl LocalStore {
     /// that is a symlink or not a directory, so nothing resolves outside the root.
     async fn resolve(&self, dir: &DirId, path: &RelPath) -> Result<Resolved, StoreError> {
         let root = self.root(dir)?.to_path_buf();
+        // A vanished root (an unmounted disk, say) must not be recreated by a
+        // write: that would put files where nobody expects them.
+        match fs::metadata(&root).await {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(StoreError::RootUnavailable {
+                    dir: dir.to_string(),
+                    source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+                });
+            }
+            Err(source) => {
+                return Err(StoreError::RootUnavailable {
+                    dir: dir.to_string(),
+                    source,
+                });
+            }
+        }
         let mut parent = root.clone();
         let components: Vec<&str> = path.components().collect();
         let (name, parents) =
@@ -401,14 +428,27 @@ impl Service for LocalStore {
     async fn info(&self) -> Result<ServiceInfo, ServiceError> {
         let mut dirs = Vec::new();
         for (id, root) in &self.inner.dirs {
+            let identity =
+                |m: std::fs::Metadata| format!("{}:{}:{}", self.inner.host, m.dev(), m.ino());
             // An unreadable root has no identity; listing it will fail anyway.
-            let identity = fs::metadata(root)
-                .await
-                .map(|m| format!("{}:{}:{}", self.inner.host, m.dev(), m.ino()))
-                .unwrap_or_default();
+            let Ok(root) = fs::canonicalize(root).await else {
+                dirs.push(DirInfo {
+                    id: id.clone(),
+                    identity: String::new(),
+                    ancestors: Vec::new(),
+                });
+                continue;
+            };
+            let mut ancestors = Vec::new();
+            for ancestor in root.ancestors().skip(1) {
+                if let Ok(m) = fs::metadata(ancestor).await {
+                    ancestors.push(identity(m));
+                }
+            }
             dirs.push(DirInfo {
                 id: id.clone(),
-                identity,
+                identity: fs::metadata(&root).await.map(identity).unwrap_or_default(),
+                ancestors,
             });
         }
         Ok(ServiceInfo {

@@ -157,6 +157,7 @@ impl From<ServiceInfo> for pb::InfoResponse {
                 .map(|d| pb::DirInfo {
                     id: d.id.to_string(),
                     identity: d.identity,
+                    ancestors: d.ancestors,
                 })
                 .collect(),
         }
@@ -175,6 +176,7 @@ impl TryFrom<pb::InfoResponse> for ServiceInfo {
                     Ok(DirInfo {
                         id: dir_id(&d.id)?,
                         identity: d.identity,
+                        ancestors: d.ancestors,
                     })
                 })
                 .collect::<Result<_, WireError>>()?,

@@ -305,27 +305,104 @@ async fn an_error_in_the_data_aborts_the_write_as_is() {
     assert!(!exists(root, "f"));
 }
 
-/// When `write` returns, whatever it wrote must be on disk: a write still
-/// in flight would land after the caller has moved on (and after a retry).
-#[tokio::test]
-async fn an_aborted_write_has_finished_writing_when_it_returns() {
+/// Writes `head` then aborts with `second`; returns the result of `write`
+/// and the partial file as it was the instant `write` returned.
+///
+/// What `write` wrote must be on disk when it returns an error: a chunk still
+/// being written in the background would land after the caller has moved on
+/// (after a retry, a truncation, a resume), and its I/O error would be lost.
+/// Deterministic: the runtime has one blocking thread, which the data stream
+/// occupies before yielding `head`, so the background write of `head` is
+/// queued behind it. The blocker is released only once `write` waits for
+/// something after `second` was yielded; a `write` that returns at once is
+/// caught with `head` not yet on disk.
+fn aborted_write(
+    head: Vec<u8>,
+    second: Result<Bytes, ServiceError>,
+    file_size: u64,
+) -> (Result<u64, ServiceError>, Vec<u8>) {
+    use std::future::Future;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex, mpsc};
+    use std::task::Poll;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
     let store = store(root);
-    // Larger than tokio's 2 MiB file buffer, so part of it is written in
-    // the background.
-    let head = random_bytes(7, 4 * 1024 * 1024 + 123);
-    let data = stream::iter([
-        Ok(Bytes::from(head.clone())),
-        Err(ServiceError::Protocol("boom".into())),
-    ])
-    .boxed();
-    let result = store
-        .write(&dir(), &rel("f"), 0, 8 * 1024 * 1024, data)
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_tx = Mutex::new(Some(release_tx));
+    let release = || drop(release_tx.lock().unwrap().take());
+    let aborting = Arc::new(AtomicBool::new(false));
+
+    let first = stream::once(async move {
+        tokio::task::spawn_blocking(move || {
+            let _ = release_rx.recv();
+        });
+        Ok(Bytes::from(head))
+    });
+    let flag = Arc::clone(&aborting);
+    let second = stream::once(async move {
+        flag.store(true, Ordering::SeqCst);
+        second
+    });
+    let data = first.chain(second).boxed();
+
+    let outcome = runtime.block_on(async {
+        let (d, f) = (dir(), rel("f"));
+        let mut write = std::pin::pin!(store.write(&d, &f, 0, file_size, data));
+        let result = std::future::poll_fn(|cx| match write.as_mut().poll(cx) {
+            Poll::Ready(result) => Poll::Ready(result),
+            Poll::Pending => {
+                if aborting.load(Ordering::SeqCst) {
+                    release();
+                }
+                Poll::Pending
+            }
+        })
         .await;
-    assert!(matches!(result, Err(ServiceError::Protocol(_))));
-    let on_disk = read_file(root, ".f.part");
-    assert_eq!(on_disk.len(), head.len());
+        let on_disk = read_file(root, ".f.part");
+        release();
+        (result, on_disk)
+    });
+    drop(runtime);
+    outcome
+}
+
+#[test]
+fn a_write_aborted_by_its_data_has_finished_writing_when_it_returns() {
+    let head = random_bytes(7, 1000);
+    let (result, on_disk) = aborted_write(
+        head.clone(),
+        Err(ServiceError::Protocol("boom".into())),
+        1_000_000,
+    );
+    assert!(
+        matches!(&result, Err(ServiceError::Protocol(m)) if m == "boom"),
+        "{result:?}"
+    );
+    assert_eq!(
+        on_disk.len(),
+        head.len(),
+        "returned before head was on disk"
+    );
+    assert!(on_disk == head);
+}
+
+#[test]
+fn a_write_refused_past_the_file_size_has_finished_writing_when_it_returns() {
+    let head = random_bytes(8, 1000);
+    let (result, on_disk) = aborted_write(head.clone(), Ok(Bytes::from(vec![1; 100])), 1050);
+    assert_eq!(code(result), ErrorCode::InvalidArgument);
+    assert_eq!(
+        on_disk.len(),
+        head.len(),
+        "returned before head was on disk"
+    );
     assert!(on_disk == head);
 }
 
@@ -725,6 +802,104 @@ async fn a_garbage_signature_is_invalid() {
     }
 }
 
+// ---------------------------------------------------------------- special files
+
+fn mkfifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Opening a FIFO for reading blocks until a writer shows up, so a call that
+/// opens one without checking what it is hangs, and holds a blocking thread
+/// that keeps the runtime (the daemon) from shutting down. Every call must
+/// refuse a path that is not a regular file, at once.
+///
+/// Bounded by a generous timeout; on expiry the FIFO is opened for writing so
+/// the stuck thread can finish and the test fails instead of hanging.
+#[tokio::test]
+async fn a_fifo_is_refused_without_blocking() {
+    use std::future::Future;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::pin::Pin;
+
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    mkfifo(&root.join("fifo"));
+    mkfifo(&root.join(".p.part"));
+    let store = store(root);
+    let (d, fifo, p) = (dir(), rel("fifo"), rel("p"));
+    let range = ByteRange::new(0, 10);
+    let signature = store
+        .signature(&d, &rel("absent"), range, 1024)
+        .await
+        .unwrap();
+    type Call<'a> = Pin<Box<dyn Future<Output = Result<(), ServiceError>> + Send + 'a>>;
+    let calls: Vec<(&str, &str, Call<'_>)> = vec![
+        (
+            "read",
+            "fifo",
+            Box::pin(async { store.read(&d, &fifo, 0, None).await.map(drop) }),
+        ),
+        (
+            "hash",
+            "fifo",
+            Box::pin(async { store.hash(&d, &fifo, FileKind::Final, None).await.map(drop) }),
+        ),
+        (
+            "hash of the partial form",
+            ".p.part",
+            Box::pin(async { store.hash(&d, &p, FileKind::Partial, None).await.map(drop) }),
+        ),
+        (
+            "diff",
+            "fifo",
+            Box::pin(async {
+                store
+                    .diff(&d, &fifo, range, signature.clone())
+                    .await
+                    .map(drop)
+            }),
+        ),
+        (
+            "signature",
+            "fifo",
+            Box::pin(async { store.signature(&d, &fifo, range, 1024).await.map(drop) }),
+        ),
+        (
+            "write",
+            ".p.part",
+            Box::pin(async {
+                store
+                    .write(&d, &p, 0, 1, chunks([b"x".to_vec()]))
+                    .await
+                    .map(drop)
+            }),
+        ),
+        ("finish", ".p.part", Box::pin(store.finish(&d, &p))),
+        ("finish", "fifo", Box::pin(store.finish(&d, &fifo))),
+    ];
+    let mut blocked = Vec::new();
+    for (name, on_disk, call) in calls {
+        match tokio::time::timeout(std::time::Duration::from_secs(3), call).await {
+            Ok(result) => assert!(result.is_err(), "{name} of a FIFO succeeded"),
+            Err(_) => {
+                // Let the blocked open return, so the runtime can shut down.
+                let _writer = std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(root.join(on_disk));
+                blocked.push(format!("{name} of {on_disk}"));
+            }
+        }
+    }
+    assert!(blocked.is_empty(), "blocked on a FIFO: {blocked:?}");
+    assert!(root.join("fifo").exists());
+    assert!(root.join(".p.part").exists());
+}
+
 // ---------------------------------------------------------------- path safety
 
 #[tokio::test]
@@ -768,6 +943,52 @@ async fn a_symlinked_parent_leading_outside_the_root_is_refused() {
     // The symlinks themselves are not removed either.
     assert!(exists(root, "link"));
     assert!(exists(root, "real/deeper"));
+}
+
+#[tokio::test]
+async fn a_symlink_as_the_file_itself_is_never_followed() {
+    let root = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let (root, outside) = (root.path(), outside.path());
+    write_file(outside, "target", b"outside, must not be touched");
+    symlink(outside.join("target"), root.join("f")).unwrap();
+    symlink(outside.join("target"), root.join(".g.part")).unwrap();
+    let store = store(root);
+    let (d, f, g) = (dir(), rel("f"), rel("g"));
+    let range = ByteRange::new(0, 4);
+
+    assert!(store.read(&d, &f, 0, None).await.is_err());
+    assert!(store.hash(&d, &f, FileKind::Final, None).await.is_err());
+    assert!(store.hash(&d, &g, FileKind::Partial, None).await.is_err());
+    let signature = store
+        .signature(&d, &rel("absent"), range, 1024)
+        .await
+        .unwrap();
+    assert!(store.diff(&d, &f, range, signature).await.is_err());
+    for path in [&f, &g] {
+        let write = store
+            .write(&d, path, 0, 4, chunks([b"evil".to_vec()]))
+            .await;
+        assert!(write.is_err(), "write {path}");
+        assert!(store.signature(&d, path, range, 1024).await.is_err());
+        let apply = store.apply_delta(&d, path, range, 4, chunks([])).await;
+        assert!(apply.is_err(), "apply_delta {path}");
+        assert!(store.finish(&d, path).await.is_err(), "finish {path}");
+    }
+    assert_eq!(
+        read_file(outside, "target"),
+        b"outside, must not be touched"
+    );
+    assert_eq!(tree(root), [".g.part", "f"]);
+
+    // Deleting removes the links, not what they point to.
+    store.delete(&d, &f, None).await.unwrap();
+    store.delete(&d, &g, None).await.unwrap();
+    assert!(tree(root).is_empty());
+    assert_eq!(
+        read_file(outside, "target"),
+        b"outside, must not be touched"
+    );
 }
 
 #[tokio::test]
