@@ -148,13 +148,48 @@ impl PrivateKey {
         Ok(self.certificate()?.pem())
     }
 
-    fn certificate(&self) -> Result<rcgen::Certificate, KeyError> {
+    /// An ECDSA P-256 certificate for a fresh key, signed by this ed25519 key, and
+    /// that key (PKCS#8 DER).
+    ///
+    /// BoringSSL, and so grpcio and other gRPC stacks built on it, cannot verify
+    /// ed25519 *handshake* signatures, though it verifies ed25519 *certificate*
+    /// signatures. A daemon presents this certificate, chained to its own, to such
+    /// clients; they trust it through the daemon's self-signed certificate.
+    pub fn delegated_p256_certificate(&self) -> Result<(Vec<u8>, Vec<u8>), KeyError> {
+        let leaf_key =
+            KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(KeyError::Certificate)?;
+        let issuer_params = Self::params()?;
+        let issuer = rcgen::Issuer::from_params(&issuer_params, &self.key_pair);
+        let mut params =
+            CertificateParams::new(vec![SERVER_NAME.to_owned()]).map_err(KeyError::Certificate)?;
+        // A leaf named like its issuer looks self-signed to OpenSSL and BoringSSL.
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, format!("{SERVER_NAME} tls"));
+        params.distinguished_name = name;
+        let cert = params
+            .signed_by(&leaf_key, &issuer)
+            .map_err(KeyError::Certificate)?;
+        Ok((cert.der().to_vec(), leaf_key.serialize_der()))
+    }
+
+    /// The identity certificate is also a CA (path length 0) so that it can sign
+    /// [`Self::delegated_p256_certificate`] for clients that require CA issuers.
+    fn params() -> Result<CertificateParams, KeyError> {
         let mut params =
             CertificateParams::new(vec![SERVER_NAME.to_owned()]).map_err(KeyError::Certificate)?;
         let mut name = DistinguishedName::new();
         name.push(DnType::CommonName, SERVER_NAME);
         params.distinguished_name = name;
-        params
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::DigitalSignature,
+            rcgen::KeyUsagePurpose::KeyCertSign,
+        ];
+        Ok(params)
+    }
+
+    fn certificate(&self) -> Result<rcgen::Certificate, KeyError> {
+        Self::params()?
             .self_signed(&self.key_pair)
             .map_err(KeyError::Certificate)
     }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::server::ParsedCertificate;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{
     CertificateError, ClientConfig, CommonState, DigitallySignedStruct, DistinguishedName,
@@ -172,13 +172,46 @@ pub fn server_config(
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(pinned(allowed_clients, &provider)?);
-    let identity = identity(key, &provider)?;
+    let (leaf, leaf_key) = key.delegated_p256_certificate()?;
+    let identity = Arc::new(ServerIdentity {
+        ed25519: identity(key, &provider)?,
+        p256: Arc::new(CertifiedKey::from_der(
+            vec![
+                CertificateDer::from(leaf),
+                CertificateDer::from(key.certificate_der()?),
+            ],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key)),
+            &provider,
+        )?),
+    });
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(identity);
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The daemon's certificates: its ed25519 identity for clients that can verify
+/// ed25519 handshake signatures (every realize client), else a P-256
+/// certificate signed by that identity (grpcio and other BoringSSL clients).
+#[derive(Debug)]
+struct ServerIdentity {
+    ed25519: Arc<SingleCertAndKey>,
+    p256: Arc<CertifiedKey>,
+}
+
+impl ResolvesServerCert for ServerIdentity {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if hello
+            .signature_schemes()
+            .contains(&SignatureScheme::ED25519)
+        {
+            self.ed25519.resolve(hello)
+        } else {
+            Some(Arc::clone(&self.p256))
+        }
+    }
 }
 
 /// TLS settings for a client that talks only to `trusted_servers`.

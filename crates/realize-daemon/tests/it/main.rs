@@ -3,5 +3,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod moves;
+mod python;
 mod rejections;
 mod util;
