@@ -89,9 +89,12 @@ async fn local_to_remote() {
     );
     let output = realize(&os(&args)).await;
     assert_moved(&output, &before, &src, &dst);
-    let log = daemon.log();
-    assert!(log.contains("connection accepted peer=client"), "{log}");
-    assert!(log.contains("finished dir=photos path=a/big.bin"), "{log}");
+    for line in [
+        "connection accepted peer=client",
+        "finished dir=photos path=a/big.bin",
+    ] {
+        assert!(daemon.wait_for_log(line).await, "{}", daemon.log());
+    }
     daemon.stop().await;
 }
 

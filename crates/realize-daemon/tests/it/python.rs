@@ -140,15 +140,10 @@ async fn grpcio_client_with_an_unknown_key_is_refused() {
     );
     assert_eq!(stdout(&refused), "");
     // Refused for its key, not for some TLS incompatibility.
-    let refusal = "client key is not among the allowed peers";
-    for _ in 0..50 {
-        if daemon.log().contains(refusal) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
     assert!(
-        daemon.log().contains(refusal),
+        daemon
+            .wait_for_log("client key is not among the allowed peers")
+            .await,
         "the daemon did not refuse the key itself: {}\ndaemon log:\n{}",
         stderr(&refused),
         daemon.log()

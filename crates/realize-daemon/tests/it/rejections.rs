@@ -44,7 +44,7 @@ async fn unknown_client_key_is_refused_and_nothing_moves() {
     assert_eq!(tree(&src), before);
     assert!(tree(&dst).is_empty());
     assert!(
-        daemon.log().contains("tls handshake refused"),
+        daemon.wait_for_log("tls handshake refused").await,
         "{}",
         daemon.log()
     );

@@ -10,6 +10,7 @@ use realize_core::{DirId, Service, Sha256Hash};
 use realize_net::keys::{PrivateKey, PublicKey};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::sync::Notify;
 
 /// Longest any binary may run in a test before it counts as hung.
 const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
@@ -114,6 +115,7 @@ pub struct Daemon {
     pub addr: String,
     pub key: KeyFiles,
     log: Arc<Mutex<String>>,
+    new_line: Arc<Notify>,
 }
 
 impl Daemon {
@@ -159,10 +161,12 @@ impl Daemon {
         })
         .await
         .expect("realized did not start listening");
-        let drain = Arc::clone(&log);
+        let (drain, new_line) = (Arc::clone(&log), Arc::new(Notify::new()));
+        let notify = Arc::clone(&new_line);
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 drain.lock().unwrap().push_str(&format!("{line}\n"));
+                notify.notify_waiters();
             }
         });
         Daemon {
@@ -170,11 +174,31 @@ impl Daemon {
             addr,
             key,
             log,
+            new_line,
         }
     }
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the daemon has logged a line containing `text`; false if
+    /// it has not within the process timeout.
+    pub async fn wait_for_log(&self, text: &str) -> bool {
+        tokio::time::timeout(PROCESS_TIMEOUT, async {
+            loop {
+                let notified = self.new_line.notified();
+                tokio::pin!(notified);
+                // Registered before looking, so no line can slip between the two.
+                notified.as_mut().enable();
+                if self.log().contains(text) {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await
+        .is_ok()
     }
 
     pub async fn stop(mut self) {
