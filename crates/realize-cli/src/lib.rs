@@ -4,17 +4,20 @@
 //!
 //! [`Config::from_args`] turns raw flags into a validated [`Config`];
 //! [`run_move`] wires the two sides and calls realize-core's move algorithm;
-//! [`keygen`] writes a key pair. `main.rs` parses flags, prints, and maps
-//! results to exit codes.
+//! [`keygen`] writes a key pair; [`output`] shows the move as it happens.
+//! `main.rs` parses flags and maps results to exit codes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use realize_core::{DirId, LocalStore, MoveOptions, MoveSummary, Service};
+use realize_core::{DirId, LocalStore, MoveOptions, MoveSummary, Progress, Service};
 use realize_net::keys::{PrivateKey, PublicKey};
 use realize_net::remote::RemoteService;
+use tokio_util::sync::CancellationToken;
+
+pub mod output;
 
 /// How long to wait for a TCP connection and TLS handshake to a daemon.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -100,8 +103,12 @@ impl Config {
     }
 }
 
-/// Connects both sides and moves every directory.
-pub async fn run_move(config: &Config) -> anyhow::Result<MoveSummary> {
+/// Connects both sides and moves every directory, reporting to `progress`.
+pub async fn run_move(
+    config: &Config,
+    progress: &dyn Progress,
+    cancel: &CancellationToken,
+) -> anyhow::Result<MoveSummary> {
     let tls = if matches!(
         (&config.source, &config.destination),
         (Endpoint::Local(_), Endpoint::Local(_))
@@ -116,7 +123,15 @@ pub async fn run_move(config: &Config) -> anyhow::Result<MoveSummary> {
         parallel: config.parallel,
         ..MoveOptions::default()
     };
-    Ok(realize_core::move_files(&*source, &*destination, &config.dirs, &options).await?)
+    Ok(realize_core::move_files(
+        &*source,
+        &*destination,
+        &config.dirs,
+        &options,
+        progress,
+        cancel,
+    )
+    .await?)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{ArgGroup, Parser, Subcommand};
+use realize_cli::output::{Format, Output};
 use realize_cli::{Config, Endpoint, UsageError};
 use realize_core::DirId;
-use realize_core::mover::ErrorChain;
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 /// Exit codes of SPEC §5.
@@ -53,9 +54,22 @@ struct Cli {
     /// Files in flight at once.
     #[arg(long, value_name = "N", default_value_t = 4)]
     parallel: usize,
+    /// Print only errors and the summary.
+    #[arg(short, long)]
+    quiet: bool,
+    /// `text` for people (bars on a terminal), `json` for scripts (one
+    /// object per line).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    output: OutputFormat,
     /// Log detail on stderr: -v info, -vv debug (RUST_LOG overrides).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum OutputFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -69,8 +83,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let format = match cli.output {
+        OutputFormat::Text => Format::Text,
+        OutputFormat::Json => Format::Json,
+    };
+    let output = Output::new(format, cli.quiet, std::io::stdout().is_terminal());
+    // Per-file outcomes are the output's job; the log repeats them from -v on.
     let level = match cli.verbose {
-        0 => "warn",
+        0 => "warn,realize_core::mover=off",
         1 => "info",
         _ => "debug",
     };
@@ -78,7 +98,7 @@ fn main() -> ExitCode {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(output.log_writer())
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     if let Some(Command::Keygen { out }) = cli.command {
@@ -89,7 +109,7 @@ fn main() -> ExitCode {
                 }
                 ExitCode::SUCCESS
             }
-            Err(e) => fail(EXIT_FAILED, format_args!("{e:#}")),
+            Err(e) => usage_or_failure(EXIT_FAILED, format_args!("{e:#}")),
         };
     }
     let endpoint = |path: Option<PathBuf>, addr: Option<String>| match (path, addr) {
@@ -107,47 +127,34 @@ fn main() -> ExitCode {
         cli.parallel,
     ) {
         Ok(config) => config,
-        Err(UsageError(message)) => return fail(EXIT_USAGE, format_args!("{message}")),
+        Err(UsageError(message)) => return usage_or_failure(EXIT_USAGE, format_args!("{message}")),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
-        Err(e) => return fail(EXIT_FAILED, format_args!("cannot start the runtime: {e}")),
+        Err(e) => {
+            return usage_or_failure(EXIT_FAILED, format_args!("cannot start the runtime: {e}"));
+        }
     };
     let started = Instant::now();
-    let summary = match runtime.block_on(realize_cli::run_move(&config)) {
-        Ok(summary) => summary,
-        Err(e) => return fail(EXIT_FAILED, format_args!("{e:#}")),
-    };
-    for failure in &summary.failures {
-        match &failure.path {
-            Some(path) => eprintln!(
-                "ERROR {}/{path}: {}",
-                failure.dir,
-                ErrorChain(&failure.error)
-            ),
-            None => eprintln!("ERROR {}: {}", failure.dir, ErrorChain(&failure.error)),
+    let cancel = CancellationToken::new();
+    match runtime.block_on(realize_cli::run_move(&config, &output, &cancel)) {
+        Ok(summary) => {
+            output.summary(&summary, started.elapsed());
+            if summary.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_FAILED)
+            }
         }
-    }
-    let elapsed = std::time::Duration::from_millis(started.elapsed().as_millis() as u64);
-    if summary.failures.is_empty() {
-        println!(
-            "Moved {} files ({}) in {}",
-            summary.files_moved,
-            bytesize::ByteSize(summary.bytes_moved).display().si(),
-            humantime::format_duration(elapsed)
-        );
-        ExitCode::SUCCESS
-    } else {
-        eprintln!(
-            "ERROR {} failed, {} moved",
-            summary.failures.len(),
-            summary.files_moved
-        );
-        ExitCode::from(EXIT_FAILED)
+        Err(e) => {
+            output.fatal(&e);
+            ExitCode::from(EXIT_FAILED)
+        }
     }
 }
 
-fn fail(code: u8, message: std::fmt::Arguments<'_>) -> ExitCode {
+/// Errors before any move starts: printed plainly, whatever the output format.
+fn usage_or_failure(code: u8, message: std::fmt::Arguments<'_>) -> ExitCode {
     eprintln!("realize: error: {message}");
     ExitCode::from(code)
 }

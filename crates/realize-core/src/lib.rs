@@ -3,7 +3,8 @@
 //! It holds the rules that keep files safe: path validation ([`path`]), the
 //! directory store with its partial and final files ([`store`]), hashing and
 //! rsync-style deltas ([`delta`]), the [`Service`] trait the move algorithm
-//! talks to, and the move algorithm itself ([`mover`]).
+//! talks to, the move algorithm itself ([`mover`]) and what it reports
+//! while it runs ([`progress`]).
 //!
 //! This crate must never open a socket or see a protobuf type: a remote
 //! daemon reaches the algorithm through realize-net's implementation of
@@ -16,6 +17,7 @@ pub mod error;
 pub mod hash;
 pub mod mover;
 pub mod path;
+pub mod progress;
 pub mod service;
 pub mod store;
 
@@ -23,6 +25,7 @@ pub use error::{ErrorCode, ServiceError, StoreError};
 pub use hash::Sha256Hash;
 pub use mover::{MoveError, MoveOptions, MoveSummary, Side, move_files};
 pub use path::{DirId, RelPath};
+pub use progress::{FileProgress, NoProgress, Phase, Progress};
 pub use service::{
     ByteRange, ByteStream, DirInfo, Entry, EntryStream, FileKind, FileStamp, HashResult, Service,
     ServiceInfo,

@@ -13,16 +13,18 @@
 //! instant one complete, verified copy exists.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryFutureExt, TryStreamExt, future, stream};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::delta;
 use crate::error::{ErrorCode, ServiceError};
 use crate::hash::Sha256Hash;
 use crate::path::{DirId, RelPath};
+use crate::progress::{FileProgress, Phase, Progress};
 use crate::service::{ByteRange, ByteStream, Entry, FileKind, FileStamp, Service};
 
 /// Tuning of a move.
@@ -81,6 +83,9 @@ impl std::fmt::Display for Side {
 }
 
 /// Why a move, or the move of one file, failed.
+///
+/// Errors of one file do not repeat its directory and path in their
+/// message: they are always reported with them.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MoveError {
@@ -97,7 +102,7 @@ pub enum MoveError {
     )]
     Overlap { dir: DirId },
     #[error(
-        "{dir}/{path}: destination hash {destination_hash} does not match source hash {source_hash}, source kept"
+        "destination hash {destination_hash} does not match source hash {source_hash}, source kept"
     )]
     HashMismatch {
         dir: DirId,
@@ -105,8 +110,10 @@ pub enum MoveError {
         source_hash: Sha256Hash,
         destination_hash: Sha256Hash,
     },
-    #[error("{dir}/{path}: source changed while being moved, not deleted")]
+    #[error("source changed while being moved, not deleted")]
     SourceChanged { dir: DirId, path: RelPath },
+    #[error("move cancelled")]
+    Cancelled,
 }
 
 impl MoveError {
@@ -138,34 +145,154 @@ pub struct Failure {
 pub struct MoveSummary {
     pub files_moved: u64,
     pub files_failed: u64,
+    /// Files left unmoved because the move was cancelled: those in flight
+    /// (their partial files stay resumable) and those not started.
+    pub files_interrupted: u64,
     /// Size of the files moved.
     pub bytes_moved: u64,
     /// File, delta and signature bytes that crossed between the two sides.
     pub bytes_sent: u64,
+    /// Every file or directory that failed, in the order they failed.
     pub failures: Vec<Failure>,
 }
 
-/// Moves every file of `dirs` from `src` to `dst`.
+/// A file to move: its listing on the source and what the destination has.
+struct Job<'a> {
+    dir: &'a DirId,
+    entry: Entry,
+    state: DestinationState,
+}
+
+/// Moves every file of `dirs` from `src` to `dst`, reporting to `progress`.
 ///
 /// Fails as a whole only if the two sides cannot be compared (an `info`
-/// call fails, a directory is missing, or both sides are the same
-/// directory); a file or directory that fails is recorded in
-/// [`MoveSummary::failures`] and the others go on.
+/// call fails, a directory is missing, both sides overlap) or `cancel` fires
+/// before that check is done. A file or directory that fails is reported,
+/// recorded in [`MoveSummary::failures`], and the others go on.
+///
+/// When `cancel` fires, no new file starts and the files in flight stop
+/// where they are: their sources are intact and their partial files are
+/// resumed by the next run.
 pub async fn move_files(
     src: &dyn Service,
     dst: &dyn Service,
     dirs: &[DirId],
     options: &MoveOptions,
+    progress: &dyn Progress,
+    cancel: &CancellationToken,
 ) -> Result<MoveSummary, MoveError> {
-    check_distinct(src, dst, dirs).await?;
+    cancel
+        .run_until_cancelled(check_distinct(src, dst, dirs))
+        .await
+        .ok_or(MoveError::Cancelled)??;
     let options = &options.clamped();
     let mut summary = MoveSummary::default();
+    let mut jobs = Vec::new();
     for dir in dirs {
-        move_dir(src, dst, dir, options, &mut summary)
-            .instrument(tracing::info_span!("dir", %dir))
+        progress.listing(dir);
+        let listed = cancel
+            .run_until_cancelled(
+                list_dir(src, dst, dir).instrument(tracing::info_span!("dir", %dir)),
+            )
             .await;
+        match listed {
+            None => return Ok(summary),
+            Some(Ok(dir_jobs)) => jobs.extend(dir_jobs),
+            Some(Err(error)) => {
+                tracing::error!(%dir, error = %ErrorChain(&error), "cannot list directory");
+                progress.dir_failed(dir, &error);
+                summary.failures.push(Failure {
+                    dir: dir.clone(),
+                    path: None,
+                    error,
+                });
+            }
+        }
+    }
+    progress.totals(
+        jobs.len() as u64,
+        jobs.iter().map(|job| job.entry.stamp.size).sum(),
+    );
+    let mut results = stream::iter(jobs)
+        .map(|job| {
+            let span = tracing::info_span!("file", dir = %job.dir, path = %job.entry.path);
+            async move {
+                if cancel.is_cancelled() {
+                    return (job, Outcome::Interrupted);
+                }
+                let file =
+                    FileTracker::new(progress.file(job.dir, &job.entry.path, job.entry.stamp.size));
+                let moving = move_file(src, dst, job.dir, &job.entry, job.state, options, &file);
+                let outcome = match cancel.run_until_cancelled(moving).await {
+                    Some(Ok(sent)) => {
+                        file.progress.moved();
+                        Outcome::Moved(sent)
+                    }
+                    Some(Err(error)) => {
+                        tracing::error!(error = %ErrorChain(&error), "file not moved");
+                        file.progress.failed(&error);
+                        Outcome::Failed(error)
+                    }
+                    None => {
+                        tracing::info!("file interrupted");
+                        file.progress.interrupted();
+                        Outcome::Interrupted
+                    }
+                };
+                (job, outcome)
+            }
+            .instrument(span)
+        })
+        .buffer_unordered(options.parallel);
+    while let Some((job, outcome)) = results.next().await {
+        match outcome {
+            Outcome::Moved(sent) => {
+                summary.files_moved += 1;
+                summary.bytes_moved += job.entry.stamp.size;
+                summary.bytes_sent += sent;
+            }
+            Outcome::Failed(error) => {
+                summary.files_failed += 1;
+                summary.failures.push(Failure {
+                    dir: job.dir.clone(),
+                    path: Some(job.entry.path),
+                    error,
+                });
+            }
+            Outcome::Interrupted => summary.files_interrupted += 1,
+        }
     }
     Ok(summary)
+}
+
+enum Outcome {
+    Moved(u64),
+    Failed(MoveError),
+    Interrupted,
+}
+
+/// A file's progress, with the phase it was last told, so it is told of
+/// each change once.
+struct FileTracker {
+    progress: Arc<dyn FileProgress>,
+    phase: Mutex<Option<Phase>>,
+}
+
+impl FileTracker {
+    fn new(progress: Arc<dyn FileProgress>) -> Self {
+        FileTracker {
+            progress,
+            phase: Mutex::new(None),
+        }
+    }
+
+    fn phase(&self, phase: Phase) {
+        let mut current = self.phase.lock().unwrap_or_else(|e| e.into_inner());
+        if *current != Some(phase) {
+            *current = Some(phase);
+            self.progress.phase(phase);
+        }
+    }
 }
 
 /// Refuses to move a directory onto itself, which would delete the only
@@ -212,32 +339,20 @@ struct DestinationState {
     partial_stamp: Option<FileStamp>,
 }
 
-async fn move_dir(
+/// Lists a directory on both sides and pairs each source file with what
+/// the destination has at its path.
+async fn list_dir<'a>(
     src: &dyn Service,
     dst: &dyn Service,
-    dir: &DirId,
-    options: &MoveOptions,
-    summary: &mut MoveSummary,
-) {
-    let listings = future::try_join(
+    dir: &'a DirId,
+) -> Result<Vec<Job<'a>>, MoveError> {
+    let (src_entries, dst_entries) = future::try_join(
         async { src.list(dir, false).await?.try_collect::<Vec<_>>().await }
             .map_err(MoveError::source),
         async { dst.list(dir, true).await?.try_collect::<Vec<_>>().await }
             .map_err(MoveError::destination),
     )
-    .await;
-    let (src_entries, dst_entries) = match listings {
-        Ok(listings) => listings,
-        Err(error) => {
-            tracing::error!(%dir, error = %ErrorChain(&error), "cannot list directory");
-            summary.failures.push(Failure {
-                dir: dir.clone(),
-                path: None,
-                error,
-            });
-            return;
-        }
-    };
+    .await?;
     let mut destination: HashMap<RelPath, DestinationState> = HashMap::new();
     for entry in dst_entries {
         let state = destination.entry(entry.path).or_default();
@@ -246,39 +361,15 @@ async fn move_dir(
             FileKind::Partial => state.partial_stamp = Some(entry.stamp),
         }
     }
-    let mut results = stream::iter(
-        src_entries
-            .into_iter()
-            .filter(|e| e.kind == FileKind::Final),
-    )
-    .map(|entry| {
-        let state = destination.remove(&entry.path).unwrap_or_default();
-        let span = tracing::info_span!("file", path = %entry.path);
-        async move {
-            let result = move_file(src, dst, dir, &entry, state, options).await;
-            (entry, result)
-        }
-        .instrument(span)
-    })
-    .buffer_unordered(options.parallel);
-    while let Some((entry, result)) = results.next().await {
-        match result {
-            Ok(sent) => {
-                summary.files_moved += 1;
-                summary.bytes_moved += entry.stamp.size;
-                summary.bytes_sent += sent;
-            }
-            Err(error) => {
-                tracing::error!(%dir, path = %entry.path, error = %ErrorChain(&error), "file not moved");
-                summary.files_failed += 1;
-                summary.failures.push(Failure {
-                    dir: dir.clone(),
-                    path: Some(entry.path),
-                    error,
-                });
-            }
-        }
-    }
+    Ok(src_entries
+        .into_iter()
+        .filter(|e| e.kind == FileKind::Final)
+        .map(|entry| Job {
+            dir,
+            state: destination.remove(&entry.path).unwrap_or_default(),
+            entry,
+        })
+        .collect())
 }
 
 /// Moves one file; returns the bytes sent between the sides.
@@ -289,6 +380,7 @@ async fn move_file(
     entry: &Entry,
     state: DestinationState,
     options: &MoveOptions,
+    file: &FileTracker,
 ) -> Result<u64, MoveError> {
     let path = &entry.path;
     let size = entry.stamp.size;
@@ -299,6 +391,7 @@ async fn move_file(
         path,
         size,
         options,
+        file,
     };
     let source_hash = async {
         let result = src
@@ -320,6 +413,7 @@ async fn move_file(
             && let Some(final_stamp) = state.final_stamp
             && final_stamp.size == size
         {
+            file.phase(Phase::Hashing);
             let result = dst
                 .hash(dir, path, FileKind::Final, None)
                 .await
@@ -332,6 +426,7 @@ async fn move_file(
             (None, None) => None,
         };
         let sent = transfer.run(working).await?;
+        file.phase(Phase::Checking);
         Ok((transfer.destination_hash().await?, FileKind::Partial, sent))
     };
     let (source_hash, (mut destination_hash, kind, mut sent)) =
@@ -339,6 +434,7 @@ async fn move_file(
     if destination_hash != source_hash && kind == FileKind::Final {
         tracing::info!(size, "destination differs from source, overwriting it");
         sent += transfer.run(Some((FileKind::Final, size))).await?;
+        file.phase(Phase::Checking);
         destination_hash = transfer.destination_hash().await?;
     }
     if destination_hash != source_hash {
@@ -352,6 +448,7 @@ async fn move_file(
     dst.finish(dir, path)
         .await
         .map_err(MoveError::destination)?;
+    file.phase(Phase::Deleting);
     src.delete(dir, path, Some(entry.stamp))
         .await
         .map_err(|e| match e.code() {
@@ -373,6 +470,7 @@ struct Transfer<'a> {
     path: &'a RelPath,
     size: u64,
     options: &'a MoveOptions,
+    file: &'a FileTracker,
 }
 
 impl Transfer<'_> {
@@ -382,6 +480,9 @@ impl Transfer<'_> {
         let (mut kind, base_len) = working.unwrap_or((FileKind::Partial, 0));
         let mut sent = 0;
         let mut offset = 0;
+        if base_len > 0 && self.size > 0 {
+            self.file.phase(Phase::Hashing);
+        }
         while offset < self.size && offset < base_len {
             let range = ByteRange::new(offset, (offset + self.options.range_size).min(self.size));
             let (source, destination) = future::try_join(
@@ -401,14 +502,20 @@ impl Transfer<'_> {
             )
             .await?;
             if destination != Some(source.hash) {
+                self.file.phase(Phase::Copying);
                 sent += self.patch(range, source.hash).await?;
                 kind = FileKind::Partial;
             }
+            self.file.progress.bytes(range.len());
             offset = range.end;
         }
         // Always called, even with nothing left to copy: it also sets the
         // partial file's final size and turns a final file into a partial one.
-        sent += self.copy_range(ByteRange::new(offset, self.size)).await?;
+        let rest = ByteRange::new(offset, self.size);
+        if !rest.is_empty() {
+            self.file.phase(Phase::Copying);
+        }
+        sent += self.copy_range(rest, true).await?;
         tracing::debug!(bytes_sent = sent, resumed_from = base_len, "transfer done");
         Ok(sent)
     }
@@ -427,7 +534,7 @@ impl Transfer<'_> {
             .diff(self.dir, self.path, range, signature)
             .await
             .map_err(MoveError::source)?;
-        let (delta, relay) = Relay::new(delta);
+        let (delta, relay) = Relay::new(delta, None);
         self.dst
             .apply_delta(self.dir, self.path, range, self.size, delta)
             .await
@@ -444,19 +551,20 @@ impl Transfer<'_> {
                 end = range.end,
                 "delta did not reproduce the range, copying it"
             );
-            sent += self.copy_range(range).await?;
+            sent += self.copy_range(range, false).await?;
         }
         Ok(sent)
     }
 
-    /// Copies `range` of the source and sets the destination's size.
-    async fn copy_range(&self, range: ByteRange) -> Result<u64, MoveError> {
+    /// Copies `range` of the source and sets the destination's size; the
+    /// bytes are reported to the file's progress if `report`.
+    async fn copy_range(&self, range: ByteRange, report: bool) -> Result<u64, MoveError> {
         let data = self
             .src
             .read(self.dir, self.path, range.start, Some(range.len()))
             .await
             .map_err(MoveError::source)?;
-        let (data, relay) = Relay::new(data);
+        let (data, relay) = Relay::new(data, report.then(|| Arc::clone(&self.file.progress)));
         self.dst
             .write(self.dir, self.path, range.start, self.size, data)
             .await
@@ -481,7 +589,8 @@ struct Relay {
 }
 
 impl Relay {
-    fn new(stream: ByteStream) -> (ByteStream, Relay) {
+    /// Wraps `stream`; each chunk is also reported to `progress` if given.
+    fn new(stream: ByteStream, progress: Option<Arc<dyn FileProgress>>) -> (ByteStream, Relay) {
         let relay = Relay {
             bytes: Arc::default(),
             source_failed: Arc::default(),
@@ -491,6 +600,9 @@ impl Relay {
             .inspect(move |item| match item {
                 Ok(chunk) => {
                     bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    if let Some(progress) = &progress {
+                        progress.bytes(chunk.len() as u64);
+                    }
                 }
                 Err(_) => source_failed.store(true, Ordering::Relaxed),
             })

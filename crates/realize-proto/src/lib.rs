@@ -189,11 +189,36 @@ pub fn status_from_error(error: &ServiceError) -> tonic::Status {
     tonic::Status::new(grpc_code(error.code()), ErrorChain(error).to_string())
 }
 
-/// The service error a gRPC status stands for.
+/// The service error a gRPC status stands for: a status the peer sent is
+/// [`ServiceError::Remote`]; one the client made up because the connection
+/// failed carries its cause and becomes [`ServiceError::Transport`].
 pub fn error_from_status(status: tonic::Status) -> ServiceError {
+    if std::error::Error::source(&status).is_some() {
+        return ServiceError::Transport {
+            context: "connection to the daemon failed".to_string(),
+            source: Box::new(TransportCause(status)),
+        };
+    }
     ServiceError::Remote {
         code: error_code(status.code()),
         message: status.message().to_string(),
+    }
+}
+
+/// A client-side status, shown by its message and causes rather than by
+/// tonic's verbose `Display`.
+#[derive(Debug)]
+struct TransportCause(tonic::Status);
+
+impl std::fmt::Display for TransportCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.message())
+    }
+}
+
+impl std::error::Error for TransportCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.0)
     }
 }
 

@@ -8,9 +8,12 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
+use tokio_util::sync::CancellationToken;
+
 use super::{MoveError, MoveOptions, MoveSummary, Side, move_files};
 use crate::error::{ErrorCode, ServiceError};
 use crate::path::{DirId, RelPath};
+use crate::progress::NoProgress;
 use crate::service::{
     ByteRange, ByteStream, EntryStream, FileKind, FileStamp, HashResult, Service, ServiceInfo,
 };
@@ -121,7 +124,16 @@ impl Sides {
 
     async fn run_with(&self, options: &MoveOptions) -> MoveSummary {
         let (src, dst) = (store(self.src()), store(self.dst()));
-        move_files(&src, &dst, &[dir()], options).await.unwrap()
+        move_files(
+            &src,
+            &dst,
+            &[dir()],
+            options,
+            &NoProgress,
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap()
     }
 }
 
@@ -426,7 +438,14 @@ async fn a_zero_range_size_does_not_hang_a_resume() {
     };
     let moved = tokio::time::timeout(
         std::time::Duration::from_secs(5),
-        move_files(&src, &dst, &[dir()], &options),
+        move_files(
+            &src,
+            &dst,
+            &[dir()],
+            &options,
+            &NoProgress,
+            &CancellationToken::new(),
+        ),
     )
     .await;
     let Ok(result) = moved else {
@@ -635,7 +654,16 @@ async fn a_corrupted_copy_fails_the_hash_check_and_keeps_the_source() {
     let src = store(sides.src());
     let dst = Faulty::new(sides.dst(), Fault::FlipWrittenBytes);
 
-    let summary = move_files(&src, &dst, &[dir()], &options()).await.unwrap();
+    let summary = move_files(
+        &src,
+        &dst,
+        &[dir()],
+        &options(),
+        &NoProgress,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
 
     assert_eq!(summary.files_moved, 0);
     assert_eq!(summary.files_failed, 1);
@@ -666,7 +694,16 @@ async fn a_source_changed_before_it_is_hashed_is_not_deleted() {
     let src = Faulty::new(sides.src(), Fault::ChangeBeforeHash);
     let dst = store(sides.dst());
 
-    let summary = move_files(&src, &dst, &[dir()], &options()).await.unwrap();
+    let summary = move_files(
+        &src,
+        &dst,
+        &[dir()],
+        &options(),
+        &NoProgress,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
 
     assert_eq!(summary.files_moved, 0);
     assert_eq!(summary.files_failed, 1);
@@ -695,7 +732,16 @@ async fn a_source_changed_before_it_is_deleted_is_kept() {
     let src = Faulty::new(sides.src(), Fault::ChangeBeforeDelete);
     let dst = store(sides.dst());
 
-    let summary = move_files(&src, &dst, &[dir()], &options()).await.unwrap();
+    let summary = move_files(
+        &src,
+        &dst,
+        &[dir()],
+        &options(),
+        &NoProgress,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
 
     assert_eq!(summary.files_moved, 0);
     assert_eq!(summary.files_failed, 1);
@@ -729,7 +775,15 @@ async fn a_directory_is_never_moved_onto_itself() {
 
     for dst_root in [root.path(), link.as_path()] {
         let (src, dst) = (store(root.path()), store(dst_root));
-        let result = move_files(&src, &dst, &[dir()], &options()).await;
+        let result = move_files(
+            &src,
+            &dst,
+            &[dir()],
+            &options(),
+            &NoProgress,
+            &CancellationToken::new(),
+        )
+        .await;
         assert!(
             matches!(&result, Err(MoveError::Overlap { dir: d }) if *d == dir()),
             "{result:?}"
@@ -745,7 +799,16 @@ async fn a_missing_destination_root_fails_the_directory_and_deletes_nothing() {
     let src = store(sides.src());
     let dst = store(&sides.dst().join("no-such-root"));
 
-    let summary = move_files(&src, &dst, &[dir()], &options()).await.unwrap();
+    let summary = move_files(
+        &src,
+        &dst,
+        &[dir()],
+        &options(),
+        &NoProgress,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
 
     assert_eq!(summary.files_moved, 0);
     assert_eq!(summary.failures.len(), 1);
@@ -773,12 +836,28 @@ async fn a_directory_one_side_does_not_serve_is_refused() {
     let served = store(sides.src());
     let not_served = LocalStore::new([(other, sides.dst().to_path_buf())]);
 
-    let result = move_files(&served, &not_served, &[dir()], &options()).await;
+    let result = move_files(
+        &served,
+        &not_served,
+        &[dir()],
+        &options(),
+        &NoProgress,
+        &CancellationToken::new(),
+    )
+    .await;
     assert!(
         matches!(&result, Err(MoveError::MissingDir { side: Side::Destination, dir: d }) if *d == dir()),
         "{result:?}"
     );
-    let result = move_files(&not_served, &served, &[dir()], &options()).await;
+    let result = move_files(
+        &not_served,
+        &served,
+        &[dir()],
+        &options(),
+        &NoProgress,
+        &CancellationToken::new(),
+    )
+    .await;
     assert!(
         matches!(
             &result,
@@ -825,7 +904,15 @@ async fn check_overlap(src_root: &str, dst_root: &str, files: &[(&str, &[u8])]) 
         parallel: 1,
         ..options()
     };
-    let result = move_files(&src, &dst, &[dir()], &one_at_a_time).await;
+    let result = move_files(
+        &src,
+        &dst,
+        &[dir()],
+        &one_at_a_time,
+        &NoProgress,
+        &CancellationToken::new(),
+    )
+    .await;
     assert_nothing_lost(&before, root.path());
     assert!(result.is_err(), "{result:?}");
 }

@@ -179,7 +179,7 @@ async fn identical_and_differing_files_at_destination() {
 fn bytes_sent(log: &str, path: &str) -> u64 {
     let line = log
         .lines()
-        .find(|l| l.contains(&format!("file{{path={path}}}")) && l.contains(" moved "))
+        .find(|l| l.contains(&format!(" path={path}}}")) && l.contains(" moved "))
         .unwrap_or_else(|| panic!("no moved line for {path} in:\n{log}"));
     line.split("bytes_sent=")
         .nth(1)

@@ -1,0 +1,388 @@
+//! What `realize` shows: progress bars for a person, plain lines for a log, JSON for a script.
+//!
+//! [`Output`] implements realize-core's `Progress`. Lines (`Moved`, `ERROR`,
+//! the summary) are the same in every text mode; bars are drawn only on a
+//! terminal, and `--quiet` keeps only errors and the summary.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use console::style;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use realize_core::mover::ErrorChain;
+use realize_core::{DirId, FileProgress, MoveError, MoveSummary, Phase, Progress, RelPath};
+use serde_json::json;
+
+/// How to show a move.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Shows a move's events; see the module docs.
+#[derive(Debug)]
+pub struct Output {
+    mode: Mode,
+    started: AtomicU64,
+    total: AtomicU64,
+}
+
+#[derive(Debug)]
+enum Mode {
+    Bars {
+        bars: MultiProgress,
+        listing: Mutex<Option<ProgressBar>>,
+    },
+    Lines {
+        quiet: bool,
+    },
+    Json,
+}
+
+fn phase_word(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Hashing => "Hashing",
+        Phase::Copying => "Copying",
+        Phase::Checking => "Checking",
+        Phase::Deleting => "Deleting",
+    }
+}
+
+/// Writes one line to stdout; a closed stdout (`realize | head`) must not
+/// stop a move, so write errors are ignored.
+fn print_out(line: &str) {
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+fn print_err(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+fn print_json(value: serde_json::Value) {
+    print_out(&value.to_string());
+}
+
+impl Output {
+    /// `terminal`: stdout is a terminal, so bars can be drawn.
+    pub fn new(format: Format, quiet: bool, terminal: bool) -> Self {
+        let mode = match format {
+            Format::Json => Mode::Json,
+            Format::Text if terminal && !quiet => Mode::Bars {
+                bars: MultiProgress::with_draw_target(ProgressDrawTarget::stdout()),
+                listing: Mutex::new(None),
+            },
+            Format::Text => Mode::Lines { quiet },
+        };
+        Output {
+            mode,
+            started: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+        }
+    }
+
+    /// Where log lines go: stderr, with the bars out of the way while each
+    /// line is written.
+    pub fn log_writer(&self) -> LogWriter {
+        LogWriter {
+            bars: match &self.mode {
+                Mode::Bars { bars, .. } => Some(bars.clone()),
+                _ => None,
+            },
+        }
+    }
+
+    /// Prints a line on stdout above the bars, if any.
+    fn line_out(&self, line: &str) {
+        match &self.mode {
+            Mode::Bars { bars, .. } => bars.suspend(|| print_out(line)),
+            _ => print_out(line),
+        }
+    }
+
+    fn line_err(&self, line: &str) {
+        match &self.mode {
+            Mode::Bars { bars, .. } => bars.suspend(|| print_err(line)),
+            _ => print_err(line),
+        }
+    }
+
+    fn clear_listing(&self) {
+        if let Mode::Bars { listing, .. } = &self.mode
+            && let Some(spinner) = listing.lock().unwrap_or_else(|e| e.into_inner()).take()
+        {
+            spinner.finish_and_clear();
+        }
+    }
+
+    /// A move that could not start at all.
+    pub fn fatal(&self, error: &anyhow::Error) {
+        self.clear_listing();
+        match self.mode {
+            Mode::Json => print_json(json!({"event": "error", "error": format!("{error:#}")})),
+            _ => self.line_err(&format!(
+                "{} {error:#}",
+                style(format!("{:<9}", "ERROR")).bold().red().for_stderr()
+            )),
+        }
+    }
+
+    /// The last line: what moved, what failed, what was left.
+    pub fn summary(&self, summary: &MoveSummary, elapsed: Duration) {
+        self.clear_listing();
+        let failed = summary.failures.len() as u64;
+        if let Mode::Json = self.mode {
+            print_json(json!({
+                "event": "summary",
+                "moved": summary.files_moved,
+                "failed": failed,
+                "interrupted": summary.files_interrupted,
+                "bytes_moved": summary.bytes_moved,
+                "bytes_sent": summary.bytes_sent,
+                "duration_ms": elapsed.as_millis() as u64,
+            }));
+            return;
+        }
+        if failed > 0 {
+            self.line_err(&format!(
+                "{} {failed} failed, {} moved",
+                style("ERROR").bold().red().for_stderr(),
+                summary.files_moved
+            ));
+        } else if summary.files_interrupted > 0 {
+            self.line_err(&format!(
+                "{} {} moved, {} interrupted",
+                style("INTERRUPTED").bold().yellow().for_stderr(),
+                summary.files_moved,
+                summary.files_interrupted
+            ));
+        } else {
+            let elapsed = Duration::from_millis(elapsed.as_millis() as u64);
+            self.line_out(&format!(
+                "Moved {} files ({}) in {}",
+                summary.files_moved,
+                bytesize::ByteSize(summary.bytes_moved).display().si(),
+                humantime::format_duration(elapsed)
+            ));
+        }
+    }
+}
+
+impl Progress for Output {
+    fn listing(&self, dir: &DirId) {
+        if let Mode::Bars { bars, listing } = &self.mode {
+            let spinner = bars.add(ProgressBar::new_spinner());
+            spinner.set_style(
+                ProgressStyle::with_template("{prefix:<9} {msg} [{spinner}]")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            spinner.set_prefix("Checking");
+            spinner.set_message(dir.to_string());
+            spinner.enable_steady_tick(Duration::from_millis(100));
+            if let Some(previous) = listing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .replace(spinner)
+            {
+                previous.finish_and_clear();
+            }
+        }
+    }
+
+    fn dir_failed(&self, dir: &DirId, error: &MoveError) {
+        match self.mode {
+            Mode::Json => print_json(json!({
+                "event": "dir_failed",
+                "dir": dir.as_str(),
+                "error": ErrorChain(error).to_string(),
+            })),
+            _ => self.line_err(&format!(
+                "{} {dir}: {}",
+                style(format!("{:<9}", "ERROR")).bold().red().for_stderr(),
+                ErrorChain(error)
+            )),
+        }
+    }
+
+    fn totals(&self, files: u64, _bytes: u64) {
+        self.clear_listing();
+        self.total.store(files, Ordering::Relaxed);
+    }
+
+    fn file(&self, dir: &DirId, path: &RelPath, size: u64) -> Arc<dyn FileProgress> {
+        let index = self.started.fetch_add(1, Ordering::Relaxed) + 1;
+        let total = self.total.load(Ordering::Relaxed);
+        let counter = format!("[{index}/{total}]");
+        let bar = match &self.mode {
+            Mode::Json => {
+                print_json(json!({
+                    "event": "started",
+                    "dir": dir.as_str(),
+                    "path": path.as_str(),
+                    "size": size,
+                    "index": index,
+                    "total": total,
+                }));
+                None
+            }
+            Mode::Bars { bars, .. } => {
+                let bar = bars.add(ProgressBar::new(size));
+                // The counter is digits only, so it cannot break the template.
+                let template =
+                    format!("{counter} {{prefix:<9}} {{msg}} [{{bar:25}}] {{bytes_per_sec}}");
+                bar.set_style(
+                    ProgressStyle::with_template(&template)
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("=> "),
+                );
+                bar.set_message(format!("{dir}/{path}"));
+                Some(bar)
+            }
+            Mode::Lines { .. } => None,
+        };
+        Arc::new(FileOutput {
+            counter,
+            dir: dir.clone(),
+            path: path.clone(),
+            size,
+            bar,
+            output: self.shared(),
+        })
+    }
+}
+
+impl Output {
+    /// What a file's output needs from the move's output: a copy of its mode.
+    fn shared(&self) -> SharedMode {
+        match &self.mode {
+            Mode::Bars { bars, .. } => SharedMode::Bars(bars.clone()),
+            Mode::Lines { quiet } => SharedMode::Lines { quiet: *quiet },
+            Mode::Json => SharedMode::Json,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum SharedMode {
+    Bars(MultiProgress),
+    Lines { quiet: bool },
+    Json,
+}
+
+struct FileOutput {
+    counter: String,
+    dir: DirId,
+    path: RelPath,
+    size: u64,
+    bar: Option<ProgressBar>,
+    output: SharedMode,
+}
+
+impl FileOutput {
+    fn finish_bar(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+
+    fn print_json(&self, event: &str, error: Option<&MoveError>) {
+        let mut value = json!({
+            "event": event,
+            "dir": self.dir.as_str(),
+            "path": self.path.as_str(),
+            "size": self.size,
+        });
+        if let Some(error) = error {
+            value["error"] = ErrorChain(error).to_string().into();
+        }
+        print_json(value);
+    }
+}
+
+impl FileProgress for FileOutput {
+    fn phase(&self, phase: Phase) {
+        if let Some(bar) = &self.bar {
+            bar.set_prefix(phase_word(phase));
+        }
+    }
+
+    fn bytes(&self, bytes: u64) {
+        if let Some(bar) = &self.bar {
+            bar.inc(bytes);
+        }
+    }
+
+    fn moved(&self) {
+        self.finish_bar();
+        let line = || {
+            format!(
+                "{} {} {}/{}",
+                self.counter,
+                style(format!("{:<9}", "Moved")).bold().green(),
+                self.dir,
+                self.path
+            )
+        };
+        match &self.output {
+            SharedMode::Bars(bars) => bars.suspend(|| print_out(&line())),
+            SharedMode::Lines { quiet: false } => print_out(&line()),
+            SharedMode::Lines { quiet: true } => {}
+            SharedMode::Json => self.print_json("moved", None),
+        }
+    }
+
+    fn failed(&self, error: &MoveError) {
+        self.finish_bar();
+        let line = || {
+            format!(
+                "{} {} {}/{}: {}",
+                self.counter,
+                style(format!("{:<9}", "ERROR")).bold().red().for_stderr(),
+                self.dir,
+                self.path,
+                ErrorChain(error)
+            )
+        };
+        match &self.output {
+            SharedMode::Bars(bars) => bars.suspend(|| print_err(&line())),
+            SharedMode::Lines { .. } => print_err(&line()),
+            SharedMode::Json => self.print_json("failed", Some(error)),
+        }
+    }
+
+    fn interrupted(&self) {
+        self.finish_bar();
+        if let SharedMode::Json = self.output {
+            self.print_json("interrupted", None);
+        }
+    }
+}
+
+/// A `tracing` writer to stderr that keeps log lines from tearing the bars.
+#[derive(Clone, Debug)]
+pub struct LogWriter {
+    bars: Option<MultiProgress>,
+}
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match &self.bars {
+            Some(bars) => bars.suspend(|| std::io::stderr().write_all(buf))?,
+            None => std::io::stderr().write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogWriter;
+    fn make_writer(&'a self) -> LogWriter {
+        self.clone()
+    }
+}

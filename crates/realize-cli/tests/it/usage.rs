@@ -1,0 +1,124 @@
+//! Usage errors, keygen, and the refusal to move a directory onto itself:
+//! each changes nothing on disk.
+
+use tempfile::TempDir;
+
+use crate::{realize, stderr};
+
+/// Runs a command line that must be a usage error naming `expected`, and
+/// checks that nothing on disk changed.
+fn check_usage_error(args: &[&str], expected: &str) {
+    let work = TempDir::new().unwrap();
+    std::fs::create_dir(work.path().join("src")).unwrap();
+    std::fs::write(work.path().join("src/file"), b"data").unwrap();
+    let output = realize(args, work.path());
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{args:?}: {}",
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains(expected),
+        "{args:?}: {:?} lacks {expected:?}",
+        stderr(&output)
+    );
+    assert_eq!(
+        std::fs::read(work.path().join("src/file")).unwrap(),
+        b"data"
+    );
+    assert!(
+        !work.path().join("dst").exists(),
+        "{args:?} created the destination"
+    );
+}
+
+#[test]
+fn usage_errors() {
+    check_usage_error(&["--dst-path", "dst"], "--src-path");
+    check_usage_error(&["--src-path", "src"], "--dst-path");
+    check_usage_error(
+        &[
+            "--src-path",
+            "src",
+            "--src-addr",
+            "h:1",
+            "--dst-path",
+            "dst",
+        ],
+        "cannot be used with",
+    );
+    check_usage_error(
+        &["--src-path", "src", "--dst-path", "dst", "a", "b"],
+        "exactly one DIR_ID, got 2",
+    );
+    check_usage_error(
+        &["--src-path", "src", "--dst-addr", "127.0.0.1:1"],
+        "exactly one DIR_ID, got 0",
+    );
+    check_usage_error(
+        &["--src-path", "src", "--dst-addr", "127.0.0.1:1", "d"],
+        "--privkey is required",
+    );
+    check_usage_error(
+        &["--src-addr", "127.0.0.1:1", "--dst-addr", "127.0.0.1:2"],
+        "at least one DIR_ID",
+    );
+    check_usage_error(
+        &["--src-path", "src", "--dst-path", "dst", "bad/id"],
+        "invalid directory id",
+    );
+    check_usage_error(
+        &["--src-path", "src", "--dst-path", "dst", "--parallel", "0"],
+        "--parallel must be at least 1",
+    );
+}
+
+#[test]
+fn moving_a_directory_onto_itself_is_refused() {
+    let work = TempDir::new().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(src.join("a/b")).unwrap();
+    std::fs::write(src.join("a/b/file.txt"), b"hello").unwrap();
+    std::fs::write(src.join("top"), b"").unwrap();
+    let output = realize(&["--src-path", "src", "--dst-path", "src"], work.path());
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("same directory"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(std::fs::read(src.join("a/b/file.txt")).unwrap(), b"hello");
+}
+
+#[test]
+fn keygen_writes_a_private_key_only_we_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = TempDir::new().unwrap();
+    let output = realize(&["keygen", "--out", "me"], work.path());
+    assert!(output.status.success(), "{}", stderr(&output));
+    let mode = |name: &str| {
+        std::fs::metadata(work.path().join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("me.key"), 0o600);
+    let public = std::fs::read_to_string(work.path().join("me.pub.pem")).unwrap();
+    assert!(public.starts_with("-----BEGIN PUBLIC KEY-----"));
+    let cert = std::fs::read_to_string(work.path().join("me.crt")).unwrap();
+    assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
+    let key_before = std::fs::read(work.path().join("me.key")).unwrap();
+    let again = realize(&["keygen", "--out", "me"], work.path());
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(
+        std::fs::read(work.path().join("me.key")).unwrap(),
+        key_before
+    );
+}

@@ -1,0 +1,355 @@
+//! The exact events a move reports, recorded from real moves between local stores.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::{FileProgress, Phase, Progress};
+use crate::error::ServiceError;
+use crate::mover::{MoveError, MoveOptions, move_files};
+use crate::path::{DirId, RelPath};
+use crate::service::{
+    ByteRange, ByteStream, EntryStream, FileKind, FileStamp, HashResult, Service, ServiceInfo,
+};
+use crate::store::LocalStore;
+
+const KIB: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Event {
+    Enter(Phase),
+    /// Consecutive byte reports, summed.
+    Bytes(u64),
+    Moved,
+    Failed,
+    Interrupted,
+}
+
+/// Records the move-level events in order, and each file's events apart,
+/// since files run concurrently.
+#[derive(Default)]
+struct Recorder {
+    moves: Mutex<Vec<String>>,
+    files: Arc<Mutex<BTreeMap<String, Vec<Event>>>>,
+}
+
+struct FileRecorder {
+    path: String,
+    files: Arc<Mutex<BTreeMap<String, Vec<Event>>>>,
+}
+
+impl FileRecorder {
+    fn push(&self, event: Event) {
+        let mut files = self.files.lock().unwrap();
+        let events = files.entry(self.path.clone()).or_default();
+        match (events.last_mut(), &event) {
+            (Some(Event::Bytes(sum)), Event::Bytes(more)) => *sum += more,
+            _ => events.push(event),
+        }
+    }
+}
+
+impl Progress for Recorder {
+    fn listing(&self, dir: &DirId) {
+        self.moves.lock().unwrap().push(format!("listing {dir}"));
+    }
+    fn dir_failed(&self, dir: &DirId, _error: &MoveError) {
+        self.moves.lock().unwrap().push(format!("failed {dir}"));
+    }
+    fn totals(&self, files: u64, bytes: u64) {
+        self.moves
+            .lock()
+            .unwrap()
+            .push(format!("totals {files} files {bytes} bytes"));
+    }
+    fn file(&self, dir: &DirId, path: &RelPath, size: u64) -> Arc<dyn FileProgress> {
+        self.moves
+            .lock()
+            .unwrap()
+            .push(format!("file {dir}/{path} {size}"));
+        Arc::new(FileRecorder {
+            path: path.to_string(),
+            files: Arc::clone(&self.files),
+        })
+    }
+}
+
+impl FileProgress for FileRecorder {
+    fn phase(&self, phase: Phase) {
+        self.push(Event::Enter(phase));
+    }
+    fn bytes(&self, bytes: u64) {
+        self.push(Event::Bytes(bytes));
+    }
+    fn moved(&self) {
+        self.push(Event::Moved);
+    }
+    fn failed(&self, _error: &MoveError) {
+        self.push(Event::Failed);
+    }
+    fn interrupted(&self) {
+        self.push(Event::Interrupted);
+    }
+}
+
+fn dir() -> DirId {
+    DirId::new("d").unwrap()
+}
+
+fn store(root: &Path) -> LocalStore {
+    LocalStore::new([(dir(), root.to_path_buf())])
+}
+
+fn write_file(root: &Path, rel: &str, data: &[u8]) {
+    let path = root.join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, data).unwrap();
+}
+
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn options() -> MoveOptions {
+    MoveOptions {
+        parallel: 1,
+        range_size: 64 * KIB as u64,
+        block_size: 1024,
+    }
+}
+
+#[tokio::test]
+async fn events_of_copied_resumed_present_and_failed_files() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (src_root, dst_root) = (src.path(), dst.path());
+    // Copied: nothing at the destination; more than one 256 KiB chunk.
+    write_file(src_root, "copied", &data(300 * KIB, 1));
+    // Resumed: the destination's partial file holds the first 100 KiB.
+    let resumed = data(200 * KIB, 2);
+    write_file(src_root, "resumed", &resumed);
+    write_file(dst_root, ".resumed.part", &resumed[..100 * KIB]);
+    // Already present, identical.
+    write_file(src_root, "present", &data(10 * KIB, 3));
+    write_file(dst_root, "present", &data(10 * KIB, 3));
+    // Failed: the destination has a file where the source has a directory.
+    write_file(src_root, "sub/failed", b"0123456789");
+    write_file(dst_root, "sub", b"in the way");
+
+    let recorder = Recorder::default();
+    let summary = move_files(
+        &store(src_root),
+        &store(dst_root),
+        &[dir()],
+        &options(),
+        &recorder,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            summary.files_moved,
+            summary.files_failed,
+            summary.files_interrupted
+        ),
+        (3, 1, 0)
+    );
+
+    let total = (300 + 200 + 10) * KIB + 10;
+    let moves = recorder.moves.lock().unwrap().clone();
+    assert_eq!(
+        moves,
+        [
+            "listing d".to_string(),
+            format!("totals 4 files {total} bytes"),
+            format!("file d/copied {}", 300 * KIB),
+            format!("file d/present {}", 10 * KIB),
+            format!("file d/resumed {}", 200 * KIB),
+            "file d/sub/failed 10".to_string(),
+        ]
+    );
+    use super::Phase::*;
+    use Event::*;
+    let files = recorder.files.lock().unwrap().clone();
+    assert_eq!(
+        files["copied"],
+        [
+            Enter(Copying),
+            Bytes(300 * KIB as u64),
+            Enter(Checking),
+            Enter(Deleting),
+            Moved
+        ]
+    );
+    // Range 0..64K is already there; 64K..128K is patched (the partial file
+    // ends inside it); the rest is copied.
+    assert_eq!(
+        files["resumed"],
+        [
+            Enter(Hashing),
+            Bytes(64 * KIB as u64),
+            Enter(Copying),
+            Bytes(136 * KIB as u64),
+            Enter(Checking),
+            Enter(Deleting),
+            Moved
+        ]
+    );
+    assert_eq!(files["present"], [Enter(Hashing), Enter(Deleting), Moved]);
+    assert_eq!(files["sub/failed"], [Enter(Copying), Failed]);
+}
+
+/// A destination whose writes cancel the move and then never finish, as a
+/// transfer in flight when the user presses Ctrl-C.
+#[derive(Debug)]
+struct CancelOnWrite {
+    store: LocalStore,
+    cancel: CancellationToken,
+}
+
+#[async_trait]
+impl Service for CancelOnWrite {
+    async fn info(&self) -> Result<ServiceInfo, ServiceError> {
+        self.store.info().await
+    }
+    async fn list(&self, dir: &DirId, include_partial: bool) -> Result<EntryStream, ServiceError> {
+        self.store.list(dir, include_partial).await
+    }
+    async fn read(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<ByteStream, ServiceError> {
+        self.store.read(dir, path, offset, length).await
+    }
+    async fn write(
+        &self,
+        _dir: &DirId,
+        _path: &RelPath,
+        _offset: u64,
+        _file_size: u64,
+        _data: ByteStream,
+    ) -> Result<u64, ServiceError> {
+        self.cancel.cancel();
+        std::future::pending().await
+    }
+    async fn signature(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        range: ByteRange,
+        block_size: u32,
+    ) -> Result<Bytes, ServiceError> {
+        self.store.signature(dir, path, range, block_size).await
+    }
+    async fn diff(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        range: ByteRange,
+        signature: Bytes,
+    ) -> Result<ByteStream, ServiceError> {
+        self.store.diff(dir, path, range, signature).await
+    }
+    async fn apply_delta(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        range: ByteRange,
+        file_size: u64,
+        delta: ByteStream,
+    ) -> Result<u64, ServiceError> {
+        self.store
+            .apply_delta(dir, path, range, file_size, delta)
+            .await
+    }
+    async fn hash(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        kind: FileKind,
+        range: Option<ByteRange>,
+    ) -> Result<HashResult, ServiceError> {
+        self.store.hash(dir, path, kind, range).await
+    }
+    async fn finish(&self, dir: &DirId, path: &RelPath) -> Result<(), ServiceError> {
+        self.store.finish(dir, path).await
+    }
+    async fn delete(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        if_stamp: Option<FileStamp>,
+    ) -> Result<(), ServiceError> {
+        self.store.delete(dir, path, if_stamp).await
+    }
+}
+
+#[tokio::test]
+async fn cancelling_interrupts_the_file_in_flight_and_starts_no_other() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for name in ["a", "b", "c"] {
+        write_file(src.path(), name, &data(KIB, 4));
+    }
+    let cancel = CancellationToken::new();
+    let destination = CancelOnWrite {
+        store: store(dst.path()),
+        cancel: cancel.clone(),
+    };
+    let recorder = Recorder::default();
+    let summary = move_files(
+        &store(src.path()),
+        &destination,
+        &[dir()],
+        &options(),
+        &recorder,
+        &cancel,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            summary.files_moved,
+            summary.files_failed,
+            summary.files_interrupted
+        ),
+        (0, 0, 3)
+    );
+    let files = recorder.files.lock().unwrap().clone();
+    assert_eq!(files.len(), 1, "only one file may start: {files:?}");
+    assert_eq!(
+        files["a"],
+        [Event::Enter(Phase::Copying), Event::Interrupted]
+    );
+    for name in ["a", "b", "c"] {
+        assert_eq!(std::fs::read(src.path().join(name)).unwrap(), data(KIB, 4));
+    }
+}
+
+#[tokio::test]
+async fn a_cancelled_move_changes_nothing_before_it_starts() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_file(src.path(), "a", b"a");
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    let result = move_files(
+        &store(src.path()),
+        &store(dst.path()),
+        &[dir()],
+        &options(),
+        &Recorder::default(),
+        &cancel,
+    )
+    .await;
+    assert!(matches!(result, Err(MoveError::Cancelled)), "{result:?}");
+    assert_eq!(std::fs::read(src.path().join("a")).unwrap(), b"a");
+    assert_eq!(std::fs::read_dir(dst.path()).unwrap().count(), 0);
+}
