@@ -121,10 +121,13 @@ impl Output {
     pub fn fatal(&self, error: &anyhow::Error) {
         self.clear_listing();
         match self.mode {
-            Mode::Json => print_json(json!({"event": "error", "error": format!("{error:#}")})),
+            Mode::Json => {
+                print_json(json!({"event": "error", "error": ErrorChain(&**error).to_string()}))
+            }
             _ => self.line_err(&format!(
-                "{} {error:#}",
-                style(format!("{:<9}", "ERROR")).bold().red().for_stderr()
+                "{} {}",
+                style(format!("{:<9}", "ERROR")).bold().red().for_stderr(),
+                ErrorChain(&**error)
             )),
         }
     }

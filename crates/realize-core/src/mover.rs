@@ -624,15 +624,23 @@ impl Relay {
 }
 
 /// Displays an error and its causes on one line: `a: b: c`.
+///
+/// A cause that says exactly what the previous one said is skipped: an
+/// `io::Error` wrapping another prints the same text twice otherwise.
 #[derive(Debug)]
 pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
 
 impl std::fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
+        let mut previous = self.0.to_string();
+        f.write_str(&previous)?;
         let mut source = self.0.source();
         while let Some(cause) = source {
-            write!(f, ": {cause}")?;
+            let text = cause.to_string();
+            if text != previous {
+                write!(f, ": {text}")?;
+                previous = text;
+            }
             source = cause.source();
         }
         Ok(())
