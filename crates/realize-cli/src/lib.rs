@@ -15,6 +15,7 @@ use anyhow::{Context, bail};
 use realize_core::{DirId, LocalStore, MoveOptions, MoveSummary, Progress, Service};
 use realize_net::keys::{PrivateKey, PublicKey};
 use realize_net::remote::RemoteService;
+use realize_net::throttle::{SendLimit, ThrottledService};
 use tokio_util::sync::CancellationToken;
 
 pub mod output;
@@ -43,6 +44,16 @@ pub struct Config {
     pub privkey: Option<PathBuf>,
     pub peers: Option<PathBuf>,
     pub parallel: usize,
+    pub limits: Limits,
+}
+
+/// Bandwidth limits in bytes per second; `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// What this command sends.
+    pub upload: Option<u64>,
+    /// What daemons send to this command.
+    pub download: Option<u64>,
 }
 
 /// A flag combination that makes no sense; the command exits with 2.
@@ -60,6 +71,7 @@ impl Config {
         privkey: Option<PathBuf>,
         peers: Option<PathBuf>,
         parallel: usize,
+        limits: Limits,
     ) -> Result<Config, UsageError> {
         let local = |e: &Endpoint| matches!(e, Endpoint::Local(_));
         let dirs = match (local(&source), local(&destination), dirs.len()) {
@@ -99,6 +111,7 @@ impl Config {
             privkey,
             peers,
             parallel,
+            limits,
         })
     }
 }
@@ -109,16 +122,35 @@ pub async fn run_move(
     progress: &dyn Progress,
     cancel: &CancellationToken,
 ) -> anyhow::Result<MoveSummary> {
-    let tls = if matches!(
+    let both_local = matches!(
         (&config.source, &config.destination),
         (Endpoint::Local(_), Endpoint::Local(_))
-    ) {
-        None
-    } else {
-        Some(client_tls(config)?)
+    );
+    let sides = Sides {
+        tls: if both_local {
+            None
+        } else {
+            Some(client_tls(config)?)
+        },
+        // One limit for everything this command sends, whichever daemon gets it.
+        upload: SendLimit::new(config.limits.upload),
+        download: config.limits.download,
+        dirs: &config.dirs,
     };
-    let source = open_side(&config.source, &config.dirs, tls.clone(), Role::Source).await?;
-    let destination = open_side(&config.destination, &config.dirs, tls, Role::Destination).await?;
+    let source = sides.open(&config.source, Role::Source).await?;
+    let mut destination = sides.open(&config.destination, Role::Destination).await?;
+    if both_local
+        && let Some(rate) = [config.limits.upload, config.limits.download]
+            .into_iter()
+            .flatten()
+            .min()
+    {
+        // No socket to slow down: the copy itself is held to the limit.
+        destination = Arc::new(ThrottledService::new(
+            destination,
+            SendLimit::new(Some(rate)),
+        ));
+    }
     let options = MoveOptions {
         parallel: config.parallel,
         ..MoveOptions::default()
@@ -149,30 +181,53 @@ fn client_tls(config: &Config) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     Ok(realize_net::tls::client_config(&key, servers)?)
 }
 
-async fn open_side(
-    endpoint: &Endpoint,
-    dirs: &[DirId],
+/// What opening either side of a move needs.
+struct Sides<'a> {
     tls: Option<Arc<rustls::ClientConfig>>,
-    role: Role,
-) -> anyhow::Result<Arc<dyn Service>> {
-    match endpoint {
-        Endpoint::Local(path) => {
-            if role == Role::Destination {
-                std::fs::create_dir_all(path)
-                    .with_context(|| format!("cannot create destination {}", path.display()))?;
+    upload: SendLimit,
+    download: Option<u64>,
+    dirs: &'a [DirId],
+}
+
+impl Sides<'_> {
+    async fn open(&self, endpoint: &Endpoint, role: Role) -> anyhow::Result<Arc<dyn Service>> {
+        match endpoint {
+            Endpoint::Local(path) => {
+                if role == Role::Destination {
+                    std::fs::create_dir_all(path)
+                        .with_context(|| format!("cannot create destination {}", path.display()))?;
+                }
+                let meta = std::fs::metadata(path)
+                    .with_context(|| format!("cannot use {}", path.display()))?;
+                if !meta.is_dir() {
+                    bail!("{} is not a directory", path.display());
+                }
+                let dir = self.dirs.first().cloned().context("no directory id")?;
+                Ok(Arc::new(LocalStore::new([(dir, path.clone())])))
             }
-            let meta = std::fs::metadata(path)
-                .with_context(|| format!("cannot use {}", path.display()))?;
-            if !meta.is_dir() {
-                bail!("{} is not a directory", path.display());
+            Endpoint::Remote(addr) => {
+                let tls = self
+                    .tls
+                    .clone()
+                    .context("no TLS configuration for a daemon")?;
+                let channel = realize_net::connection::connect(
+                    addr,
+                    tls,
+                    CONNECT_TIMEOUT,
+                    self.upload.clone(),
+                )
+                .await?;
+                let remote = RemoteService::new(channel);
+                if let Some(rate) = self.download {
+                    // Set on every new connection: the limit belongs to the connection.
+                    remote
+                        .configure(Some(rate))
+                        .await
+                        .with_context(|| format!("cannot set the send limit of {addr}"))?;
+                    tracing::info!(%addr, rate, "daemon send limit set");
+                }
+                Ok(Arc::new(remote))
             }
-            let dir = dirs.first().cloned().context("no directory id")?;
-            Ok(Arc::new(LocalStore::new([(dir, path.clone())])))
-        }
-        Endpoint::Remote(addr) => {
-            let tls = tls.context("no TLS configuration for a daemon")?;
-            let channel = realize_net::connection::connect(addr, tls, CONNECT_TIMEOUT).await?;
-            Ok(Arc::new(RemoteService::new(channel)))
         }
     }
 }

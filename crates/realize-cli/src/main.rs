@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use clap::{ArgGroup, Parser, Subcommand};
 use realize_cli::output::{Format, Output};
-use realize_cli::{Config, Endpoint, UsageError};
+use realize_cli::{Config, Endpoint, Limits, UsageError};
 use realize_core::DirId;
+use realize_net::throttle::parse_rate;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -51,6 +52,16 @@ struct Cli {
     /// PEM file of the public keys of the daemons we trust.
     #[arg(long, value_name = "FILE")]
     peers: Option<PathBuf>,
+    /// Limit on what this command sends and what daemons send to it, in
+    /// bytes/s: 1M = 10^6, 1MiB = 2^20, 512k, 1500 (also limits a local copy).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate, conflicts_with_all = ["throttle_up", "throttle_down"])]
+    throttle: Option<u64>,
+    /// Limit on what this command sends, in bytes/s.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    throttle_up: Option<u64>,
+    /// Limit on what daemons send to this command, in bytes/s.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    throttle_down: Option<u64>,
     /// Files in flight at once.
     #[arg(long, value_name = "N", default_value_t = 4)]
     parallel: usize,
@@ -125,6 +136,10 @@ fn main() -> ExitCode {
         cli.privkey,
         cli.peers,
         cli.parallel,
+        Limits {
+            upload: cli.throttle.or(cli.throttle_up),
+            download: cli.throttle.or(cli.throttle_down),
+        },
     ) {
         Ok(config) => config,
         Err(UsageError(message)) => return usage_or_failure(EXIT_USAGE, format_args!("{message}")),

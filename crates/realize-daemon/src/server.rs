@@ -10,6 +10,7 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use realize_core::{ByteRange, ByteStream, DirId, RelPath, Service, ServiceError};
 use realize_net::connection::PeerInfo;
+use realize_net::throttle::check_rate;
 use realize_proto::{WireError, error_from_status, pb};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
@@ -53,6 +54,27 @@ fn span<T>(method: &'static str, request: &Request<T>) -> tracing::Span {
     match request.extensions().get::<PeerInfo>() {
         Some(peer) => tracing::info_span!("rpc", method, peer = %peer.peer_id, addr = %peer.addr),
         None => tracing::info_span!("rpc", method),
+    }
+}
+
+/// The connection a call arrived on; every connection `serve` accepts has one.
+fn connection<T>(request: &Request<T>) -> Result<PeerInfo, Status> {
+    request
+        .extensions()
+        .get::<PeerInfo>()
+        .cloned()
+        .ok_or_else(|| Status::internal("call without connection info"))
+}
+
+/// A send limit for people: `unlimited` or bytes per second.
+struct Rate(Option<u64>);
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(rate) => write!(f, "{rate} B/s"),
+            None => f.write_str("unlimited"),
+        }
     }
 }
 
@@ -314,11 +336,43 @@ impl pb::realize_server::Realize for Handler {
         request: Request<pb::InfoRequest>,
     ) -> Result<Response<pb::InfoResponse>, Status> {
         let span = span("Info", &request);
+        let send_limit = connection(&request)?.send_limit.get();
         async {
             let info = self.service.info().await.map_err(|e| status(&e))?;
-            Ok(Response::new(info.into()))
+            Ok(Response::new(pb::InfoResponse {
+                send_limit,
+                ..info.into()
+            }))
         }
         .instrument(span)
         .await
+    }
+
+    async fn configure(
+        &self,
+        request: Request<pb::ConfigureRequest>,
+    ) -> Result<Response<pb::ConfigureResponse>, Status> {
+        let span = span("Configure", &request);
+        let peer = connection(&request)?;
+        let _entered = span.enter();
+        let limit = request
+            .into_inner()
+            .send_limit
+            .map(check_rate)
+            .transpose()
+            .map_err(|e| Status::invalid_argument(format!("send_limit: {e}")))?;
+        let old = peer.send_limit.set(limit);
+        if old != limit {
+            tracing::info!(
+                peer = %peer.peer_id,
+                connection = %peer.addr,
+                old = %Rate(old),
+                new = %Rate(limit),
+                "send limit changed"
+            );
+        }
+        Ok(Response::new(pb::ConfigureResponse {
+            send_limit: peer.send_limit.get(),
+        }))
     }
 }

@@ -5,6 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
 
 use crate::keys::PublicKey;
+use crate::throttle::{SendLimit, Throttled};
 use crate::tls::SERVER_NAME;
 
 /// Accepted connections waiting for the server to pick them up; small because tonic
@@ -36,10 +38,12 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub struct PeerInfo {
     pub peer_id: String,
     pub addr: SocketAddr,
+    /// What this server sends on this connection may be limited (Configure).
+    pub send_limit: SendLimit,
 }
 
 /// A server-side connection whose TLS handshake has completed and whose peer is known.
-pub struct ServerConn<S = TcpStream> {
+pub struct ServerConn<S = Throttled<TcpStream>> {
     inner: tokio_rustls::server::TlsStream<S>,
     info: PeerInfo,
 }
@@ -230,7 +234,8 @@ async fn handshake(
         // Only a latency cost, not a reason to refuse the peer.
         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
-    let tls = acceptor.accept(tcp).await.map_err(|e| {
+    let send_limit = SendLimit::new(None);
+    let tls = acceptor.accept(send_limit.wrap(tcp)).await.map_err(|e| {
         if is_unpinned_key(&e) {
             HandshakeError::UnknownKey
         } else {
@@ -244,7 +249,11 @@ async fn handshake(
         .clone();
     Ok(ServerConn {
         inner: tls,
-        info: PeerInfo { peer_id, addr },
+        info: PeerInfo {
+            peer_id,
+            addr,
+            send_limit,
+        },
     })
 }
 
@@ -290,10 +299,17 @@ pub enum ConnectError {
 /// handshake done, so [`dial`] waits for the daemon's first bytes: a daemon that does
 /// not allow this client closes the connection instead, and that is reported here as
 /// [`ConnectError::RefusedByServer`] rather than as a puzzling failure of the first call.
+///
+/// What we send is held to `send_limit`. The channel makes exactly one
+/// connection: once it is lost, calls fail (Unavailable) instead of tonic
+/// silently dialling again, because a new connection starts without the
+/// per-connection state set on the old one (the daemon's send limit), and the
+/// caller must reconnect, and re-apply it, explicitly.
 pub async fn connect(
     addr: &str,
     tls: Arc<rustls::ClientConfig>,
     connect_timeout: Duration,
+    send_limit: SendLimit,
 ) -> Result<Channel, ConnectError> {
     let endpoint = Endpoint::try_from(format!("http://{addr}"))
         .map_err(|source| ConnectError::InvalidAddress {
@@ -303,11 +319,24 @@ pub async fn connect(
         .connect_timeout(connect_timeout);
     let connector = TlsConnector::from(tls);
     let target = addr.to_owned();
+    let dialled = Arc::new(AtomicBool::new(false));
     let result = endpoint
         .connect_with_connector(tower::service_fn(move |_: http::Uri| {
             let connector = connector.clone();
             let target = target.clone();
-            async move { dial(&target, &connector).await.map(TokioIo::new) }
+            let send_limit = send_limit.clone();
+            let first = !dialled.swap(true, Ordering::SeqCst);
+            async move {
+                if !first {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        format!("connection to {target} was lost"),
+                    ));
+                }
+                dial(&target, &connector, &send_limit)
+                    .await
+                    .map(TokioIo::new)
+            }
         }))
         .await;
     result.map_err(|source| {
@@ -336,12 +365,16 @@ pub async fn connect(
 ///
 /// It returns only once the daemon has sent its first bytes (the HTTP/2 settings it
 /// sends unprompted), which proves the daemon accepted our key.
-async fn dial(addr: &str, connector: &TlsConnector) -> io::Result<ClientConn> {
+async fn dial(
+    addr: &str,
+    connector: &TlsConnector,
+    send_limit: &SendLimit,
+) -> io::Result<ClientConn> {
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     let name = ServerName::try_from(SERVER_NAME)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut tls = connector.connect(name, tcp).await?;
+    let mut tls = connector.connect(name, send_limit.wrap(tcp)).await?;
     let mut first = vec![0u8; FIRST_READ];
     match tls.read(&mut first).await {
         Ok(0) | Err(_) => Err(io::Error::new(
@@ -373,7 +406,7 @@ struct ClosedAfterHandshake;
 struct ClientConn {
     unread: Vec<u8>,
     position: usize,
-    inner: tokio_rustls::client::TlsStream<TcpStream>,
+    inner: tokio_rustls::client::TlsStream<Throttled<TcpStream>>,
 }
 
 impl AsyncRead for ClientConn {
@@ -648,7 +681,9 @@ mod tests {
     async fn grpc_channel_over_pinned_tls() {
         let (addr, server_key, client_key) = serve(setup().await).await;
         let config = client_config(&client_key, [server_key.public_key()]).unwrap();
-        let channel = connect(&addr.to_string(), config, TIMEOUT).await.unwrap();
+        let channel = connect(&addr.to_string(), config, TIMEOUT, SendLimit::new(None))
+            .await
+            .unwrap();
         // An unknown method still gets an HTTP 200 with a grpc-status, proving h2 over TLS works.
         assert_eq!(call(channel).await.unwrap(), http::StatusCode::OK);
     }
@@ -658,7 +693,7 @@ mod tests {
         let (addr, _server_key, client_key) = serve(setup().await).await;
         let other = PrivateKey::generate().unwrap();
         let config = client_config(&client_key, [other.public_key()]).unwrap();
-        let err = connect(&addr.to_string(), config, TIMEOUT)
+        let err = connect(&addr.to_string(), config, TIMEOUT, SendLimit::new(None))
             .await
             .unwrap_err();
         assert!(
@@ -676,7 +711,7 @@ mod tests {
         let (addr, server_key, _client_key) = serve(setup().await).await;
         let intruder = PrivateKey::generate().unwrap();
         let config = client_config(&intruder, [server_key.public_key()]).unwrap();
-        let err = connect(&addr.to_string(), config, TIMEOUT)
+        let err = connect(&addr.to_string(), config, TIMEOUT, SendLimit::new(None))
             .await
             .unwrap_err();
         assert!(
@@ -696,7 +731,7 @@ mod tests {
         drop(listener);
         let key = PrivateKey::generate().unwrap();
         let config = client_config(&key, [key.public_key()]).unwrap();
-        let err = connect(&addr.to_string(), config, TIMEOUT)
+        let err = connect(&addr.to_string(), config, TIMEOUT, SendLimit::new(None))
             .await
             .unwrap_err();
         assert!(matches!(err, ConnectError::Connect { .. }), "{err:?}");

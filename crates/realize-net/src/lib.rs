@@ -12,4 +12,5 @@
 pub mod connection;
 pub mod keys;
 pub mod remote;
+pub mod throttle;
 pub mod tls;

@@ -32,6 +32,17 @@ impl RemoteService {
     fn client(&self) -> Client {
         self.client.clone()
     }
+
+    /// Sets (or with `None` clears) the limit on what the daemon sends on
+    /// this connection; returns the limit in force.
+    pub async fn configure(&self, send_limit: Option<u64>) -> Result<Option<u64>, ServiceError> {
+        let response = self
+            .client()
+            .configure(pb::ConfigureRequest { send_limit })
+            .await
+            .map_err(error_from_status)?;
+        Ok(response.into_inner().send_limit)
+    }
 }
 
 fn protocol(error: realize_proto::WireError) -> ServiceError {

@@ -150,6 +150,7 @@ impl TryFrom<pb::HashResponse> for HashResult {
 impl From<ServiceInfo> for pb::InfoResponse {
     fn from(info: ServiceInfo) -> Self {
         pb::InfoResponse {
+            send_limit: None,
             version: info.version,
             dirs: info
                 .dirs

@@ -144,3 +144,23 @@ fn json_output_is_one_object_per_event() {
     assert_eq!(summary["bytes_moved"], 1);
     assert!(summary["duration_ms"].is_u64());
 }
+
+#[test]
+fn throttle_limits_a_local_copy() {
+    let work = TempDir::new().unwrap();
+    // 1.5 MB at 1 MB/s, less the 0.1 s the token bucket starts with.
+    let data: Vec<u8> = (0..1_500_000u32).map(|i| (i % 253) as u8).collect();
+    write_file(work.path(), "src/f.bin", &data);
+    let started = std::time::Instant::now();
+    let output = realize(
+        &["--src-path", "src", "--dst-path", "dst", "--throttle", "1M"],
+        work.path(),
+    );
+    let elapsed = started.elapsed();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(std::fs::read(work.path().join("dst/f.bin")).unwrap(), data);
+    assert!(
+        elapsed >= std::time::Duration::from_millis(1400),
+        "{elapsed:?}"
+    );
+}

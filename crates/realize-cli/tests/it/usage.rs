@@ -72,6 +72,24 @@ fn usage_errors() {
         &["--src-path", "src", "--dst-path", "dst", "--parallel", "0"],
         "--parallel must be at least 1",
     );
+    let local = ["--src-path", "src", "--dst-path", "dst"];
+    let throttle_error = |flags: &[&str], expected: &str| {
+        let mut args = local.to_vec();
+        args.extend(flags);
+        check_usage_error(&args, expected);
+    };
+    throttle_error(
+        &["--throttle", "1M", "--throttle-up", "1M"],
+        "cannot be used with",
+    );
+    throttle_error(
+        &["--throttle", "1M", "--throttle-down", "1M"],
+        "cannot be used with",
+    );
+    throttle_error(&["--throttle", "0"], "rate must be greater than zero");
+    throttle_error(&["--throttle-up", "fast"], "invalid rate \"fast\"");
+    throttle_error(&["--throttle-down=-5k"], "invalid rate");
+    throttle_error(&["--throttle", "5000T"], "above the maximum");
 }
 
 #[test]

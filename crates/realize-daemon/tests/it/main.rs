@@ -5,4 +5,5 @@
 mod moves;
 mod python;
 mod rejections;
+mod throttle;
 mod util;

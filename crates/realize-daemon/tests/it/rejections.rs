@@ -99,9 +99,14 @@ async fn bad_paths_sent_to_the_api_are_invalid_and_touch_nothing() {
         .map(|e| e.unwrap().path())
         .collect();
     let tls = client_config(&client.key, [daemon.key.public_key()]).unwrap();
-    let channel = connect(&daemon.addr, tls, std::time::Duration::from_secs(10))
-        .await
-        .unwrap();
+    let channel = connect(
+        &daemon.addr,
+        tls,
+        std::time::Duration::from_secs(10),
+        realize_net::throttle::SendLimit::new(None),
+    )
+    .await
+    .unwrap();
     let mut api = pb::realize_client::RealizeClient::new(channel);
     for path in [
         "../outside.txt",
