@@ -52,10 +52,13 @@ pub fn check_rate(rate: u64) -> Result<u64, RateError> {
 /// Parses a rate such as `1M` (10^6 B/s), `512k`, `10MiB` (2^20 B/s units) or
 /// `1500`; zero and values above [`MAX_RATE`] are refused.
 pub fn parse_rate(input: &str) -> Result<u64, RateError> {
-    let size: bytesize::ByteSize = input.parse().map_err(|reason| RateError::Malformed {
-        input: input.to_string(),
-        reason: reason.to_string(),
-    })?;
+    let size: bytesize::ByteSize =
+        input
+            .parse()
+            .map_err(|reason: String| RateError::Malformed {
+                input: input.to_string(),
+                reason: reason.to_string(),
+            })?;
     check_rate(size.as_u64())
 }
 
