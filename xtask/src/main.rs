@@ -3,6 +3,10 @@
 //! - `cargo xtask ci`: what CI runs: formatting, clippy, and every test.
 //! - `cargo xtask demo`: a five-minute tour in one command: keys, a daemon on
 //!   loopback, and a verified move into it.
+//! - `cargo xtask bench throttle`: how closely moves keep to `--throttle-up`
+//!   and `--throttle-down`, written to docs/bench-throttle.md.
+
+mod bench;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -15,8 +19,15 @@ fn main() -> anyhow::Result<()> {
     match task.as_deref() {
         Some("ci") => ci(),
         Some("demo") => demo(),
+        Some("bench") => match std::env::args().nth(2).as_deref() {
+            Some("throttle") => bench::throttle(&workspace_root()),
+            _ => {
+                eprintln!("usage: cargo xtask bench throttle");
+                std::process::exit(2);
+            }
+        },
         _ => {
-            eprintln!("usage: cargo xtask <ci|demo>");
+            eprintln!("usage: cargo xtask <ci|demo|bench throttle>");
             std::process::exit(2);
         }
     }
@@ -29,7 +40,7 @@ fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
     eprintln!("$ {program} {}", args.join(" "));
     let status = Command::new(program)
         .args(args)
