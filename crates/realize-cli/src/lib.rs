@@ -2,23 +2,31 @@
 //! destination, each a local path (served in-process) or a daemon (over
 //! mutual TLS).
 //!
-//! [`Config::from_args`] turns raw flags into a validated [`Config`];
-//! [`run_move`] wires the two sides and calls realize-core's move algorithm;
+//! [`Config::validate`] checks the flags against each other; [`run_move`]
+//! wires the two sides, calls realize-core's move algorithm, and tries
+//! again after network failures;
 //! [`keygen`] writes a key pair; [`output`] shows the move as it happens.
 //! `main.rs` parses flags and maps results to exit codes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use realize_core::{DirId, LocalStore, MoveOptions, MoveSummary, Progress, Service};
+use realize_core::mover::ErrorChain;
+use realize_core::{
+    DirId, LocalStore, MoveError, MoveOptions, MoveSummary, Service, ServiceError, Stop,
+};
+use realize_net::connection::ConnectError;
 use realize_net::keys::{PrivateKey, PublicKey};
 use realize_net::remote::RemoteService;
+use realize_net::retry::{Backoff, is_retryable};
 use realize_net::throttle::{SendLimit, ThrottledService};
-use tokio_util::sync::CancellationToken;
+
+use crate::output::Output;
 
 pub mod output;
+pub mod stopping;
 
 /// How long to wait for a TCP connection and TLS handshake to a daemon.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,7 +43,7 @@ pub enum Endpoint {
     Remote(String),
 }
 
-/// A validated move request.
+/// A move request; [`Config::validate`] checks it.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub source: Endpoint,
@@ -45,6 +53,11 @@ pub struct Config {
     pub peers: Option<PathBuf>,
     pub parallel: usize,
     pub limits: Limits,
+    /// Wall-clock budget of the whole run.
+    pub max_duration: Option<Duration>,
+    pub cutoff: CutoffMode,
+    /// Tries after the first, for network failures.
+    pub retries: u32,
 }
 
 /// Bandwidth limits in bytes per second; `None` is unlimited.
@@ -56,6 +69,19 @@ pub struct Limits {
     pub download: Option<u64>,
 }
 
+/// What `--max-duration` does to the files in flight when it is reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CutoffMode {
+    /// Interrupt them, leaving resumable partial files.
+    #[default]
+    Hard,
+    /// Let them finish; start no new file.
+    Soft,
+    /// Like soft, and do not even start a file that, at the rate measured
+    /// so far, cannot finish before the deadline.
+    Cautious,
+}
+
 /// A flag combination that makes no sense; the command exits with 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -63,22 +89,16 @@ pub struct UsageError(pub String);
 
 impl Config {
     /// Checks the flags against each other: a local side takes exactly one
-    /// directory id, a remote side needs keys.
-    pub fn from_args(
-        source: Endpoint,
-        destination: Endpoint,
-        dirs: Vec<DirId>,
-        privkey: Option<PathBuf>,
-        peers: Option<PathBuf>,
-        parallel: usize,
-        limits: Limits,
-    ) -> Result<Config, UsageError> {
+    /// directory id (default `dir` when both are local), a remote side needs keys.
+    pub fn validate(mut self) -> Result<Config, UsageError> {
         let local = |e: &Endpoint| matches!(e, Endpoint::Local(_));
-        let dirs = match (local(&source), local(&destination), dirs.len()) {
+        let (source_local, destination_local) = (local(&self.source), local(&self.destination));
+        match (source_local, destination_local, self.dirs.len()) {
             (true, true, 0) => {
-                vec![DirId::new(DEFAULT_LOCAL_DIR).map_err(|e| UsageError(e.to_string()))?]
+                self.dirs =
+                    vec![DirId::new(DEFAULT_LOCAL_DIR).map_err(|e| UsageError(e.to_string()))?];
             }
-            (true, _, 1) | (_, true, 1) => dirs,
+            (true, _, 1) | (_, true, 1) | (false, false, 1..) => {}
             (true, _, n) | (_, true, n) => {
                 return Err(UsageError(format!(
                     "a local side (--src-path/--dst-path) takes exactly one DIR_ID, got {n}"
@@ -87,47 +107,87 @@ impl Config {
             (false, false, 0) => {
                 return Err(UsageError("give at least one DIR_ID to move".into()));
             }
-            (false, false, _) => dirs,
-        };
-        if !local(&source) || !local(&destination) {
-            if privkey.is_none() {
+        }
+        if !source_local || !destination_local {
+            if self.privkey.is_none() {
                 return Err(UsageError(
                     "--privkey is required when a side is a daemon (--src-addr/--dst-addr)".into(),
                 ));
             }
-            if peers.is_none() {
+            if self.peers.is_none() {
                 return Err(UsageError(
                     "--peers is required when a side is a daemon (--src-addr/--dst-addr)".into(),
                 ));
             }
         }
-        if parallel == 0 {
+        if self.parallel == 0 {
             return Err(UsageError("--parallel must be at least 1".into()));
         }
-        Ok(Config {
-            source,
-            destination,
-            dirs,
-            privkey,
-            peers,
-            parallel,
-            limits,
-        })
+        if self.max_duration.is_some_and(|d| d.is_zero()) {
+            return Err(UsageError("--max-duration must be longer than zero".into()));
+        }
+        Ok(self)
+    }
+
+    fn both_local(&self) -> bool {
+        matches!(
+            (&self.source, &self.destination),
+            (Endpoint::Local(_), Endpoint::Local(_))
+        )
     }
 }
 
-/// Connects both sides and moves every directory, reporting to `progress`.
+/// Why one try of a move failed as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("cannot set the send limit of the daemon at {addr}")]
+    Configure {
+        addr: String,
+        #[source]
+        source: ServiceError,
+    },
+    #[error(transparent)]
+    Move(#[from] MoveError),
+    #[error(transparent)]
+    Local(#[from] anyhow::Error),
+}
+
+impl AttemptError {
+    /// Network failures may go away; everything else would fail again.
+    fn is_retryable(&self) -> bool {
+        match self {
+            AttemptError::Connect(e) => e.is_retryable(),
+            AttemptError::Configure { source, .. } => is_retryable(source),
+            AttemptError::Move(e) => move_error_is_retryable(e),
+            AttemptError::Local(_) => false,
+        }
+    }
+}
+
+fn move_error_is_retryable(error: &MoveError) -> bool {
+    matches!(error, MoveError::Service { source, .. } if is_retryable(source))
+}
+
+/// Moves every directory, trying again after network failures.
+///
+/// Each try connects both sides afresh (setting the daemons' send limits
+/// again), lists, and resumes: files already moved are gone from the
+/// source, partial files continue where they stopped. Tries stop when
+/// nothing failed for a network reason, after `config.retries` more, or
+/// when `stop` fires. The summary adds up what every try moved; failures
+/// and interrupted files are those of the last try.
+///
+/// `rpc_deadline`, if set, is carried by every call to a daemon.
 pub async fn run_move(
     config: &Config,
-    progress: &dyn Progress,
-    cancel: &CancellationToken,
-) -> anyhow::Result<MoveSummary> {
-    let both_local = matches!(
-        (&config.source, &config.destination),
-        (Endpoint::Local(_), Endpoint::Local(_))
-    );
+    output: &Output,
+    stop: &Stop,
+    rpc_deadline: Option<Instant>,
+) -> anyhow::Result<Run> {
     let sides = Sides {
-        tls: if both_local {
+        tls: if config.both_local() {
             None
         } else {
             Some(client_tls(config)?)
@@ -136,34 +196,77 @@ pub async fn run_move(
         upload: SendLimit::new(config.limits.upload),
         download: config.limits.download,
         dirs: &config.dirs,
+        rpc_deadline,
     };
-    let source = sides.open(&config.source, Role::Source).await?;
-    let mut destination = sides.open(&config.destination, Role::Destination).await?;
-    if both_local
-        && let Some(rate) = [config.limits.upload, config.limits.download]
-            .into_iter()
-            .flatten()
-            .min()
-    {
-        // No socket to slow down: the copy itself is held to the limit.
-        destination = Arc::new(ThrottledService::new(
-            destination,
-            SendLimit::new(Some(rate)),
-        ));
+    let mut total = MoveSummary::default();
+    let mut backoff = Backoff::new();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let cut_short = |summary| {
+            Ok(Run {
+                summary,
+                finished: false,
+            })
+        };
+        let result = sides.attempt(config, output, stop).await;
+        let retryable = match result {
+            Ok(summary) => {
+                if summary.files_moved > 0 {
+                    backoff.reset();
+                }
+                total.files_moved += summary.files_moved;
+                total.bytes_moved += summary.bytes_moved;
+                total.bytes_sent += summary.bytes_sent;
+                total.files_failed = summary.files_failed;
+                total.files_interrupted = summary.files_interrupted;
+                total.failures = summary.failures;
+                match total
+                    .failures
+                    .iter()
+                    .find(|f| move_error_is_retryable(&f.error))
+                {
+                    Some(failure) => ErrorChain(&failure.error).to_string(),
+                    None => {
+                        return Ok(Run {
+                            summary: total,
+                            // Interrupted while listing, the try may have
+                            // seen only some of the files.
+                            finished: !stop.is_interrupted(),
+                        });
+                    }
+                }
+            }
+            Err(AttemptError::Move(MoveError::Cancelled)) => return cut_short(total),
+            Err(error) if error.is_retryable() => ErrorChain(&error).to_string(),
+            Err(error) => return Err(error.into()),
+        };
+        if stop.is_stopping() {
+            return cut_short(total);
+        }
+        if attempt > config.retries {
+            return Ok(Run {
+                summary: total,
+                finished: true,
+            });
+        }
+        let delay = backoff.next_delay();
+        tracing::warn!(attempt, ?delay, error = %retryable, "retrying");
+        output.retrying(attempt + 1, config.retries + 1, delay, &retryable);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = stop.stopping() => return cut_short(total),
+        }
     }
-    let options = MoveOptions {
-        parallel: config.parallel,
-        ..MoveOptions::default()
-    };
-    Ok(realize_core::move_files(
-        &*source,
-        &*destination,
-        &config.dirs,
-        &options,
-        progress,
-        cancel,
-    )
-    .await?)
+}
+
+/// What a run did.
+#[derive(Debug)]
+pub struct Run {
+    pub summary: MoveSummary,
+    /// False if a stop cut the run short before it had gone through every
+    /// file: some may not even have been listed.
+    pub finished: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -187,10 +290,60 @@ struct Sides<'a> {
     upload: SendLimit,
     download: Option<u64>,
     dirs: &'a [DirId],
+    rpc_deadline: Option<Instant>,
 }
 
 impl Sides<'_> {
-    async fn open(&self, endpoint: &Endpoint, role: Role) -> anyhow::Result<Arc<dyn Service>> {
+    /// One try: connect both sides and move.
+    async fn attempt(
+        &self,
+        config: &Config,
+        output: &Output,
+        stop: &Stop,
+    ) -> Result<MoveSummary, AttemptError> {
+        // move_files stops by itself, and counts what it interrupts; the
+        // connections before it must stop too.
+        let opened = tokio::select! {
+            opened = async {
+                let source = self.open(&config.source, Role::Source).await?;
+                let destination = self.open(&config.destination, Role::Destination).await?;
+                Ok::<_, AttemptError>((source, destination))
+            } => opened,
+            () = stop.interrupted() => Err(MoveError::Cancelled.into()),
+        };
+        let (source, mut destination) = opened?;
+        if config.both_local()
+            && let Some(rate) = [config.limits.upload, config.limits.download]
+                .into_iter()
+                .flatten()
+                .min()
+        {
+            // No socket to slow down: the copy itself is held to the limit.
+            destination = Arc::new(ThrottledService::new(
+                destination,
+                SendLimit::new(Some(rate)),
+            ));
+        }
+        let options = MoveOptions {
+            parallel: config.parallel,
+            ..MoveOptions::default()
+        };
+        Ok(realize_core::move_files(
+            &*source,
+            &*destination,
+            &config.dirs,
+            &options,
+            output,
+            stop,
+        )
+        .await?)
+    }
+
+    async fn open(
+        &self,
+        endpoint: &Endpoint,
+        role: Role,
+    ) -> Result<Arc<dyn Service>, AttemptError> {
         match endpoint {
             Endpoint::Local(path) => {
                 if role == Role::Destination {
@@ -200,7 +353,7 @@ impl Sides<'_> {
                 let meta = std::fs::metadata(path)
                     .with_context(|| format!("cannot use {}", path.display()))?;
                 if !meta.is_dir() {
-                    bail!("{} is not a directory", path.display());
+                    return Err(anyhow::anyhow!("{} is not a directory", path.display()).into());
                 }
                 let dir = self.dirs.first().cloned().context("no directory id")?;
                 Ok(Arc::new(LocalStore::new([(dir, path.clone())])))
@@ -217,13 +370,18 @@ impl Sides<'_> {
                     self.upload.clone(),
                 )
                 .await?;
-                let remote = RemoteService::new(channel);
+                let mut remote = RemoteService::new(channel);
+                if let Some(deadline) = self.rpc_deadline {
+                    remote = remote.with_deadline(deadline.into());
+                }
                 if let Some(rate) = self.download {
                     // Set on every new connection: the limit belongs to the connection.
-                    remote
-                        .configure(Some(rate))
-                        .await
-                        .with_context(|| format!("cannot set the send limit of {addr}"))?;
+                    remote.configure(Some(rate)).await.map_err(|source| {
+                        AttemptError::Configure {
+                            addr: addr.clone(),
+                            source,
+                        }
+                    })?;
                     tracing::info!(%addr, rate, "daemon send limit set");
                 }
                 Ok(Arc::new(remote))

@@ -3,19 +3,28 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{ArgGroup, Parser, Subcommand};
 use realize_cli::output::{Format, Output};
-use realize_cli::{Config, Endpoint, Limits, UsageError};
+use realize_cli::stopping::{Reason, StopReason, watch_deadline, watch_signals};
+use realize_cli::{Config, CutoffMode, Endpoint, Limits, UsageError};
 use realize_core::DirId;
+use realize_core::Stop;
 use realize_net::throttle::parse_rate;
-use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 /// Exit codes of SPEC §5.
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
+/// Stopped before the end (--max-duration or SIGUSR1) with files left:
+/// running the same command again finishes the move.
+const EXIT_STOPPED: u8 = 11;
+
+/// How long after --max-duration a call to a daemon times out.
+const RPC_DEADLINE_GRACE: Duration = Duration::from_secs(1);
+/// How long exiting waits for tasks still running.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Moves files between realize daemons and local directories, verifying
 /// every file by SHA-256 before deleting its source.
@@ -62,6 +71,18 @@ struct Cli {
     /// Limit on what daemons send to this command, in bytes/s.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     throttle_down: Option<u64>,
+    /// Stop after this long (wall clock), e.g. 30s, 5m, 2h: what is in
+    /// flight stops as --cutoff-mode says and the run exits with 11.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    max_duration: Option<Duration>,
+    /// At --max-duration: `hard` interrupts files in flight, `soft` lets
+    /// them finish, `cautious` also starts no file that cannot finish in time.
+    #[arg(long, value_enum, default_value_t = Cutoff::Hard)]
+    cutoff_mode: Cutoff,
+    /// Tries after the first when the network fails (each waits longer, up
+    /// to a minute; --max-duration ends them too).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    retries: u32,
     /// Files in flight at once.
     #[arg(long, value_name = "N", default_value_t = 4)]
     parallel: usize,
@@ -81,6 +102,13 @@ struct Cli {
 enum OutputFormat {
     Text,
     Json,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Cutoff {
+    Hard,
+    Soft,
+    Cautious,
 }
 
 #[derive(Subcommand, Debug)]
@@ -129,18 +157,26 @@ fn main() -> ExitCode {
         // clap's required groups make this unreachable; say so if it happens.
         (None, None) => Endpoint::Remote(String::new()),
     };
-    let config = match Config::from_args(
-        endpoint(cli.src_path, cli.src_addr),
-        endpoint(cli.dst_path, cli.dst_addr),
-        cli.dirs,
-        cli.privkey,
-        cli.peers,
-        cli.parallel,
-        Limits {
+    let config = Config {
+        source: endpoint(cli.src_path, cli.src_addr),
+        destination: endpoint(cli.dst_path, cli.dst_addr),
+        dirs: cli.dirs,
+        privkey: cli.privkey,
+        peers: cli.peers,
+        parallel: cli.parallel,
+        limits: Limits {
             upload: cli.throttle.or(cli.throttle_up),
             download: cli.throttle.or(cli.throttle_down),
         },
-    ) {
+        max_duration: cli.max_duration,
+        cutoff: match cli.cutoff_mode {
+            Cutoff::Hard => CutoffMode::Hard,
+            Cutoff::Soft => CutoffMode::Soft,
+            Cutoff::Cautious => CutoffMode::Cautious,
+        },
+        retries: cli.retries,
+    };
+    let config = match config.validate() {
         Ok(config) => config,
         Err(UsageError(message)) => return usage_or_failure(EXIT_USAGE, format_args!("{message}")),
     };
@@ -151,19 +187,47 @@ fn main() -> ExitCode {
         }
     };
     let started = Instant::now();
-    let cancel = CancellationToken::new();
-    match runtime.block_on(realize_cli::run_move(&config, &output, &cancel)) {
-        Ok(summary) => {
-            output.summary(&summary, started.elapsed());
-            if summary.failures.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_FAILED)
+    let deadline = config.max_duration.map(|d| started + d);
+    let mut stop = Stop::new();
+    if let (Some(deadline), CutoffMode::Cautious) = (deadline, config.cutoff) {
+        stop = stop.with_predicted_deadline(deadline);
+    }
+    let reason = Reason::default();
+    let result = runtime.block_on(async {
+        watch_signals(stop.clone(), reason.clone())?;
+        let mut rpc_deadline = None;
+        if let Some(deadline) = deadline {
+            watch_deadline(stop.clone(), reason.clone(), deadline, config.cutoff);
+            // A little after the stop, so calls are dropped by it rather
+            // than failed by their timeout; the timeout is for the daemon.
+            if config.cutoff == CutoffMode::Hard {
+                rpc_deadline = Some(deadline + RPC_DEADLINE_GRACE);
             }
+        }
+        realize_cli::run_move(&config, &output, &stop, rpc_deadline).await
+    });
+    // Whatever is still running (a blocking read, a listing) must not hold
+    // the exit back.
+    runtime.shutdown_timeout(SHUTDOWN_TIMEOUT);
+    let reason = reason.get();
+    match result {
+        Ok(run) => {
+            output.summary(&run.summary, run.finished, started.elapsed());
+            let code = match reason.and_then(StopReason::signal_exit_code) {
+                Some(code) => code,
+                None if !run.summary.failures.is_empty() => EXIT_FAILED,
+                None if run.summary.files_interrupted > 0 || !run.finished => EXIT_STOPPED,
+                None => 0,
+            };
+            ExitCode::from(code)
         }
         Err(e) => {
             output.fatal(&e);
-            ExitCode::from(EXIT_FAILED)
+            ExitCode::from(
+                reason
+                    .and_then(StopReason::signal_exit_code)
+                    .unwrap_or(EXIT_FAILED),
+            )
         }
     }
 }

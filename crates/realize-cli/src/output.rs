@@ -132,8 +132,30 @@ impl Output {
         }
     }
 
+    /// A try failed for a network reason; the next starts after `delay`.
+    pub fn retrying(&self, attempt: u32, of: u32, delay: Duration, reason: &str) {
+        let delay = Duration::from_millis(delay.as_millis() as u64);
+        match self.mode {
+            Mode::Json => print_json(json!({
+                "event": "retry",
+                "attempt": attempt,
+                "attempts": of,
+                "delay_ms": delay.as_millis() as u64,
+                "error": reason,
+            })),
+            _ => self.line_err(&format!(
+                "{} try {attempt} of {of} in {}: {reason}",
+                style(format!("{:<9}", "RETRY"))
+                    .bold()
+                    .yellow()
+                    .for_stderr(),
+                humantime::format_duration(delay)
+            )),
+        }
+    }
+
     /// The last line: what moved, what failed, what was left.
-    pub fn summary(&self, summary: &MoveSummary, elapsed: Duration) {
+    pub fn summary(&self, summary: &MoveSummary, finished: bool, elapsed: Duration) {
         self.clear_listing();
         let failed = summary.failures.len() as u64;
         if let Mode::Json = self.mode {
@@ -142,6 +164,7 @@ impl Output {
                 "moved": summary.files_moved,
                 "failed": failed,
                 "interrupted": summary.files_interrupted,
+                "finished": finished,
                 "bytes_moved": summary.bytes_moved,
                 "bytes_sent": summary.bytes_sent,
                 "duration_ms": elapsed.as_millis() as u64,
@@ -154,7 +177,7 @@ impl Output {
                 style("ERROR").bold().red().for_stderr(),
                 summary.files_moved
             ));
-        } else if summary.files_interrupted > 0 {
+        } else if summary.files_interrupted > 0 || !finished {
             self.line_err(&format!(
                 "{} {} moved, {} interrupted",
                 style("INTERRUPTED").bold().yellow().for_stderr(),

@@ -19,6 +19,7 @@ pub mod mover;
 pub mod path;
 pub mod progress;
 pub mod service;
+pub mod stop;
 pub mod store;
 
 pub use error::{ErrorCode, ServiceError, StoreError};
@@ -30,6 +31,7 @@ pub use service::{
     ByteRange, ByteStream, DirInfo, Entry, EntryStream, FileKind, FileStamp, HashResult, Service,
     ServiceInfo,
 };
+pub use stop::Stop;
 pub use store::LocalStore;
 
 /// The version every realize binary and daemon reports.

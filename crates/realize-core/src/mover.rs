@@ -15,9 +15,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryFutureExt, TryStreamExt, future, stream};
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::delta;
@@ -26,6 +26,7 @@ use crate::hash::Sha256Hash;
 use crate::path::{DirId, RelPath};
 use crate::progress::{FileProgress, Phase, Progress};
 use crate::service::{ByteRange, ByteStream, Entry, FileKind, FileStamp, Service};
+use crate::stop::Stop;
 
 /// Tuning of a move.
 #[derive(Clone, Debug)]
@@ -166,39 +167,39 @@ struct Job<'a> {
 /// Moves every file of `dirs` from `src` to `dst`, reporting to `progress`.
 ///
 /// Fails as a whole only if the two sides cannot be compared (an `info`
-/// call fails, a directory is missing, both sides overlap) or `cancel` fires
-/// before that check is done. A file or directory that fails is reported,
-/// recorded in [`MoveSummary::failures`], and the others go on.
+/// call fails, a directory is missing, both sides overlap) or the move is
+/// interrupted before that check is done. A file or directory that fails is
+/// reported, recorded in [`MoveSummary::failures`], and the others go on.
 ///
-/// When `cancel` fires, no new file starts and the files in flight stop
-/// where they are: their sources are intact and their partial files are
-/// resumed by the next run.
+/// After [`Stop::soft`], no new file starts; after [`Stop::hard`], the
+/// files in flight also stop where they are: their sources are intact and
+/// their partial files are resumed by the next run. Files that do not move
+/// because of a stop are counted as interrupted.
 pub async fn move_files(
     src: &dyn Service,
     dst: &dyn Service,
     dirs: &[DirId],
     options: &MoveOptions,
     progress: &dyn Progress,
-    cancel: &CancellationToken,
+    stop: &Stop,
 ) -> Result<MoveSummary, MoveError> {
-    cancel
-        .run_until_cancelled(check_distinct(src, dst, dirs))
-        .await
-        .ok_or(MoveError::Cancelled)??;
+    tokio::select! {
+        checked = check_distinct(src, dst, dirs) => checked?,
+        () = stop.interrupted() => return Err(MoveError::Cancelled),
+    }
     let options = &options.clamped();
     let mut summary = MoveSummary::default();
     let mut jobs = Vec::new();
     for dir in dirs {
         progress.listing(dir);
-        let listed = cancel
-            .run_until_cancelled(
-                list_dir(src, dst, dir).instrument(tracing::info_span!("dir", %dir)),
-            )
-            .await;
+        let listing = list_dir(src, dst, dir).instrument(tracing::info_span!("dir", %dir));
+        let listed = tokio::select! {
+            listed = listing => listed,
+            () = stop.interrupted() => return Ok(summary),
+        };
         match listed {
-            None => return Ok(summary),
-            Some(Ok(dir_jobs)) => jobs.extend(dir_jobs),
-            Some(Err(error)) => {
+            Ok(dir_jobs) => jobs.extend(dir_jobs),
+            Err(error) => {
                 tracing::error!(%dir, error = %ErrorChain(&error), "cannot list directory");
                 progress.dir_failed(dir, &error);
                 summary.failures.push(Failure {
@@ -213,27 +214,33 @@ pub async fn move_files(
         jobs.len() as u64,
         jobs.iter().map(|job| job.entry.stamp.size).sum(),
     );
+    let meter = Meter::new();
     let mut results = stream::iter(jobs)
         .map(|job| {
             let span = tracing::info_span!("file", dir = %job.dir, path = %job.entry.path);
+            let meter = &meter;
             async move {
-                if cancel.is_cancelled() {
+                if stop.is_stopping() || !meter.can_finish(job.entry.stamp.size, stop) {
                     return (job, Outcome::Interrupted);
                 }
-                let file =
-                    FileTracker::new(progress.file(job.dir, &job.entry.path, job.entry.stamp.size));
+                let file = FileTracker::new(
+                    progress.file(job.dir, &job.entry.path, job.entry.stamp.size),
+                    Arc::clone(&meter.sent),
+                );
                 let moving = move_file(src, dst, job.dir, &job.entry, job.state, options, &file);
-                let outcome = match cancel.run_until_cancelled(moving).await {
-                    Some(Ok(sent)) => {
-                        file.progress.moved();
-                        Outcome::Moved(sent)
-                    }
-                    Some(Err(error)) => {
-                        tracing::error!(error = %ErrorChain(&error), "file not moved");
-                        file.progress.failed(&error);
-                        Outcome::Failed(error)
-                    }
-                    None => {
+                let outcome = tokio::select! {
+                    moved = moving => match moved {
+                        Ok(sent) => {
+                            file.progress.moved();
+                            Outcome::Moved(sent)
+                        }
+                        Err(error) => {
+                            tracing::error!(error = %ErrorChain(&error), "file not moved");
+                            file.progress.failed(&error);
+                            Outcome::Failed(error)
+                        }
+                    },
+                    () = stop.interrupted() => {
                         tracing::info!("file interrupted");
                         file.progress.interrupted();
                         Outcome::Interrupted
@@ -265,6 +272,45 @@ pub async fn move_files(
     Ok(summary)
 }
 
+/// The bytes sent so far in a move and since when, for predicting whether
+/// a file can finish before a deadline.
+struct Meter {
+    started: Instant,
+    sent: Arc<AtomicU64>,
+}
+
+impl Meter {
+    fn new() -> Self {
+        Meter {
+            started: Instant::now(),
+            sent: Arc::default(),
+        }
+    }
+
+    /// Whether a file of `size` bytes can be sent before the stop's
+    /// predicted deadline; true when there is none or nothing is measured yet.
+    fn can_finish(&self, size: u64, stop: &Stop) -> bool {
+        let Some(deadline) = stop.predicted_deadline() else {
+            return true;
+        };
+        let sent = self.sent.load(Ordering::Relaxed);
+        let elapsed = self.started.elapsed().as_secs_f64();
+        if sent == 0 || elapsed <= 0.0 {
+            return true;
+        }
+        let needed = Duration::from_secs_f64(size as f64 * elapsed / sent as f64);
+        let fits = Instant::now() + needed <= deadline;
+        if !fits {
+            tracing::info!(
+                size,
+                ?needed,
+                "not started: cannot finish before the deadline"
+            );
+        }
+        fits
+    }
+}
+
 enum Outcome {
     Moved(u64),
     Failed(MoveError),
@@ -276,13 +322,16 @@ enum Outcome {
 struct FileTracker {
     progress: Arc<dyn FileProgress>,
     phase: Mutex<Option<Phase>>,
+    /// The move's count of bytes sent, fed by every relay of this file.
+    sent: Arc<AtomicU64>,
 }
 
 impl FileTracker {
-    fn new(progress: Arc<dyn FileProgress>) -> Self {
+    fn new(progress: Arc<dyn FileProgress>, sent: Arc<AtomicU64>) -> Self {
         FileTracker {
             progress,
             phase: Mutex::new(None),
+            sent,
         }
     }
 
@@ -483,25 +532,23 @@ impl Transfer<'_> {
         if base_len > 0 && self.size > 0 {
             self.file.phase(Phase::Hashing);
         }
-        while offset < self.size && offset < base_len {
-            let range = ByteRange::new(offset, (offset + self.options.range_size).min(self.size));
+        // Ranges stop at the end of what the destination has, so its whole
+        // length is compared and the rest is streamed, resumable chunk by chunk.
+        while offset < self.size.min(base_len) {
+            let end = (offset + self.options.range_size)
+                .min(self.size)
+                .min(base_len);
+            let range = ByteRange::new(offset, end);
             let (source, destination) = future::try_join(
                 self.src
                     .hash(self.dir, self.path, FileKind::Final, Some(range))
                     .map_err(MoveError::source),
-                async {
-                    if range.end > base_len {
-                        return Ok(None);
-                    }
-                    self.dst
-                        .hash(self.dir, self.path, kind, Some(range))
-                        .await
-                        .map(|r| Some(r.hash))
-                        .map_err(MoveError::destination)
-                },
+                self.dst
+                    .hash(self.dir, self.path, kind, Some(range))
+                    .map_err(MoveError::destination),
             )
             .await?;
-            if destination != Some(source.hash) {
+            if destination.hash != source.hash {
                 self.file.phase(Phase::Copying);
                 sent += self.patch(range, source.hash).await?;
                 kind = FileKind::Partial;
@@ -534,7 +581,7 @@ impl Transfer<'_> {
             .diff(self.dir, self.path, range, signature)
             .await
             .map_err(MoveError::source)?;
-        let (delta, relay) = Relay::new(delta, None);
+        let (delta, relay) = Relay::new(delta, self.file, false);
         self.dst
             .apply_delta(self.dir, self.path, range, self.size, delta)
             .await
@@ -564,7 +611,7 @@ impl Transfer<'_> {
             .read(self.dir, self.path, range.start, Some(range.len()))
             .await
             .map_err(MoveError::source)?;
-        let (data, relay) = Relay::new(data, report.then(|| Arc::clone(&self.file.progress)));
+        let (data, relay) = Relay::new(data, self.file, report);
         self.dst
             .write(self.dir, self.path, range.start, self.size, data)
             .await
@@ -589,17 +636,21 @@ struct Relay {
 }
 
 impl Relay {
-    /// Wraps `stream`; each chunk is also reported to `progress` if given.
-    fn new(stream: ByteStream, progress: Option<Arc<dyn FileProgress>>) -> (ByteStream, Relay) {
+    /// Wraps `stream` of `file`; each chunk is also reported to the file's
+    /// progress if `report`.
+    fn new(stream: ByteStream, file: &FileTracker, report: bool) -> (ByteStream, Relay) {
         let relay = Relay {
             bytes: Arc::default(),
             source_failed: Arc::default(),
         };
         let (bytes, source_failed) = (Arc::clone(&relay.bytes), Arc::clone(&relay.source_failed));
+        let sent = Arc::clone(&file.sent);
+        let progress = report.then(|| Arc::clone(&file.progress));
         let stream = stream
             .inspect(move |item| match item {
                 Ok(chunk) => {
                     bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                     if let Some(progress) = &progress {
                         progress.bytes(chunk.len() as u64);
                     }

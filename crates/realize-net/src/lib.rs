@@ -12,5 +12,6 @@
 pub mod connection;
 pub mod keys;
 pub mod remote;
+pub mod retry;
 pub mod throttle;
 pub mod tls;

@@ -12,6 +12,7 @@ use realize_core::{
 use realize_proto::{error_from_status, pb};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use tokio::time::Instant;
 use tonic::transport::Channel;
 
 type Client = pb::realize_client::RealizeClient<Channel>;
@@ -20,17 +21,35 @@ type Client = pb::realize_client::RealizeClient<Channel>;
 #[derive(Clone, Debug)]
 pub struct RemoteService {
     client: Client,
+    deadline: Option<Instant>,
 }
 
 impl RemoteService {
     pub fn new(channel: Channel) -> Self {
         RemoteService {
             client: Client::new(channel),
+            deadline: None,
         }
+    }
+
+    /// Every call carries what is left until `deadline` as its gRPC
+    /// timeout, so the daemon gives up on it too.
+    pub fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
     }
 
     fn client(&self) -> Client {
         self.client.clone()
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(deadline) = self.deadline {
+            // A zero timeout fails the call at once, which is what a passed deadline means.
+            request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        }
+        request
     }
 
     /// Sets (or with `None` clears) the limit on what the daemon sends on
@@ -38,7 +57,7 @@ impl RemoteService {
     pub async fn configure(&self, send_limit: Option<u64>) -> Result<Option<u64>, ServiceError> {
         let response = self
             .client()
-            .configure(pb::ConfigureRequest { send_limit })
+            .configure(self.request(pb::ConfigureRequest { send_limit }))
             .await
             .map_err(error_from_status)?;
         Ok(response.into_inner().send_limit)
@@ -120,7 +139,7 @@ impl Service for RemoteService {
     async fn info(&self) -> Result<ServiceInfo, ServiceError> {
         let response = self
             .client()
-            .info(pb::InfoRequest {})
+            .info(self.request(pb::InfoRequest {}))
             .await
             .map_err(error_from_status)?;
         ServiceInfo::try_from(response.into_inner()).map_err(protocol)
@@ -129,10 +148,10 @@ impl Service for RemoteService {
     async fn list(&self, dir: &DirId, include_partial: bool) -> Result<EntryStream, ServiceError> {
         let response = self
             .client()
-            .list(pb::ListRequest {
+            .list(self.request(pb::ListRequest {
                 dir: dir.to_string(),
                 include_partial,
-            })
+            }))
             .await
             .map_err(error_from_status)?;
         Ok(map_stream(response.into_inner(), |m| {
@@ -149,12 +168,12 @@ impl Service for RemoteService {
     ) -> Result<ByteStream, ServiceError> {
         let response = self
             .client()
-            .read(pb::ReadRequest {
+            .read(self.request(pb::ReadRequest {
                 dir: dir.to_string(),
                 path: path.to_string(),
                 offset,
                 length,
-            })
+            }))
             .await
             .map_err(error_from_status)?;
         Ok(map_stream(response.into_inner(), |m| Ok(m.data)))
@@ -182,7 +201,7 @@ impl Service for RemoteService {
         });
         let mut client = self.client();
         tokio::select! {
-            response = client.write(outgoing) => {
+            response = client.write(self.request(outgoing)) => {
                 Ok(response.map_err(error_from_status)?.into_inner().bytes_written)
             }
             Ok(error) = data_error => Err(error),
@@ -198,12 +217,12 @@ impl Service for RemoteService {
     ) -> Result<Bytes, ServiceError> {
         let response = self
             .client()
-            .signature(pb::SignatureRequest {
+            .signature(self.request(pb::SignatureRequest {
                 dir: dir.to_string(),
                 path: path.to_string(),
                 range: Some(range.into()),
                 block_size,
-            })
+            }))
             .await
             .map_err(error_from_status)?;
         Ok(response.into_inner().signature)
@@ -218,12 +237,12 @@ impl Service for RemoteService {
     ) -> Result<ByteStream, ServiceError> {
         let response = self
             .client()
-            .diff(pb::DiffRequest {
+            .diff(self.request(pb::DiffRequest {
                 dir: dir.to_string(),
                 path: path.to_string(),
                 range: Some(range.into()),
                 signature,
-            })
+            }))
             .await
             .map_err(error_from_status)?;
         Ok(map_stream(response.into_inner(), |m| Ok(m.delta)))
@@ -251,7 +270,7 @@ impl Service for RemoteService {
         });
         let mut client = self.client();
         tokio::select! {
-            response = client.apply_delta(outgoing) => {
+            response = client.apply_delta(self.request(outgoing)) => {
                 Ok(response.map_err(error_from_status)?.into_inner().bytes_written)
             }
             Ok(error) = delta_error => Err(error),
@@ -267,12 +286,12 @@ impl Service for RemoteService {
     ) -> Result<HashResult, ServiceError> {
         let response = self
             .client()
-            .hash(pb::HashRequest {
+            .hash(self.request(pb::HashRequest {
                 dir: dir.to_string(),
                 path: path.to_string(),
                 range: range.map(Into::into),
                 kind: pb::FileKind::from(kind).into(),
-            })
+            }))
             .await
             .map_err(error_from_status)?;
         HashResult::try_from(response.into_inner()).map_err(protocol)
@@ -280,10 +299,10 @@ impl Service for RemoteService {
 
     async fn finish(&self, dir: &DirId, path: &RelPath) -> Result<(), ServiceError> {
         self.client()
-            .finish(pb::FinishRequest {
+            .finish(self.request(pb::FinishRequest {
                 dir: dir.to_string(),
                 path: path.to_string(),
-            })
+            }))
             .await
             .map_err(error_from_status)?;
         Ok(())
@@ -296,11 +315,11 @@ impl Service for RemoteService {
         if_stamp: Option<FileStamp>,
     ) -> Result<(), ServiceError> {
         self.client()
-            .delete(pb::DeleteRequest {
+            .delete(self.request(pb::DeleteRequest {
                 dir: dir.to_string(),
                 path: path.to_string(),
                 if_stamp: if_stamp.map(Into::into),
-            })
+            }))
             .await
             .map_err(error_from_status)?;
         Ok(())

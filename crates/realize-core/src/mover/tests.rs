@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
-use tokio_util::sync::CancellationToken;
+use crate::stop::Stop;
 
 use super::{MoveError, MoveOptions, MoveSummary, Side, move_files};
 use crate::error::{ErrorCode, ServiceError};
@@ -124,16 +124,9 @@ impl Sides {
 
     async fn run_with(&self, options: &MoveOptions) -> MoveSummary {
         let (src, dst) = (store(self.src()), store(self.dst()));
-        move_files(
-            &src,
-            &dst,
-            &[dir()],
-            options,
-            &NoProgress,
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap()
+        move_files(&src, &dst, &[dir()], options, &NoProgress, &Stop::new())
+            .await
+            .unwrap()
     }
 }
 
@@ -438,14 +431,7 @@ async fn a_zero_range_size_does_not_hang_a_resume() {
     };
     let moved = tokio::time::timeout(
         std::time::Duration::from_secs(5),
-        move_files(
-            &src,
-            &dst,
-            &[dir()],
-            &options,
-            &NoProgress,
-            &CancellationToken::new(),
-        ),
+        move_files(&src, &dst, &[dir()], &options, &NoProgress, &Stop::new()),
     )
     .await;
     let Ok(result) = moved else {
@@ -654,16 +640,9 @@ async fn a_corrupted_copy_fails_the_hash_check_and_keeps_the_source() {
     let src = store(sides.src());
     let dst = Faulty::new(sides.dst(), Fault::FlipWrittenBytes);
 
-    let summary = move_files(
-        &src,
-        &dst,
-        &[dir()],
-        &options(),
-        &NoProgress,
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let summary = move_files(&src, &dst, &[dir()], &options(), &NoProgress, &Stop::new())
+        .await
+        .unwrap();
 
     assert_eq!(summary.files_moved, 0);
     assert_eq!(summary.files_failed, 1);
@@ -694,16 +673,9 @@ async fn a_source_changed_before_it_is_hashed_is_not_deleted() {
     let src = Faulty::new(sides.src(), Fault::ChangeBeforeHash);
     let dst = store(sides.dst());
 
-    let summary = move_files(
-        &src,
-        &dst,
-        &[dir()],
-        &options(),
-        &NoProgress,
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let summary = move_files(&src, &dst, &[dir()], &options(), &NoProgress, &Stop::new())
+        .await
+        .unwrap();
 
     assert_eq!(summary.files_moved, 0);
     assert_eq!(summary.files_failed, 1);
@@ -732,16 +704,9 @@ async fn a_source_changed_before_it_is_deleted_is_kept() {
     let src = Faulty::new(sides.src(), Fault::ChangeBeforeDelete);
     let dst = store(sides.dst());
 
-    let summary = move_files(
-        &src,
-        &dst,
-        &[dir()],
-        &options(),
-        &NoProgress,
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let summary = move_files(&src, &dst, &[dir()], &options(), &NoProgress, &Stop::new())
+        .await
+        .unwrap();
 
     assert_eq!(summary.files_moved, 0);
     assert_eq!(summary.files_failed, 1);
@@ -775,15 +740,7 @@ async fn a_directory_is_never_moved_onto_itself() {
 
     for dst_root in [root.path(), link.as_path()] {
         let (src, dst) = (store(root.path()), store(dst_root));
-        let result = move_files(
-            &src,
-            &dst,
-            &[dir()],
-            &options(),
-            &NoProgress,
-            &CancellationToken::new(),
-        )
-        .await;
+        let result = move_files(&src, &dst, &[dir()], &options(), &NoProgress, &Stop::new()).await;
         assert!(
             matches!(&result, Err(MoveError::Overlap { dir: d }) if *d == dir()),
             "{result:?}"
@@ -799,16 +756,9 @@ async fn a_missing_destination_root_fails_the_directory_and_deletes_nothing() {
     let src = store(sides.src());
     let dst = store(&sides.dst().join("no-such-root"));
 
-    let summary = move_files(
-        &src,
-        &dst,
-        &[dir()],
-        &options(),
-        &NoProgress,
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let summary = move_files(&src, &dst, &[dir()], &options(), &NoProgress, &Stop::new())
+        .await
+        .unwrap();
 
     assert_eq!(summary.files_moved, 0);
     assert_eq!(summary.failures.len(), 1);
@@ -842,7 +792,7 @@ async fn a_directory_one_side_does_not_serve_is_refused() {
         &[dir()],
         &options(),
         &NoProgress,
-        &CancellationToken::new(),
+        &Stop::new(),
     )
     .await;
     assert!(
@@ -855,7 +805,7 @@ async fn a_directory_one_side_does_not_serve_is_refused() {
         &[dir()],
         &options(),
         &NoProgress,
-        &CancellationToken::new(),
+        &Stop::new(),
     )
     .await;
     assert!(
@@ -910,7 +860,7 @@ async fn check_overlap(src_root: &str, dst_root: &str, files: &[(&str, &[u8])]) 
         &[dir()],
         &one_at_a_time,
         &NoProgress,
-        &CancellationToken::new(),
+        &Stop::new(),
     )
     .await;
     assert_nothing_lost(&before, root.path());

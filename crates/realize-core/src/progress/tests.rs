@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio_util::sync::CancellationToken;
 
 use super::{FileProgress, Phase, Progress};
 use crate::error::ServiceError;
@@ -15,6 +14,7 @@ use crate::path::{DirId, RelPath};
 use crate::service::{
     ByteRange, ByteStream, EntryStream, FileKind, FileStamp, HashResult, Service, ServiceInfo,
 };
+use crate::stop::Stop;
 use crate::store::LocalStore;
 
 const KIB: usize = 1024;
@@ -148,7 +148,7 @@ async fn events_of_copied_resumed_present_and_failed_files() {
         &[dir()],
         &options(),
         &recorder,
-        &CancellationToken::new(),
+        &Stop::new(),
     )
     .await
     .unwrap();
@@ -187,15 +187,15 @@ async fn events_of_copied_resumed_present_and_failed_files() {
             Moved
         ]
     );
-    // Range 0..64K is already there; 64K..128K is patched (the partial file
-    // ends inside it); the rest is copied.
+    // The 100 KiB already there are compared (in ranges of 64 KiB and
+    // 36 KiB) and found equal; the rest is copied.
     assert_eq!(
         files["resumed"],
         [
             Enter(Hashing),
-            Bytes(64 * KIB as u64),
+            Bytes(100 * KIB as u64),
             Enter(Copying),
-            Bytes(136 * KIB as u64),
+            Bytes(100 * KIB as u64),
             Enter(Checking),
             Enter(Deleting),
             Moved
@@ -205,12 +205,14 @@ async fn events_of_copied_resumed_present_and_failed_files() {
     assert_eq!(files["sub/failed"], [Enter(Copying), Failed]);
 }
 
-/// A destination whose writes cancel the move and then never finish, as a
-/// transfer in flight when the user presses Ctrl-C.
+/// A destination whose first write stops the move: a hard stop, after which
+/// the write never finishes (a transfer in flight when the user presses
+/// Ctrl-C), or a soft one, after which it goes on.
 #[derive(Debug)]
 struct CancelOnWrite {
     store: LocalStore,
-    cancel: CancellationToken,
+    stop: Stop,
+    hard: bool,
 }
 
 #[async_trait]
@@ -232,14 +234,18 @@ impl Service for CancelOnWrite {
     }
     async fn write(
         &self,
-        _dir: &DirId,
-        _path: &RelPath,
-        _offset: u64,
-        _file_size: u64,
-        _data: ByteStream,
+        dir: &DirId,
+        path: &RelPath,
+        offset: u64,
+        file_size: u64,
+        data: ByteStream,
     ) -> Result<u64, ServiceError> {
-        self.cancel.cancel();
-        std::future::pending().await
+        if self.hard {
+            self.stop.hard();
+            return std::future::pending().await;
+        }
+        self.stop.soft();
+        self.store.write(dir, path, offset, file_size, data).await
     }
     async fn signature(
         &self,
@@ -299,10 +305,11 @@ async fn cancelling_interrupts_the_file_in_flight_and_starts_no_other() {
     for name in ["a", "b", "c"] {
         write_file(src.path(), name, &data(KIB, 4));
     }
-    let cancel = CancellationToken::new();
+    let stop = Stop::new();
     let destination = CancelOnWrite {
         store: store(dst.path()),
-        cancel: cancel.clone(),
+        stop: stop.clone(),
+        hard: true,
     };
     let recorder = Recorder::default();
     let summary = move_files(
@@ -311,7 +318,7 @@ async fn cancelling_interrupts_the_file_in_flight_and_starts_no_other() {
         &[dir()],
         &options(),
         &recorder,
-        &cancel,
+        &stop,
     )
     .await
     .unwrap();
@@ -338,18 +345,88 @@ async fn cancelling_interrupts_the_file_in_flight_and_starts_no_other() {
 async fn a_cancelled_move_changes_nothing_before_it_starts() {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     write_file(src.path(), "a", b"a");
-    let cancel = CancellationToken::new();
-    cancel.cancel();
+    let stop = Stop::new();
+    stop.hard();
     let result = move_files(
         &store(src.path()),
         &store(dst.path()),
         &[dir()],
         &options(),
         &Recorder::default(),
-        &cancel,
+        &stop,
     )
     .await;
     assert!(matches!(result, Err(MoveError::Cancelled)), "{result:?}");
     assert_eq!(std::fs::read(src.path().join("a")).unwrap(), b"a");
     assert_eq!(std::fs::read_dir(dst.path()).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn a_soft_stop_lets_the_file_in_flight_finish_and_starts_no_other() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for name in ["a", "b", "c"] {
+        write_file(src.path(), name, &data(KIB, 5));
+    }
+    let stop = Stop::new();
+    let destination = CancelOnWrite {
+        store: store(dst.path()),
+        stop: stop.clone(),
+        hard: false,
+    };
+    let summary = move_files(
+        &store(src.path()),
+        &destination,
+        &[dir()],
+        &options(),
+        &Recorder::default(),
+        &stop,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            summary.files_moved,
+            summary.files_failed,
+            summary.files_interrupted
+        ),
+        (1, 0, 2)
+    );
+    assert_eq!(std::fs::read(dst.path().join("a")).unwrap(), data(KIB, 5));
+    assert!(!src.path().join("a").exists());
+    assert!(src.path().join("b").exists() && src.path().join("c").exists());
+}
+
+#[tokio::test]
+async fn a_file_that_cannot_finish_before_the_deadline_does_not_start() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for name in ["a", "b", "c"] {
+        write_file(src.path(), name, &data(64 * KIB, 6));
+    }
+    // Nothing is measured before the first file, so it starts; by then the
+    // deadline has passed, so no other file can make it.
+    let stop = Stop::new().with_predicted_deadline(std::time::Instant::now());
+    let recorder = Recorder::default();
+    let summary = move_files(
+        &store(src.path()),
+        &store(dst.path()),
+        &[dir()],
+        &options(),
+        &recorder,
+        &stop,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            summary.files_moved,
+            summary.files_failed,
+            summary.files_interrupted
+        ),
+        (1, 0, 2)
+    );
+    assert_eq!(
+        recorder.files.lock().unwrap().len(),
+        1,
+        "only one file started"
+    );
 }
