@@ -5,5 +5,6 @@
 mod moves;
 mod python;
 mod rejections;
+mod resilience;
 mod throttle;
 mod util;

@@ -140,9 +140,23 @@ impl Daemon {
         ));
         let config_path = work.join(format!("{name}.toml"));
         std::fs::write(&config_path, config).unwrap();
+        Self::spawn(&config_path, key, &[]).await
+    }
+
+    /// Kills the daemon (SIGKILL: no clean shutdown) and starts it again
+    /// with the same config, key and address.
+    pub async fn kill_and_restart(mut self) -> Daemon {
+        self.child.kill().await.unwrap();
+        let config_path = self.key.private.with_extension("toml");
+        let address = self.addr.clone();
+        Self::spawn(&config_path, self.key, &["--address", &address]).await
+    }
+
+    async fn spawn(config_path: &Path, key: KeyFiles, args: &[&str]) -> Daemon {
         let mut child = Command::new(realized_bin())
             .arg("--config")
-            .arg(&config_path)
+            .arg(config_path)
+            .args(args)
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -320,4 +334,50 @@ impl InProcessDaemon {
 
 pub fn dir_id(id: &str) -> DirId {
     DirId::new(id).unwrap()
+}
+
+/// Starts `realize` with `args` without waiting for it, its stdout piped.
+pub fn spawn_realize(args: &[&std::ffi::OsStr]) -> Child {
+    Command::new(realize_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a child's exit and output, within the process timeout.
+pub async fn wait_output(child: Child) -> Output {
+    tokio::time::timeout(PROCESS_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("realize hung")
+        .unwrap()
+}
+
+/// Waits until `path` exists with at least `size` bytes. The filesystem has
+/// no readiness signal to await, so this polls, briefly and with a timeout.
+pub async fn wait_for_file(path: &Path, size: u64) {
+    tokio::time::timeout(PROCESS_TIMEOUT, async {
+        loop {
+            if std::fs::metadata(path).is_ok_and(|m| m.len() >= size) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} never reached {size} bytes", path.display()));
+}
+
+/// Sends `signal` (e.g. "INT") to a child process.
+pub fn send_signal(child: &Child, signal: &str) {
+    let pid = child.id().expect("the process already exited");
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid} failed");
 }
