@@ -90,6 +90,10 @@ fn usage_errors() {
     throttle_error(&["--throttle-up", "fast"], "invalid rate \"fast\"");
     throttle_error(&["--throttle-down=-5k"], "invalid rate");
     throttle_error(&["--throttle", "5000T"], "above the maximum");
+    throttle_error(&["--max-duration", "30"], "--max-duration");
+    throttle_error(&["--max-duration", "soon"], "--max-duration");
+    throttle_error(&["--max-duration", "0s"], "--max-duration must be longer than zero");
+    throttle_error(&["--cutoff-mode", "gentle"], "--cutoff-mode");
 }
 
 #[test]
