@@ -13,12 +13,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use opentelemetry::KeyValue;
 use realize_core::mover::ErrorChain;
 use realize_core::{
     DirId, LocalStore, MoveError, MoveOptions, MoveSummary, Service, ServiceError, Stop,
 };
 use realize_net::connection::ConnectError;
 use realize_net::keys::{PrivateKey, PublicKey};
+use realize_net::metrics::record_limit;
 use realize_net::remote::RemoteService;
 use realize_net::retry::{Backoff, is_retryable};
 use realize_net::throttle::{SendLimit, ThrottledService};
@@ -198,6 +200,12 @@ pub async fn run_move(
         dirs: &config.dirs,
         rpc_deadline,
     };
+    for (scope, limit) in [
+        ("upload", config.limits.upload),
+        ("download", config.limits.download),
+    ] {
+        record_limit(limit, &[KeyValue::new("scope", scope)]);
+    }
     let mut total = MoveSummary::default();
     let mut backoff = Backoff::new();
     let mut attempt = 0;

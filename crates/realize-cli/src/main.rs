@@ -5,13 +5,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::{ArgGroup, Parser, Subcommand};
 use realize_cli::output::{Format, Output};
 use realize_cli::stopping::{Reason, StopReason, watch_deadline, watch_signals};
 use realize_cli::{Config, CutoffMode, Endpoint, Limits, UsageError};
 use realize_core::DirId;
 use realize_core::Stop;
+use realize_net::metrics::Exporter;
 use realize_net::throttle::parse_rate;
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 /// Exit codes of SPEC §5.
@@ -20,6 +23,11 @@ const EXIT_USAGE: u8 = 2;
 /// Stopped before the end (--max-duration or SIGUSR1) with files left:
 /// running the same command again finishes the move.
 const EXIT_STOPPED: u8 = 11;
+
+/// Moved, but the metrics push failed.
+const EXIT_METRICS_PUSH: u8 = 12;
+/// How long the Pushgateway has to take the metrics.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long after --max-duration a call to a daemon times out.
 const RPC_DEADLINE_GRACE: Duration = Duration::from_secs(1);
@@ -93,6 +101,21 @@ struct Cli {
     /// object per line).
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     output: OutputFormat,
+    /// Serve Prometheus metrics on http://HOST:PORT/metrics while the move runs.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
+    /// Push the final metrics to this Prometheus Pushgateway (http://HOST:PORT).
+    #[arg(long, value_name = "URL")]
+    metrics_pushgateway: Option<String>,
+    /// The `job` label of pushed metrics.
+    #[arg(long, value_name = "NAME", default_value = "realize")]
+    metrics_job: String,
+    /// The `instance` label of pushed metrics (default: this host's name).
+    #[arg(long, value_name = "NAME")]
+    metrics_instance: Option<String>,
+    /// Log format on stderr: `text` for people, `json` (one object per line) for machines.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Log detail on stderr: -v info, -vv debug (RUST_LOG overrides).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -100,6 +123,12 @@ struct Cli {
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
     Text,
     Json,
 }
@@ -133,13 +162,14 @@ fn main() -> ExitCode {
         1 => "info",
         _ => "debug",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
-        )
-        .with_writer(output.log_writer())
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(output.log_writer());
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
     if let Some(Command::Keygen { out }) = cli.command {
         return match realize_cli::keygen(&out) {
             Ok(files) => {
@@ -193,8 +223,26 @@ fn main() -> ExitCode {
         stop = stop.with_predicted_deadline(deadline);
     }
     let reason = Reason::default();
+    let exporter = if cli.metrics_addr.is_some() || cli.metrics_pushgateway.is_some() {
+        match Exporter::install() {
+            Ok(exporter) => Some(exporter),
+            Err(e) => return usage_or_failure(EXIT_FAILED, format_args!("{e}")),
+        }
+    } else {
+        None
+    };
+    let metrics_stop = CancellationToken::new();
     let result = runtime.block_on(async {
         watch_signals(stop.clone(), reason.clone())?;
+        if let (Some(exporter), Some(addr)) = (&exporter, &cli.metrics_addr) {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "serving metrics");
+            let exporter = exporter.clone();
+            let until = metrics_stop.clone().cancelled_owned();
+            tokio::spawn(async move { exporter.serve(listener, until).await });
+        }
         let mut rpc_deadline = None;
         if let Some(deadline) = deadline {
             watch_deadline(stop.clone(), reason.clone(), deadline, config.cutoff);
@@ -204,14 +252,25 @@ fn main() -> ExitCode {
                 rpc_deadline = Some(deadline + RPC_DEADLINE_GRACE);
             }
         }
-        realize_cli::run_move(&config, &output, &stop, rpc_deadline).await
+        let run = realize_cli::run_move(&config, &output, &stop, rpc_deadline).await;
+        metrics_stop.cancel();
+        let pushed = match (&exporter, &cli.metrics_pushgateway) {
+            (Some(exporter), Some(url)) => {
+                let instance = cli.metrics_instance.clone().unwrap_or_else(hostname);
+                exporter
+                    .push(url, &cli.metrics_job, &instance, PUSH_TIMEOUT)
+                    .await
+            }
+            _ => Ok(()),
+        };
+        run.map(|run| (run, pushed))
     });
     // Whatever is still running (a blocking read, a listing) must not hold
     // the exit back.
     runtime.shutdown_timeout(SHUTDOWN_TIMEOUT);
     let reason = reason.get();
     match result {
-        Ok(run) => {
+        Ok((run, pushed)) => {
             output.summary(&run.summary, run.finished, started.elapsed());
             let code = match reason.and_then(StopReason::signal_exit_code) {
                 Some(code) => code,
@@ -219,6 +278,15 @@ fn main() -> ExitCode {
                 None if run.summary.files_interrupted > 0 || !run.finished => EXIT_STOPPED,
                 None => 0,
             };
+            if let Err(e) = pushed {
+                output.fatal(&anyhow::Error::new(e));
+                if code == 0 {
+                    return ExitCode::from(EXIT_METRICS_PUSH);
+                }
+            }
+            if let Some(exporter) = &exporter {
+                exporter.shutdown();
+            }
             ExitCode::from(code)
         }
         Err(e) => {
@@ -230,6 +298,15 @@ fn main() -> ExitCode {
             )
         }
     }
+}
+
+/// This machine's name, for the Pushgateway's `instance` label.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
 }
 
 /// Errors before any move starts: printed plainly, whatever the output format.

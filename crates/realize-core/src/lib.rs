@@ -15,6 +15,7 @@
 pub mod delta;
 pub mod error;
 pub mod hash;
+mod metrics;
 pub mod mover;
 pub mod path;
 pub mod progress;

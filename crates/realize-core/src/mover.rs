@@ -23,6 +23,7 @@ use tracing::Instrument;
 use crate::delta;
 use crate::error::{ErrorCode, ServiceError};
 use crate::hash::Sha256Hash;
+use crate::metrics::metrics;
 use crate::path::{DirId, RelPath};
 use crate::progress::{FileProgress, Phase, Progress};
 use crate::service::{ByteRange, ByteStream, Entry, FileKind, FileStamp, Service};
@@ -251,14 +252,18 @@ pub async fn move_files(
             .instrument(span)
         })
         .buffer_unordered(options.parallel);
+    let recorded = metrics();
     while let Some((job, outcome)) = results.next().await {
         match outcome {
             Outcome::Moved(sent) => {
                 summary.files_moved += 1;
                 summary.bytes_moved += job.entry.stamp.size;
                 summary.bytes_sent += sent;
+                recorded.files_moved.add(1, &[]);
+                recorded.bytes_moved.add(job.entry.stamp.size, &[]);
             }
             Outcome::Failed(error) => {
+                recorded.files_failed.add(1, &[]);
                 summary.files_failed += 1;
                 summary.failures.push(Failure {
                     dir: job.dir.clone(),
@@ -266,7 +271,10 @@ pub async fn move_files(
                     error,
                 });
             }
-            Outcome::Interrupted => summary.files_interrupted += 1,
+            Outcome::Interrupted => {
+                recorded.files_interrupted.add(1, &[]);
+                summary.files_interrupted += 1;
+            }
         }
     }
     Ok(summary)
@@ -494,7 +502,7 @@ async fn move_file(
             destination_hash,
         });
     }
-    dst.finish(dir, path)
+    dst.finish(dir, path, Some(source_hash))
         .await
         .map_err(MoveError::destination)?;
     file.phase(Phase::Deleting);
@@ -548,9 +556,15 @@ impl Transfer<'_> {
                     .map_err(MoveError::destination),
             )
             .await?;
-            if destination.hash != source.hash {
+            if destination.hash == source.hash {
+                metrics().delta_saved.add(range.len(), &[]);
+            } else {
                 self.file.phase(Phase::Copying);
-                sent += self.patch(range, source.hash).await?;
+                let patch_sent = self.patch(range, source.hash).await?;
+                metrics()
+                    .delta_saved
+                    .add(range.len().saturating_sub(patch_sent), &[]);
+                sent += patch_sent;
                 kind = FileKind::Partial;
             }
             self.file.progress.bytes(range.len());

@@ -153,8 +153,14 @@ pub trait Service: Send + Sync + std::fmt::Debug {
     ) -> Result<HashResult, ServiceError>;
 
     /// fsyncs the partial file and renames it to its final name (fsyncs an
-    /// existing final file if there is no partial one).
-    async fn finish(&self, dir: &DirId, path: &RelPath) -> Result<(), ServiceError>;
+    /// existing final file if there is no partial one). `verified` is the
+    /// SHA-256 the caller checked the file against, for the audit log.
+    async fn finish(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        verified: Option<Sha256Hash>,
+    ) -> Result<(), ServiceError>;
 
     /// Removes both forms and the parent directories left empty. With
     /// `if_stamp`, refuses if the final file no longer has that stamp.

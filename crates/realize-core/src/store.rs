@@ -154,11 +154,11 @@ impl Resolved {
     /// (or creating it) if there is none.
     async fn open_partial_for_write(&self) -> Result<File, StoreError> {
         if self.lstat(FileKind::Partial).await?.is_none() {
-            if self.lstat(FileKind::Final).await?.is_some() {
+            if let Some(final_meta) = self.lstat(FileKind::Final).await? {
                 fs::rename(&self.final_path, &self.partial_path)
                     .await
                     .map_err(self.io("rename final to partial"))?;
-                tracing::info!(dir = %self.dir, path = %self.path, "final file turned back into partial file");
+                tracing::info!(dir = %self.dir, path = %self.path, size = final_meta.len(), "overwrite: final file turned back into partial file");
             } else {
                 fs::create_dir_all(&self.parent)
                     .await
@@ -718,9 +718,15 @@ impl Service for LocalStore {
         })
     }
 
-    async fn finish(&self, dir: &DirId, path: &RelPath) -> Result<(), ServiceError> {
+    async fn finish(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        verified: Option<Sha256Hash>,
+    ) -> Result<(), ServiceError> {
         let r = self.resolve(dir, path).await?;
-        if r.lstat(FileKind::Partial).await?.is_some() {
+        let sha256 = verified.map(|h| h.to_hex()).unwrap_or_default();
+        if let Some(meta) = r.lstat(FileKind::Partial).await? {
             let file = r.open(FileKind::Partial).await?;
             file.sync_all().await.map_err(r.io("fsync partial file"))?;
             fs::rename(&r.partial_path, &r.final_path)
@@ -733,6 +739,7 @@ impl Service for LocalStore {
                 .sync_all()
                 .await
                 .map_err(r.io("fsync parent directory"))?;
+            tracing::info!(dir = %r.dir, path = %r.path, size = meta.len(), %sha256, "finished");
             return Ok(());
         }
         if r.lstat(FileKind::Final).await?.is_some() {
@@ -763,8 +770,12 @@ impl Service for LocalStore {
                 .into());
         }
         for kind in [FileKind::Final, FileKind::Partial] {
+            // For the audit line only: whatever is there goes, a symlink included.
+            let size = fs::symlink_metadata(r.form(kind)).await.ok().map(|m| m.len());
             match fs::remove_file(r.form(kind)).await {
-                Ok(()) => {}
+                Ok(()) => {
+                    tracing::info!(dir = %r.dir, path = %r.path, ?kind, size, "deleted");
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(r.io("remove file")(e).into()),
             }

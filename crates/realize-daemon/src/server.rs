@@ -8,8 +8,10 @@ use std::sync::Arc;
 
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use realize_core::{ByteRange, ByteStream, DirId, RelPath, Service, ServiceError};
+use opentelemetry::KeyValue;
+use realize_core::{ByteRange, ByteStream, DirId, RelPath, Service, ServiceError, Sha256Hash};
 use realize_net::connection::PeerInfo;
+use realize_net::metrics::{RpcCall, RpcSide, record_limit};
 use realize_net::throttle::check_rate;
 use realize_proto::{WireError, error_from_status, pb};
 use tonic::{Request, Response, Status, Streaming};
@@ -48,12 +50,31 @@ fn required_range(range: Option<pb::ByteRange>) -> Result<ByteRange, Status> {
         .ok_or_else(|| invalid(WireError::Missing("range")))
 }
 
-/// A span per call naming the method and the peer, so every log line of the
-/// call (including the store's audit events) says who asked.
-fn span<T>(method: &'static str, request: &Request<T>) -> tracing::Span {
-    match request.extensions().get::<PeerInfo>() {
+/// One call being served: a span naming the method and the peer, so every
+/// log line of the call (including the store's audit events) says who asked,
+/// and its measurement as a server-side RPC.
+struct Call {
+    span: tracing::Span,
+    method: &'static str,
+}
+
+fn call<T>(method: &'static str, request: &Request<T>) -> Call {
+    let span = match request.extensions().get::<PeerInfo>() {
         Some(peer) => tracing::info_span!("rpc", method, peer = %peer.peer_id, addr = %peer.addr),
         None => tracing::info_span!("rpc", method),
+    };
+    Call { span, method }
+}
+
+impl Call {
+    async fn run<T>(self, handler: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
+        let measured = RpcCall::start(RpcSide::Server, self.method);
+        let result = handler.instrument(self.span).await;
+        measured.finish(match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        });
+        result
     }
 }
 
@@ -131,8 +152,8 @@ impl pb::realize_server::Realize for Handler {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<Self::ListStream>, Status> {
-        let span = span("List", &request);
-        async {
+        let call = call("List", &request);
+        call.run(async {
             let request = request.into_inner();
             let dir = realize_proto::dir_id(&request.dir).map_err(invalid)?;
             let entries = self
@@ -144,8 +165,7 @@ impl pb::realize_server::Realize for Handler {
                 entries,
                 pb::ListResponse::from,
             )))
-        }
-        .instrument(span)
+        })
         .await
     }
 
@@ -153,8 +173,8 @@ impl pb::realize_server::Realize for Handler {
         &self,
         request: Request<pb::ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
-        let span = span("Read", &request);
-        async {
+        let call = call("Read", &request);
+        call.run(async {
             let request = request.into_inner();
             let (dir, path) = target(&request.dir, &request.path)?;
             let data = self
@@ -165,8 +185,7 @@ impl pb::realize_server::Realize for Handler {
             Ok(Response::new(server_stream(data, |data| {
                 pb::ReadResponse { data }
             })))
-        }
-        .instrument(span)
+        })
         .await
     }
 
@@ -175,8 +194,8 @@ impl pb::realize_server::Realize for Handler {
         request: Request<Streaming<pb::WriteRequest>>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
         use pb::write_request::Message;
-        let span = span("Write", &request);
-        async {
+        let call = call("Write", &request);
+        call.run(async {
             let mut stream = request.into_inner();
             let header = header(&mut stream, |m| match m.message {
                 Some(Message::Header(h)) => Some(h),
@@ -195,8 +214,7 @@ impl pb::realize_server::Realize for Handler {
                 .map_err(|e| status(&e))?;
             tracing::debug!(%dir, %path, offset = header.offset, bytes_written, "write");
             Ok(Response::new(pb::WriteResponse { bytes_written }))
-        }
-        .instrument(span)
+        })
         .await
     }
 
@@ -204,8 +222,8 @@ impl pb::realize_server::Realize for Handler {
         &self,
         request: Request<pb::SignatureRequest>,
     ) -> Result<Response<pb::SignatureResponse>, Status> {
-        let span = span("Signature", &request);
-        async {
+        let call = call("Signature", &request);
+        call.run(async {
             let request = request.into_inner();
             let (dir, path) = target(&request.dir, &request.path)?;
             let range = required_range(request.range)?;
@@ -215,8 +233,7 @@ impl pb::realize_server::Realize for Handler {
                 .await
                 .map_err(|e| status(&e))?;
             Ok(Response::new(pb::SignatureResponse { signature }))
-        }
-        .instrument(span)
+        })
         .await
     }
 
@@ -224,8 +241,8 @@ impl pb::realize_server::Realize for Handler {
         &self,
         request: Request<pb::DiffRequest>,
     ) -> Result<Response<Self::DiffStream>, Status> {
-        let span = span("Diff", &request);
-        async {
+        let call = call("Diff", &request);
+        call.run(async {
             let request = request.into_inner();
             let (dir, path) = target(&request.dir, &request.path)?;
             let range = required_range(request.range)?;
@@ -237,8 +254,7 @@ impl pb::realize_server::Realize for Handler {
             Ok(Response::new(server_stream(delta, |delta| {
                 pb::DiffResponse { delta }
             })))
-        }
-        .instrument(span)
+        })
         .await
     }
 
@@ -247,8 +263,8 @@ impl pb::realize_server::Realize for Handler {
         request: Request<Streaming<pb::ApplyDeltaRequest>>,
     ) -> Result<Response<pb::ApplyDeltaResponse>, Status> {
         use pb::apply_delta_request::Message;
-        let span = span("ApplyDelta", &request);
-        async {
+        let call = call("ApplyDelta", &request);
+        call.run(async {
             let mut stream = request.into_inner();
             let header = header(&mut stream, |m| match m.message {
                 Some(Message::Header(h)) => Some(h),
@@ -268,8 +284,7 @@ impl pb::realize_server::Realize for Handler {
                 .map_err(|e| status(&e))?;
             tracing::debug!(%dir, %path, start = range.start, end = range.end, bytes_written, "delta applied");
             Ok(Response::new(pb::ApplyDeltaResponse { bytes_written }))
-        }
-        .instrument(span)
+        })
         .await
     }
 
@@ -277,8 +292,8 @@ impl pb::realize_server::Realize for Handler {
         &self,
         request: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
-        let span = span("Hash", &request);
-        async {
+        let call = call("Hash", &request);
+        call.run(async {
             let request = request.into_inner();
             let (dir, path) = target(&request.dir, &request.path)?;
             let kind = realize_proto::file_kind(request.kind).map_err(invalid)?;
@@ -288,8 +303,7 @@ impl pb::realize_server::Realize for Handler {
                 .await
                 .map_err(|e| status(&e))?;
             Ok(Response::new(result.into()))
-        }
-        .instrument(span)
+        })
         .await
     }
 
@@ -297,18 +311,25 @@ impl pb::realize_server::Realize for Handler {
         &self,
         request: Request<pb::FinishRequest>,
     ) -> Result<Response<pb::FinishResponse>, Status> {
-        let span = span("Finish", &request);
-        async {
+        let call = call("Finish", &request);
+        call.run(async {
             let request = request.into_inner();
             let (dir, path) = target(&request.dir, &request.path)?;
+            let verified = match request.sha256.len() {
+                0 => None,
+                _ => Some(Sha256Hash::from_slice(&request.sha256).ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "{dir}/{path}: sha256 must be 32 bytes, got {}",
+                        request.sha256.len()
+                    ))
+                })?),
+            };
             self.service
-                .finish(&dir, &path)
+                .finish(&dir, &path, verified)
                 .await
                 .map_err(|e| status(&e))?;
-            tracing::info!(%dir, %path, "finished");
             Ok(Response::new(pb::FinishResponse {}))
-        }
-        .instrument(span)
+        })
         .await
     }
 
@@ -316,18 +337,16 @@ impl pb::realize_server::Realize for Handler {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let span = span("Delete", &request);
-        async {
+        let call = call("Delete", &request);
+        call.run(async {
             let request = request.into_inner();
             let (dir, path) = target(&request.dir, &request.path)?;
             self.service
                 .delete(&dir, &path, request.if_stamp.map(Into::into))
                 .await
                 .map_err(|e| status(&e))?;
-            tracing::info!(%dir, %path, "deleted");
             Ok(Response::new(pb::DeleteResponse {}))
-        }
-        .instrument(span)
+        })
         .await
     }
 
@@ -335,16 +354,15 @@ impl pb::realize_server::Realize for Handler {
         &self,
         request: Request<pb::InfoRequest>,
     ) -> Result<Response<pb::InfoResponse>, Status> {
-        let span = span("Info", &request);
+        let call = call("Info", &request);
         let send_limit = connection(&request)?.send_limit.get();
-        async {
+        call.run(async {
             let info = self.service.info().await.map_err(|e| status(&e))?;
             Ok(Response::new(pb::InfoResponse {
                 send_limit,
                 ..info.into()
             }))
-        }
-        .instrument(span)
+        })
         .await
     }
 
@@ -352,27 +370,36 @@ impl pb::realize_server::Realize for Handler {
         &self,
         request: Request<pb::ConfigureRequest>,
     ) -> Result<Response<pb::ConfigureResponse>, Status> {
-        let span = span("Configure", &request);
-        let peer = connection(&request)?;
-        let _entered = span.enter();
-        let limit = request
-            .into_inner()
-            .send_limit
-            .map(check_rate)
-            .transpose()
-            .map_err(|e| Status::invalid_argument(format!("send_limit: {e}")))?;
-        let old = peer.send_limit.set(limit);
-        if old != limit {
-            tracing::info!(
-                peer = %peer.peer_id,
-                connection = %peer.addr,
-                old = %Rate(old),
-                new = %Rate(limit),
-                "send limit changed"
-            );
-        }
-        Ok(Response::new(pb::ConfigureResponse {
-            send_limit: peer.send_limit.get(),
-        }))
+        let call = call("Configure", &request);
+        call.run(async {
+            let peer = connection(&request)?;
+            let limit = request
+                .into_inner()
+                .send_limit
+                .map(check_rate)
+                .transpose()
+                .map_err(|e| Status::invalid_argument(format!("send_limit: {e}")))?;
+            let old = peer.send_limit.set(limit);
+            if old != limit {
+                tracing::info!(
+                    peer = %peer.peer_id,
+                    connection = %peer.addr,
+                    old = %Rate(old),
+                    new = %Rate(limit),
+                    "send limit changed"
+                );
+                record_limit(
+                    limit,
+                    &[
+                        KeyValue::new("scope", "connection"),
+                        KeyValue::new("peer", peer.peer_id.clone()),
+                    ],
+                );
+            }
+            Ok(Response::new(pb::ConfigureResponse {
+                send_limit: peer.send_limit.get(),
+            }))
+        })
+        .await
     }
 }

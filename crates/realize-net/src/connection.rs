@@ -22,6 +22,7 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
 
 use crate::keys::PublicKey;
+use crate::metrics::OpenConnection;
 use crate::throttle::{SendLimit, Throttled};
 use crate::tls::SERVER_NAME;
 
@@ -46,6 +47,7 @@ pub struct PeerInfo {
 pub struct ServerConn<S = Throttled<TcpStream>> {
     inner: tokio_rustls::server::TlsStream<S>,
     info: PeerInfo,
+    _open: OpenConnection,
 }
 
 impl<S> ServerConn<S> {
@@ -124,6 +126,18 @@ enum HandshakeError {
     NoCertificate,
     #[error("key {0} is allowed by tls but has no peer id")]
     NoPeerId(PublicKey),
+}
+
+impl HandshakeError {
+    /// A short label for metrics.
+    fn reason(&self) -> &'static str {
+        match self {
+            HandshakeError::Tls(_) => "tls",
+            HandshakeError::UnknownKey | HandshakeError::NoPeerId(_) => "unknown_key",
+            HandshakeError::Timeout(_) => "timeout",
+            HandshakeError::NoCertificate => "no_certificate",
+        }
+    }
 }
 
 /// Accepts TCP connections and yields those that complete a mutual TLS handshake with a
@@ -206,7 +220,12 @@ async fn accept_one(
             // Fails only when the server is gone; the connection is then dropped.
             let _ = tx.send(Ok(conn)).await;
         }
-        Err(e) => tracing::warn!(addr = %addr, error = %e, "tls handshake refused"),
+        Err(e) => {
+            crate::metrics::net()
+                .handshakes_refused
+                .add(1, &[opentelemetry::KeyValue::new("reason", e.reason())]);
+            tracing::warn!(addr = %addr, error = %e, "tls handshake refused");
+        }
     }
 }
 
@@ -249,6 +268,7 @@ async fn handshake(
         .clone();
     Ok(ServerConn {
         inner: tls,
+        _open: OpenConnection::new(&peer_id),
         info: PeerInfo {
             peer_id,
             addr,

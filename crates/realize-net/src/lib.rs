@@ -11,6 +11,7 @@
 
 pub mod connection;
 pub mod keys;
+pub mod metrics;
 pub mod remote;
 pub mod retry;
 pub mod throttle;

@@ -7,9 +7,11 @@ use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt, future, ready, stream};
 use realize_core::{
     ByteRange, ByteStream, DirId, EntryStream, FileKind, FileStamp, HashResult, RelPath, Service,
-    ServiceError, ServiceInfo,
+    ServiceError, ServiceInfo, Sha256Hash,
 };
 use realize_proto::{error_from_status, pb};
+
+use crate::metrics::{RpcCall, RpcSide};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::time::Instant;
@@ -43,6 +45,21 @@ impl RemoteService {
         self.client.clone()
     }
 
+    /// Runs one call, measured as a client-side RPC.
+    async fn observed<T>(
+        &self,
+        method: &'static str,
+        call: impl Future<Output = Result<T, ServiceError>>,
+    ) -> Result<T, ServiceError> {
+        let measured = RpcCall::start(RpcSide::Client, method);
+        let result = call.await;
+        measured.finish(match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(e) => realize_proto::grpc_code(e.code()),
+        });
+        result
+    }
+
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         if let Some(deadline) = self.deadline {
@@ -55,12 +72,15 @@ impl RemoteService {
     /// Sets (or with `None` clears) the limit on what the daemon sends on
     /// this connection; returns the limit in force.
     pub async fn configure(&self, send_limit: Option<u64>) -> Result<Option<u64>, ServiceError> {
-        let response = self
-            .client()
-            .configure(self.request(pb::ConfigureRequest { send_limit }))
-            .await
-            .map_err(error_from_status)?;
-        Ok(response.into_inner().send_limit)
+        self.observed("Configure", async {
+            let response = self
+                .client()
+                .configure(self.request(pb::ConfigureRequest { send_limit }))
+                .await
+                .map_err(error_from_status)?;
+            Ok(response.into_inner().send_limit)
+        })
+        .await
     }
 }
 
@@ -137,26 +157,32 @@ impl<M> Stream for Body<M> {
 #[async_trait]
 impl Service for RemoteService {
     async fn info(&self) -> Result<ServiceInfo, ServiceError> {
-        let response = self
-            .client()
-            .info(self.request(pb::InfoRequest {}))
-            .await
-            .map_err(error_from_status)?;
-        ServiceInfo::try_from(response.into_inner()).map_err(protocol)
+        self.observed("Info", async {
+            let response = self
+                .client()
+                .info(self.request(pb::InfoRequest {}))
+                .await
+                .map_err(error_from_status)?;
+            ServiceInfo::try_from(response.into_inner()).map_err(protocol)
+        })
+        .await
     }
 
     async fn list(&self, dir: &DirId, include_partial: bool) -> Result<EntryStream, ServiceError> {
-        let response = self
-            .client()
-            .list(self.request(pb::ListRequest {
-                dir: dir.to_string(),
-                include_partial,
+        self.observed("List", async {
+            let response = self
+                .client()
+                .list(self.request(pb::ListRequest {
+                    dir: dir.to_string(),
+                    include_partial,
+                }))
+                .await
+                .map_err(error_from_status)?;
+            Ok(map_stream(response.into_inner(), |m| {
+                m.try_into().map_err(protocol)
             }))
-            .await
-            .map_err(error_from_status)?;
-        Ok(map_stream(response.into_inner(), |m| {
-            m.try_into().map_err(protocol)
-        }))
+        })
+        .await
     }
 
     async fn read(
@@ -166,17 +192,20 @@ impl Service for RemoteService {
         offset: u64,
         length: Option<u64>,
     ) -> Result<ByteStream, ServiceError> {
-        let response = self
-            .client()
-            .read(self.request(pb::ReadRequest {
-                dir: dir.to_string(),
-                path: path.to_string(),
-                offset,
-                length,
-            }))
-            .await
-            .map_err(error_from_status)?;
-        Ok(map_stream(response.into_inner(), |m| Ok(m.data)))
+        self.observed("Read", async {
+            let response = self
+                .client()
+                .read(self.request(pb::ReadRequest {
+                    dir: dir.to_string(),
+                    path: path.to_string(),
+                    offset,
+                    length,
+                }))
+                .await
+                .map_err(error_from_status)?;
+            Ok(map_stream(response.into_inner(), |m| Ok(m.data)))
+        })
+        .await
     }
 
     async fn write(
@@ -187,25 +216,28 @@ impl Service for RemoteService {
         file_size: u64,
         data: ByteStream,
     ) -> Result<u64, ServiceError> {
-        use pb::write_request::Message;
-        let header = pb::WriteRequest {
-            message: Some(Message::Header(pb::WriteHeader {
-                dir: dir.to_string(),
-                path: path.to_string(),
-                offset,
-                file_size,
-            })),
-        };
-        let (outgoing, data_error) = client_stream(header, data, |chunk| pb::WriteRequest {
-            message: Some(Message::Data(chunk)),
-        });
-        let mut client = self.client();
-        tokio::select! {
-            response = client.write(self.request(outgoing)) => {
-                Ok(response.map_err(error_from_status)?.into_inner().bytes_written)
+        self.observed("Write", async {
+            use pb::write_request::Message;
+            let header = pb::WriteRequest {
+                message: Some(Message::Header(pb::WriteHeader {
+                    dir: dir.to_string(),
+                    path: path.to_string(),
+                    offset,
+                    file_size,
+                })),
+            };
+            let (outgoing, data_error) = client_stream(header, data, |chunk| pb::WriteRequest {
+                message: Some(Message::Data(chunk)),
+            });
+            let mut client = self.client();
+            tokio::select! {
+                response = client.write(self.request(outgoing)) => {
+                    Ok(response.map_err(error_from_status)?.into_inner().bytes_written)
+                }
+                Ok(error) = data_error => Err(error),
             }
-            Ok(error) = data_error => Err(error),
-        }
+        })
+        .await
     }
 
     async fn signature(
@@ -215,17 +247,20 @@ impl Service for RemoteService {
         range: ByteRange,
         block_size: u32,
     ) -> Result<Bytes, ServiceError> {
-        let response = self
-            .client()
-            .signature(self.request(pb::SignatureRequest {
-                dir: dir.to_string(),
-                path: path.to_string(),
-                range: Some(range.into()),
-                block_size,
-            }))
-            .await
-            .map_err(error_from_status)?;
-        Ok(response.into_inner().signature)
+        self.observed("Signature", async {
+            let response = self
+                .client()
+                .signature(self.request(pb::SignatureRequest {
+                    dir: dir.to_string(),
+                    path: path.to_string(),
+                    range: Some(range.into()),
+                    block_size,
+                }))
+                .await
+                .map_err(error_from_status)?;
+            Ok(response.into_inner().signature)
+        })
+        .await
     }
 
     async fn diff(
@@ -235,17 +270,20 @@ impl Service for RemoteService {
         range: ByteRange,
         signature: Bytes,
     ) -> Result<ByteStream, ServiceError> {
-        let response = self
-            .client()
-            .diff(self.request(pb::DiffRequest {
-                dir: dir.to_string(),
-                path: path.to_string(),
-                range: Some(range.into()),
-                signature,
-            }))
-            .await
-            .map_err(error_from_status)?;
-        Ok(map_stream(response.into_inner(), |m| Ok(m.delta)))
+        self.observed("Diff", async {
+            let response = self
+                .client()
+                .diff(self.request(pb::DiffRequest {
+                    dir: dir.to_string(),
+                    path: path.to_string(),
+                    range: Some(range.into()),
+                    signature,
+                }))
+                .await
+                .map_err(error_from_status)?;
+            Ok(map_stream(response.into_inner(), |m| Ok(m.delta)))
+        })
+        .await
     }
 
     async fn apply_delta(
@@ -256,25 +294,29 @@ impl Service for RemoteService {
         file_size: u64,
         delta: ByteStream,
     ) -> Result<u64, ServiceError> {
-        use pb::apply_delta_request::Message;
-        let header = pb::ApplyDeltaRequest {
-            message: Some(Message::Header(pb::ApplyDeltaHeader {
-                dir: dir.to_string(),
-                path: path.to_string(),
-                range: Some(range.into()),
-                file_size,
-            })),
-        };
-        let (outgoing, delta_error) = client_stream(header, delta, |chunk| pb::ApplyDeltaRequest {
-            message: Some(Message::Delta(chunk)),
-        });
-        let mut client = self.client();
-        tokio::select! {
-            response = client.apply_delta(self.request(outgoing)) => {
-                Ok(response.map_err(error_from_status)?.into_inner().bytes_written)
+        self.observed("ApplyDelta", async {
+            use pb::apply_delta_request::Message;
+            let header = pb::ApplyDeltaRequest {
+                message: Some(Message::Header(pb::ApplyDeltaHeader {
+                    dir: dir.to_string(),
+                    path: path.to_string(),
+                    range: Some(range.into()),
+                    file_size,
+                })),
+            };
+            let (outgoing, delta_error) =
+                client_stream(header, delta, |chunk| pb::ApplyDeltaRequest {
+                    message: Some(Message::Delta(chunk)),
+                });
+            let mut client = self.client();
+            tokio::select! {
+                response = client.apply_delta(self.request(outgoing)) => {
+                    Ok(response.map_err(error_from_status)?.into_inner().bytes_written)
+                }
+                Ok(error) = delta_error => Err(error),
             }
-            Ok(error) = delta_error => Err(error),
-        }
+        })
+        .await
     }
 
     async fn hash(
@@ -284,28 +326,40 @@ impl Service for RemoteService {
         kind: FileKind,
         range: Option<ByteRange>,
     ) -> Result<HashResult, ServiceError> {
-        let response = self
-            .client()
-            .hash(self.request(pb::HashRequest {
-                dir: dir.to_string(),
-                path: path.to_string(),
-                range: range.map(Into::into),
-                kind: pb::FileKind::from(kind).into(),
-            }))
-            .await
-            .map_err(error_from_status)?;
-        HashResult::try_from(response.into_inner()).map_err(protocol)
+        self.observed("Hash", async {
+            let response = self
+                .client()
+                .hash(self.request(pb::HashRequest {
+                    dir: dir.to_string(),
+                    path: path.to_string(),
+                    range: range.map(Into::into),
+                    kind: pb::FileKind::from(kind).into(),
+                }))
+                .await
+                .map_err(error_from_status)?;
+            HashResult::try_from(response.into_inner()).map_err(protocol)
+        })
+        .await
     }
 
-    async fn finish(&self, dir: &DirId, path: &RelPath) -> Result<(), ServiceError> {
-        self.client()
-            .finish(self.request(pb::FinishRequest {
-                dir: dir.to_string(),
-                path: path.to_string(),
-            }))
-            .await
-            .map_err(error_from_status)?;
-        Ok(())
+    async fn finish(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        verified: Option<Sha256Hash>,
+    ) -> Result<(), ServiceError> {
+        self.observed("Finish", async {
+            self.client()
+                .finish(self.request(pb::FinishRequest {
+                    dir: dir.to_string(),
+                    path: path.to_string(),
+                    sha256: verified.map(|h| h.0.to_vec().into()).unwrap_or_default(),
+                }))
+                .await
+                .map_err(error_from_status)?;
+            Ok(())
+        })
+        .await
     }
 
     async fn delete(
@@ -314,14 +368,17 @@ impl Service for RemoteService {
         path: &RelPath,
         if_stamp: Option<FileStamp>,
     ) -> Result<(), ServiceError> {
-        self.client()
-            .delete(self.request(pb::DeleteRequest {
-                dir: dir.to_string(),
-                path: path.to_string(),
-                if_stamp: if_stamp.map(Into::into),
-            }))
-            .await
-            .map_err(error_from_status)?;
-        Ok(())
+        self.observed("Delete", async {
+            self.client()
+                .delete(self.request(pb::DeleteRequest {
+                    dir: dir.to_string(),
+                    path: path.to_string(),
+                    if_stamp: if_stamp.map(Into::into),
+                }))
+                .await
+                .map_err(error_from_status)?;
+            Ok(())
+        })
+        .await
     }
 }

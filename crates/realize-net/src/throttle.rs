@@ -19,7 +19,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use realize_core::{
     ByteRange, ByteStream, DirId, EntryStream, FileKind, FileStamp, HashResult, RelPath, Service,
-    ServiceError, ServiceInfo,
+    ServiceError, ServiceInfo, Sha256Hash,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
@@ -172,7 +172,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Throttled<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            crate::metrics::net().wire_received.add(read as u64, &[]);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -185,7 +191,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Throttled<S> {
         ready!(self.poll_delay(cx));
         let written = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
         if written > 0 {
-            self.delay = Self::sleep(self.limit.limiter.consume_duration(written));
+            let metrics = crate::metrics::net();
+            metrics.wire_sent.add(written as u64, &[]);
+            let wait = self.limit.limiter.consume_duration(written);
+            if !wait.is_zero() {
+                metrics.throttle_wait.add(wait.as_secs_f64(), &[]);
+            }
+            self.delay = Self::sleep(wait);
         }
         Poll::Ready(Ok(written))
     }
@@ -304,8 +316,13 @@ impl Service for ThrottledService {
         self.inner.hash(dir, path, kind, range).await
     }
 
-    async fn finish(&self, dir: &DirId, path: &RelPath) -> Result<(), ServiceError> {
-        self.inner.finish(dir, path).await
+    async fn finish(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        verified: Option<Sha256Hash>,
+    ) -> Result<(), ServiceError> {
+        self.inner.finish(dir, path, verified).await
     }
 
     async fn delete(

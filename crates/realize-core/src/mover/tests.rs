@@ -12,6 +12,7 @@ use crate::stop::Stop;
 
 use super::{MoveError, MoveOptions, MoveSummary, Side, move_files};
 use crate::error::{ErrorCode, ServiceError};
+use crate::hash::Sha256Hash;
 use crate::path::{DirId, RelPath};
 use crate::progress::NoProgress;
 use crate::service::{
@@ -617,8 +618,13 @@ impl Service for Faulty {
         self.inner.hash(dir, path, kind, range).await
     }
 
-    async fn finish(&self, dir: &DirId, path: &RelPath) -> Result<(), ServiceError> {
-        self.inner.finish(dir, path).await
+    async fn finish(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        verified: Option<Sha256Hash>,
+    ) -> Result<(), ServiceError> {
+        self.inner.finish(dir, path, verified).await
     }
 
     async fn delete(

@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::{FileProgress, Phase, Progress};
 use crate::error::ServiceError;
+use crate::hash::Sha256Hash;
 use crate::mover::{MoveError, MoveOptions, move_files};
 use crate::path::{DirId, RelPath};
 use crate::service::{
@@ -286,8 +287,13 @@ impl Service for CancelOnWrite {
     ) -> Result<HashResult, ServiceError> {
         self.store.hash(dir, path, kind, range).await
     }
-    async fn finish(&self, dir: &DirId, path: &RelPath) -> Result<(), ServiceError> {
-        self.store.finish(dir, path).await
+    async fn finish(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        verified: Option<Sha256Hash>,
+    ) -> Result<(), ServiceError> {
+        self.store.finish(dir, path, verified).await
     }
     async fn delete(
         &self,

@@ -416,7 +416,7 @@ async fn finish_renames_the_partial_file_to_the_final_name() {
     write_file(root, "a/.f.part", &data);
     write_file(root, "a/f", b"old final, replaced");
     let store = store(root);
-    store.finish(&dir(), &rel("a/f")).await.unwrap();
+    store.finish(&dir(), &rel("a/f"), None).await.unwrap();
     assert_eq!(read_file(root, "a/f"), data);
     assert!(!exists(root, "a/.f.part"));
 }
@@ -427,7 +427,7 @@ async fn finish_of_a_final_file_alone_leaves_it() {
     let root = root.path();
     write_file(root, "f", b"done");
     let store = store(root);
-    store.finish(&dir(), &rel("f")).await.unwrap();
+    store.finish(&dir(), &rel("f"), None).await.unwrap();
     assert_eq!(read_file(root, "f"), b"done");
     assert_eq!(tree(root), ["f"]);
 }
@@ -437,7 +437,7 @@ async fn finish_of_nothing_is_not_found() {
     let root = tempfile::tempdir().unwrap();
     let store = store(root.path());
     assert_eq!(
-        code(store.finish(&dir(), &rel("a/f")).await),
+        code(store.finish(&dir(), &rel("a/f"), None).await),
         ErrorCode::NotFound
     );
     assert!(tree(root.path()).is_empty());
@@ -878,8 +878,8 @@ async fn a_fifo_is_refused_without_blocking() {
                     .map(drop)
             }),
         ),
-        ("finish", ".p.part", Box::pin(store.finish(&d, &p))),
-        ("finish", "fifo", Box::pin(store.finish(&d, &fifo))),
+        ("finish", ".p.part", Box::pin(store.finish(&d, &p, None))),
+        ("finish", "fifo", Box::pin(store.finish(&d, &fifo, None))),
     ];
     let mut blocked = Vec::new();
     for (name, on_disk, call) in calls {
@@ -929,7 +929,7 @@ async fn a_symlinked_parent_leading_outside_the_root_is_refused() {
         }
         let delete = store.delete(&dir(), &path, None).await;
         assert_eq!(code(delete), ErrorCode::InvalidArgument, "delete {path}");
-        let finish = store.finish(&dir(), &path).await;
+        let finish = store.finish(&dir(), &path, None).await;
         assert_eq!(code(finish), ErrorCode::InvalidArgument, "finish {path}");
         let range = ByteRange::new(0, 4);
         let signature = store.signature(&dir(), &path, range, 1024).await;
@@ -973,7 +973,7 @@ async fn a_symlink_as_the_file_itself_is_never_followed() {
         assert!(store.signature(&d, path, range, 1024).await.is_err());
         let apply = store.apply_delta(&d, path, range, 4, chunks([])).await;
         assert!(apply.is_err(), "apply_delta {path}");
-        assert!(store.finish(&d, path).await.is_err(), "finish {path}");
+        assert!(store.finish(&d, path, None).await.is_err(), "finish {path}");
     }
     assert_eq!(
         read_file(outside, "target"),
@@ -1031,7 +1031,7 @@ async fn an_unknown_dir_id_is_invalid_argument() {
         ErrorCode::InvalidArgument
     );
     assert_eq!(
-        code(store.finish(&other, &path).await),
+        code(store.finish(&other, &path, None).await),
         ErrorCode::InvalidArgument
     );
     assert_eq!(tree(root.path()), ["f"]);

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use realize_core::{
     ByteRange, ByteStream, DirId, EntryStream, FileKind, FileStamp, HashResult, LocalStore,
-    RelPath, Service, ServiceError, ServiceInfo,
+    RelPath, Service, ServiceError, ServiceInfo, Sha256Hash,
 };
 use realize_net::connection::connect;
 use realize_net::tls::client_config;
@@ -157,6 +157,7 @@ async fn bad_paths_sent_to_the_api_are_invalid_and_touch_nothing() {
             .finish(pb::FinishRequest {
                 dir: "d".into(),
                 path: path.into(),
+                sha256: Default::default(),
             })
             .await;
         assert_eq!(
@@ -295,8 +296,13 @@ impl Service for Corrupting {
     ) -> Result<HashResult, ServiceError> {
         self.0.hash(dir, path, kind, range).await
     }
-    async fn finish(&self, dir: &DirId, path: &RelPath) -> Result<(), ServiceError> {
-        self.0.finish(dir, path).await
+    async fn finish(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        verified: Option<Sha256Hash>,
+    ) -> Result<(), ServiceError> {
+        self.0.finish(dir, path, verified).await
     }
     async fn delete(
         &self,
