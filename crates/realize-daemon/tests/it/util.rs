@@ -296,11 +296,12 @@ impl InProcessDaemon {
         let peers = BTreeMap::from([("client".to_string(), client.public_key())]);
         let server_key = PrivateKey::from_pem(&key.key.to_pem()).unwrap();
         let task = tokio::spawn(async move {
-            realize_daemon::serve(listener, &server_key, &peers, service, async {
+            let exit = realize_daemon::serve(listener, &server_key, &peers, service, async {
                 let _ = rx.await;
             })
             .await
             .unwrap();
+            assert_eq!(exit, realize_daemon::Exit::Clean);
         });
         InProcessDaemon {
             addr,
