@@ -3,9 +3,12 @@
 //! Serving each connection here, rather than through tonic's `Server`, is what lets
 //! the daemon close one connection alone (its peer was removed from the config) and
 //! close them all only after the grace period (shutdown); see docs/design.md.
-//! A connection is closed gracefully first: HTTP/2 GOAWAY, the calls left finish
-//! sending their status, then TLS close_notify. One that does not close within
-//! [`CLOSE_TIMEOUT`] (its peer is not reading) is dropped.
+//! A connection is closed gracefully: HTTP/2 GOAWAY, the calls left finish
+//! sending their status, then TLS close_notify. A call that cannot finish
+//! within [`CLOSE_TIMEOUT`] (its peer does not read its response, so flow
+//! control holds it) is reset, which lets the connection close cleanly all the
+//! same; one that still does not close (its peer reads nothing at all) is
+//! dropped.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -15,6 +18,7 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use realize_core::mover::ErrorChain;
 use realize_net::connection::{PeerInfo, ServerConn};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,7 +28,8 @@ use tracing::Instrument;
 
 use crate::state::{CallExecutor, Calls, ConnectionContext, Live};
 
-/// How long a connection asked to close may take to do it cleanly.
+/// How long a connection asked to close may take to do it cleanly, before its calls
+/// are reset, and again after that before it is dropped.
 pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Default)]
@@ -56,6 +61,32 @@ impl Drop for Registered {
     fn drop(&mut self) {
         self.connections.open().remove(&self.id);
     }
+}
+
+/// Logs how a connection ended. A peer that hangs up while the daemon closes the
+/// connection (as hyper's client does on GOAWAY) is no error of the daemon's.
+fn log_end(result: Result<(), hyper::Error>, closed: &str) {
+    match result {
+        Ok(()) => tracing::info!("{closed}"),
+        Err(e) if hung_up(&e) => tracing::info!("connection closed by the peer"),
+        Err(e) => tracing::info!(error = %ErrorChain(&e), "connection ended with an error"),
+    }
+}
+
+fn hung_up(error: &hyper::Error) -> bool {
+    let mut cause = std::error::Error::source(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        cause = e.source();
+    }
+    false
 }
 
 impl Connections {
@@ -90,11 +121,14 @@ impl Connections {
             request.extensions_mut().insert(context.clone());
             request
         });
-        let mut builder =
-            hyper::server::conn::http2::Builder::new(CallExecutor(calls.tracker.clone()));
+        let reset = CancellationToken::new();
+        let mut builder = hyper::server::conn::http2::Builder::new(CallExecutor {
+            tracker: calls.tracker.clone(),
+            reset: reset.clone(),
+        });
         builder.timer(TokioTimer::new());
         let span = tracing::info_span!("connection", peer = %peer.peer_id, addr = %peer.addr);
-        let dropped = Arc::clone(self);
+        let this = Arc::clone(self);
         self.tracker.spawn(
             async move {
                 let _registered = registered;
@@ -103,23 +137,28 @@ impl Connections {
                 tokio::pin!(connection);
                 tokio::select! {
                     result = connection.as_mut() => {
-                        match result {
-                            Ok(()) => tracing::info!("connection closed by the peer"),
-                            Err(e) => tracing::info!(error = %e, "connection ended"),
-                        }
+                        log_end(result, "connection closed by the peer");
                         return;
                     }
                     () = close.cancelled() => {}
                 }
                 connection.as_mut().graceful_shutdown();
-                match tokio::time::timeout(CLOSE_TIMEOUT, connection).await {
-                    Ok(Ok(())) => tracing::info!("connection closed"),
-                    Ok(Err(e)) => tracing::info!(error = %e, "connection closed with an error"),
+                let closing = format!(
+                    "connection did not close within {}",
+                    humantime::format_duration(CLOSE_TIMEOUT)
+                );
+                let mut closed = tokio::time::timeout(CLOSE_TIMEOUT, connection.as_mut()).await;
+                if closed.is_err() {
+                    tracing::warn!("{closing}: resetting its calls");
+                    reset.cancel();
+                    closed = tokio::time::timeout(CLOSE_TIMEOUT, connection.as_mut()).await;
+                }
+                match closed {
+                    Ok(result) => log_end(result, "connection closed"),
                     Err(_) => {
-                        dropped.dropped.fetch_add(1, Ordering::Relaxed);
+                        this.dropped.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(
-                            "connection did not close within {}, dropped without a clean TLS close: is the peer reading?",
-                            humantime::format_duration(CLOSE_TIMEOUT)
+                            "{closing} after its calls were reset: dropped without a clean TLS close"
                         );
                     }
                 }

@@ -100,6 +100,8 @@ impl<S: Stream<Item = Control>> Controls<S> {
 
 /// A daemon serving on its listener.
 pub(crate) struct Server {
+    /// The address actually bound, which `address` may only describe (port 0).
+    listening_on: String,
     live: Arc<LiveConfig>,
     calls: Arc<Calls>,
     connections: Arc<Connections>,
@@ -115,7 +117,10 @@ impl Server {
         key: &PrivateKey,
         live: Live,
     ) -> Result<Server, DaemonError> {
-        let local_addr = listener.local_addr().ok();
+        let listening_on = match listener.local_addr() {
+            Ok(addr) => addr.to_string(),
+            Err(e) => format!("an address the system cannot tell ({e})"),
+        };
         let peers = live.peers.len();
         let live = Arc::new(LiveConfig::new(live));
         let tls = realize_net::tls::server_config(key, live.clone())?;
@@ -139,11 +144,10 @@ impl Server {
             Arc::clone(&connections),
             Arc::clone(&calls),
         ));
-        if let Some(addr) = local_addr {
-            // Tests and scripts wait for this line: the port is bound and serving.
-            tracing::info!(%addr, peers, "listening on {addr}");
-        }
+        // Tests and scripts wait for this line: the port is bound and serving.
+        tracing::info!(addr = %listening_on, peers, "listening on {listening_on}");
         Ok(Server {
+            listening_on,
             live,
             calls,
             connections,
@@ -185,16 +189,16 @@ impl Server {
         // replacing the listener under open connections, which a restart does cleanly.
         if new.address != current.address {
             tracing::warn!(
-                "reload: address changed from {} to {}; it takes effect at the next restart, still listening on {}",
+                "reload: address changed from {} to {}: it takes effect at the next restart, still listening on {}",
                 current.address,
                 new.address,
-                current.address
+                self.listening_on
             );
             new.address = current.address.clone();
         }
         if new.privkey != current.privkey {
             tracing::warn!(
-                "reload: privkey changed from {} to {}; it takes effect at the next restart",
+                "reload: privkey changed from {} to {}: it takes effect at the next restart",
                 current.privkey.display(),
                 new.privkey.display()
             );
@@ -241,9 +245,9 @@ impl Server {
             }
         }
         tracing::info!(
-            "shutdown: stopped accepting connections; waiting up to {} for {} calls in flight",
-            humantime::format_duration(grace),
-            self.calls.tracker.len()
+            calls = self.calls.tracker.len(),
+            grace_period = %humantime::format_duration(grace),
+            "shutdown: stopped accepting connections, waiting for the calls in flight"
         );
 
         // 2. Let the calls in flight finish, then cancel what is left.
@@ -253,8 +257,8 @@ impl Server {
             Some(Ok(())) => tracing::info!("shutdown: all calls finished"),
             Some(Err(_)) => {
                 tracing::info!(
-                    "shutdown: grace period over, cancelling {} calls",
-                    self.calls.tracker.len()
+                    calls = self.calls.tracker.len(),
+                    "shutdown: grace period over, cancelling the calls left"
                 );
                 self.calls.cancel.cancel();
             }
@@ -262,12 +266,16 @@ impl Server {
 
         // 3. Close the connections: the cancelled calls send their status, then the
         // connection ends with GOAWAY and TLS close_notify.
-        tracing::info!("shutdown: closing {} connections", self.connections.count());
+        tracing::info!(
+            connections = self.connections.count(),
+            "shutdown: closing connections"
+        );
         match controls.unless_forced(self.connections.close_all()).await {
             None => return Exit::Forced,
             Some(0) => tracing::info!("shutdown: connections closed"),
             Some(dropped) => tracing::warn!(
-                "shutdown: connections closed, {dropped} of them dropped without a clean close"
+                dropped,
+                "shutdown: connections closed, some dropped without a clean close"
             ),
         }
 
@@ -279,8 +287,8 @@ impl Server {
             Some(Ok(())) => {}
             Some(Err(_)) => {
                 tracing::error!(
-                    "shutdown: {} calls still running {} after cancellation",
-                    self.calls.tracker.len(),
+                    calls = self.calls.tracker.len(),
+                    "shutdown: calls still running {} after cancellation",
                     humantime::format_duration(CANCEL_TIMEOUT)
                 );
                 failed = true;

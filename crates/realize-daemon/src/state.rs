@@ -12,6 +12,7 @@ use realize_net::tls::PeerKeys;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::config::Config;
 
@@ -107,17 +108,33 @@ impl Calls {
     }
 }
 
-/// Runs hyper's per-call tasks on the [`Calls`] tracker.
+/// Runs hyper's per-call tasks on the [`Calls`] tracker, each until it ends or its
+/// connection gives up on it (`reset`).
 #[derive(Clone, Debug)]
-pub(crate) struct CallExecutor(pub TaskTracker);
+pub(crate) struct CallExecutor {
+    pub tracker: TaskTracker,
+    /// Drops the connection's call tasks, which makes HTTP/2 reset their streams.
+    pub reset: CancellationToken,
+}
 
 impl<F> hyper::rt::Executor<F> for CallExecutor
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    fn execute(&self, future: F) {
-        self.0.spawn(future);
+    fn execute(&self, call: F) {
+        let reset = self.reset.clone();
+        self.tracker.spawn(
+            async move {
+                tokio::select! {
+                    biased;
+                    _ = call => {}
+                    () = reset.cancelled() => tracing::warn!("call reset: its response could not be sent"),
+                }
+            }
+            // hyper spawns from inside the connection's task: keep its span.
+            .in_current_span(),
+        );
     }
 }
 
