@@ -51,6 +51,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot tell which address the listener is bound to")]
+    LocalAddr(#[source] std::io::Error),
 }
 
 /// Loads and checks the config, binds, then serves until a [`Control::Shutdown`]
@@ -101,4 +103,63 @@ pub async fn serve(
     // The one event is the shutdown request.
     controls.next().await;
     Ok(server.shutdown(&mut controls).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use futures::stream;
+
+    use super::*;
+
+    /// A config serving `root` as `d` to one peer, on an ephemeral port.
+    fn source(work: &Path, root: &Path) -> ConfigSource {
+        let key = PrivateKey::generate().unwrap();
+        let peer = PrivateKey::generate().unwrap().public_key();
+        std::fs::write(work.join("daemon.key"), key.to_pem()).unwrap();
+        let path = work.join("daemon.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "address = \"127.0.0.1:0\"\nprivkey = \"daemon.key\"\n[dirs]\nd = {root:?}\n[peers.p]\npublic_key = \"\"\"{}\"\"\"\n",
+                peer.to_pem()
+            ),
+        )
+        .unwrap();
+        ConfigSource {
+            path,
+            address: None,
+            privkey: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn controls_drive_reloads_and_the_shutdown() {
+        let work = tempfile::tempdir().unwrap();
+        let source = source(work.path(), work.path());
+        let controls = stream::iter([Control::Reload, Control::Reload, Control::Shutdown]);
+        assert_eq!(run(source, None, controls).await.unwrap(), Exit::Clean);
+    }
+
+    #[tokio::test]
+    async fn the_end_of_the_controls_shuts_down() {
+        let work = tempfile::tempdir().unwrap();
+        let source = source(work.path(), work.path());
+        assert_eq!(
+            run(source, None, stream::empty()).await.unwrap(),
+            Exit::Clean
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_root_stops_the_start() {
+        let work = tempfile::tempdir().unwrap();
+        let source = source(work.path(), &work.path().join("missing"));
+        let err = run(source, None, stream::pending()).await.unwrap_err();
+        assert!(
+            matches!(err, DaemonError::Config(ConfigError::Root { .. })),
+            "{err:?}"
+        );
+    }
 }

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
+use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::DaemonError;
@@ -100,7 +101,8 @@ impl<S: Stream<Item = Control>> Controls<S> {
 
 /// A daemon serving on its listener.
 pub(crate) struct Server {
-    /// The address actually bound, which `address` may only describe (port 0).
+    /// The address actually bound, which the config's `address` may only describe
+    /// (port 0, a host name).
     listening_on: String,
     live: Arc<LiveConfig>,
     calls: Arc<Calls>,
@@ -117,10 +119,10 @@ impl Server {
         key: &PrivateKey,
         live: Live,
     ) -> Result<Server, DaemonError> {
-        let listening_on = match listener.local_addr() {
-            Ok(addr) => addr.to_string(),
-            Err(e) => format!("an address the system cannot tell ({e})"),
-        };
+        let listening_on = listener
+            .local_addr()
+            .map_err(DaemonError::LocalAddr)?
+            .to_string();
         let peers = live.peers.len();
         let live = Arc::new(LiveConfig::new(live));
         let tls = realize_net::tls::server_config(key, live.clone())?;
@@ -234,6 +236,10 @@ impl Server {
         self.calls.start_shutdown();
         self.health
             .set_not_serving::<RealizeServer<Handler>>()
+            .await;
+        // "" is the server as a whole in the health protocol.
+        self.health
+            .set_service_status("", ServingStatus::NotServing)
             .await;
         self.stop_accepting.cancel();
         match controls.unless_forced(self.accept).await {

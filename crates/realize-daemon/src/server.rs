@@ -69,7 +69,8 @@ impl Handler {
             tracing::debug!(reason = refusal.message(), "call refused");
             return Err(refusal);
         }
-        // Tests wait for this line to know a call is in flight.
+        // With "call refused" and "call cancelled", this shows at debug level what
+        // each call became; tests wait for it to know a call is in flight.
         tracing::debug!("call started");
         Ok(Admitted {
             service: Arc::clone(&live.service),
@@ -103,10 +104,11 @@ impl Handler {
     /// Runs `work` until it ends or the call is cancelled; a cancelled call's work is
     /// dropped where it is.
     ///
-    /// Used for the calls that only read (Hash, Signature, Diff, List, Read, Info):
-    /// dropping them changes nothing on disk. Writes stop through their input instead
-    /// ([`cancellable_body`]), and Finish and Delete always complete: each is one short
-    /// step whose every outcome is consistent.
+    /// Used for what only reads (Hash, Signature, Diff, List, Read, Info, and the
+    /// header of a Write): dropping it changes nothing on disk. Writes stop through
+    /// their input instead ([`cancellable_body`]), so the store ends them its usual way.
+    /// Finish and Delete are not cut: each is short, and the client acts on neither
+    /// before it has succeeded.
     async fn cancellable<T>(
         &self,
         call: &Admitted,

@@ -17,6 +17,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 use crate::util::*;
 
@@ -56,13 +59,16 @@ impl Setup {
     }
 }
 
+async fn channel_as(daemon: &Daemon, client: &KeyFiles) -> Result<Channel, ConnectError> {
+    let tls = client_config(&client.key, [daemon.key.public_key()]).unwrap();
+    connect(&daemon.addr, tls, TIMEOUT).await
+}
+
 async fn api_as(
     daemon: &Daemon,
     client: &KeyFiles,
 ) -> Result<RealizeClient<Channel>, ConnectError> {
-    let tls = client_config(&client.key, [daemon.key.public_key()]).unwrap();
-    let channel = connect(&daemon.addr, tls, TIMEOUT).await?;
-    Ok(RealizeClient::new(channel))
+    Ok(RealizeClient::new(channel_as(daemon, client).await?))
 }
 
 async fn api(daemon: &Daemon, client: &KeyFiles) -> RealizeClient<Channel> {
@@ -286,7 +292,9 @@ async fn sigterm_during_a_write_lets_it_finish_within_the_grace_period() {
         c.rust_log = DEBUG_LOG.into();
     })
     .await;
-    let mut api = api(&daemon, &s.client).await;
+    let channel = channel_as(&daemon, &s.client).await.unwrap();
+    let mut api = RealizeClient::new(channel.clone());
+    let mut health = HealthClient::new(channel);
     let write = OpenWrite::start(&api, "d", "big.bin", data.len() as u64);
     write.send(&data[..data.len() / 2]).await;
     assert!(
@@ -305,6 +313,14 @@ async fn sigterm_during_a_write_lets_it_finish_within_the_grace_period() {
     );
     // During the grace period: no new connection, no new call, the Write goes on.
     assert!(tokio::net::TcpStream::connect(&daemon.addr).await.is_err());
+    let serving = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(serving.status(), ServingStatus::NotServing);
     let refused = info(&mut api).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     assert_eq!(refused.message(), "realized is shutting down");
