@@ -26,7 +26,7 @@ use tonic::service::Routes;
 use tower::ServiceExt;
 use tracing::Instrument;
 
-use crate::state::{CallExecutor, Calls, ConnectionContext, Live};
+use crate::state::{CallExecutor, Calls, ConnectionContext, Live, LiveConfig};
 
 /// How long a connection asked to close may take to do it cleanly, before its calls
 /// are reset, and again after that before it is dropped.
@@ -59,7 +59,7 @@ struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        self.connections.open().remove(&self.id);
+        self.connections.registry().remove(&self.id);
     }
 }
 
@@ -90,14 +90,20 @@ fn hung_up(error: &hyper::Error) -> bool {
 }
 
 impl Connections {
-    fn open(&self) -> MutexGuard<'_, HashMap<u64, Open>> {
+    fn registry(&self) -> MutexGuard<'_, HashMap<u64, Open>> {
         // Only inserts and removes happen under the lock, so a panic cannot leave
         // the map half-updated.
         self.open.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Serves `conn` in a task of its own; its calls run on `calls`.
-    pub fn serve(self: &Arc<Self>, conn: ServerConn, routes: Routes, calls: &Calls) {
+    pub fn serve(
+        self: &Arc<Self>,
+        conn: ServerConn,
+        routes: Routes,
+        calls: &Calls,
+        live: &LiveConfig,
+    ) {
         let peer = conn.peer_info().clone();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let close = self.close_all.child_token();
@@ -105,7 +111,7 @@ impl Connections {
             peer: peer.clone(),
             cancel: calls.cancel.child_token(),
         };
-        self.open().insert(
+        self.registry().insert(
             id,
             Open {
                 peer: peer.clone(),
@@ -117,6 +123,13 @@ impl Connections {
             connections: Arc::clone(self),
             id,
         };
+        // A reload may have removed the peer since its handshake. Checked after
+        // registering: a reload that swaps the config later also finds it here.
+        if !live.current().allows(&peer) {
+            tracing::info!(peer = %peer.peer_id, addr = %peer.addr, "closing connection: peer removed from the config");
+            context.cancel.cancel();
+            close.cancel();
+        }
         let service = routes.map_request(move |mut request: http::Request<Incoming>| {
             request.extensions_mut().insert(context.clone());
             request
@@ -168,13 +181,13 @@ impl Connections {
     }
 
     pub fn count(&self) -> usize {
-        self.open().len()
+        self.registry().len()
     }
 
     /// Closes the connections of peers that `live` no longer allows, cancelling their
     /// calls first; returns how many.
     pub fn close_removed_peers(&self, live: &Live) -> usize {
-        let open = self.open();
+        let open = self.registry();
         let mut closed = 0;
         for conn in open.values().filter(|conn| !live.allows(&conn.peer)) {
             tracing::info!(peer = %conn.peer.peer_id, addr = %conn.peer.addr, "closing connection: peer removed from the config");

@@ -145,6 +145,7 @@ impl Server {
             routes,
             Arc::clone(&connections),
             Arc::clone(&calls),
+            Arc::clone(&live),
         ));
         // Tests and scripts wait for this line: the port is bound and serving.
         tracing::info!(addr = %listening_on, peers, "listening on {listening_on}");
@@ -320,12 +321,13 @@ async fn accept(
     routes: Routes,
     connections: Arc<Connections>,
     calls: Arc<Calls>,
+    live: Arc<LiveConfig>,
 ) -> Incoming {
     loop {
         tokio::select! {
             () = stop.cancelled() => return incoming,
             next = incoming.next() => match next {
-                Some(Ok(conn)) => connections.serve(conn, routes.clone(), &calls),
+                Some(Ok(conn)) => connections.serve(conn, routes.clone(), &calls, &live),
                 // realize-net logs and drops failed connections itself, so this only
                 // logs what its type allows.
                 Some(Err(e)) => tracing::warn!(error = %e, "accept failed"),
