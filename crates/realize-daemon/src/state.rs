@@ -120,7 +120,6 @@ pub(crate) struct CallExecutor {
 impl<F> hyper::rt::Executor<F> for CallExecutor
 where
     F: Future + Send + 'static,
-    F::Output: Send + 'static,
 {
     fn execute(&self, call: F) {
         let reset = self.reset.clone();
