@@ -771,7 +771,10 @@ impl Service for LocalStore {
         }
         for kind in [FileKind::Final, FileKind::Partial] {
             // For the audit line only: whatever is there goes, a symlink included.
-            let size = fs::symlink_metadata(r.form(kind)).await.ok().map(|m| m.len());
+            let size = fs::symlink_metadata(r.form(kind))
+                .await
+                .ok()
+                .map(|m| m.len());
             match fs::remove_file(r.form(kind)).await {
                 Ok(()) => {
                     tracing::info!(dir = %r.dir, path = %r.path, ?kind, size, "deleted");

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use realize_core::DirId;
 use realize_core::path::InvalidDirId;
@@ -9,6 +10,31 @@ use realize_net::keys::{KeyError, PublicKey};
 use serde::Deserialize;
 
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:9771";
+
+/// How long calls in flight may run on after a shutdown request.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
+
+/// Where the config comes from: the file and the flags that override it, kept so a
+/// reload reads the file again with the same overrides.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    /// `--address`, instead of the file's `address`.
+    pub address: Option<String>,
+    /// `--privkey`, instead of the file's `privkey`.
+    pub privkey: Option<PathBuf>,
+}
+
+impl ConfigSource {
+    /// Reads and validates the file, then applies the overrides.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut config = Config::load(&self.path, self.privkey.clone())?;
+        if let Some(address) = &self.address {
+            config.address = address.clone();
+        }
+        Ok(config)
+    }
+}
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -21,6 +47,12 @@ pub struct Config {
     pub dirs: BTreeMap<DirId, PathBuf>,
     /// Peer id → public key; only these peers may connect.
     pub peers: BTreeMap<String, PublicKey>,
+    /// `[shutdown] grace_period`: how long calls in flight may run on after a
+    /// shutdown request before they are cancelled.
+    pub grace_period: Duration,
+    /// `log_level`: a `RUST_LOG`-style filter; `None` keeps the one given by `-v`
+    /// or `RUST_LOG`.
+    pub log_level: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +84,22 @@ pub enum ConfigError {
     },
     #[error("[peers.{peer}] and [peers.{other}] have the same public key")]
     DuplicateKey { peer: String, other: String },
+    #[error("no [peers]: every connection would be refused")]
+    NoPeers,
     #[error("no privkey: set privkey in the config file or pass --privkey")]
     NoPrivkey,
+    #[error("[shutdown] grace_period: invalid duration {value:?} (examples: \"10s\", \"1m 30s\")")]
+    GracePeriod {
+        value: String,
+        #[source]
+        source: humantime::DurationError,
+    },
+    #[error("log_level: invalid filter {value:?}")]
+    LogLevel {
+        value: String,
+        #[source]
+        source: tracing_subscriber::filter::ParseError,
+    },
     #[error("directory {dir}: root {path} is not usable")]
     Root {
         dir: DirId,
@@ -74,6 +120,14 @@ struct RawConfig {
     dirs: BTreeMap<String, PathBuf>,
     #[serde(default)]
     peers: BTreeMap<String, RawPeer>,
+    shutdown: Option<RawShutdown>,
+    log_level: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShutdown {
+    grace_period: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -137,11 +191,31 @@ impl Config {
         let privkey = privkey_override
             .or_else(|| raw.privkey.map(|p| base.join(p)))
             .ok_or(ConfigError::NoPrivkey)?;
+        if peers.is_empty() {
+            return Err(ConfigError::NoPeers);
+        }
+        let grace_period = match raw.shutdown.and_then(|s| s.grace_period) {
+            Some(value) => humantime::parse_duration(&value)
+                .map_err(|source| ConfigError::GracePeriod { value, source })?,
+            None => DEFAULT_GRACE_PERIOD,
+        };
+        if let Some(value) = &raw.log_level {
+            // Parsed here so a bad filter rejects the whole file; the daemon builds
+            // its own filter from the string when it applies it.
+            tracing_subscriber::EnvFilter::try_new(value).map_err(|source| {
+                ConfigError::LogLevel {
+                    value: value.clone(),
+                    source,
+                }
+            })?;
+        }
         Ok(Config {
             address: raw.address.unwrap_or_else(|| DEFAULT_ADDRESS.to_string()),
             privkey,
             dirs,
             peers,
+            grace_period,
+            log_level: raw.log_level,
         })
     }
 
@@ -187,10 +261,27 @@ mod tests {
         PrivateKey::generate().unwrap().public_key().to_pem()
     }
 
+    /// A minimal valid config: a key and one peer, followed by `rest`.
+    fn minimal(rest: &str) -> String {
+        format!(
+            "privkey = \"k\"\n{rest}\n[peers.p]\npublic_key = \"\"\"{}\"\"\"\n",
+            key_pem()
+        )
+    }
+
+    /// `text` is refused with a message containing `expected`.
+    fn check_refused(text: &str, expected: &str) {
+        let message = match parse(text) {
+            Ok(_) => panic!("accepted {text:?}"),
+            Err(e) => realize_core::mover::ErrorChain(&e).to_string(),
+        };
+        assert!(message.contains(expected), "{message:?} lacks {expected:?}");
+    }
+
     #[test]
     fn full_config() {
         let config = parse(&format!(
-            "address = \"0.0.0.0:1234\"\nprivkey = \"b.key\"\n[dirs]\nphotos = \"/srv/photos\"\nrel = \"data\"\n[peers.laptop]\npublic_key = \"\"\"{}\"\"\"\n",
+            "address = \"0.0.0.0:1234\"\nprivkey = \"b.key\"\nlog_level = \"info,realize_daemon=debug\"\n[dirs]\nphotos = \"/srv/photos\"\nrel = \"data\"\n[peers.laptop]\npublic_key = \"\"\"{}\"\"\"\n[shutdown]\ngrace_period = \"1m 30s\"\n",
             key_pem()
         ))
         .unwrap();
@@ -203,32 +294,75 @@ mod tests {
             Path::new("/etc/realize/data")
         );
         assert!(config.peers.contains_key("laptop"));
+        assert_eq!(config.grace_period, Duration::from_secs(90));
+        assert_eq!(
+            config.log_level.as_deref(),
+            Some("info,realize_daemon=debug")
+        );
     }
 
     #[test]
-    fn defaults_and_errors() {
-        let config = parse("privkey = \"k\"").unwrap();
+    fn defaults() {
+        let config = parse(&minimal("")).unwrap();
         assert_eq!(config.address, DEFAULT_ADDRESS);
-        let check = |text: &str, expected: &str| {
-            let message = match parse(text) {
-                Ok(_) => panic!("accepted {text:?}"),
-                Err(e) => realize_core::mover::ErrorChain(&e).to_string(),
-            };
-            assert!(message.contains(expected), "{message:?} lacks {expected:?}");
-        };
-        check("", "no privkey");
-        check(
-            "privkey = \"k\"\n[dirs]\n\"a/b\" = \"/x\"",
-            "invalid directory id",
+        assert_eq!(config.grace_period, DEFAULT_GRACE_PERIOD);
+        assert_eq!(config.log_level, None);
+        let config = parse(&minimal("[shutdown]")).unwrap();
+        assert_eq!(config.grace_period, DEFAULT_GRACE_PERIOD);
+    }
+
+    #[test]
+    fn grace_period() {
+        for (text, expected) in [
+            ("10s", Duration::from_secs(10)),
+            ("0s", Duration::ZERO),
+            ("500ms", Duration::from_millis(500)),
+            ("2m", Duration::from_secs(120)),
+            ("1h 5s", Duration::from_secs(3605)),
+        ] {
+            let config = parse(&minimal(&format!("[shutdown]\ngrace_period = {text:?}"))).unwrap();
+            assert_eq!(config.grace_period, expected, "{text}");
+        }
+        for bad in ["10", "ten seconds", "-1s", ""] {
+            check_refused(
+                &minimal(&format!("[shutdown]\ngrace_period = {bad:?}")),
+                &format!("[shutdown] grace_period: invalid duration {bad:?}"),
+            );
+        }
+        check_refused(
+            &minimal("[shutdown]\ngrace_period = 10"),
+            "invalid type: integer",
         );
-        check("privkey = \"k\"\nbogus = 1", "unknown field");
-        check("privkey = \"k\"\n[peers.p]\n", "exactly one of public_key");
-        check(
+        check_refused(
+            &minimal("[shutdown]\ngrace = \"1s\""),
+            "unknown field `grace`",
+        );
+    }
+
+    #[test]
+    fn errors() {
+        check_refused("", "no privkey");
+        check_refused(
+            "privkey = \"k\"",
+            "no [peers]: every connection would be refused",
+        );
+        check_refused(&minimal("[dirs]\n\"a/b\" = \"/x\""), "invalid directory id");
+        check_refused(&minimal("bogus = 1"), "unknown field");
+        check_refused(
+            &minimal("[limits]\nmax_connections = 1"),
+            "unknown field `limits`",
+        );
+        check_refused(
+            &minimal("log_level = \"realize=loud\""),
+            "log_level: invalid filter \"realize=loud\"",
+        );
+        check_refused("privkey = \"k\"\n[peers.p]\n", "exactly one of public_key");
+        check_refused(
             "privkey = \"k\"\n[peers.p]\npublic_key = \"garbage\"",
             "[peers.p]: bad public key",
         );
         let pem = key_pem();
-        check(
+        check_refused(
             &format!(
                 "privkey = \"k\"\n[peers.a]\npublic_key = \"\"\"{pem}\"\"\"\n[peers.b]\npublic_key = \"\"\"{pem}\"\"\"\n"
             ),

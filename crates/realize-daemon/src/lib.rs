@@ -2,32 +2,37 @@
 //! mutually authenticated TLS.
 //!
 //! [`config`] reads and validates the TOML config, [`server`] adapts
-//! realize-core's `Service` to the gRPC contract, and [`serve`] runs it on a
-//! listener until told to stop. The binary (`main.rs`) only parses flags,
-//! sets up logging and calls [`run`].
+//! realize-core's `Service` to the gRPC contract, and [`run`] serves it until
+//! told to stop, reloading the config when asked ([`Control`]). The binary
+//! (`main.rs`) only parses flags, sets up logging, turns signals into
+//! [`Control`] events and maps the [`Exit`] to an exit code.
 //!
 //! The daemon never decides what moves: it answers calls, and every write
 //! goes through realize-core's `LocalStore`, which only touches partial
-//! files until `Finish`.
+//! files until `Finish`. Its lifecycle (in-flight calls, connections, the
+//! phases of a shutdown) is in [`lifecycle`]; start reading at [`run`].
 
 pub mod config;
+mod connections;
+pub mod lifecycle;
+pub mod logging;
 pub mod server;
+mod state;
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use realize_core::{LocalStore, Service};
+use futures::{FutureExt, Stream};
+use realize_core::Service;
 use realize_net::keys::{KeyError, PrivateKey, PublicKey};
 use realize_net::tls::TlsError;
-use realize_proto::pb::realize_server::RealizeServer;
 use tokio::net::TcpListener;
 
-use crate::config::{Config, ConfigError};
-
-/// How long a client has to complete its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::config::{ConfigError, ConfigSource, DEFAULT_GRACE_PERIOD};
+pub use crate::lifecycle::{Control, Exit};
+use crate::lifecycle::{Controls, Server};
+use crate::logging::{LogFilter, LogFilterError};
+use crate::state::Live;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -38,24 +43,35 @@ pub enum DaemonError {
     Key(#[from] KeyError),
     #[error("cannot set up TLS")]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Log(#[from] LogFilterError),
     #[error("cannot listen on {address}")]
     Bind {
         address: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("gRPC server failed")]
-    Serve(#[source] tonic::transport::Error),
+    #[error("cannot tell which address the listener is bound to")]
+    LocalAddr(#[source] std::io::Error),
 }
 
-/// Loads the key, checks the roots, binds, then serves until `shutdown`
-/// completes. Nothing is bound before the config is known to be good.
+/// Loads and checks the config, binds, then serves until a [`Control::Shutdown`]
+/// (or the end of `controls`) and shuts down gracefully; [`Control::Reload`] reads
+/// the config file again.
+///
+/// Nothing is bound before the config is known to be good. `log`, when given,
+/// is set from the config's `log_level` now and at each reload.
 pub async fn run(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), DaemonError> {
+    source: ConfigSource,
+    log: Option<LogFilter>,
+    controls: impl Stream<Item = Control>,
+) -> Result<Exit, DaemonError> {
+    let mut config = source.load()?;
     let key = PrivateKey::load(&config.privkey)?;
     config.check_roots()?;
+    if let Some(log) = &log {
+        log.apply(log.parse(config.log_level.as_deref())?)?;
+    }
     let listener =
         TcpListener::bind(&config.address)
             .await
@@ -63,38 +79,87 @@ pub async fn run(
                 address: config.address.clone(),
                 source,
             })?;
-    let store = LocalStore::new(config.dirs.clone());
-    serve(listener, &key, &config.peers, Arc::new(store), shutdown).await
+    let server = Server::start(listener, &key, Live::from_config(&config)).await?;
+    let mut controls = Controls::new(controls);
+    while let Some(Control::Reload) = controls.next().await {
+        server.reload(&source, &mut config, log.as_ref());
+    }
+    Ok(server.shutdown(&mut controls).await)
 }
 
-/// Serves `service` on `listener` to the given peers until `shutdown` completes.
+/// Serves `service` on `listener` to the given peers until `shutdown` completes,
+/// then shuts down gracefully with the default grace period. For programs and
+/// tests that bring their own [`Service`]; there is no config to reload.
 pub async fn serve(
     listener: TcpListener,
     key: &PrivateKey,
     peers: &BTreeMap<String, PublicKey>,
     service: Arc<dyn Service>,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), DaemonError> {
-    let local_addr: Option<SocketAddr> = listener.local_addr().ok();
-    let tls = realize_net::tls::server_config(key, peers.values().cloned())?;
-    let peer_ids: HashMap<PublicKey, String> = peers
-        .iter()
-        .map(|(id, key)| (key.clone(), id.clone()))
-        .collect();
-    let incoming =
-        realize_net::connection::incoming(listener, tls, Arc::new(peer_ids), HANDSHAKE_TIMEOUT);
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<RealizeServer<server::Handler>>()
-        .await;
-    if let Some(addr) = local_addr {
-        // Tests and scripts wait for this line: the port is bound and serving.
-        tracing::info!(%addr, peers = peers.len(), "listening on {addr}");
+) -> Result<Exit, DaemonError> {
+    let live = Live::new(peers, service, DEFAULT_GRACE_PERIOD);
+    let server = Server::start(listener, key, live).await?;
+    let mut controls = Controls::new(shutdown.map(|()| Control::Shutdown).into_stream());
+    // The one event is the shutdown request.
+    controls.next().await;
+    Ok(server.shutdown(&mut controls).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use futures::stream;
+
+    use super::*;
+
+    /// A config serving `root` as `d` to one peer, on an ephemeral port.
+    fn source(work: &Path, root: &Path) -> ConfigSource {
+        let key = PrivateKey::generate().unwrap();
+        let peer = PrivateKey::generate().unwrap().public_key();
+        std::fs::write(work.join("daemon.key"), key.to_pem()).unwrap();
+        let path = work.join("daemon.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "address = \"127.0.0.1:0\"\nprivkey = \"daemon.key\"\n[dirs]\nd = {root:?}\n[peers.p]\npublic_key = \"\"\"{}\"\"\"\n",
+                peer.to_pem()
+            ),
+        )
+        .unwrap();
+        ConfigSource {
+            path,
+            address: None,
+            privkey: None,
+        }
     }
-    tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(RealizeServer::new(server::Handler::new(service)))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(DaemonError::Serve)
+
+    #[tokio::test]
+    async fn controls_drive_reloads_and_the_shutdown() {
+        let work = tempfile::tempdir().unwrap();
+        let source = source(work.path(), work.path());
+        let controls = stream::iter([Control::Reload, Control::Reload, Control::Shutdown]);
+        assert_eq!(run(source, None, controls).await.unwrap(), Exit::Clean);
+    }
+
+    #[tokio::test]
+    async fn the_end_of_the_controls_shuts_down() {
+        let work = tempfile::tempdir().unwrap();
+        let source = source(work.path(), work.path());
+        assert_eq!(
+            run(source, None, stream::empty()).await.unwrap(),
+            Exit::Clean
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_root_stops_the_start() {
+        let work = tempfile::tempdir().unwrap();
+        let source = source(work.path(), &work.path().join("missing"));
+        let err = run(source, None, stream::pending()).await.unwrap_err();
+        assert!(
+            matches!(err, DaemonError::Config(ConfigError::Root { .. })),
+            "{err:?}"
+        );
+    }
 }

@@ -1,14 +1,30 @@
-//! `realized`: flags, logging, and the exit code; the work is in the library.
+//! `realized`: flags, logging, signals and the exit code; the work is in the library.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use realize_daemon::config::Config;
+use realize_daemon::config::ConfigSource;
+use realize_daemon::logging::LogFilter;
+use realize_daemon::{Control, Exit};
 use realize_net::keys::PrivateKey;
-use tracing_subscriber::EnvFilter;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, reload};
+
+/// Exit code when a second SIGTERM or SIGINT cut the shutdown short (as for
+/// a shell's Ctrl-C).
+const FORCED_EXIT: i32 = 130;
+
+/// How long exiting may wait for blocking work (a file write under way) once
+/// the daemon has shut down.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(5);
 
 /// Serves named directories to realize peers over gRPC on mutual TLS.
 #[derive(Parser, Debug)]
@@ -27,7 +43,8 @@ struct Args {
     /// in other languages that need it as their trusted root.
     #[arg(long)]
     print_cert: bool,
-    /// More log detail: -v debug, -vv trace (RUST_LOG overrides).
+    /// More log detail: -v debug, -vv trace (RUST_LOG overrides; the config's
+    /// log_level overrides both).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
 }
@@ -39,15 +56,21 @@ fn main() -> ExitCode {
         1 => "debug",
         _ => "trace",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
+    let default = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|filter| EnvFilter::try_new(filter).is_ok())
+        .unwrap_or_else(|| level.to_string());
+    let (filter, handle) = reload::Layer::new(EnvFilter::new(&default));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
+    match run(args, LogFilter::new(handle, default)) {
+        Ok(code) => code,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("realized: error: {e:#}");
@@ -56,17 +79,54 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
-    let mut config = Config::load(&args.config, args.privkey)?;
-    if let Some(address) = args.address {
-        config.address = address;
-    }
+fn run(args: Args, log: LogFilter) -> anyhow::Result<ExitCode> {
+    let source = ConfigSource {
+        path: args.config,
+        address: args.address,
+        privkey: args.privkey,
+    };
     if args.print_cert {
+        let config = source.load()?;
         let key = PrivateKey::load(&config.privkey)?;
         print!("{}", key.certificate_pem()?);
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
-    runtime.block_on(realize_daemon::run(config, std::future::pending()))?;
-    Ok(())
+    let exit = runtime.block_on(async {
+        let controls = signals()?;
+        anyhow::Ok(realize_daemon::run(source, Some(log), controls).await?)
+    })?;
+    let code = match exit {
+        // "At once": not even waiting for blocking work; a write cut here only
+        // leaves a shorter partial file, which the next run resumes.
+        Exit::Forced => std::process::exit(FORCED_EXIT),
+        Exit::Clean => ExitCode::SUCCESS,
+        Exit::CleanupFailed => ExitCode::FAILURE,
+    };
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    Ok(code)
+}
+
+/// SIGTERM and SIGINT ask for a shutdown (a second one forces it), SIGHUP for a
+/// reload. The handlers are installed before anything is bound, so a signal
+/// never finds the default action (death) while the daemon serves.
+fn signals() -> anyhow::Result<ReceiverStream<Control>> {
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        loop {
+            let control = tokio::select! {
+                Some(()) = terminate.recv() => Control::Shutdown,
+                Some(()) = interrupt.recv() => Control::Shutdown,
+                Some(()) = hangup.recv() => Control::Reload,
+                else => return,
+            };
+            if tx.send(control).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(ReceiverStream::new(rx))
 }

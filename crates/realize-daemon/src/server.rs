@@ -1,32 +1,185 @@
-//! The gRPC handler: decodes requests, calls realize-core's `Service`, encodes answers.
+//! The gRPC handler: admits calls, decodes requests, calls realize-core's `Service`, encodes answers.
 //!
 //! Every request field is validated by the realize-proto conversions before
 //! the store sees it, and every error becomes a status in one place
 //! ([`status`]).
+//!
+//! Each call is first admitted against the live config and the daemon's state
+//! ([`Handler::admit`]): a peer no longer in the config is refused, and so is
+//! every call once shutdown has started. An admitted call runs until its
+//! connection's cancel token fires (end of the grace period, or its peer
+//! removed); how it stops then depends on what it does, so that nothing on
+//! disk is left half-done (see [`Handler::cancellable`]).
 
+use std::future::Future;
 use std::sync::Arc;
 
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use opentelemetry::KeyValue;
 use realize_core::{ByteRange, ByteStream, DirId, RelPath, Service, ServiceError, Sha256Hash};
-use realize_net::connection::PeerInfo;
 use realize_net::metrics::{RpcCall, RpcSide, record_limit};
 use realize_net::throttle::check_rate;
 use realize_proto::{WireError, error_from_status, pb};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-/// Serves a [`Service`] (normally a `LocalStore`) as the realize.v1 gRPC service.
+use crate::state::{Calls, ConnectionContext, Live, LiveConfig};
+
+/// What a call gets once shutdown has started.
+pub const SHUTTING_DOWN: &str = "realized is shutting down";
+
+/// Serves the live config's [`Service`] (normally a `LocalStore`) as the realize.v1 gRPC service.
 #[derive(Debug, Clone)]
 pub struct Handler {
-    service: Arc<dyn Service>,
+    live: Arc<LiveConfig>,
+    calls: Arc<Calls>,
 }
 
-impl Handler {
-    pub fn new(service: Arc<dyn Service>) -> Self {
-        Handler { service }
+/// A call that may run: the service as configured when it started, and its connection.
+struct Admitted {
+    service: Arc<dyn Service>,
+    connection: ConnectionContext,
+}
+
+impl Admitted {
+    fn cancel(&self) -> &CancellationToken {
+        &self.connection.cancel
     }
+}
+
+/// Why a Write or ApplyDelta stream stopped early: the call was cancelled, so the
+/// store aborts the write exactly as when a client's stream breaks.
+#[derive(Debug, thiserror::Error)]
+#[error("call cancelled")]
+struct CallCancelled;
+
+impl Handler {
+    pub(crate) fn new(live: Arc<LiveConfig>, calls: Arc<Calls>) -> Self {
+        Handler { live, calls }
+    }
+
+    /// Lets a call in, or says why not.
+    fn admit<T>(&self, request: &Request<T>) -> Result<Admitted, Status> {
+        let connection = request
+            .extensions()
+            .get::<ConnectionContext>()
+            .cloned()
+            .ok_or_else(|| Status::internal("call without a connection"))?;
+        let live = self.live.current();
+        if let Some(refusal) = self.refusal(&live, &connection) {
+            tracing::debug!(reason = refusal.message(), "call refused");
+            return Err(refusal);
+        }
+        // With "call refused" and "call cancelled", this shows at debug level what
+        // each call became; tests wait for it to know a call is in flight.
+        tracing::debug!("call started");
+        Ok(Admitted {
+            service: Arc::clone(&live.service),
+            connection,
+        })
+    }
+
+    /// Why calls on this connection may not run (any more), if they may not.
+    fn refusal(&self, live: &Live, connection: &ConnectionContext) -> Option<Status> {
+        if !live.allows(&connection.peer) {
+            return Some(Status::unauthenticated(format!(
+                "peer {} is no longer allowed by realized's config",
+                connection.peer.peer_id
+            )));
+        }
+        if self.calls.is_shutting_down() {
+            return Some(Status::unavailable(SHUTTING_DOWN));
+        }
+        None
+    }
+
+    /// The status of a call whose token fired, logged once per call.
+    fn cancelled(&self, call: &Admitted) -> Status {
+        let status = self
+            .refusal(&self.live.current(), &call.connection)
+            .unwrap_or_else(|| Status::unavailable("connection closing"));
+        tracing::info!(reason = status.message(), "call cancelled");
+        status
+    }
+
+    /// Runs `work` until it ends or the call is cancelled; a cancelled call's work is
+    /// dropped where it is.
+    ///
+    /// Used for what only reads (Hash, Signature, Diff, List, Read, Info, and the
+    /// header of a Write): dropping it changes nothing on disk. Writes stop through
+    /// their input instead ([`cancellable_body`]), so the store ends them its usual way.
+    /// Finish and Delete are not cut: each is short, and the client acts on neither
+    /// before it has succeeded.
+    async fn cancellable<T>(
+        &self,
+        call: &Admitted,
+        work: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        tokio::select! {
+            biased;
+            result = work => result,
+            () = call.cancel().cancelled() => Err(self.cancelled(call)),
+        }
+    }
+
+    /// A response stream that ends with the cancellation status once the call is
+    /// cancelled, so the client never mistakes a cut stream for a complete one.
+    fn cancellable_stream<T: Send + 'static>(
+        &self,
+        call: Admitted,
+        stream: ServerStream<T>,
+    ) -> ServerStream<T> {
+        let handler = self.clone();
+        futures::stream::unfold(Some((stream, call)), move |state| {
+            let handler = handler.clone();
+            async move {
+                let (mut stream, call) = state?;
+                tokio::select! {
+                    biased;
+                    item = stream.next() => item.map(|item| (item, Some((stream, call)))),
+                    () = call.cancel().cancelled() => Some((Err(handler.cancelled(&call)), None)),
+                }
+            }
+        })
+        .boxed()
+    }
+
+    /// The outcome of a Write or ApplyDelta: if the call was cancelled, its input was
+    /// cut, and the store's error only says so.
+    fn write_outcome<T>(
+        &self,
+        call: &Admitted,
+        result: Result<T, ServiceError>,
+    ) -> Result<T, Status> {
+        match result {
+            Ok(value) => Ok(value),
+            Err(_) if call.cancel().is_cancelled() => Err(self.cancelled(call)),
+            Err(e) => Err(status(&e)),
+        }
+    }
+}
+
+/// A client stream's data that fails once the call is cancelled: the store then aborts
+/// the write, keeping in the partial file what was written, and never truncates or
+/// extends it as if the data were complete.
+fn cancellable_body(body: ByteStream, cancel: CancellationToken) -> ByteStream {
+    futures::stream::unfold(Some((body, cancel)), |state| async move {
+        let (mut body, cancel) = state?;
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => {
+                let error = ServiceError::Transport {
+                    context: "call cancelled".to_string(),
+                    source: Box::new(CallCancelled),
+                };
+                Some((Err(error), None))
+            }
+            item = body.next() => item.map(|item| (item, Some((body, cancel)))),
+        }
+    })
+    .boxed()
 }
 
 fn status(error: &ServiceError) -> Status {
@@ -53,20 +206,23 @@ fn required_range(range: Option<pb::ByteRange>) -> Result<ByteRange, Status> {
 /// One call being served: a span naming the method and the peer, so every
 /// log line of the call (including the store's audit events) says who asked,
 /// and its measurement as a server-side RPC.
-struct Call {
+struct Observed {
     span: tracing::Span,
     method: &'static str,
 }
 
-fn call<T>(method: &'static str, request: &Request<T>) -> Call {
-    let span = match request.extensions().get::<PeerInfo>() {
-        Some(peer) => tracing::info_span!("rpc", method, peer = %peer.peer_id, addr = %peer.addr),
+fn observe<T>(method: &'static str, request: &Request<T>) -> Observed {
+    let span = match request.extensions().get::<ConnectionContext>() {
+        Some(connection) => {
+            let peer = &connection.peer;
+            tracing::info_span!("rpc", method, peer = %peer.peer_id, addr = %peer.addr)
+        }
         None => tracing::info_span!("rpc", method),
     };
-    Call { span, method }
+    Observed { span, method }
 }
 
-impl Call {
+impl Observed {
     async fn run<T>(self, handler: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
         let measured = RpcCall::start(RpcSide::Server, self.method);
         let result = handler.instrument(self.span).await;
@@ -76,15 +232,6 @@ impl Call {
         });
         result
     }
-}
-
-/// The connection a call arrived on; every connection `serve` accepts has one.
-fn connection<T>(request: &Request<T>) -> Result<PeerInfo, Status> {
-    request
-        .extensions()
-        .get::<PeerInfo>()
-        .cloned()
-        .ok_or_else(|| Status::internal("call without connection info"))
 }
 
 /// A send limit for people: `unlimited` or bytes per second.
@@ -152,41 +299,48 @@ impl pb::realize_server::Realize for Handler {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<Self::ListStream>, Status> {
-        let call = call("List", &request);
-        call.run(async {
-            let request = request.into_inner();
-            let dir = realize_proto::dir_id(&request.dir).map_err(invalid)?;
-            let entries = self
-                .service
-                .list(&dir, request.include_partial)
-                .await
-                .map_err(|e| status(&e))?;
-            Ok(Response::new(server_stream(
-                entries,
-                pb::ListResponse::from,
-            )))
-        })
-        .await
+        let observed = observe("List", &request);
+        observed
+            .run(async {
+                let call = self.admit(&request)?;
+                let request = request.into_inner();
+                let dir = realize_proto::dir_id(&request.dir).map_err(invalid)?;
+                let entries = self
+                    .cancellable(&call, async {
+                        call.service
+                            .list(&dir, request.include_partial)
+                            .await
+                            .map_err(|e| status(&e))
+                    })
+                    .await?;
+                let stream = server_stream(entries, pb::ListResponse::from);
+                Ok(Response::new(self.cancellable_stream(call, stream)))
+            })
+            .await
     }
 
     async fn read(
         &self,
         request: Request<pb::ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
-        let call = call("Read", &request);
-        call.run(async {
-            let request = request.into_inner();
-            let (dir, path) = target(&request.dir, &request.path)?;
-            let data = self
-                .service
-                .read(&dir, &path, request.offset, request.length)
-                .await
-                .map_err(|e| status(&e))?;
-            Ok(Response::new(server_stream(data, |data| {
-                pb::ReadResponse { data }
-            })))
-        })
-        .await
+        let observed = observe("Read", &request);
+        observed
+            .run(async {
+                let call = self.admit(&request)?;
+                let request = request.into_inner();
+                let (dir, path) = target(&request.dir, &request.path)?;
+                let data = self
+                    .cancellable(&call, async {
+                        call.service
+                            .read(&dir, &path, request.offset, request.length)
+                            .await
+                            .map_err(|e| status(&e))
+                    })
+                    .await?;
+                let stream = server_stream(data, |data| pb::ReadResponse { data });
+                Ok(Response::new(self.cancellable_stream(call, stream)))
+            })
+            .await
     }
 
     async fn write(
@@ -194,68 +348,84 @@ impl pb::realize_server::Realize for Handler {
         request: Request<Streaming<pb::WriteRequest>>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
         use pb::write_request::Message;
-        let call = call("Write", &request);
-        call.run(async {
-            let mut stream = request.into_inner();
-            let header = header(&mut stream, |m| match m.message {
-                Some(Message::Header(h)) => Some(h),
-                _ => None,
+        let observed = observe("Write", &request);
+        observed
+            .run(async {
+                let call = self.admit(&request)?;
+                let mut stream = request.into_inner();
+                let header = self
+                    .cancellable(
+                        &call,
+                        header(&mut stream, |m| match m.message {
+                            Some(Message::Header(h)) => Some(h),
+                            _ => None,
+                        }),
+                    )
+                    .await?;
+                let (dir, path) = target(&header.dir, &header.path)?;
+                let data = body(stream, |m| match m.message {
+                    Some(Message::Data(d)) => Some(d),
+                    _ => None,
+                });
+                let data = cancellable_body(data, call.cancel().clone());
+                let result = call
+                    .service
+                    .write(&dir, &path, header.offset, header.file_size, data)
+                    .await;
+                let bytes_written = self.write_outcome(&call, result)?;
+                tracing::debug!(%dir, %path, offset = header.offset, bytes_written, "write");
+                Ok(Response::new(pb::WriteResponse { bytes_written }))
             })
-            .await?;
-            let (dir, path) = target(&header.dir, &header.path)?;
-            let data = body(stream, |m| match m.message {
-                Some(Message::Data(d)) => Some(d),
-                _ => None,
-            });
-            let bytes_written = self
-                .service
-                .write(&dir, &path, header.offset, header.file_size, data)
-                .await
-                .map_err(|e| status(&e))?;
-            tracing::debug!(%dir, %path, offset = header.offset, bytes_written, "write");
-            Ok(Response::new(pb::WriteResponse { bytes_written }))
-        })
-        .await
+            .await
     }
 
     async fn signature(
         &self,
         request: Request<pb::SignatureRequest>,
     ) -> Result<Response<pb::SignatureResponse>, Status> {
-        let call = call("Signature", &request);
-        call.run(async {
-            let request = request.into_inner();
-            let (dir, path) = target(&request.dir, &request.path)?;
-            let range = required_range(request.range)?;
-            let signature = self
-                .service
-                .signature(&dir, &path, range, request.block_size)
-                .await
-                .map_err(|e| status(&e))?;
-            Ok(Response::new(pb::SignatureResponse { signature }))
-        })
-        .await
+        let observed = observe("Signature", &request);
+        observed
+            .run(async {
+                let call = self.admit(&request)?;
+                let request = request.into_inner();
+                let (dir, path) = target(&request.dir, &request.path)?;
+                let range = required_range(request.range)?;
+                let signature = self
+                    .cancellable(&call, async {
+                        call.service
+                            .signature(&dir, &path, range, request.block_size)
+                            .await
+                            .map_err(|e| status(&e))
+                    })
+                    .await?;
+                Ok(Response::new(pb::SignatureResponse { signature }))
+            })
+            .await
     }
 
     async fn diff(
         &self,
         request: Request<pb::DiffRequest>,
     ) -> Result<Response<Self::DiffStream>, Status> {
-        let call = call("Diff", &request);
-        call.run(async {
-            let request = request.into_inner();
-            let (dir, path) = target(&request.dir, &request.path)?;
-            let range = required_range(request.range)?;
-            let delta = self
-                .service
-                .diff(&dir, &path, range, request.signature)
-                .await
-                .map_err(|e| status(&e))?;
-            Ok(Response::new(server_stream(delta, |delta| {
-                pb::DiffResponse { delta }
-            })))
-        })
-        .await
+        let observed = observe("Diff", &request);
+        observed
+            .run(async {
+                let call = self.admit(&request)?;
+                let request = request.into_inner();
+                let (dir, path) = target(&request.dir, &request.path)?;
+                let range = required_range(request.range)?;
+                let delta = self
+                    .cancellable(&call, async {
+                        call.service
+                            .diff(&dir, &path, range, request.signature)
+                            .await
+                            .map_err(|e| status(&e))
+                    })
+                    .await?;
+                let stream = server_stream(delta, |delta| pb::DiffResponse { delta });
+                Ok(Response::new(self.cancellable_stream(call, stream)))
+            })
+            .await
     }
 
     async fn apply_delta(
@@ -263,25 +433,31 @@ impl pb::realize_server::Realize for Handler {
         request: Request<Streaming<pb::ApplyDeltaRequest>>,
     ) -> Result<Response<pb::ApplyDeltaResponse>, Status> {
         use pb::apply_delta_request::Message;
-        let call = call("ApplyDelta", &request);
-        call.run(async {
+        let observed = observe("ApplyDelta", &request);
+        observed.run(async {
+            let call = self.admit(&request)?;
             let mut stream = request.into_inner();
-            let header = header(&mut stream, |m| match m.message {
-                Some(Message::Header(h)) => Some(h),
-                _ => None,
-            })
-            .await?;
+            let header = self
+                .cancellable(
+                    &call,
+                    header(&mut stream, |m| match m.message {
+                        Some(Message::Header(h)) => Some(h),
+                        _ => None,
+                    }),
+                )
+                .await?;
             let (dir, path) = target(&header.dir, &header.path)?;
             let range = required_range(header.range)?;
             let delta = body(stream, |m| match m.message {
                 Some(Message::Delta(d)) => Some(d),
                 _ => None,
             });
-            let bytes_written = self
+            let delta = cancellable_body(delta, call.cancel().clone());
+            let result = call
                 .service
                 .apply_delta(&dir, &path, range, header.file_size, delta)
-                .await
-                .map_err(|e| status(&e))?;
+                .await;
+            let bytes_written = self.write_outcome(&call, result)?;
             tracing::debug!(%dir, %path, start = range.start, end = range.end, bytes_written, "delta applied");
             Ok(Response::new(pb::ApplyDeltaResponse { bytes_written }))
         })
@@ -292,114 +468,130 @@ impl pb::realize_server::Realize for Handler {
         &self,
         request: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
-        let call = call("Hash", &request);
-        call.run(async {
-            let request = request.into_inner();
-            let (dir, path) = target(&request.dir, &request.path)?;
-            let kind = realize_proto::file_kind(request.kind).map_err(invalid)?;
-            let result = self
-                .service
-                .hash(&dir, &path, kind, request.range.map(ByteRange::from))
-                .await
-                .map_err(|e| status(&e))?;
-            Ok(Response::new(result.into()))
-        })
-        .await
+        let observed = observe("Hash", &request);
+        observed
+            .run(async {
+                let call = self.admit(&request)?;
+                let request = request.into_inner();
+                let (dir, path) = target(&request.dir, &request.path)?;
+                let kind = realize_proto::file_kind(request.kind).map_err(invalid)?;
+                let result = self
+                    .cancellable(&call, async {
+                        call.service
+                            .hash(&dir, &path, kind, request.range.map(ByteRange::from))
+                            .await
+                            .map_err(|e| status(&e))
+                    })
+                    .await?;
+                Ok(Response::new(result.into()))
+            })
+            .await
     }
 
     async fn finish(
         &self,
         request: Request<pb::FinishRequest>,
     ) -> Result<Response<pb::FinishResponse>, Status> {
-        let call = call("Finish", &request);
-        call.run(async {
-            let request = request.into_inner();
-            let (dir, path) = target(&request.dir, &request.path)?;
-            let verified = match request.sha256.len() {
-                0 => None,
-                _ => Some(Sha256Hash::from_slice(&request.sha256).ok_or_else(|| {
-                    Status::invalid_argument(format!(
-                        "{dir}/{path}: sha256 must be 32 bytes, got {}",
-                        request.sha256.len()
-                    ))
-                })?),
-            };
-            self.service
-                .finish(&dir, &path, verified)
-                .await
-                .map_err(|e| status(&e))?;
-            Ok(Response::new(pb::FinishResponse {}))
-        })
-        .await
+        let observed = observe("Finish", &request);
+        observed
+            .run(async {
+                let call = self.admit(&request)?;
+                let request = request.into_inner();
+                let (dir, path) = target(&request.dir, &request.path)?;
+                let verified = match request.sha256.len() {
+                    0 => None,
+                    _ => Some(Sha256Hash::from_slice(&request.sha256).ok_or_else(|| {
+                        Status::invalid_argument(format!(
+                            "{dir}/{path}: sha256 must be 32 bytes, got {}",
+                            request.sha256.len()
+                        ))
+                    })?),
+                };
+                call.service
+                    .finish(&dir, &path, verified)
+                    .await
+                    .map_err(|e| status(&e))?;
+                Ok(Response::new(pb::FinishResponse {}))
+            })
+            .await
     }
 
     async fn delete(
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let call = call("Delete", &request);
-        call.run(async {
-            let request = request.into_inner();
-            let (dir, path) = target(&request.dir, &request.path)?;
-            self.service
-                .delete(&dir, &path, request.if_stamp.map(Into::into))
-                .await
-                .map_err(|e| status(&e))?;
-            Ok(Response::new(pb::DeleteResponse {}))
-        })
-        .await
+        let observed = observe("Delete", &request);
+        observed
+            .run(async {
+                let call = self.admit(&request)?;
+                let request = request.into_inner();
+                let (dir, path) = target(&request.dir, &request.path)?;
+                call.service
+                    .delete(&dir, &path, request.if_stamp.map(Into::into))
+                    .await
+                    .map_err(|e| status(&e))?;
+                Ok(Response::new(pb::DeleteResponse {}))
+            })
+            .await
     }
 
     async fn info(
         &self,
         request: Request<pb::InfoRequest>,
     ) -> Result<Response<pb::InfoResponse>, Status> {
-        let call = call("Info", &request);
-        let send_limit = connection(&request)?.send_limit.get();
-        call.run(async {
-            let info = self.service.info().await.map_err(|e| status(&e))?;
-            Ok(Response::new(pb::InfoResponse {
-                send_limit,
-                ..info.into()
-            }))
-        })
-        .await
+        let observed = observe("Info", &request);
+        observed
+            .run(async {
+                let call = self.admit(&request)?;
+                let info = self
+                    .cancellable(&call, async {
+                        call.service.info().await.map_err(|e| status(&e))
+                    })
+                    .await?;
+                Ok(Response::new(pb::InfoResponse {
+                    send_limit: call.connection.peer.send_limit.get(),
+                    ..info.into()
+                }))
+            })
+            .await
     }
 
     async fn configure(
         &self,
         request: Request<pb::ConfigureRequest>,
     ) -> Result<Response<pb::ConfigureResponse>, Status> {
-        let call = call("Configure", &request);
-        call.run(async {
-            let peer = connection(&request)?;
-            let limit = request
-                .into_inner()
-                .send_limit
-                .map(check_rate)
-                .transpose()
-                .map_err(|e| Status::invalid_argument(format!("send_limit: {e}")))?;
-            let old = peer.send_limit.set(limit);
-            if old != limit {
-                tracing::info!(
-                    peer = %peer.peer_id,
-                    connection = %peer.addr,
-                    old = %Rate(old),
-                    new = %Rate(limit),
-                    "send limit changed"
-                );
-                record_limit(
-                    limit,
-                    &[
-                        KeyValue::new("scope", "connection"),
-                        KeyValue::new("peer", peer.peer_id.clone()),
-                    ],
-                );
-            }
-            Ok(Response::new(pb::ConfigureResponse {
-                send_limit: peer.send_limit.get(),
-            }))
-        })
-        .await
+        let observed = observe("Configure", &request);
+        observed
+            .run(async {
+                let call = self.admit(&request)?;
+                let peer = &call.connection.peer;
+                let limit = request
+                    .into_inner()
+                    .send_limit
+                    .map(check_rate)
+                    .transpose()
+                    .map_err(|e| Status::invalid_argument(format!("send_limit: {e}")))?;
+                let old = peer.send_limit.set(limit);
+                if old != limit {
+                    tracing::info!(
+                        peer = %peer.peer_id,
+                        connection = %peer.addr,
+                        old = %Rate(old),
+                        new = %Rate(limit),
+                        "send limit changed"
+                    );
+                    record_limit(
+                        limit,
+                        &[
+                            KeyValue::new("scope", "connection"),
+                            KeyValue::new("peer", peer.peer_id.clone()),
+                        ],
+                    );
+                }
+                Ok(Response::new(pb::ConfigureResponse {
+                    send_limit: peer.send_limit.get(),
+                }))
+            })
+            .await
     }
 }

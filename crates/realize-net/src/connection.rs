@@ -1,6 +1,5 @@
 //! Peer connections: the daemon's stream of authenticated TLS connections and the client channel.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -15,6 +14,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
@@ -24,7 +24,7 @@ use tracing::Instrument;
 use crate::keys::PublicKey;
 use crate::metrics::OpenConnection;
 use crate::throttle::{SendLimit, Throttled};
-use crate::tls::SERVER_NAME;
+use crate::tls::{PeerKeys, SERVER_NAME};
 
 /// Accepted connections waiting for the server to pick them up; small because tonic
 /// drains the stream continuously.
@@ -41,6 +41,9 @@ pub struct PeerInfo {
     pub addr: SocketAddr,
     /// What this server sends on this connection may be limited (Configure).
     pub send_limit: SendLimit,
+    /// The key the peer authenticated with, so a server can tell whether the peer is
+    /// still allowed after its peer set changed.
+    pub key: PublicKey,
 }
 
 /// A server-side connection whose TLS handshake has completed and whose peer is known.
@@ -124,7 +127,7 @@ enum HandshakeError {
     Timeout(Duration),
     #[error("peer sent no usable certificate")]
     NoCertificate,
-    #[error("key {0} is allowed by tls but has no peer id")]
+    #[error("key {0} was removed from the peers during the handshake")]
     NoPeerId(PublicKey),
 }
 
@@ -144,31 +147,61 @@ impl HandshakeError {
 /// known peer.
 ///
 /// Each handshake runs in its own task under `handshake_timeout`, so a slow or silent
-/// client cannot hold up the others. Refused connections are logged and dropped. The
-/// background tasks stop once the returned stream is dropped. Must be called inside a
-/// tokio runtime.
+/// client cannot hold up the others. Refused connections are logged and dropped. `peers`
+/// is consulted at each handshake, so changes to it apply to the next connection. The
+/// background tasks stop once the returned stream is dropped or closed. Must be called
+/// inside a tokio runtime.
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    peers: Arc<HashMap<PublicKey, String>>,
+    peers: Arc<dyn PeerKeys>,
     handshake_timeout: Duration,
-) -> impl Stream<Item = Result<ServerConn, io::Error>> + Send + 'static {
+) -> Incoming {
     let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
     let acceptor = TlsAcceptor::from(tls);
-    tokio::spawn(accept_loop(
+    let accept = tokio::spawn(accept_loop(
         listener,
         acceptor,
         peers,
         handshake_timeout,
         tx,
     ));
-    ReceiverStream::new(rx)
+    Incoming {
+        conns: ReceiverStream::new(rx),
+        accept,
+    }
+}
+
+/// The stream of authenticated connections made by [`incoming`].
+#[derive(Debug)]
+pub struct Incoming {
+    conns: ReceiverStream<Result<ServerConn, io::Error>>,
+    accept: JoinHandle<()>,
+}
+
+impl Incoming {
+    /// Stops accepting and returns once the listening socket is closed, so a client
+    /// connecting afterwards is refused rather than left waiting. Handshakes still in
+    /// progress are dropped.
+    pub async fn close(self) {
+        drop(self.conns);
+        // The accept loop only ends by returning; a panic in it has nothing to clean up.
+        let _ = self.accept.await;
+    }
+}
+
+impl Stream for Incoming {
+    type Item = Result<ServerConn, io::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.get_mut().conns).poll_next(cx)
+    }
 }
 
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    peers: Arc<HashMap<PublicKey, String>>,
+    peers: Arc<dyn PeerKeys>,
     handshake_timeout: Duration,
     tx: mpsc::Sender<Result<ServerConn, io::Error>>,
 ) {
@@ -207,11 +240,11 @@ async fn accept_one(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     addr: SocketAddr,
-    peers: Arc<HashMap<PublicKey, String>>,
+    peers: Arc<dyn PeerKeys>,
     handshake_timeout: Duration,
     tx: mpsc::Sender<Result<ServerConn, io::Error>>,
 ) {
-    let result = tokio::time::timeout(handshake_timeout, handshake(&acceptor, tcp, addr, &peers))
+    let result = tokio::time::timeout(handshake_timeout, handshake(&acceptor, tcp, addr, &*peers))
         .await
         .unwrap_or(Err(HandshakeError::Timeout(handshake_timeout)));
     match result {
@@ -247,7 +280,7 @@ async fn handshake(
     acceptor: &TlsAcceptor,
     tcp: TcpStream,
     addr: SocketAddr,
-    peers: &HashMap<PublicKey, String>,
+    peers: &dyn PeerKeys,
 ) -> Result<ServerConn, HandshakeError> {
     if let Err(e) = tcp.set_nodelay(true) {
         // Only a latency cost, not a reason to refuse the peer.
@@ -262,10 +295,11 @@ async fn handshake(
         }
     })?;
     let key = crate::tls::peer_public_key(tls.get_ref().1).ok_or(HandshakeError::NoCertificate)?;
+    // The verifier accepted the key a moment ago; it is gone only if the peer set
+    // changed in between.
     let peer_id = peers
-        .get(&key)
-        .ok_or_else(|| HandshakeError::NoPeerId(key.clone()))?
-        .clone();
+        .peer_id(&key)
+        .ok_or_else(|| HandshakeError::NoPeerId(key.clone()))?;
     Ok(ServerConn {
         inner: tls,
         _open: OpenConnection::new(&peer_id),
@@ -273,6 +307,7 @@ async fn handshake(
             peer_id,
             addr,
             send_limit,
+            key,
         },
     })
 }
@@ -519,6 +554,8 @@ mod tests {
     use futures::StreamExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    use std::collections::HashMap;
+
     use super::*;
     use crate::keys::PrivateKey;
     use crate::tls::{client_config, server_config};
@@ -529,7 +566,11 @@ mod tests {
         addr: SocketAddr,
         server_key: PrivateKey,
         client_key: PrivateKey,
-        conns: Pin<Box<dyn Stream<Item = Result<ServerConn, io::Error>> + Send>>,
+        conns: Pin<Box<Incoming>>,
+    }
+
+    fn laptop(key: &PrivateKey) -> Arc<dyn PeerKeys> {
+        Arc::new(HashMap::from([(key.public_key(), "laptop".to_owned())]))
     }
 
     async fn setup() -> Setup {
@@ -537,11 +578,8 @@ mod tests {
         let client_key = PrivateKey::generate().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let tls = server_config(&server_key, [client_key.public_key()]).unwrap();
-        let peers = Arc::new(HashMap::from([(
-            client_key.public_key(),
-            "laptop".to_owned(),
-        )]));
+        let peers = laptop(&client_key);
+        let tls = server_config(&server_key, peers.clone()).unwrap();
         let conns = Box::pin(incoming(listener, tls, peers, TIMEOUT));
         Setup {
             addr,
@@ -573,6 +611,7 @@ mod tests {
         });
         let mut conn = s.conns.next().await.unwrap().unwrap();
         assert_eq!(conn.peer_info().peer_id, "laptop");
+        assert_eq!(conn.peer_info().key, s.client_key.public_key());
         assert_eq!(conn.connect_info().addr.ip(), s.addr.ip());
         let mut buf = [0u8; 4];
         conn.read_exact(&mut buf).await.unwrap();
@@ -626,11 +665,8 @@ mod tests {
         let client_key = PrivateKey::generate().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let tls = server_config(&server_key, [client_key.public_key()]).unwrap();
-        let peers = Arc::new(HashMap::from([(
-            client_key.public_key(),
-            "laptop".to_owned(),
-        )]));
+        let peers = laptop(&client_key);
+        let tls = server_config(&server_key, peers.clone()).unwrap();
         let mut conns = Box::pin(incoming(listener, tls, peers, Duration::from_millis(200)));
         let mut silent = TcpStream::connect(addr).await.unwrap();
 
@@ -668,6 +704,13 @@ mod tests {
             refused.is_ok(),
             "listener still open after the stream was dropped"
         );
+    }
+
+    #[tokio::test]
+    async fn closed_stream_refuses_connections_at_once() {
+        let s = setup().await;
+        Pin::into_inner(s.conns).close().await;
+        assert!(TcpStream::connect(s.addr).await.is_err());
     }
 
     async fn serve(s: Setup) -> (SocketAddr, PrivateKey, PrivateKey) {

@@ -1,6 +1,6 @@
 //! Mutual TLS 1.3 in which each side trusts the other by a pinned ed25519 key, with no CA.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -31,19 +31,69 @@ pub enum TlsError {
     NoPeers,
 }
 
+/// The peers a daemon accepts, by key, with their peer ids.
+///
+/// The TLS verifier and the handshake consult it for every new connection, so an
+/// implementation whose content changes (a reloaded config) applies from the next
+/// connection on, and both always see the same version.
+pub trait PeerKeys: Send + Sync + fmt::Debug {
+    /// The peer id of `key`, if that key may connect.
+    fn peer_id(&self, key: &PublicKey) -> Option<String>;
+}
+
+/// A fixed set of peers.
+impl PeerKeys for HashMap<PublicKey, String> {
+    fn peer_id(&self, key: &PublicKey) -> Option<String> {
+        self.get(key).cloned()
+    }
+}
+
+/// The keys a verifier accepts: fixed (the servers a client trusts) or the daemon's
+/// current peers.
+enum Pins {
+    Fixed(HashSet<PublicKey>),
+    Peers(Arc<dyn PeerKeys>),
+}
+
+impl Pins {
+    fn contains(&self, key: &PublicKey) -> bool {
+        match self {
+            Pins::Fixed(keys) => keys.contains(key),
+            Pins::Peers(peers) => peers.peer_id(key).is_some(),
+        }
+    }
+}
+
+impl fmt::Debug for Pins {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pins::Fixed(keys) => f.debug_tuple("Fixed").field(keys).finish(),
+            Pins::Peers(peers) => f.debug_tuple("Peers").field(peers).finish(),
+        }
+    }
+}
+
 /// Accepts a peer whose end-entity certificate carries one of the pinned keys.
 ///
 /// Validity dates, names and chains are deliberately ignored: the key is the whole trust
 /// decision, and self-signed certificates would otherwise need a CA or clock agreement.
 pub struct PinnedKeys {
-    keys: HashSet<PublicKey>,
+    keys: Pins,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl PinnedKeys {
     pub fn new(keys: impl IntoIterator<Item = PublicKey>, provider: &CryptoProvider) -> Self {
         Self {
-            keys: keys.into_iter().collect(),
+            keys: Pins::Fixed(keys.into_iter().collect()),
+            algorithms: provider.signature_verification_algorithms,
+        }
+    }
+
+    /// Pins whatever `peers` holds at the time of each handshake.
+    pub fn peers(peers: Arc<dyn PeerKeys>, provider: &CryptoProvider) -> Self {
+        Self {
+            keys: Pins::Peers(peers),
             algorithms: provider.signature_verification_algorithms,
         }
     }
@@ -165,13 +215,17 @@ impl ServerCertVerifier for PinnedKeys {
     }
 }
 
-/// TLS settings for a daemon that accepts only `allowed_clients`.
+/// TLS settings for a daemon that accepts only the clients in `peers`, as they are at
+/// each handshake.
+///
+/// An empty set is not refused here, because a live set may be empty for a moment; the
+/// daemon's config validation refuses a config without peers.
 pub fn server_config(
     key: &PrivateKey,
-    allowed_clients: impl IntoIterator<Item = PublicKey>,
+    peers: Arc<dyn PeerKeys>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(pinned(allowed_clients, &provider)?);
+    let verifier = Arc::new(PinnedKeys::peers(peers, &provider));
     let (leaf, leaf_key) = key.delegated_p256_certificate()?;
     let identity = Arc::new(ServerIdentity {
         ed25519: identity(key, &provider)?,
@@ -189,6 +243,11 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(identity);
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // A resumed TLS 1.3 session skips the client certificate check, so a peer removed
+    // from `peers` could come back with an old ticket; every connection does a full
+    // handshake instead (one ed25519 signature each way).
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
@@ -241,11 +300,11 @@ fn pinned(
     keys: impl IntoIterator<Item = PublicKey>,
     provider: &CryptoProvider,
 ) -> Result<PinnedKeys, TlsError> {
-    let pinned = PinnedKeys::new(keys, provider);
-    if pinned.keys.is_empty() {
+    let keys: HashSet<PublicKey> = keys.into_iter().collect();
+    if keys.is_empty() {
         return Err(TlsError::NoPeers);
     }
-    Ok(pinned)
+    Ok(PinnedKeys::new(keys, provider))
 }
 
 fn identity(
@@ -282,6 +341,27 @@ mod tests {
         Pair {
             server: PrivateKey::generate().unwrap(),
             client: PrivateKey::generate().unwrap(),
+        }
+    }
+
+    /// A fixed peer set naming each key `peerN`.
+    fn peers(keys: impl IntoIterator<Item = PublicKey>) -> Arc<dyn PeerKeys> {
+        Arc::new(
+            keys.into_iter()
+                .enumerate()
+                .map(|(n, key)| (key, format!("peer{n}")))
+                .collect::<HashMap<_, _>>(),
+        )
+    }
+
+    /// A peer set that can be replaced while the server config is in use, like a
+    /// reloaded daemon config.
+    #[derive(Debug, Default)]
+    struct Swappable(std::sync::RwLock<HashMap<PublicKey, String>>);
+
+    impl PeerKeys for Swappable {
+        fn peer_id(&self, key: &PublicKey) -> Option<String> {
+            self.0.read().unwrap().get(key).cloned()
         }
     }
 
@@ -326,7 +406,7 @@ mod tests {
     #[tokio::test]
     async fn pinned_keys_handshake() {
         let p = pair();
-        let server = server_config(&p.server, [p.client.public_key()]).unwrap();
+        let server = server_config(&p.server, peers([p.client.public_key()])).unwrap();
         let client = client_config(&p.client, [p.server.public_key()]).unwrap();
         let (s, c) = handshake(server, client).await;
         assert_eq!(s.unwrap(), Some(p.client.public_key()));
@@ -337,7 +417,7 @@ mod tests {
     async fn wrong_server_pin_fails() {
         let p = pair();
         let other = PrivateKey::generate().unwrap();
-        let server = server_config(&p.server, [p.client.public_key()]).unwrap();
+        let server = server_config(&p.server, peers([p.client.public_key()])).unwrap();
         let client = client_config(&p.client, [other.public_key()]).unwrap();
         let (s, c) = handshake(server, client).await;
         let c = c.unwrap_err();
@@ -349,7 +429,7 @@ mod tests {
     async fn unknown_client_fails() {
         let p = pair();
         let other = PrivateKey::generate().unwrap();
-        let server = server_config(&p.server, [other.public_key()]).unwrap();
+        let server = server_config(&p.server, peers([other.public_key()])).unwrap();
         let client = client_config(&p.client, [p.server.public_key()]).unwrap();
         let (s, c) = handshake(server, client).await;
         let s = s.unwrap_err();
@@ -357,10 +437,36 @@ mod tests {
         assert!(c.is_err());
     }
 
+    #[tokio::test]
+    async fn swapped_peer_set_applies_to_the_next_handshake() {
+        let p = pair();
+        let newcomer = PrivateKey::generate().unwrap();
+        let set = Arc::new(Swappable::default());
+        set.0
+            .write()
+            .unwrap()
+            .insert(p.client.public_key(), "old".into());
+        let server = server_config(&p.server, set.clone()).unwrap();
+        let client = client_config(&p.client, [p.server.public_key()]).unwrap();
+        let other = client_config(&newcomer, [p.server.public_key()]).unwrap();
+
+        let (s, c) = handshake(server.clone(), client.clone()).await;
+        assert_eq!(s.unwrap(), Some(p.client.public_key()));
+        c.unwrap();
+        assert!(handshake(server.clone(), other.clone()).await.0.is_err());
+
+        *set.0.write().unwrap() = HashMap::from([(newcomer.public_key(), "new".into())]);
+        let (s, _) = handshake(server.clone(), client).await;
+        let s = s.unwrap_err();
+        assert!(s.contains("ApplicationVerificationFailure"), "{s}");
+        let (s, c) = handshake(server, other).await;
+        assert_eq!(s.unwrap(), Some(newcomer.public_key()));
+        c.unwrap();
+    }
+
     #[test]
     fn empty_pin_set_is_refused() {
         let key = PrivateKey::generate().unwrap();
-        assert!(matches!(server_config(&key, []), Err(TlsError::NoPeers)));
         assert!(matches!(client_config(&key, []), Err(TlsError::NoPeers)));
     }
 }

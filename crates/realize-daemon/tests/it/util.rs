@@ -109,55 +109,119 @@ impl KeyFiles {
     }
 }
 
+/// What a test daemon's config file says, and the log filter it runs with.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub address: String,
+    pub privkey: PathBuf,
+    /// Directory id → root.
+    pub dirs: Vec<(String, PathBuf)>,
+    /// Peer id → public key file.
+    pub peers: Vec<(String, PathBuf)>,
+    pub grace_period: Option<String>,
+    pub log_level: Option<String>,
+    /// `RUST_LOG` for the process; not part of the file.
+    pub rust_log: String,
+}
+
+impl DaemonConfig {
+    pub fn render(&self) -> String {
+        let mut text = format!(
+            "address = {:?}\nprivkey = {:?}\n",
+            self.address, self.privkey
+        );
+        if let Some(level) = &self.log_level {
+            text.push_str(&format!("log_level = {level:?}\n"));
+        }
+        text.push_str("[dirs]\n");
+        for (id, path) in &self.dirs {
+            text.push_str(&format!("{id} = {path:?}\n"));
+        }
+        for (id, key) in &self.peers {
+            text.push_str(&format!("[peers.{id}]\npublic_key_file = {key:?}\n"));
+        }
+        if let Some(grace) = &self.grace_period {
+            text.push_str(&format!("[shutdown]\ngrace_period = {grace:?}\n"));
+        }
+        text
+    }
+}
+
 /// A `realized` process on an ephemeral loopback port.
 pub struct Daemon {
     child: Child,
     pub addr: String,
     pub key: KeyFiles,
+    pub config: DaemonConfig,
+    pub config_path: PathBuf,
     log: Arc<Mutex<String>>,
     new_line: Arc<Notify>,
+    drain: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Daemon {
     /// Starts `realized` serving `dirs` to the peer `client`, and waits for
     /// its "listening on" line.
     pub async fn start(work: &Path, dirs: &[(&str, &Path)], client: &KeyFiles) -> Daemon {
+        Daemon::start_with(work, dirs, client, |_| {}).await
+    }
+
+    /// Like [`Daemon::start`], with the config changed by `adjust` first.
+    pub async fn start_with(
+        work: &Path,
+        dirs: &[(&str, &Path)],
+        client: &KeyFiles,
+        adjust: impl FnOnce(&mut DaemonConfig),
+    ) -> Daemon {
         let name = format!(
             "daemon{}",
             dirs.len() + std::fs::read_dir(work).unwrap().count()
         );
         let key = KeyFiles::new(work, &name);
-        let mut config = format!(
-            "address = \"127.0.0.1:0\"\nprivkey = {:?}\n[dirs]\n",
-            key.private
-        );
-        for (id, path) in dirs {
-            config.push_str(&format!("{id} = {path:?}\n"));
-        }
-        config.push_str(&format!(
-            "[peers.client]\npublic_key_file = {:?}\n",
-            client.public
-        ));
+        let mut config = DaemonConfig {
+            address: "127.0.0.1:0".to_string(),
+            privkey: key.private.clone(),
+            dirs: dirs
+                .iter()
+                .map(|(id, path)| (id.to_string(), path.to_path_buf()))
+                .collect(),
+            peers: vec![("client".to_string(), client.public.clone())],
+            grace_period: None,
+            log_level: None,
+            rust_log: "info".to_string(),
+        };
+        adjust(&mut config);
         let config_path = work.join(format!("{name}.toml"));
-        std::fs::write(&config_path, config).unwrap();
-        Self::spawn(&config_path, key, &[]).await
+        std::fs::write(&config_path, config.render()).unwrap();
+        Self::spawn(config_path, key, config, &[]).await
     }
 
     /// Kills the daemon (SIGKILL: no clean shutdown) and starts it again
     /// with the same config, key and address.
-    pub async fn kill_and_restart(mut self) -> Daemon {
-        self.child.kill().await.unwrap();
-        let config_path = self.key.private.with_extension("toml");
-        let address = self.addr.clone();
-        Self::spawn(&config_path, self.key, &["--address", &address]).await
+    pub async fn kill_and_restart(self) -> Daemon {
+        let Daemon {
+            mut child,
+            addr,
+            key,
+            config,
+            config_path,
+            ..
+        } = self;
+        child.kill().await.unwrap();
+        Self::spawn(config_path, key, config, &["--address", &addr]).await
     }
 
-    async fn spawn(config_path: &Path, key: KeyFiles, args: &[&str]) -> Daemon {
+    async fn spawn(
+        config_path: PathBuf,
+        key: KeyFiles,
+        config: DaemonConfig,
+        args: &[&str],
+    ) -> Daemon {
         let mut child = Command::new(realized_bin())
             .arg("--config")
-            .arg(config_path)
+            .arg(&config_path)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", &config.rust_log)
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -177,7 +241,7 @@ impl Daemon {
         .expect("realized did not start listening");
         let (drain, new_line) = (Arc::clone(&log), Arc::new(Notify::new()));
         let notify = Arc::clone(&new_line);
-        tokio::spawn(async move {
+        let drain = tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 drain.lock().unwrap().push_str(&format!("{line}\n"));
                 notify.notify_waiters();
@@ -187,8 +251,11 @@ impl Daemon {
             child,
             addr,
             key,
+            config,
+            config_path,
             log,
             new_line,
+            drain: Some(drain),
         }
     }
 
@@ -199,13 +266,29 @@ impl Daemon {
     /// Waits until the daemon has logged a line containing `text`; false if
     /// it has not within the process timeout.
     pub async fn wait_for_log(&self, text: &str) -> bool {
+        self.wait_for_line(&[text]).await
+    }
+
+    /// Waits until the daemon has logged a line containing every one of
+    /// `parts`; false if it has not within the process timeout.
+    pub async fn wait_for_line(&self, parts: &[&str]) -> bool {
+        self.wait_until(|log| {
+            log.lines()
+                .any(|line| parts.iter().all(|part| line.contains(part)))
+        })
+        .await
+    }
+
+    /// Waits until the log so far satisfies `done`; false if it does not
+    /// within the process timeout.
+    pub async fn wait_until(&self, done: impl Fn(&str) -> bool) -> bool {
         tokio::time::timeout(PROCESS_TIMEOUT, async {
             loop {
                 let notified = self.new_line.notified();
                 tokio::pin!(notified);
                 // Registered before looking, so no line can slip between the two.
                 notified.as_mut().enable();
-                if self.log().contains(text) {
+                if done(&self.log()) {
                     return;
                 }
                 notified.await;
@@ -213,6 +296,39 @@ impl Daemon {
         })
         .await
         .is_ok()
+    }
+
+    /// The first line logged so far that contains every one of `parts`.
+    pub fn log_line(&self, parts: &[&str]) -> Option<String> {
+        self.log()
+            .lines()
+            .find(|line| parts.iter().all(|part| line.contains(part)))
+            .map(str::to_string)
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid = self.child.id().expect("realized has already exited");
+        let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+    }
+
+    /// Replaces the config file; the daemon reads it at its next SIGHUP.
+    pub fn write_config(&mut self, config: DaemonConfig) {
+        std::fs::write(&self.config_path, config.render()).unwrap();
+        self.config = config;
+    }
+
+    /// Waits for the process to exit, and for its last log line.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let status = tokio::time::timeout(PROCESS_TIMEOUT, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("realized did not exit:\n{}", self.log()))
+            .unwrap();
+        if let Some(drain) = self.drain.take() {
+            drain.await.unwrap();
+        }
+        status
     }
 
     pub async fn stop(mut self) {
@@ -310,11 +426,12 @@ impl InProcessDaemon {
         let peers = BTreeMap::from([("client".to_string(), client.public_key())]);
         let server_key = PrivateKey::from_pem(&key.key.to_pem()).unwrap();
         let task = tokio::spawn(async move {
-            realize_daemon::serve(listener, &server_key, &peers, service, async {
+            let exit = realize_daemon::serve(listener, &server_key, &peers, service, async {
                 let _ = rx.await;
             })
             .await
             .unwrap();
+            assert_eq!(exit, realize_daemon::Exit::Clean);
         });
         InProcessDaemon {
             addr,

@@ -1,0 +1,210 @@
+//! The open connections, each served by hyper's HTTP/2 server in a task of its own.
+//!
+//! Serving each connection here, rather than through tonic's `Server`, is what lets
+//! the daemon close one connection alone (its peer was removed from the config) and
+//! close them all only after the grace period (shutdown); see docs/design.md.
+//! A connection is closed gracefully: HTTP/2 GOAWAY, the calls left finish
+//! sending their status, then TLS close_notify. A call that cannot finish
+//! within [`CLOSE_TIMEOUT`] (its peer does not read its response, so flow
+//! control holds it) is reset, which lets the connection close cleanly all the
+//! same; one that still does not close (its peer reads nothing at all) is
+//! dropped.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use realize_core::mover::ErrorChain;
+use realize_net::connection::{PeerInfo, ServerConn};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::service::Routes;
+use tower::ServiceExt;
+use tracing::Instrument;
+
+use crate::state::{CallExecutor, Calls, ConnectionContext, Live, LiveConfig};
+
+/// How long a connection asked to close may take to do it cleanly, before its calls
+/// are reset, and again after that before it is dropped.
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Default)]
+pub(crate) struct Connections {
+    /// One task per connection.
+    tracker: TaskTracker,
+    /// Parent of every connection's close token.
+    close_all: CancellationToken,
+    open: Mutex<HashMap<u64, Open>>,
+    next_id: AtomicU64,
+    /// Connections that were dropped because they did not close in time.
+    dropped: AtomicUsize,
+}
+
+#[derive(Debug)]
+struct Open {
+    peer: PeerInfo,
+    close: CancellationToken,
+    cancel_calls: CancellationToken,
+}
+
+/// Removes a connection from the open ones when its task ends, however it ends.
+struct Registered {
+    connections: Arc<Connections>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.connections.registry().remove(&self.id);
+    }
+}
+
+/// Logs how a connection ended. A peer that hangs up while the daemon closes the
+/// connection (as hyper's client does on GOAWAY) is no error of the daemon's.
+fn log_end(result: Result<(), hyper::Error>, closed: &str) {
+    match result {
+        Ok(()) => tracing::info!("{closed}"),
+        Err(e) if hung_up(&e) => tracing::info!("connection closed by the peer"),
+        Err(e) => tracing::info!(error = %ErrorChain(&e), "connection ended with an error"),
+    }
+}
+
+fn hung_up(error: &hyper::Error) -> bool {
+    let mut cause = std::error::Error::source(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        cause = e.source();
+    }
+    false
+}
+
+impl Connections {
+    fn registry(&self) -> MutexGuard<'_, HashMap<u64, Open>> {
+        // Only inserts and removes happen under the lock, so a panic cannot leave
+        // the map half-updated.
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Serves `conn` in a task of its own; its calls run on `calls`.
+    pub fn serve(
+        self: &Arc<Self>,
+        conn: ServerConn,
+        routes: Routes,
+        calls: &Calls,
+        live: &LiveConfig,
+    ) {
+        let peer = conn.peer_info().clone();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let close = self.close_all.child_token();
+        let context = ConnectionContext {
+            peer: peer.clone(),
+            cancel: calls.cancel.child_token(),
+        };
+        self.registry().insert(
+            id,
+            Open {
+                peer: peer.clone(),
+                close: close.clone(),
+                cancel_calls: context.cancel.clone(),
+            },
+        );
+        let registered = Registered {
+            connections: Arc::clone(self),
+            id,
+        };
+        // A reload may have removed the peer since its handshake. Checked after
+        // registering: a reload that swaps the config later also finds it here.
+        if !live.current().allows(&peer) {
+            tracing::info!(peer = %peer.peer_id, addr = %peer.addr, "closing connection: peer removed from the config");
+            context.cancel.cancel();
+            close.cancel();
+        }
+        let service = routes.map_request(move |mut request: http::Request<Incoming>| {
+            request.extensions_mut().insert(context.clone());
+            request
+        });
+        let reset = CancellationToken::new();
+        let mut builder = hyper::server::conn::http2::Builder::new(CallExecutor {
+            tracker: calls.tracker.clone(),
+            reset: reset.clone(),
+        });
+        builder.timer(TokioTimer::new());
+        let span = tracing::info_span!("connection", peer = %peer.peer_id, addr = %peer.addr);
+        let this = Arc::clone(self);
+        self.tracker.spawn(
+            async move {
+                let _registered = registered;
+                let connection =
+                    builder.serve_connection(TokioIo::new(conn), TowerToHyperService::new(service));
+                tokio::pin!(connection);
+                tokio::select! {
+                    result = connection.as_mut() => {
+                        log_end(result, "connection closed by the peer");
+                        return;
+                    }
+                    () = close.cancelled() => {}
+                }
+                connection.as_mut().graceful_shutdown();
+                let closing = format!(
+                    "connection did not close within {}",
+                    humantime::format_duration(CLOSE_TIMEOUT)
+                );
+                let mut closed = tokio::time::timeout(CLOSE_TIMEOUT, connection.as_mut()).await;
+                if closed.is_err() {
+                    tracing::warn!("{closing}: resetting its calls");
+                    reset.cancel();
+                    closed = tokio::time::timeout(CLOSE_TIMEOUT, connection.as_mut()).await;
+                }
+                match closed {
+                    Ok(result) => log_end(result, "connection closed"),
+                    Err(_) => {
+                        this.dropped.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            "{closing} after its calls were reset: dropped without a clean TLS close"
+                        );
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    pub fn count(&self) -> usize {
+        self.registry().len()
+    }
+
+    /// Closes the connections of peers that `live` no longer allows, cancelling their
+    /// calls first; returns how many.
+    pub fn close_removed_peers(&self, live: &Live) -> usize {
+        let open = self.registry();
+        let mut closed = 0;
+        for conn in open.values().filter(|conn| !live.allows(&conn.peer)) {
+            tracing::info!(peer = %conn.peer.peer_id, addr = %conn.peer.addr, "closing connection: peer removed from the config");
+            conn.cancel_calls.cancel();
+            conn.close.cancel();
+            closed += 1;
+        }
+        closed
+    }
+
+    /// Closes every connection, and waits until all are closed or dropped; returns how
+    /// many had to be dropped.
+    pub async fn close_all(&self) -> usize {
+        let dropped_before = self.dropped.load(Ordering::Relaxed);
+        self.close_all.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        self.dropped.load(Ordering::Relaxed) - dropped_before
+    }
+}

@@ -1,0 +1,829 @@
+//! Real signals sent to the real `realized`: SIGTERM and SIGINT shut it down in
+//! phases, SIGHUP reloads its config. Each shutdown test checks the exit code,
+//! the log line of each phase, the files on disk, and that running `realize`
+//! afterwards completes the move.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use realize_net::connection::{ConnectError, connect};
+use realize_net::throttle::SendLimit;
+use realize_net::tls::{SERVER_NAME, client_config};
+use realize_proto::pb;
+use realize_proto::pb::realize_client::RealizeClient;
+use rustix::process::Signal;
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::util::*;
+
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Shows each call's start, which the tests wait for before signalling.
+const DEBUG_LOG: &str = "info,realize_daemon=debug";
+const CHUNK: usize = 256 * 1024;
+
+struct Setup {
+    work: TempDir,
+    client: KeyFiles,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let work = TempDir::new().unwrap();
+        let client = KeyFiles::new(work.path(), "client");
+        Setup { work, client }
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        let path = self.work.path().join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        path
+    }
+
+    /// Runs `realize` from `src` to `dst` for `dir` and checks it moved every file.
+    async fn complete_move(&self, src: Side<'_>, dst: Side<'_>, dir: &str, trusted: &[&Path]) {
+        let args = move_args(src, dst, &[dir], &self.client, trusted, self.work.path());
+        let output = realize(&os(&args)).await;
+        assert!(
+            output.status.success(),
+            "realize failed: {}",
+            stderr(&output)
+        );
+        assert!(stdout(&output).contains("Moved "), "{}", stdout(&output));
+    }
+}
+
+async fn channel_as(daemon: &Daemon, client: &KeyFiles) -> Result<Channel, ConnectError> {
+    let tls = client_config(&client.key, [daemon.key.public_key()]).unwrap();
+    connect(&daemon.addr, tls, TIMEOUT, SendLimit::new(None)).await
+}
+
+async fn api_as(
+    daemon: &Daemon,
+    client: &KeyFiles,
+) -> Result<RealizeClient<Channel>, ConnectError> {
+    Ok(RealizeClient::new(channel_as(daemon, client).await?))
+}
+
+async fn api(daemon: &Daemon, client: &KeyFiles) -> RealizeClient<Channel> {
+    api_as(daemon, client).await.unwrap()
+}
+
+async fn info(api: &mut RealizeClient<Channel>) -> Result<pb::InfoResponse, tonic::Status> {
+    api.info(pb::InfoRequest {}).await.map(|r| r.into_inner())
+}
+
+async fn list(api: &mut RealizeClient<Channel>, dir: &str) -> Result<Vec<String>, tonic::Status> {
+    let mut stream = api
+        .list(pb::ListRequest {
+            dir: dir.into(),
+            include_partial: false,
+        })
+        .await?
+        .into_inner();
+    let mut paths = Vec::new();
+    while let Some(entry) = stream.message().await? {
+        paths.push(entry.path);
+    }
+    Ok(paths)
+}
+
+/// Checks that each of `lines` (given as parts of one line) was logged, in this order.
+fn assert_logged_in_order(daemon: &Daemon, lines: &[&[&str]]) {
+    let log = daemon.log();
+    let mut from = 0;
+    for parts in lines {
+        let found = log
+            .lines()
+            .enumerate()
+            .skip(from)
+            .find(|(_, line)| parts.iter().all(|part| line.contains(part)));
+        match found {
+            Some((index, _)) => from = index + 1,
+            None => panic!("no line with {parts:?} after line {from} in:\n{log}"),
+        }
+    }
+}
+
+/// The log line of every phase of a shutdown that ends cleanly.
+fn assert_clean_shutdown(daemon: &Daemon, calls: usize, grace: &str, calls_line: &[&str]) {
+    let calls = format!("calls={calls}");
+    let grace = format!("grace_period={grace}");
+    assert_logged_in_order(
+        daemon,
+        &[
+            &["shutdown: stopped accepting connections", &calls, &grace],
+            calls_line,
+            &["shutdown: closing connections"],
+            &["shutdown: connections closed"],
+            &["shutdown complete"],
+        ],
+    );
+}
+
+/// A Write call whose data the test sends chunk by chunk; the request stream
+/// stays open until `tx` is dropped.
+struct OpenWrite {
+    tx: mpsc::Sender<pb::WriteRequest>,
+    response: JoinHandle<Result<tonic::Response<pb::WriteResponse>, tonic::Status>>,
+}
+
+impl OpenWrite {
+    fn start(api: &RealizeClient<Channel>, dir: &str, path: &str, file_size: u64) -> Self {
+        let (tx, rx) = mpsc::channel(64);
+        let header = pb::WriteRequest {
+            message: Some(pb::write_request::Message::Header(pb::WriteHeader {
+                dir: dir.into(),
+                path: path.into(),
+                offset: 0,
+                file_size,
+            })),
+        };
+        tx.try_send(header).unwrap();
+        let mut api = api.clone();
+        let response = tokio::spawn(async move { api.write(ReceiverStream::new(rx)).await });
+        OpenWrite { tx, response }
+    }
+
+    async fn send(&self, data: &[u8]) {
+        for chunk in data.chunks(CHUNK) {
+            let message = pb::WriteRequest {
+                message: Some(pb::write_request::Message::Data(Bytes::copy_from_slice(
+                    chunk,
+                ))),
+            };
+            self.tx.send(message).await.unwrap();
+        }
+    }
+}
+
+/// The partial file holds a prefix of `data` (what the daemon had written),
+/// and no final file exists. A daemon stopped before it opened the file left
+/// none, which is the empty prefix.
+fn assert_partial_prefix(root: &Path, name: &str, data: &[u8]) {
+    assert!(!root.join(name).exists(), "a final file appeared");
+    let partial = match std::fs::read(root.join(format!(".{name}.part"))) {
+        Ok(partial) => partial,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("cannot read the partial file: {e}"),
+    };
+    assert!(partial.len() <= data.len());
+    assert!(
+        partial == data[..partial.len()],
+        "the partial file is not a prefix of what was sent"
+    );
+}
+
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const ACK: u8 = 0x1;
+
+/// A bare HTTP/2 client on TLS that only answers SETTINGS and PING, so the
+/// test sees the daemon's frames and how the TLS stream ends. Returns once the
+/// daemon serves the connection; the task yields the frame types received
+/// until a clean end of the TLS stream, or the read error.
+async fn bare_connection(
+    daemon: &Daemon,
+    client: &KeyFiles,
+) -> JoinHandle<std::io::Result<Vec<u8>>> {
+    let tls = client_config(&client.key, [daemon.key.public_key()]).unwrap();
+    let tcp = tokio::net::TcpStream::connect(&daemon.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(SERVER_NAME).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    tls.write_all(&frame(SETTINGS, 0, &[])).await.unwrap();
+    tls.flush().await.unwrap();
+    // The daemon's SETTINGS: from here on the daemon counts the connection.
+    let mut first = [0u8; 9];
+    tls.read_exact(&mut first).await.unwrap();
+    assert_eq!(first[3], SETTINGS);
+    let mut rest = vec![0u8; usize::from(first[2])];
+    tls.read_exact(&mut rest).await.unwrap();
+    tokio::spawn(async move {
+        let mut seen = vec![SETTINGS];
+        tls.write_all(&frame(SETTINGS, ACK, &[])).await?;
+        loop {
+            let mut header = [0u8; 9];
+            // rustls reports a clean end (close_notify received) as 0 bytes,
+            // and a bare TCP close as an error.
+            if tls.read(&mut header[..1]).await? == 0 {
+                return Ok(seen);
+            }
+            tls.read_exact(&mut header[1..]).await?;
+            let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            tls.read_exact(&mut payload).await?;
+            let (kind, flags) = (header[3], header[4]);
+            seen.push(kind);
+            if kind == SETTINGS && flags & ACK == 0 {
+                tls.write_all(&frame(SETTINGS, ACK, &[])).await?;
+            }
+            if kind == PING && flags & ACK == 0 {
+                tls.write_all(&frame(PING, ACK, &payload)).await?;
+            }
+            tls.flush().await?;
+        }
+    })
+}
+
+fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let len = (payload.len() as u32).to_be_bytes();
+    let mut frame = vec![len[1], len[2], len[3], kind, flags, 0, 0, 0, 0];
+    frame.extend_from_slice(payload);
+    frame
+}
+
+#[tokio::test]
+async fn sigterm_when_idle_closes_connections_cleanly_and_exits_0() {
+    let s = Setup::new();
+    let (src, dst) = (s.dir("src"), s.dir("dst"));
+    sample_tree(&src);
+    let before = tree(&src);
+    let mut daemon = Daemon::start(s.work.path(), &[("d", &src)], &s.client).await;
+    let bare = bare_connection(&daemon, &s.client).await;
+    let mut api = api(&daemon, &s.client).await;
+    info(&mut api).await.unwrap();
+
+    daemon.signal(Signal::TERM);
+    let status = daemon.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "{}", daemon.log());
+    assert_clean_shutdown(&daemon, 0, "10s", &["shutdown: all calls finished"]);
+    assert!(
+        daemon
+            .log_line(&["shutdown: closing connections", "connections=2"])
+            .is_some(),
+        "{}",
+        daemon.log()
+    );
+    let frames = bare
+        .await
+        .unwrap()
+        .expect("the connection did not end with TLS close_notify");
+    assert!(frames.contains(&GOAWAY), "no GOAWAY among {frames:?}");
+    assert!(info(&mut api).await.is_err());
+
+    assert_eq!(tree(&src), before);
+    let daemon = Daemon::start(s.work.path(), &[("d", &src)], &s.client).await;
+    s.complete_move(
+        Side::Addr(&daemon.addr),
+        Side::Path(&dst),
+        "d",
+        &[&daemon.key.public],
+    )
+    .await;
+    assert_eq!(tree(&dst), before);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_during_a_write_lets_it_finish_within_the_grace_period() {
+    let s = Setup::new();
+    let (src, dst) = (s.dir("src"), s.dir("dst"));
+    let data = pseudo_random(4 * 1024 * 1024 + 5, 11);
+    write_file(&src, "big.bin", &data);
+    let mut daemon = Daemon::start_with(s.work.path(), &[("d", &dst)], &s.client, |c| {
+        c.rust_log = DEBUG_LOG.into();
+    })
+    .await;
+    let channel = channel_as(&daemon, &s.client).await.unwrap();
+    let mut api = RealizeClient::new(channel.clone());
+    let mut health = HealthClient::new(channel);
+    let write = OpenWrite::start(&api, "d", "big.bin", data.len() as u64);
+    write.send(&data[..data.len() / 2]).await;
+    assert!(
+        daemon
+            .wait_for_line(&["method=\"Write\"", "call started"])
+            .await
+    );
+
+    daemon.signal(Signal::TERM);
+    assert!(
+        daemon
+            .wait_for_line(&["shutdown: stopped accepting connections", "calls=1"])
+            .await,
+        "{}",
+        daemon.log()
+    );
+    // During the grace period: no new connection, no new call, the Write goes on.
+    assert!(tokio::net::TcpStream::connect(&daemon.addr).await.is_err());
+    let serving = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(serving.status(), ServingStatus::NotServing);
+    let refused = info(&mut api).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert_eq!(refused.message(), "realized is shutting down");
+    write.send(&data[data.len() / 2..]).await;
+    drop(write.tx);
+    let written = write.response.await.unwrap().unwrap().into_inner();
+    assert_eq!(written.bytes_written, data.len() as u64);
+
+    let status = daemon.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "{}", daemon.log());
+    assert_clean_shutdown(&daemon, 1, "10s", &["shutdown: all calls finished"]);
+    // Written whole, but only Finish makes a final file.
+    assert_partial_prefix(&dst, "big.bin", &data);
+    assert_eq!(std::fs::read(dst.join(".big.bin.part")).unwrap(), data);
+
+    let daemon = Daemon::start(s.work.path(), &[("d", &dst)], &s.client).await;
+    s.complete_move(
+        Side::Path(&src),
+        Side::Addr(&daemon.addr),
+        "d",
+        &[&daemon.key.public],
+    )
+    .await;
+    assert_eq!(std::fs::read(dst.join("big.bin")).unwrap(), data);
+    assert!(tree(&src).is_empty());
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_during_a_write_cancels_it_at_the_end_of_the_grace_period() {
+    let s = Setup::new();
+    let (src, dst) = (s.dir("src"), s.dir("dst"));
+    let data = pseudo_random(4 * 1024 * 1024, 12);
+    write_file(&src, "big.bin", &data);
+    let mut daemon = Daemon::start_with(s.work.path(), &[("d", &dst)], &s.client, |c| {
+        c.rust_log = DEBUG_LOG.into();
+        c.grace_period = Some("1s".into());
+    })
+    .await;
+    let api = api(&daemon, &s.client).await;
+    let write = OpenWrite::start(&api, "d", "big.bin", data.len() as u64);
+    write.send(&data[..data.len() / 4]).await;
+    assert!(
+        daemon
+            .wait_for_line(&["method=\"Write\"", "call started"])
+            .await
+    );
+
+    // The client sends nothing more and keeps its stream open: the Write
+    // cannot finish, and is cancelled when the grace period is over.
+    daemon.signal(Signal::TERM);
+    let status = daemon.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "{}", daemon.log());
+    assert_clean_shutdown(
+        &daemon,
+        1,
+        "1s",
+        &[
+            "shutdown: grace period over, cancelling the calls left",
+            "calls=1",
+        ],
+    );
+    assert!(
+        daemon
+            .log_line(&[
+                "method=\"Write\"",
+                "call cancelled",
+                "realized is shutting down"
+            ])
+            .is_some(),
+        "{}",
+        daemon.log()
+    );
+    let refused = write.response.await.unwrap().unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert_eq!(refused.message(), "realized is shutting down");
+    // What was written is there, and was neither truncated nor extended.
+    assert_partial_prefix(&dst, "big.bin", &data[..data.len() / 4]);
+    drop(write.tx);
+
+    let daemon = Daemon::start(s.work.path(), &[("d", &dst)], &s.client).await;
+    s.complete_move(
+        Side::Path(&src),
+        Side::Addr(&daemon.addr),
+        "d",
+        &[&daemon.key.public],
+    )
+    .await;
+    assert_eq!(std::fs::read(dst.join("big.bin")).unwrap(), data);
+    assert!(tree(&src).is_empty());
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_during_a_read_resets_it_if_the_client_does_not_read() {
+    let s = Setup::new();
+    let (src, dst) = (s.dir("src"), s.dir("dst"));
+    write_file(&src, "small.txt", b"small\n");
+    // Far more than HTTP/2 flow control lets the daemon send unread.
+    let big = std::fs::File::create(src.join("big.bin")).unwrap();
+    big.set_len(32 * 1024 * 1024).unwrap();
+    drop(big);
+    let before = tree(&src);
+    let mut daemon = Daemon::start_with(s.work.path(), &[("d", &src)], &s.client, |c| {
+        c.grace_period = Some("1s".into());
+    })
+    .await;
+    let mut api = api(&daemon, &s.client).await;
+    // The call is in flight once its response has started; the test then
+    // reads nothing, so the daemon's sending stalls.
+    let mut data = api
+        .read(pb::ReadRequest {
+            dir: "d".into(),
+            path: "big.bin".into(),
+            offset: 0,
+            length: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    daemon.signal(Signal::TERM);
+    let status = daemon.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "{}", daemon.log());
+    assert_clean_shutdown(
+        &daemon,
+        1,
+        "1s",
+        &[
+            "shutdown: grace period over, cancelling the calls left",
+            "calls=1",
+        ],
+    );
+    // The stalled call is reset, and the connection still closes cleanly.
+    assert_logged_in_order(
+        &daemon,
+        &[
+            &["shutdown: closing connections", "connections=1"],
+            &["connection did not close within 3s: resetting its calls"],
+            &["call reset"],
+            &["connection closed"],
+            &["shutdown: connections closed"],
+        ],
+    );
+    assert!(daemon.log_line(&["dropped"]).is_none(), "{}", daemon.log());
+    let mut received = 0;
+    let end = loop {
+        match data.message().await {
+            Ok(Some(chunk)) => received += chunk.data.len(),
+            end => break end,
+        }
+    };
+    assert!(end.is_err(), "the cut stream ended as if complete");
+    assert!(received < 32 * 1024 * 1024);
+
+    assert_eq!(tree(&src), before);
+    let daemon = Daemon::start(s.work.path(), &[("d", &src)], &s.client).await;
+    s.complete_move(
+        Side::Addr(&daemon.addr),
+        Side::Path(&dst),
+        "d",
+        &[&daemon.key.public],
+    )
+    .await;
+    assert_eq!(tree(&dst), before);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_during_a_hash_of_a_large_file() {
+    let s = Setup::new();
+    let (src, dst) = (s.dir("src"), s.dir("dst"));
+    // What an interrupted copy of a large file leaves, with the source beside
+    // it: the next run hashes the partial file to resume.
+    let size = 512 * 1024 * 1024;
+    for path in [src.join("big.bin"), dst.join(".big.bin.part")] {
+        std::fs::File::create(path).unwrap().set_len(size).unwrap();
+    }
+    let mut daemon = Daemon::start_with(s.work.path(), &[("d", &dst)], &s.client, |c| {
+        c.rust_log = DEBUG_LOG.into();
+        c.grace_period = Some("0s".into());
+    })
+    .await;
+    let mut api = api(&daemon, &s.client).await;
+    let hash = tokio::spawn(async move {
+        api.hash(pb::HashRequest {
+            dir: "d".into(),
+            path: "big.bin".into(),
+            range: None,
+            kind: pb::FileKind::Partial.into(),
+        })
+        .await
+    });
+    assert!(
+        daemon
+            .wait_for_line(&["method=\"Hash\"", "call started"])
+            .await
+    );
+
+    daemon.signal(Signal::TERM);
+    let status = daemon.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "{}", daemon.log());
+    match hash.await.unwrap() {
+        // Hashing takes far longer than a signal, so this is what happens...
+        Err(refused) => {
+            assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+            assert_clean_shutdown(
+                &daemon,
+                1,
+                "0s",
+                &[
+                    "shutdown: grace period over, cancelling the calls left",
+                    "calls=1",
+                ],
+            );
+            assert!(
+                daemon
+                    .log_line(&["method=\"Hash\"", "call cancelled"])
+                    .is_some(),
+                "{}",
+                daemon.log()
+            );
+        }
+        // ...but a hash that did finish first must be right, and in the grace period.
+        Ok(response) => {
+            use sha2::Digest;
+            let mut zeros = sha2::Sha256::new();
+            for _ in 0..size / CHUNK as u64 {
+                zeros.update([0u8; CHUNK]);
+            }
+            let zeros = realize_core::Sha256Hash::from_hasher(zeros);
+            let hash = realize_core::Sha256Hash::from_slice(&response.into_inner().sha256);
+            assert_eq!(hash, Some(zeros));
+            assert_clean_shutdown(&daemon, 1, "0s", &["shutdown: all calls finished"]);
+        }
+    }
+    assert_eq!(
+        std::fs::metadata(dst.join(".big.bin.part")).unwrap().len(),
+        size
+    );
+    assert!(!dst.join("big.bin").exists());
+
+    let daemon = Daemon::start(s.work.path(), &[("d", &dst)], &s.client).await;
+    s.complete_move(
+        Side::Path(&src),
+        Side::Addr(&daemon.addr),
+        "d",
+        &[&daemon.key.public],
+    )
+    .await;
+    assert_eq!(std::fs::metadata(dst.join("big.bin")).unwrap().len(), size);
+    assert!(tree(&src).is_empty());
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_signal_during_the_grace_period_exits_at_once() {
+    let s = Setup::new();
+    let (src, dst) = (s.dir("src"), s.dir("dst"));
+    let data = pseudo_random(2 * 1024 * 1024, 13);
+    write_file(&src, "big.bin", &data);
+    let mut daemon = Daemon::start_with(s.work.path(), &[("d", &dst)], &s.client, |c| {
+        c.rust_log = DEBUG_LOG.into();
+        c.grace_period = Some("1h".into());
+    })
+    .await;
+    let api = api(&daemon, &s.client).await;
+    let write = OpenWrite::start(&api, "d", "big.bin", data.len() as u64);
+    write.send(&data[..data.len() / 2]).await;
+    assert!(
+        daemon
+            .wait_for_line(&["method=\"Write\"", "call started"])
+            .await
+    );
+
+    daemon.signal(Signal::TERM);
+    assert!(
+        daemon
+            .wait_for_log("shutdown: stopped accepting connections")
+            .await
+    );
+    daemon.signal(Signal::INT);
+    let status = daemon.wait_exit().await;
+    assert_eq!(status.code(), Some(130), "{}", daemon.log());
+    assert_logged_in_order(
+        &daemon,
+        &[
+            &[
+                "shutdown: stopped accepting connections",
+                "calls=1",
+                "grace_period=1h",
+            ],
+            &["shutdown: second request, exiting at once"],
+        ],
+    );
+    assert!(daemon.log_line(&["shutdown complete"]).is_none());
+    assert_partial_prefix(&dst, "big.bin", &data[..data.len() / 2]);
+    drop(write.tx);
+
+    let daemon = Daemon::start(s.work.path(), &[("d", &dst)], &s.client).await;
+    s.complete_move(
+        Side::Path(&src),
+        Side::Addr(&daemon.addr),
+        "d",
+        &[&daemon.key.public],
+    )
+    .await;
+    assert_eq!(std::fs::read(dst.join("big.bin")).unwrap(), data);
+    daemon.stop().await;
+}
+
+/// Rewrites the config and sends SIGHUP; waits until the reload logged `outcome`.
+async fn reload(daemon: &mut Daemon, config: DaemonConfig, outcome: &str) {
+    const ATTEMPT: &str = "reload: reading the config file";
+    let attempts = daemon.log().matches(ATTEMPT).count();
+    daemon.write_config(config);
+    daemon.signal(Signal::HUP);
+    let logged = daemon
+        .wait_until(|log| {
+            log.matches(ATTEMPT).count() > attempts
+                && log
+                    .rfind(ATTEMPT)
+                    .is_some_and(|last| log[last..].contains(outcome))
+        })
+        .await;
+    assert!(logged, "no {outcome:?} after SIGHUP:\n{}", daemon.log());
+}
+
+#[tokio::test]
+async fn sighup_adds_and_removes_directories_and_changes_the_log_level() {
+    let s = Setup::new();
+    let (a, b) = (s.dir("a"), s.dir("b"));
+    write_file(&a, "in-a.txt", b"a\n");
+    write_file(&b, "in-b.txt", b"b\n");
+    let mut daemon = Daemon::start(s.work.path(), &[("a", &a)], &s.client).await;
+    let mut api = api(&daemon, &s.client).await;
+    let unknown = list(&mut api, "b").await.unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::InvalidArgument);
+    assert!(daemon.log_line(&["call started"]).is_none());
+
+    let mut config = daemon.config.clone();
+    config.dirs.push(("b".into(), b.clone()));
+    config.log_level = Some(DEBUG_LOG.into());
+    reload(&mut daemon, config.clone(), "reload: config applied").await;
+    assert!(
+        daemon
+            .log_line(&["reload: config applied", "dirs=[\"a\", \"b\"]"])
+            .is_some(),
+        "{}",
+        daemon.log()
+    );
+    // On the connection opened before the reload.
+    assert_eq!(list(&mut api, "b").await.unwrap(), ["in-b.txt"]);
+    assert!(
+        daemon
+            .wait_for_line(&["method=\"List\"", "call started"])
+            .await
+    );
+
+    config.dirs.retain(|(id, _)| id != "a");
+    reload(&mut daemon, config, "reload: config applied").await;
+    let removed = list(&mut api, "a").await.unwrap_err();
+    assert_eq!(removed.code(), tonic::Code::InvalidArgument);
+    assert!(
+        removed.message().contains("unknown directory a"),
+        "{removed:?}"
+    );
+    assert_eq!(list(&mut api, "b").await.unwrap(), ["in-b.txt"]);
+    assert_eq!(tree(&a).len(), 1, "a removed directory is left alone");
+
+    daemon.signal(Signal::TERM);
+    assert_eq!(daemon.wait_exit().await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn sighup_removing_a_peer_closes_its_connections_and_refuses_it() {
+    let s = Setup::new();
+    let other = KeyFiles::new(s.work.path(), "other");
+    let root = s.dir("root");
+    write_file(&root, "file.txt", b"file\n");
+    let mut daemon = Daemon::start_with(s.work.path(), &[("d", &root)], &s.client, |c| {
+        c.peers.push(("other".into(), other.public.clone()));
+    })
+    .await;
+    let mut kept = api(&daemon, &s.client).await;
+    let mut removed = api(&daemon, &other).await;
+    info(&mut kept).await.unwrap();
+    info(&mut removed).await.unwrap();
+
+    let mut config = daemon.config.clone();
+    config.peers.retain(|(id, _)| id != "other");
+    reload(&mut daemon, config, "reload: config applied").await;
+    assert!(
+        daemon
+            .log_line(&[
+                "reload: config applied",
+                "peers=[\"client\"]",
+                "closed_connections=1"
+            ])
+            .is_some(),
+        "{}",
+        daemon.log()
+    );
+    assert!(
+        daemon
+            .wait_for_line(&["peer=other", "connection closed"])
+            .await,
+        "{}",
+        daemon.log()
+    );
+    assert!(info(&mut removed).await.is_err());
+    let refused = api_as(&daemon, &other).await.unwrap_err();
+    assert!(
+        matches!(refused, ConnectError::RefusedByServer { .. }),
+        "{refused:?}"
+    );
+    assert_eq!(list(&mut kept, "d").await.unwrap(), ["file.txt"]);
+
+    daemon.signal(Signal::TERM);
+    assert_eq!(daemon.wait_exit().await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn sighup_with_an_invalid_config_keeps_the_old_one() {
+    let s = Setup::new();
+    let root = s.dir("root");
+    write_file(&root, "file.txt", b"file\n");
+    let mut daemon = Daemon::start(s.work.path(), &[("d", &root)], &s.client).await;
+    let mut api = api(&daemon, &s.client).await;
+    let good = daemon.config.clone();
+
+    let mut bad_grace = good.clone();
+    bad_grace.grace_period = Some("soon".into());
+    reload(&mut daemon, bad_grace, "reload failed").await;
+    assert!(
+        daemon
+            .log_line(&[
+                "reload failed, keeping the current config",
+                "[shutdown] grace_period: invalid duration \"soon\""
+            ])
+            .is_some(),
+        "{}",
+        daemon.log()
+    );
+
+    // Parses, but a root does not exist: refused whole, so the valid new
+    // directory next to it is not served either.
+    let mut missing_root = good.clone();
+    missing_root.dirs.push(("new".into(), s.dir("new")));
+    missing_root
+        .dirs
+        .push(("gone".into(), s.work.path().join("gone")));
+    reload(&mut daemon, missing_root, "reload failed").await;
+    assert!(
+        daemon
+            .log_line(&["reload failed", "directory gone: root", "is not usable"])
+            .is_some(),
+        "{}",
+        daemon.log()
+    );
+
+    assert_eq!(list(&mut api, "d").await.unwrap(), ["file.txt"]);
+    assert_eq!(
+        list(&mut api, "new").await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+    let mut fresh = api_as(&daemon, &s.client).await.unwrap();
+    assert_eq!(list(&mut fresh, "d").await.unwrap(), ["file.txt"]);
+
+    daemon.signal(Signal::TERM);
+    assert_eq!(daemon.wait_exit().await.code(), Some(0));
+    // The grace period in force was still the old one.
+    assert!(daemon.log_line(&["grace_period=10s"]).is_some());
+}
+
+#[tokio::test]
+async fn sighup_with_a_changed_address_warns_and_keeps_listening() {
+    let s = Setup::new();
+    let root = s.dir("root");
+    write_file(&root, "file.txt", b"file\n");
+    let mut daemon = Daemon::start(s.work.path(), &[("d", &root)], &s.client).await;
+    let mut config = daemon.config.clone();
+    config.address = "127.0.0.1:1".into();
+    reload(&mut daemon, config, "reload: config applied").await;
+    let warning = format!(
+        "reload: address changed from 127.0.0.1:0 to 127.0.0.1:1: it takes effect at the next restart, still listening on {}",
+        daemon.addr
+    );
+    assert!(
+        daemon.log_line(&["WARN", &warning]).is_some(),
+        "{}",
+        daemon.log()
+    );
+
+    let mut api = api(&daemon, &s.client).await;
+    assert_eq!(list(&mut api, "d").await.unwrap(), ["file.txt"]);
+
+    daemon.signal(Signal::TERM);
+    assert_eq!(daemon.wait_exit().await.code(), Some(0));
+}
