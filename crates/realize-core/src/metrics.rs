@@ -11,6 +11,9 @@ pub(crate) struct MoveMetrics {
     pub files_interrupted: Counter<u64>,
     pub bytes_moved: Counter<u64>,
     pub delta_saved: Counter<u64>,
+    pub store_written: Counter<u64>,
+    pub store_finished: Counter<u64>,
+    pub store_deleted: Counter<u64>,
 }
 
 pub(crate) fn metrics() -> &'static MoveMetrics {
@@ -41,6 +44,19 @@ pub(crate) fn metrics() -> &'static MoveMetrics {
                 .with_description(
                     "bytes not sent because the destination already had them (equal ranges, deltas)",
                 )
+                .build(),
+            store_written: meter
+                .u64_counter("realize.store.written")
+                .with_unit("By")
+                .with_description("bytes written into partial files by this process's store")
+                .build(),
+            store_finished: meter
+                .u64_counter("realize.store.finished")
+                .with_description("partial files made final (fsynced and renamed) by this process's store")
+                .build(),
+            store_deleted: meter
+                .u64_counter("realize.store.deleted")
+                .with_description("files deleted by this process's store")
                 .build(),
         }
     })

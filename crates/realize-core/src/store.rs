@@ -21,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, SeekFrom};
 use crate::delta::{self, MAX_RANGE};
 use crate::error::{ServiceError, StoreError};
 use crate::hash::Sha256Hash;
+use crate::metrics::metrics;
 use crate::path::{DirId, RelPath, partial_target};
 use crate::service::{
     ByteRange, ByteStream, DirInfo, Entry, EntryStream, FileKind, FileStamp, HashResult, Service,
@@ -552,6 +553,7 @@ impl Service for LocalStore {
         flushed?;
         file.set_len(file_size).await.map_err(r.io("set length"))?;
         file.flush().await.map_err(r.io("write"))?;
+        metrics().store_written.add(written, &[]);
         Ok(written)
     }
 
@@ -670,6 +672,7 @@ impl Service for LocalStore {
         file.write_all(&patched).await.map_err(r.io("write"))?;
         file.set_len(file_size).await.map_err(r.io("set length"))?;
         file.flush().await.map_err(r.io("write"))?;
+        metrics().store_written.add(patched.len() as u64, &[]);
         Ok(patched.len() as u64)
     }
 
@@ -740,6 +743,7 @@ impl Service for LocalStore {
                 .await
                 .map_err(r.io("fsync parent directory"))?;
             tracing::info!(dir = %r.dir, path = %r.path, size = meta.len(), %sha256, "finished");
+            metrics().store_finished.add(1, &[]);
             return Ok(());
         }
         if r.lstat(FileKind::Final).await?.is_some() {
@@ -778,6 +782,9 @@ impl Service for LocalStore {
             match fs::remove_file(r.form(kind)).await {
                 Ok(()) => {
                     tracing::info!(dir = %r.dir, path = %r.path, ?kind, size, "deleted");
+                    if kind == FileKind::Final {
+                        metrics().store_deleted.add(1, &[]);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(r.io("remove file")(e).into()),

@@ -3,6 +3,10 @@
 //! The owner (main.rs, or a test) drives it with [`Control`] events; nothing here
 //! knows about OS signals, so all of it runs in-process too.
 
+use std::sync::OnceLock;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::Counter;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -170,6 +174,7 @@ impl Server {
         }) {
             Ok(new) => new,
             Err(e) => {
+                reloads().add(1, &[KeyValue::new("outcome", "rejected")]);
                 tracing::error!(
                     "reload failed, keeping the current config: {}",
                     ErrorChain(&e)
@@ -180,6 +185,7 @@ impl Server {
         let filter = match log.map(|log| log.parse(new.log_level.as_deref())) {
             Some(Ok(filter)) => Some(filter),
             Some(Err(e)) => {
+                reloads().add(1, &[KeyValue::new("outcome", "rejected")]);
                 tracing::error!(
                     "reload failed, keeping the current config: {}",
                     ErrorChain(&e)
@@ -223,6 +229,7 @@ impl Server {
             closed_connections = closed,
             "reload: config applied"
         );
+        reloads().add(1, &[KeyValue::new("outcome", "applied")]);
         *current = new;
     }
 
@@ -336,4 +343,15 @@ async fn accept(
             },
         }
     }
+}
+
+/// Config reloads, by outcome (`applied` or `rejected`).
+fn reloads() -> &'static Counter<u64> {
+    static RELOADS: OnceLock<Counter<u64>> = OnceLock::new();
+    RELOADS.get_or_init(|| {
+        opentelemetry::global::meter("realize")
+            .u64_counter("realize.config.reloads")
+            .with_description("config reloads (SIGHUP), by outcome")
+            .build()
+    })
 }

@@ -11,9 +11,11 @@ use realize_daemon::config::ConfigSource;
 use realize_daemon::logging::LogFilter;
 use realize_daemon::{Control, Exit};
 use realize_net::keys::PrivateKey;
+use realize_net::metrics::Exporter;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, reload};
@@ -43,10 +45,22 @@ struct Args {
     /// in other languages that need it as their trusted root.
     #[arg(long)]
     print_cert: bool,
+    /// Serve Prometheus metrics on http://HOST:PORT/metrics.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
+    /// Log format on stderr: `text` for people, `json` (one object per line) for machines.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// More log detail: -v debug, -vv trace (RUST_LOG overrides; the config's
     /// log_level overrides both).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -61,14 +75,14 @@ fn main() -> ExitCode {
         .filter(|filter| EnvFilter::try_new(filter).is_ok())
         .unwrap_or_else(|| level.to_string());
     let (filter, handle) = reload::Layer::new(EnvFilter::new(&default));
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal()),
-        )
-        .init();
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
+    match args.log_format {
+        LogFormat::Text => registry
+            .with(layer.with_ansi(std::io::stderr().is_terminal()))
+            .init(),
+        LogFormat::Json => registry.with(layer.json()).init(),
+    }
     match run(args, LogFilter::new(handle, default)) {
         Ok(code) => code,
         Err(e) => {
@@ -91,11 +105,30 @@ fn run(args: Args, log: LogFilter) -> anyhow::Result<ExitCode> {
         print!("{}", key.certificate_pem()?);
         return Ok(ExitCode::SUCCESS);
     }
+    let exporter = match args.metrics_addr {
+        Some(_) => Some(Exporter::install()?),
+        None => None,
+    };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     let exit = runtime.block_on(async {
         let controls = signals()?;
-        anyhow::Ok(realize_daemon::run(source, Some(log), controls).await?)
+        let metrics_stop = CancellationToken::new();
+        if let (Some(exporter), Some(addr)) = (&exporter, &args.metrics_addr) {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "serving metrics on /metrics");
+            let exporter = exporter.clone();
+            let until = metrics_stop.clone().cancelled_owned();
+            tokio::spawn(async move { exporter.serve(listener, until).await });
+        }
+        let exit = realize_daemon::run(source, Some(log), controls).await;
+        metrics_stop.cancel();
+        anyhow::Ok(exit?)
     })?;
+    if let Some(exporter) = &exporter {
+        exporter.shutdown();
+    }
     let code = match exit {
         // "At once": not even waiting for blocking work; a write cut here only
         // leaves a shorter partial file, which the next run resumes.

@@ -4,6 +4,7 @@
 
 mod lifecycle;
 mod moves;
+mod observability;
 mod python;
 mod rejections;
 mod resilience;

@@ -122,6 +122,8 @@ pub struct DaemonConfig {
     pub log_level: Option<String>,
     /// `RUST_LOG` for the process; not part of the file.
     pub rust_log: String,
+    /// More flags for `realized`.
+    pub args: Vec<String>,
 }
 
 impl DaemonConfig {
@@ -189,6 +191,7 @@ impl Daemon {
             grace_period: None,
             log_level: None,
             rust_log: "info".to_string(),
+            args: Vec::new(),
         };
         adjust(&mut config);
         let config_path = work.join(format!("{name}.toml"));
@@ -220,6 +223,7 @@ impl Daemon {
         let mut child = Command::new(realized_bin())
             .arg("--config")
             .arg(&config_path)
+            .args(&config.args)
             .args(args)
             .env("RUST_LOG", &config.rust_log)
             .stderr(Stdio::piped())
@@ -232,7 +236,9 @@ impl Daemon {
             while let Some(line) = lines.next_line().await.unwrap() {
                 log.lock().unwrap().push_str(&format!("{line}\n"));
                 if let Some(rest) = line.split("listening on ").nth(1) {
-                    return rest.split_whitespace().next().unwrap().to_string();
+                    // Text or JSON logs: the address ends at a space or a quote.
+                    let end = |c: char| c.is_whitespace() || c == '"';
+                    return rest.split(end).next().unwrap().to_string();
                 }
             }
             panic!("realized exited before listening:\n{}", log.lock().unwrap());
