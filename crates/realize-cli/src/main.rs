@@ -14,8 +14,12 @@ use realize_core::DirId;
 use realize_core::Stop;
 use realize_net::metrics::Exporter;
 use realize_net::throttle::parse_rate;
+use realize_net::traces::TraceExport;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 /// Exit codes of SPEC §5.
 const EXIT_FAILED: u8 = 1;
@@ -113,6 +117,10 @@ struct Cli {
     /// The `instance` label of pushed metrics (default: this host's name).
     #[arg(long, value_name = "NAME")]
     metrics_instance: Option<String>,
+    /// Export traces to this OpenTelemetry collector (OTLP over gRPC, e.g.
+    /// http://localhost:4317); the daemons' spans join the same trace.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     /// Log format on stderr: `text` for people, `json` (one object per line) for machines.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -162,14 +170,39 @@ fn main() -> ExitCode {
         1 => "info",
         _ => "debug",
     };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            return usage_or_failure(EXIT_FAILED, format_args!("cannot start the runtime: {e}"));
+        }
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(output.log_writer());
-    match cli.log_format {
-        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => logs.json().init(),
-    }
+    let logs = tracing_subscriber::fmt::layer().with_writer(output.log_writer());
+    let logs: Box<dyn Layer<Registry> + Send + Sync> = match cli.log_format {
+        LogFormat::Text => Box::new(
+            logs.with_ansi(std::io::stderr().is_terminal())
+                .with_filter(filter),
+        ),
+        LogFormat::Json => Box::new(logs.json().with_filter(filter)),
+    };
+    let subscriber = tracing_subscriber::registry().with(logs);
+    let traces = match &cli.otlp_endpoint {
+        Some(endpoint) => {
+            let _runtime = runtime.enter();
+            match TraceExport::otlp(endpoint, "realize") {
+                // Spans are traced from INFO whatever the log filter says.
+                Ok((layer, export)) => {
+                    subscriber.with(layer.with_filter(LevelFilter::INFO)).init();
+                    Some(export)
+                }
+                Err(e) => return usage_or_failure(EXIT_FAILED, format_args!("{e}")),
+            }
+        }
+        None => {
+            subscriber.init();
+            None
+        }
+    };
     if let Some(Command::Keygen { out }) = cli.command {
         return match realize_cli::keygen(&out) {
             Ok(files) => {
@@ -209,12 +242,6 @@ fn main() -> ExitCode {
     let config = match config.validate() {
         Ok(config) => config,
         Err(UsageError(message)) => return usage_or_failure(EXIT_USAGE, format_args!("{message}")),
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            return usage_or_failure(EXIT_FAILED, format_args!("cannot start the runtime: {e}"));
-        }
     };
     let started = Instant::now();
     let deadline = config.max_duration.map(|d| started + d);
@@ -263,6 +290,10 @@ fn main() -> ExitCode {
             }
             _ => Ok(()),
         };
+        if let Some(traces) = traces {
+            // Blocking, and the export needs this runtime: on a blocking thread.
+            let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+        }
         run.map(|run| (run, pushed))
     });
     // Whatever is still running (a blocking read, a listing) must not hold

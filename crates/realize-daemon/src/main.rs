@@ -12,13 +12,14 @@ use realize_daemon::logging::LogFilter;
 use realize_daemon::{Control, Exit};
 use realize_net::keys::PrivateKey;
 use realize_net::metrics::Exporter;
+use realize_net::traces::TraceExport;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, reload};
+use tracing_subscriber::{EnvFilter, Layer, reload};
 
 /// Exit code when a second SIGTERM or SIGINT cut the shutdown short (as for
 /// a shell's Ctrl-C).
@@ -48,6 +49,10 @@ struct Args {
     /// Serve Prometheus metrics on http://HOST:PORT/metrics.
     #[arg(long, value_name = "HOST:PORT")]
     metrics_addr: Option<String>,
+    /// Export traces to this OpenTelemetry collector (OTLP over gRPC, e.g.
+    /// http://localhost:4317); calls join the trace of the `realize` run that made them.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     /// Log format on stderr: `text` for people, `json` (one object per line) for machines.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -75,15 +80,39 @@ fn main() -> ExitCode {
         .filter(|filter| EnvFilter::try_new(filter).is_ok())
         .unwrap_or_else(|| level.to_string());
     let (filter, handle) = reload::Layer::new(EnvFilter::new(&default));
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let registry = tracing_subscriber::registry().with(filter);
-    match args.log_format {
-        LogFormat::Text => registry
-            .with(layer.with_ansi(std::io::stderr().is_terminal()))
-            .init(),
-        LogFormat::Json => registry.with(layer.json()).init(),
-    }
-    match run(args, LogFilter::new(handle, default)) {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("realized: error: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs: Box<dyn Layer<_> + Send + Sync> = match args.log_format {
+        LogFormat::Text => Box::new(logs.with_ansi(std::io::stderr().is_terminal())),
+        LogFormat::Json => Box::new(logs.json()),
+    };
+    let subscriber = tracing_subscriber::registry().with(filter).with(logs);
+    let traces = match &args.otlp_endpoint {
+        Some(endpoint) => {
+            let _runtime = runtime.enter();
+            match TraceExport::otlp(endpoint, "realized") {
+                Ok((layer, export)) => {
+                    subscriber.with(layer).init();
+                    Some(export)
+                }
+                Err(e) => {
+                    eprintln!("realized: error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        None => {
+            subscriber.init();
+            None
+        }
+    };
+    match run(args, runtime, LogFilter::new(handle, default), traces) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -93,7 +122,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args, log: LogFilter) -> anyhow::Result<ExitCode> {
+fn run(
+    args: Args,
+    runtime: tokio::runtime::Runtime,
+    log: LogFilter,
+    traces: Option<TraceExport>,
+) -> anyhow::Result<ExitCode> {
     let source = ConfigSource {
         path: args.config,
         address: args.address,
@@ -109,7 +143,6 @@ fn run(args: Args, log: LogFilter) -> anyhow::Result<ExitCode> {
         Some(_) => Some(Exporter::install()?),
         None => None,
     };
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     let exit = runtime.block_on(async {
         let controls = signals()?;
         let metrics_stop = CancellationToken::new();
@@ -124,6 +157,10 @@ fn run(args: Args, log: LogFilter) -> anyhow::Result<ExitCode> {
         }
         let exit = realize_daemon::run(source, Some(log), controls).await;
         metrics_stop.cancel();
+        if let Some(traces) = traces {
+            // Blocking, and the export needs this runtime: on a blocking thread.
+            let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+        }
         anyhow::Ok(exit?)
     })?;
     if let Some(exporter) = &exporter {

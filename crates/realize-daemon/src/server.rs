@@ -219,6 +219,7 @@ fn observe<T>(method: &'static str, request: &Request<T>) -> Observed {
         }
         None => tracing::info_span!("rpc", method),
     };
+    realize_net::traces::continue_trace(&span, request.metadata());
     Observed { span, method }
 }
 

@@ -16,3 +16,4 @@ pub mod remote;
 pub mod retry;
 pub mod throttle;
 pub mod tls;
+pub mod traces;

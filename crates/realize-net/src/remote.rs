@@ -62,6 +62,7 @@ impl RemoteService {
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
+        crate::traces::inject(request.metadata_mut());
         if let Some(deadline) = self.deadline {
             // A zero timeout fails the call at once, which is what a passed deadline means.
             request.set_timeout(deadline.saturating_duration_since(Instant::now()));

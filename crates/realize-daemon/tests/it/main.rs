@@ -9,4 +9,5 @@ mod python;
 mod rejections;
 mod resilience;
 mod throttle;
+mod traces;
 mod util;
