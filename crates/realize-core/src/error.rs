@@ -78,6 +78,13 @@ pub enum StoreError {
         path: String,
         what: &'static str,
     },
+    #[error("{dir}/{path}: SHA-256 is {actual}, expected {expected}")]
+    HashMismatch {
+        dir: String,
+        path: String,
+        expected: crate::hash::Sha256Hash,
+        actual: crate::hash::Sha256Hash,
+    },
     #[error("{dir}/{path}: {op} failed")]
     Io {
         dir: String,
@@ -103,9 +110,9 @@ impl StoreError {
             | StoreError::NotBeneathRoot { .. }
             | StoreError::InvalidRequest { .. } => ErrorCode::InvalidArgument,
             StoreError::NotFound { .. } => ErrorCode::NotFound,
-            StoreError::NotAFile { .. } | StoreError::Changed { .. } => {
-                ErrorCode::FailedPrecondition
-            }
+            StoreError::NotAFile { .. }
+            | StoreError::Changed { .. }
+            | StoreError::HashMismatch { .. } => ErrorCode::FailedPrecondition,
             StoreError::OutOfRange { .. } => ErrorCode::OutOfRange,
             StoreError::RootUnavailable { .. } => ErrorCode::Unavailable,
             StoreError::Io { source, .. } => match source.kind() {

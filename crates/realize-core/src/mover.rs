@@ -29,10 +29,17 @@ use crate::progress::{FileProgress, Phase, Progress};
 use crate::service::{ByteRange, ByteStream, Entry, FileKind, FileStamp, Service};
 use crate::stop::Stop;
 
+/// Files below this size do not count against `MoveOptions::parallel`.
+const SMALL_FILE: u64 = 1024 * 1024;
+/// How many files may be in flight for each of `MoveOptions::parallel`,
+/// when they are small.
+const SMALL_FILES_PER_SLOT: usize = 8;
+
 /// Tuning of a move.
 #[derive(Clone, Debug)]
 pub struct MoveOptions {
-    /// Files in flight at once.
+    /// Files of 1 MiB or more in flight at once; smaller files may be up to
+    /// eight times as many, except with 1, which moves one file at a time.
     pub parallel: usize,
     /// Bytes compared, diffed and patched at a time when resuming; bounds
     /// the memory a delta needs on each side.
@@ -52,6 +59,14 @@ impl Default for MoveOptions {
 }
 
 impl MoveOptions {
+    /// How many files may be in flight; `parallel` 1 means one at a time.
+    fn files_in_flight(&self) -> usize {
+        match self.parallel {
+            1 => 1,
+            n => n * SMALL_FILES_PER_SLOT,
+        }
+    }
+
     /// The options with every field in the range the stores accept, so an
     /// embedding program cannot make a move loop (range 0) or always fail.
     fn clamped(&self) -> MoveOptions {
@@ -216,11 +231,22 @@ pub async fn move_files(
         jobs.iter().map(|job| job.entry.stamp.size).sum(),
     );
     let meter = Meter::new();
+    // `parallel` bounds the large files in flight; small ones are bound by
+    // round trips, not bandwidth, so many more of them may go at once.
+    let large_files = tokio::sync::Semaphore::new(options.parallel);
     let mut results = stream::iter(jobs)
         .map(|job| {
             let span = tracing::info_span!("file", dir = %job.dir, path = %job.entry.path);
-            let meter = &meter;
+            let (meter, large_files) = (&meter, &large_files);
             async move {
+                let _permit = if job.entry.stamp.size >= SMALL_FILE {
+                    tokio::select! {
+                        permit = large_files.acquire() => permit.ok(),
+                        () = stop.stopping() => None,
+                    }
+                } else {
+                    None
+                };
                 if stop.is_stopping() || !meter.can_finish(job.entry.stamp.size, stop) {
                     return (job, Outcome::Interrupted);
                 }
@@ -251,7 +277,7 @@ pub async fn move_files(
             }
             .instrument(span)
         })
-        .buffer_unordered(options.parallel);
+        .buffer_unordered(options.files_in_flight());
     let recorded = metrics();
     while let Some((job, outcome)) = results.next().await {
         match outcome {
@@ -475,36 +501,46 @@ async fn move_file(
                 .hash(dir, path, FileKind::Final, None)
                 .await
                 .map_err(MoveError::destination)?;
-            return Ok((result.hash, FileKind::Final, 0));
+            return Ok((Some(result.hash), 0));
         }
         let working = match (state.partial_stamp, state.final_stamp) {
             (Some(partial), _) => Some((FileKind::Partial, partial.size)),
             (None, Some(final_stamp)) => Some((FileKind::Final, final_stamp.size)),
             (None, None) => None,
         };
-        let sent = transfer.run(working).await?;
-        file.phase(Phase::Checking);
-        Ok((transfer.destination_hash().await?, FileKind::Partial, sent))
+        Ok((None, transfer.run(working).await?))
     };
-    let (source_hash, (mut destination_hash, kind, mut sent)) =
+    let (source_hash, (existing_hash, mut sent)) =
         future::try_join(source_hash, destination).await?;
-    if destination_hash != source_hash && kind == FileKind::Final {
-        tracing::info!(size, "destination differs from source, overwriting it");
-        sent += transfer.run(Some((FileKind::Final, size))).await?;
+    // An identical final file needs no check beyond the hashes just compared.
+    let expected = match existing_hash {
+        Some(hash) if hash == source_hash => None,
+        Some(_) => {
+            tracing::info!(size, "destination differs from source, overwriting it");
+            sent += transfer.run(Some((FileKind::Final, size))).await?;
+            Some(source_hash)
+        }
+        None => Some(source_hash),
+    };
+    if expected.is_some() {
         file.phase(Phase::Checking);
-        destination_hash = transfer.destination_hash().await?;
     }
-    if destination_hash != source_hash {
-        return Err(MoveError::HashMismatch {
-            dir: dir.clone(),
-            path: path.clone(),
-            source_hash,
-            destination_hash,
-        });
+    // The destination checks its SHA-256 against the source's on disk, then
+    // fsyncs and renames, in one call.
+    if let Err(error) = dst.finish(dir, path, expected).await {
+        if error.code() == ErrorCode::FailedPrecondition
+            && let Ok(destination_hash) = transfer.destination_hash().await
+            && destination_hash != source_hash
+        {
+            return Err(MoveError::HashMismatch {
+                dir: dir.clone(),
+                path: path.clone(),
+                source_hash,
+                destination_hash,
+            });
+        }
+        return Err(MoveError::destination(error));
     }
-    dst.finish(dir, path, Some(source_hash))
-        .await
-        .map_err(MoveError::destination)?;
     file.phase(Phase::Deleting);
     src.delete(dir, path, Some(entry.stamp))
         .await

@@ -153,13 +153,14 @@ pub trait Service: Send + Sync + std::fmt::Debug {
     ) -> Result<HashResult, ServiceError>;
 
     /// fsyncs the partial file and renames it to its final name (fsyncs an
-    /// existing final file if there is no partial one). `verified` is the
-    /// SHA-256 the caller checked the file against, for the audit log.
+    /// existing final file if there is no partial one). With `expected`, the
+    /// file is first checked to have that SHA-256, else nothing happens and
+    /// the call fails (FailedPrecondition).
     async fn finish(
         &self,
         dir: &DirId,
         path: &RelPath,
-        verified: Option<Sha256Hash>,
+        expected: Option<Sha256Hash>,
     ) -> Result<(), ServiceError>;
 
     /// Removes both forms and the parent directories left empty. With

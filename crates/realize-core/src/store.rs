@@ -197,6 +197,49 @@ async fn read_up_to(file: &mut File, buf: &mut BytesMut, len: usize) -> io::Resu
     Ok(())
 }
 
+/// SHA-256 of `range` of an open file (the whole file if `None`), and its
+/// stamp; a file that changes while it is read is refused.
+async fn hash_file(
+    file: &mut File,
+    range: Option<ByteRange>,
+    r: &Resolved,
+) -> Result<HashResult, StoreError> {
+    let before = stamp_of(&file.metadata().await.map_err(r.io("stat"))?);
+    let range = range.unwrap_or(ByteRange::new(0, before.size));
+    if range.start > range.end {
+        return Err(r.invalid("range ends before it starts"));
+    }
+    if range.end > before.size {
+        return Err(r.out_of_range(range, before.size));
+    }
+    file.seek(SeekFrom::Start(range.start))
+        .await
+        .map_err(r.io("seek"))?;
+    let mut hasher = Sha256::new();
+    let mut remaining = range.len();
+    let mut buf = BytesMut::with_capacity(HASH_BUFFER);
+    while remaining > 0 {
+        buf.clear();
+        let want = remaining.min(HASH_BUFFER as u64) as usize;
+        read_up_to(file, &mut buf, want)
+            .await
+            .map_err(r.io("read"))?;
+        if buf.is_empty() {
+            return Err(r.changed("shrank while being hashed"));
+        }
+        hasher.update(&buf);
+        remaining -= buf.len() as u64;
+    }
+    let after = stamp_of(&file.metadata().await.map_err(r.io("stat"))?);
+    if before != after {
+        return Err(r.changed("modified while being hashed"));
+    }
+    Ok(HashResult {
+        hash: Sha256Hash::from_hasher(hasher),
+        stamp: before,
+    })
+}
+
 /// Reads exactly `range` of `file`, which must hold it.
 async fn read_range(
     file: &mut File,
@@ -685,77 +728,61 @@ impl Service for LocalStore {
     ) -> Result<HashResult, ServiceError> {
         let r = self.resolve(dir, path).await?;
         let mut file = r.open(kind).await?;
-        let before = stamp_of(&file.metadata().await.map_err(r.io("stat"))?);
-        let range = range.unwrap_or(ByteRange::new(0, before.size));
-        if range.start > range.end {
-            return Err(r.invalid("range ends before it starts").into());
-        }
-        if range.end > before.size {
-            return Err(r.out_of_range(range, before.size).into());
-        }
-        file.seek(SeekFrom::Start(range.start))
-            .await
-            .map_err(r.io("seek"))?;
-        let mut hasher = Sha256::new();
-        let mut remaining = range.len();
-        let mut buf = BytesMut::with_capacity(HASH_BUFFER);
-        while remaining > 0 {
-            buf.clear();
-            let want = remaining.min(HASH_BUFFER as u64) as usize;
-            read_up_to(&mut file, &mut buf, want)
-                .await
-                .map_err(r.io("read"))?;
-            if buf.is_empty() {
-                return Err(r.changed("shrank while being hashed").into());
-            }
-            hasher.update(&buf);
-            remaining -= buf.len() as u64;
-        }
-        let after = stamp_of(&file.metadata().await.map_err(r.io("stat"))?);
-        if before != after {
-            return Err(r.changed("modified while being hashed").into());
-        }
-        Ok(HashResult {
-            hash: Sha256Hash::from_hasher(hasher),
-            stamp: before,
-        })
+        Ok(hash_file(&mut file, range, &r).await?)
     }
 
     async fn finish(
         &self,
         dir: &DirId,
         path: &RelPath,
-        verified: Option<Sha256Hash>,
+        expected: Option<Sha256Hash>,
     ) -> Result<(), ServiceError> {
         let r = self.resolve(dir, path).await?;
-        let sha256 = verified.map(|h| h.to_hex()).unwrap_or_default();
-        if let Some(meta) = r.lstat(FileKind::Partial).await? {
-            let file = r.open(FileKind::Partial).await?;
-            file.sync_all().await.map_err(r.io("fsync partial file"))?;
-            fs::rename(&r.partial_path, &r.final_path)
-                .await
-                .map_err(r.io("rename partial to final"))?;
-            // The rename is only durable once the directory itself is synced.
-            File::open(&r.parent)
-                .await
-                .map_err(r.io("open parent directory"))?
-                .sync_all()
-                .await
-                .map_err(r.io("fsync parent directory"))?;
-            tracing::info!(dir = %r.dir, path = %r.path, size = meta.len(), %sha256, "finished");
-            metrics().store_finished.add(1, &[]);
+        let kind = if r.lstat(FileKind::Partial).await?.is_some() {
+            FileKind::Partial
+        } else if r.lstat(FileKind::Final).await?.is_some() {
+            FileKind::Final
+        } else {
+            return Err(StoreError::NotFound {
+                dir: r.dir,
+                path: r.path,
+            }
+            .into());
+        };
+        let mut file = r.open(kind).await?;
+        // Verified and made durable through the same open file, so what is
+        // checked is what is renamed.
+        if let Some(expected) = expected {
+            let actual = hash_file(&mut file, None, &r).await?.hash;
+            if actual != expected {
+                return Err(StoreError::HashMismatch {
+                    dir: r.dir,
+                    path: r.path,
+                    expected,
+                    actual,
+                }
+                .into());
+            }
+        }
+        file.sync_all().await.map_err(r.io("fsync"))?;
+        if kind == FileKind::Final {
             return Ok(());
         }
-        if r.lstat(FileKind::Final).await?.is_some() {
-            let file = r.open(FileKind::Final).await?;
-            file.sync_all().await.map_err(r.io("fsync final file"))?;
-            return Ok(());
-        }
-        Err(StoreError::NotFound {
-            dir: r.dir,
-            path: r.path,
-        }
-        .into())
+        let size = file.metadata().await.map_err(r.io("stat"))?.len();
+        fs::rename(&r.partial_path, &r.final_path)
+            .await
+            .map_err(r.io("rename partial to final"))?;
+        // The rename is only durable once the directory itself is synced.
+        File::open(&r.parent)
+            .await
+            .map_err(r.io("open parent directory"))?
+            .sync_all()
+            .await
+            .map_err(r.io("fsync parent directory"))?;
+        let sha256 = expected.map(|h| h.to_hex()).unwrap_or_default();
+        tracing::info!(dir = %r.dir, path = %r.path, size, %sha256, "finished");
+        metrics().store_finished.add(1, &[]);
+        Ok(())
     }
 
     async fn delete(
