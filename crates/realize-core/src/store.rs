@@ -328,68 +328,81 @@ impl LocalStore {
     /// that is a symlink or not a directory, so nothing resolves outside the root.
     async fn resolve(&self, dir: &DirId, path: &RelPath) -> Result<Resolved, StoreError> {
         let root = self.root(dir)?.to_path_buf();
-        // A vanished root (an unmounted disk, say) must not be recreated by a
-        // write: that would put files where nobody expects them.
-        match fs::metadata(&root).await {
+        let (dir, path) = (dir.clone(), path.clone());
+        let task_dir = dir.to_string();
+        // One trip to the blocking pool for all the stats, not one per
+        // component: with small files, those trips are most of the cost.
+        tokio::task::spawn_blocking(move || resolve_blocking(root, &dir, &path))
+            .await
+            .map_err(|source| StoreError::Task {
+                dir: task_dir,
+                source,
+            })?
+    }
+}
+
+/// See [`LocalStore::resolve`].
+fn resolve_blocking(root: PathBuf, dir: &DirId, path: &RelPath) -> Result<Resolved, StoreError> {
+    // A vanished root (an unmounted disk, say) must not be recreated by a
+    // write: that would put files where nobody expects them.
+    match std::fs::metadata(&root) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(StoreError::RootUnavailable {
+                dir: dir.to_string(),
+                source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+            });
+        }
+        Err(source) => {
+            return Err(StoreError::RootUnavailable {
+                dir: dir.to_string(),
+                source,
+            });
+        }
+    }
+    let mut parent = root.clone();
+    let components: Vec<&str> = path.components().collect();
+    let (name, parents) = components
+        .split_last()
+        .ok_or_else(|| StoreError::InvalidRequest {
+            dir: dir.to_string(),
+            path: path.to_string(),
+            reason: "empty path".into(),
+        })?;
+    let mut missing = false;
+    for component in parents {
+        parent.push(component);
+        if missing {
+            continue;
+        }
+        match std::fs::symlink_metadata(&parent) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => {
-                return Err(StoreError::RootUnavailable {
+                return Err(StoreError::NotBeneathRoot {
                     dir: dir.to_string(),
-                    source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+                    path: path.to_string(),
+                    component: component.to_string(),
                 });
             }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => missing = true,
             Err(source) => {
-                return Err(StoreError::RootUnavailable {
+                return Err(StoreError::Io {
                     dir: dir.to_string(),
+                    path: path.to_string(),
+                    op: "stat parent directory",
                     source,
                 });
             }
         }
-        let mut parent = root.clone();
-        let components: Vec<&str> = path.components().collect();
-        let (name, parents) =
-            components
-                .split_last()
-                .ok_or_else(|| StoreError::InvalidRequest {
-                    dir: dir.to_string(),
-                    path: path.to_string(),
-                    reason: "empty path".into(),
-                })?;
-        let mut missing = false;
-        for component in parents {
-            parent.push(component);
-            if missing {
-                continue;
-            }
-            match fs::symlink_metadata(&parent).await {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    return Err(StoreError::NotBeneathRoot {
-                        dir: dir.to_string(),
-                        path: path.to_string(),
-                        component: component.to_string(),
-                    });
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => missing = true,
-                Err(source) => {
-                    return Err(StoreError::Io {
-                        dir: dir.to_string(),
-                        path: path.to_string(),
-                        op: "stat parent directory",
-                        source,
-                    });
-                }
-            }
-        }
-        Ok(Resolved {
-            dir: dir.to_string(),
-            path: path.to_string(),
-            root,
-            final_path: parent.join(name),
-            partial_path: parent.join(path.partial_name()),
-            parent,
-        })
     }
+    Ok(Resolved {
+        dir: dir.to_string(),
+        path: path.to_string(),
+        root,
+        final_path: parent.join(name),
+        partial_path: parent.join(path.partial_name()),
+        parent,
+    })
 }
 
 /// Walks a root without following symlinks; what is not a regular file or a
