@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -46,7 +46,7 @@ struct Inner {
 }
 
 /// Where the two forms of a path live on disk.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Resolved {
     dir: String,
     path: String,
@@ -99,9 +99,24 @@ impl Resolved {
         }
     }
 
+    /// Runs `op` on the blocking pool, in the caller's span: one trip for a
+    /// whole sequence of syscalls, which with small files is most of the cost.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Resolved) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (resolved, span) = (self.clone(), tracing::Span::current());
+        tokio::task::spawn_blocking(move || span.in_scope(|| op(&resolved)))
+            .await
+            .map_err(|source| StoreError::Task {
+                dir: self.dir.clone(),
+                source,
+            })?
+    }
+
     /// The metadata of a form if it exists; an error if it is not a regular file.
-    async fn lstat(&self, kind: FileKind) -> Result<Option<std::fs::Metadata>, StoreError> {
-        match fs::symlink_metadata(self.form(kind)).await {
+    fn lstat_blocking(&self, kind: FileKind) -> Result<Option<std::fs::Metadata>, StoreError> {
+        match std::fs::symlink_metadata(self.form(kind)) {
             Ok(m) if m.is_file() => Ok(Some(m)),
             Ok(_) => Err(StoreError::NotAFile {
                 dir: self.dir.clone(),
@@ -114,28 +129,29 @@ impl Resolved {
 
     /// The form that writes and deltas apply to: partial if present, else final.
     async fn working_copy(&self) -> Result<Option<(FileKind, u64)>, StoreError> {
-        if let Some(m) = self.lstat(FileKind::Partial).await? {
-            return Ok(Some((FileKind::Partial, m.len())));
-        }
-        Ok(self
-            .lstat(FileKind::Final)
-            .await?
-            .map(|m| (FileKind::Final, m.len())))
+        self.blocking(|r| {
+            for kind in [FileKind::Partial, FileKind::Final] {
+                if let Some(m) = r.lstat_blocking(kind)? {
+                    return Ok(Some((kind, m.len())));
+                }
+            }
+            Ok(None)
+        })
+        .await
     }
 
     /// Opens a form for reading; only a regular file opens. O_NONBLOCK keeps a
     /// FIFO from blocking the open (it changes nothing for regular files), and
     /// O_NOFOLLOW refuses a symlink.
-    async fn open(&self, kind: FileKind) -> Result<File, StoreError> {
+    fn open_blocking(&self, kind: FileKind) -> Result<std::fs::File, StoreError> {
         let not_a_file = || StoreError::NotAFile {
             dir: self.dir.clone(),
             path: self.path.clone(),
         };
-        let file = fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(self.form(kind))
-            .await
             .map_err(|e| match e.kind() {
                 io::ErrorKind::NotFound => StoreError::NotFound {
                     dir: self.dir.clone(),
@@ -144,36 +160,43 @@ impl Resolved {
                 _ if e.raw_os_error() == Some(libc::ELOOP) => not_a_file(),
                 _ => self.io("open")(e),
             })?;
-        let meta = file.metadata().await.map_err(self.io("stat"))?;
+        let meta = file.metadata().map_err(self.io("stat"))?;
         if !meta.is_file() {
             return Err(not_a_file());
         }
         Ok(file)
     }
 
+    async fn open(&self, kind: FileKind) -> Result<File, StoreError> {
+        self.blocking(move |r| r.open_blocking(kind))
+            .await
+            .map(File::from_std)
+    }
+
     /// Opens the partial file for writing, turning the final file into it
     /// (or creating it) if there is none.
     async fn open_partial_for_write(&self) -> Result<File, StoreError> {
-        if self.lstat(FileKind::Partial).await?.is_none() {
-            if let Some(final_meta) = self.lstat(FileKind::Final).await? {
-                fs::rename(&self.final_path, &self.partial_path)
-                    .await
-                    .map_err(self.io("rename final to partial"))?;
-                tracing::info!(dir = %self.dir, path = %self.path, size = final_meta.len(), "overwrite: final file turned back into partial file");
-            } else {
-                fs::create_dir_all(&self.parent)
-                    .await
-                    .map_err(self.io("create parent directories"))?;
+        self.blocking(|r| {
+            if r.lstat_blocking(FileKind::Partial)?.is_none() {
+                if let Some(final_meta) = r.lstat_blocking(FileKind::Final)? {
+                    std::fs::rename(&r.final_path, &r.partial_path)
+                        .map_err(r.io("rename final to partial"))?;
+                    tracing::info!(dir = %r.dir, path = %r.path, size = final_meta.len(), "overwrite: final file turned back into partial file");
+                } else {
+                    std::fs::create_dir_all(&r.parent)
+                        .map_err(r.io("create parent directories"))?;
+                }
             }
-        }
-        fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&self.partial_path)
-            .await
-            .map_err(self.io("open partial file"))
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&r.partial_path)
+                .map_err(r.io("open partial file"))
+        })
+        .await
+        .map(File::from_std)
     }
 }
 
@@ -751,18 +774,20 @@ impl Service for LocalStore {
         expected: Option<Sha256Hash>,
     ) -> Result<(), ServiceError> {
         let r = self.resolve(dir, path).await?;
-        let kind = if r.lstat(FileKind::Partial).await?.is_some() {
-            FileKind::Partial
-        } else if r.lstat(FileKind::Final).await?.is_some() {
-            FileKind::Final
-        } else {
-            return Err(StoreError::NotFound {
-                dir: r.dir,
-                path: r.path,
-            }
-            .into());
-        };
-        let mut file = r.open(kind).await?;
+        let (kind, file) = r
+            .blocking(|r| {
+                for kind in [FileKind::Partial, FileKind::Final] {
+                    if r.lstat_blocking(kind)?.is_some() {
+                        return Ok((kind, r.open_blocking(kind)?));
+                    }
+                }
+                Err(StoreError::NotFound {
+                    dir: r.dir.clone(),
+                    path: r.path.clone(),
+                })
+            })
+            .await?;
+        let mut file = File::from_std(file);
         // Verified and made durable through the same open file, so what is
         // checked is what is renamed.
         if let Some(expected) = expected {
@@ -777,24 +802,27 @@ impl Service for LocalStore {
                 .into());
             }
         }
-        file.sync_all().await.map_err(r.io("fsync"))?;
-        if kind == FileKind::Final {
-            return Ok(());
+        let file = file.into_std().await;
+        let size = r
+            .blocking(move |r| {
+                file.sync_all().map_err(r.io("fsync"))?;
+                let size = file.metadata().map_err(r.io("stat"))?.len();
+                if kind == FileKind::Partial {
+                    std::fs::rename(&r.partial_path, &r.final_path)
+                        .map_err(r.io("rename partial to final"))?;
+                    // The rename is only durable once the directory itself is synced.
+                    std::fs::File::open(&r.parent)
+                        .and_then(|d| d.sync_all())
+                        .map_err(r.io("fsync parent directory"))?;
+                }
+                Ok(size)
+            })
+            .await?;
+        if kind == FileKind::Partial {
+            let sha256 = expected.map(|h| h.to_hex()).unwrap_or_default();
+            tracing::info!(dir = %r.dir, path = %r.path, size, %sha256, "finished");
+            metrics().store_finished.add(1, &[]);
         }
-        let size = file.metadata().await.map_err(r.io("stat"))?.len();
-        fs::rename(&r.partial_path, &r.final_path)
-            .await
-            .map_err(r.io("rename partial to final"))?;
-        // The rename is only durable once the directory itself is synced.
-        File::open(&r.parent)
-            .await
-            .map_err(r.io("open parent directory"))?
-            .sync_all()
-            .await
-            .map_err(r.io("fsync parent directory"))?;
-        let sha256 = expected.map(|h| h.to_hex()).unwrap_or_default();
-        tracing::info!(dir = %r.dir, path = %r.path, size, %sha256, "finished");
-        metrics().store_finished.add(1, &[]);
         Ok(())
     }
 
@@ -805,35 +833,39 @@ impl Service for LocalStore {
         if_stamp: Option<FileStamp>,
     ) -> Result<(), ServiceError> {
         let r = self.resolve(dir, path).await?;
+        Ok(r.blocking(move |r| r.delete_blocking(if_stamp)).await?)
+    }
+}
+
+impl Resolved {
+    /// See [`Service::delete`]; all of it in one trip to the blocking pool.
+    fn delete_blocking(&self, if_stamp: Option<FileStamp>) -> Result<(), StoreError> {
         if let Some(expected) = if_stamp
-            && let Some(meta) = r.lstat(FileKind::Final).await?
+            && let Some(meta) = self.lstat_blocking(FileKind::Final)?
             && stamp_of(&meta) != expected
         {
-            return Err(r
-                .changed("differs from the version that was verified")
-                .into());
+            return Err(self.changed("differs from the version that was verified"));
         }
         for kind in [FileKind::Final, FileKind::Partial] {
             // For the audit line only: whatever is there goes, a symlink included.
-            let size = fs::symlink_metadata(r.form(kind))
-                .await
+            let size = std::fs::symlink_metadata(self.form(kind))
                 .ok()
                 .map(|m| m.len());
-            match fs::remove_file(r.form(kind)).await {
+            match std::fs::remove_file(self.form(kind)) {
                 Ok(()) => {
-                    tracing::info!(dir = %r.dir, path = %r.path, ?kind, size, "deleted");
+                    tracing::info!(dir = %self.dir, path = %self.path, ?kind, size, "deleted");
                     if kind == FileKind::Final {
                         metrics().store_deleted.add(1, &[]);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(r.io("remove file")(e).into()),
+                Err(e) => return Err(self.io("remove file")(e)),
             }
         }
-        let mut dir_path = r.parent.as_path();
-        while dir_path != r.root && dir_path.starts_with(&r.root) {
+        let mut dir_path = self.parent.as_path();
+        while dir_path != self.root && dir_path.starts_with(&self.root) {
             // Fails on the first directory that is not empty, which is the point.
-            if fs::remove_dir(dir_path).await.is_err() {
+            if std::fs::remove_dir(dir_path).is_err() {
                 break;
             }
             match dir_path.parent() {
