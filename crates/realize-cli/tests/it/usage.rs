@@ -92,7 +92,10 @@ fn usage_errors() {
     throttle_error(&["--throttle", "5000T"], "above the maximum");
     throttle_error(&["--max-duration", "30"], "--max-duration");
     throttle_error(&["--max-duration", "soon"], "--max-duration");
-    throttle_error(&["--max-duration", "0s"], "--max-duration must be longer than zero");
+    throttle_error(
+        &["--max-duration", "0s"],
+        "--max-duration must be longer than zero",
+    );
     throttle_error(&["--cutoff-mode", "gentle"], "--cutoff-mode");
 }
 
