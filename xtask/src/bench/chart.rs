@@ -57,12 +57,17 @@ pub fn draw(path: &Path, title: &str, panels: &[Panel]) -> anyhow::Result<()> {
             .caption(&panel.title, ("sans-serif", 17))
             .margin(12)
             .x_label_area_size(30)
-            .y_label_area_size(60)
-            .build_cartesian_2d((0..panel.bars.len()).into_segmented(), 0.0..top)?;
+            .y_label_area_size(70)
+            // A segmented range has one segment per value, the last included.
+            .build_cartesian_2d(
+                (0..panel.bars.len().saturating_sub(1)).into_segmented(),
+                0.0..top,
+            )?;
         chart
             .configure_mesh()
             .disable_x_mesh()
             .y_desc("MB/s (median)")
+            .y_label_formatter(&|y| format!("{y:.0}"))
             .x_label_formatter(&|x| match x {
                 SegmentValue::CenterOf(i) => panel
                     .bars
@@ -90,9 +95,14 @@ pub fn draw(path: &Path, title: &str, panels: &[Panel]) -> anyhow::Result<()> {
                 ),
         )?;
         chart.draw_series(panel.bars.iter().enumerate().map(|(i, b)| {
+            let figure = if b.mb_per_sec < 10.0 {
+                format!("{:.2}", b.mb_per_sec)
+            } else {
+                format!("{:.0}", b.mb_per_sec)
+            };
             let label = match b.note {
-                Some(note) => format!("{:.0} ({note})", b.mb_per_sec),
-                None => format!("{:.0}", b.mb_per_sec),
+                Some(note) => format!("{figure} ({note})"),
+                None => figure,
             };
             Text::new(
                 label,

@@ -137,7 +137,7 @@ fn measure(options: &Options, bins: &Binaries, work: &Path) -> anyhow::Result<Me
     for dir in [&pristine, &src, &dst] {
         std::fs::create_dir_all(dir)?;
     }
-    let servers = Servers::start(bins, &keys, work, &dst)?;
+    let mut servers = Servers::start(bins, &keys, work, &dst)?;
     let sets = if options.sets.is_empty() {
         DataSet::ALL.to_vec()
     } else {
@@ -172,6 +172,9 @@ fn measure(options: &Options, bins: &Binaries, work: &Path) -> anyhow::Result<Me
                 }
                 reset_copy(&pristine, &src)?;
                 clear_dir(&dst)?;
+                if tool == Tool::Rclone {
+                    servers.restart_rclone()?;
+                }
                 let command = servers.command(tool, bins, &keys, &src, &dst);
                 let cap = capped.then(|| Duration::from_secs(options.rclone_small_cap));
                 let entry = &mut timings[slot];

@@ -1,7 +1,7 @@
 //! The tools compared, their servers on loopback, and the command each runs to move a tree.
 
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -69,8 +69,9 @@ pub struct Servers {
     pub realized: Daemon,
     _rsync: Server,
     rsync_port: u16,
-    _rclone: Server,
+    rclone: Server,
     rclone_port: u16,
+    dst: PathBuf,
 }
 
 impl Servers {
@@ -101,24 +102,25 @@ impl Servers {
         let rsync = Server(rsync);
         wait_for_port(rsync_port)?;
 
-        let rclone_port = free_port()?;
-        let rclone = Command::new("rclone")
-            .args(["serve", "webdav", "-q", "--config", ""])
-            .arg(format!("--addr=127.0.0.1:{rclone_port}"))
-            .arg(dst)
-            .stdin(Stdio::null())
-            .spawn()
-            .context("cannot start rclone serve webdav")?;
-        let rclone = Server(rclone);
-        wait_for_port(rclone_port)?;
-
+        let (rclone, rclone_port) = serve_webdav(dst)?;
         Ok(Servers {
             realized,
             _rsync: rsync,
             rsync_port,
-            _rclone: rclone,
+            rclone,
             rclone_port,
+            dst: dst.to_path_buf(),
         })
+    }
+
+    /// Starts `rclone serve webdav` afresh. Its directory cache would
+    /// otherwise remember the files of the previous run, emptied behind its
+    /// back, and `rclone move` would skip them as already there.
+    pub fn restart_rclone(&mut self) -> anyhow::Result<()> {
+        let (rclone, port) = serve_webdav(&self.dst)?;
+        self.rclone = rclone;
+        self.rclone_port = port;
+        Ok(())
     }
 
     /// The command that moves (or, for cp, copies) the tree `src` into the destination.
@@ -166,6 +168,20 @@ impl Servers {
             }
         }
     }
+}
+
+fn serve_webdav(dst: &Path) -> anyhow::Result<(Server, u16)> {
+    let port = free_port()?;
+    let child = Command::new("rclone")
+        .args(["serve", "webdav", "-q", "--config", ""])
+        .arg(format!("--addr=127.0.0.1:{port}"))
+        .arg(dst)
+        .stdin(Stdio::null())
+        .spawn()
+        .context("cannot start rclone serve webdav")?;
+    let server = Server(child);
+    wait_for_port(port)?;
+    Ok((server, port))
 }
 
 /// A loopback port nothing listens on (for servers that cannot report the port they bound).
