@@ -68,13 +68,25 @@ struct Tally {
     /// Files left on the source, or unexpected on the destination, after the completing run.
     misplaced: u64,
     unfinished: u32,
+    /// Times the daemon exited without being killed by the suite.
+    daemon_exits: u32,
+    /// Daemon restarts and cuts that realize got over by itself, retrying.
+    recovered: u32,
+    /// Why realize gave up after the others, by iteration.
+    not_recovered: Vec<String>,
     /// One line per violation, with the iteration and seed to reproduce it.
     findings: Vec<String>,
 }
 
 impl Tally {
     fn failed(&self) -> bool {
-        self.lost + self.corrupt + self.stray_partials + self.misplaced > 0 || self.unfinished > 0
+        self.lost + self.corrupt + self.stray_partials + self.misplaced > 0
+            || self.unfinished + self.daemon_exits > 0
+    }
+
+    fn finding(&mut self, what: String) {
+        eprintln!("  FINDING {what}");
+        self.findings.push(what);
     }
 }
 
@@ -140,7 +152,9 @@ impl Chaos {
     fn spawn_move(&self, addr: &str) -> anyhow::Result<Child> {
         self.keys
             .move_command(&self.bins, &self.src, addr, "d")
-            .args(["--quiet"])
+            // A restarted daemon or a new connection is there at once; more
+            // tries would only stretch an iteration that has gone wrong.
+            .args(["--quiet", "--retries", "3"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -149,9 +163,10 @@ impl Chaos {
 
     /// Runs the move without faults until it succeeds, at most
     /// `COMPLETION_RUNS` times; returns the runs it took, or the last error.
-    fn complete(&self) -> anyhow::Result<Result<u32, String>> {
+    fn complete(&mut self, tally: &mut Tally, label: &str) -> anyhow::Result<Result<u32, String>> {
         let mut last = String::new();
         for runs in 1..=COMPLETION_RUNS {
+            self.check_daemon(tally, label)?;
             let child = self.spawn_move(&self.daemon.addr)?;
             let (status, stderr) = wait(child)?;
             if status.is_some_and(|s| s.success()) {
@@ -160,6 +175,21 @@ impl Chaos {
             last = format!("{}: {}", describe(status), stderr.trim());
         }
         Ok(Err(last))
+    }
+}
+
+impl Chaos {
+    /// The daemon must only die when the suite kills it; if it exited on
+    /// its own (a crash, or a signal from outside), that is reported and it
+    /// is started again so the run can go on.
+    fn check_daemon(&mut self, tally: &mut Tally, label: &str) -> anyhow::Result<()> {
+        if let Some(status) = self.daemon.revive()? {
+            tally.daemon_exits += 1;
+            tally.finding(format!(
+                "{label}: realized exited on its own ({status}); restarted, see its log"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -251,10 +281,7 @@ fn check(
     finished: bool,
 ) -> anyhow::Result<()> {
     let (src_files, dst_files) = (list_files(src)?, list_files(dst)?);
-    let finding = |tally: &mut Tally, what: String| {
-        eprintln!("  FINDING {label}: {what}");
-        tally.findings.push(format!("{label}: {what}"));
-    };
+    let finding = |tally: &mut Tally, what: String| tally.finding(format!("{label}: {what}"));
     for (rel, expected) in manifest {
         tally.file_checks += 1;
         let mut intact = 0;
@@ -347,12 +374,12 @@ pub fn chaos(root: &Path, options: &Options) -> anyhow::Result<()> {
     // at which faults are injected.
     let (manifest, _) = generate(&chaos.src, options.seed ^ 0x5EED)?;
     let calibration_start = Instant::now();
-    let calibration = chaos.complete()?;
+    let mut tally = Tally::default();
+    let calibration = chaos.complete(&mut tally, "clean move")?;
     let span = calibration_start.elapsed();
     if let Err(error) = calibration {
         bail!("the clean move before the faults failed: {error}");
     }
-    let mut tally = Tally::default();
     check(
         &mut tally,
         "clean move",
@@ -384,7 +411,8 @@ pub fn chaos(root: &Path, options: &Options) -> anyhow::Result<()> {
         clear_dir(&chaos.dst)?;
         let (manifest, total) = generate(&chaos.src, options.seed.wrapping_add(u64::from(i)))?;
         let at = span.mul_f64(rng.unit());
-        let (hit, moment) = inject(&mut chaos, fault, at, total, &mut rng)?;
+        let (hit, moment) = inject(&mut chaos, &mut tally, &label, fault, at, total, &mut rng)?;
+        chaos.check_daemon(&mut tally, &label)?;
         *if hit {
             tally.injected.entry(fault).or_default()
         } else {
@@ -398,7 +426,7 @@ pub fn chaos(root: &Path, options: &Options) -> anyhow::Result<()> {
             &manifest,
             false,
         )?;
-        match chaos.complete()? {
+        match chaos.complete(&mut tally, &label)? {
             Ok(runs) => {
                 check(
                     &mut tally,
@@ -420,9 +448,7 @@ pub fn chaos(root: &Path, options: &Options) -> anyhow::Result<()> {
             }
             Err(error) => {
                 tally.unfinished += 1;
-                let what = format!("{label}: the move did not complete: {error}");
-                eprintln!("  FINDING {what}");
-                tally.findings.push(what);
+                tally.finding(format!("{label}: the move did not complete: {error}"));
             }
         }
         tally.iterations += 1;
@@ -450,6 +476,8 @@ pub fn chaos(root: &Path, options: &Options) -> anyhow::Result<()> {
 /// while it was in flight, and when or how it struck.
 fn inject(
     chaos: &mut Chaos,
+    tally: &mut Tally,
+    label: &str,
     fault: Fault,
     at: Duration,
     total: u64,
@@ -476,15 +504,21 @@ fn inject(
                 chaos.daemon.kill()?;
                 chaos.daemon.restart()?;
             }
-            // realize retries on its own; whether it finishes is checked below.
-            wait(child)?;
+            // realize retries on its own; whether it finished is counted.
+            let (status, stderr) = wait(child)?;
+            if hit {
+                recovered(tally, label, status, &stderr);
+            }
             hit
         }
         Fault::CutConnection => {
             let started = Instant::now();
             let mut child = chaos.spawn_move(&chaos.proxy.addr)?;
             let hit = still_running_at(&mut child, started, at)? && chaos.proxy.cut() > 0;
-            wait(child)?;
+            let (status, stderr) = wait(child)?;
+            if hit {
+                recovered(tally, label, status, &stderr);
+            }
             hit
         }
         Fault::DiskFull => {
@@ -504,6 +538,27 @@ fn inject(
         }
     };
     Ok((hit, moment))
+}
+
+/// Counts a network fault that realize's retries got over, and notes why
+/// when they did not (not a broken invariant: the completing run follows).
+fn recovered(tally: &mut Tally, label: &str, status: Option<ExitStatus>, stderr: &str) {
+    if status.is_some_and(|s| s.success()) {
+        tally.recovered += 1;
+        return;
+    }
+    // The first error says why; the summary line only counts.
+    let why = stderr
+        .lines()
+        .find(|l| l.contains("ERROR"))
+        .unwrap_or(stderr.trim());
+    let note = format!(
+        "{label}: realize gave up ({}): `{}`",
+        describe(status),
+        why.trim()
+    );
+    eprintln!("  {note}");
+    tally.not_recovered.push(note);
 }
 
 fn report(tally: &Tally, options: &Options, elapsed: Duration, disk_full: bool) -> String {
@@ -532,6 +587,15 @@ fn report(tally: &Tally, options: &Options, elapsed: Duration, disk_full: bool) 
             tally.missed.get(&fault).copied().unwrap_or(0)
         );
     }
+    let network: u32 = [Fault::KillDaemon, Fault::CutConnection]
+        .iter()
+        .map(|f| tally.injected.get(f).copied().unwrap_or(0))
+        .sum();
+    let _ = writeln!(
+        out,
+        "| daemon restarts and cuts that realize's own retries finished (exit 0) | {} of {network} |",
+        tally.recovered
+    );
     let _ = writeln!(
         out,
         "| file checks (after each fault and after each completing run) | {} |",
@@ -554,8 +618,22 @@ fn report(tally: &Tally, options: &Options, elapsed: Duration, disk_full: bool) 
         "| moves that did not complete in {COMPLETION_RUNS} runs | {} |",
         tally.unfinished
     );
+    let _ = writeln!(
+        out,
+        "| times realized exited without being killed by the suite | {} |",
+        tally.daemon_exits
+    );
     let _ = writeln!(out, "| seed | {} |", options.seed);
     let _ = writeln!(out, "| duration | {:.0?} |", elapsed);
+    if !tally.not_recovered.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nNetwork faults that realize did not get over by itself (the completing run then finished the move):\n"
+        );
+        for note in &tally.not_recovered {
+            let _ = writeln!(out, "- {note}");
+        }
+    }
     for finding in &tally.findings {
         let _ = writeln!(out, "\nFINDING {finding}");
     }

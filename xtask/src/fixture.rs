@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
@@ -154,6 +154,17 @@ impl Daemon {
         self.child.kill().context("cannot kill realized")?;
         self.child.wait().context("cannot reap realized")?;
         Ok(())
+    }
+
+    /// If the daemon has exited on its own, starts it again and returns how it exited.
+    pub fn revive(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        match self.child.try_wait().context("cannot check on realized")? {
+            Some(status) => {
+                self.restart()?;
+                Ok(Some(status))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Starts the daemon again with the same config on the same address.
