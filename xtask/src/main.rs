@@ -1,35 +1,74 @@
 //! `cargo xtask`: the project's automation, in Rust rather than shell scripts.
 //!
-//! - `cargo xtask ci`: what CI runs: formatting, clippy, and every test.
+//! - `cargo xtask ci`: what CI runs: formatting, clippy, every test, and a
+//!   short chaos run.
 //! - `cargo xtask demo`: a five-minute tour in one command: keys, a daemon on
 //!   loopback, and a verified move into it.
+//! - `cargo xtask bench`: realize against rsync, rclone and cp, resume,
+//!   memory and RPC latency, written to docs/benchmarks.md and its chart.
 //! - `cargo xtask bench throttle`: how closely moves keep to `--throttle-up`
 //!   and `--throttle-down`, written to docs/bench-throttle.md.
+//! - `cargo xtask chaos`: moves under injected faults, checking the invariant.
 
 mod bench;
+mod chaos;
+mod fixture;
+mod proxy;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "realize's automation")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// What CI runs: fmt --check, clippy -D warnings, all tests, chaos --iterations 5.
+    Ci,
+    /// Builds, makes keys, starts a daemon on loopback and moves a sample tree into it.
+    Demo,
+    /// Benchmarks with the release binaries, on tmpfs and loopback.
+    Bench(bench::Options),
+    /// Moves under injected faults; fails if any file is lost or corrupt.
+    Chaos {
+        /// Moves to run, one fault each.
+        #[arg(long, default_value_t = 50)]
+        iterations: u32,
+        /// Seed of the data and of the fault moments, to reproduce a run.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Write the figures to docs/reliability.md.
+        #[arg(long)]
+        doc: bool,
+    },
+}
 
 fn main() -> anyhow::Result<()> {
-    let task = std::env::args().nth(1);
-    match task.as_deref() {
-        Some("ci") => ci(),
-        Some("demo") => demo(),
-        Some("bench") => match std::env::args().nth(2).as_deref() {
-            Some("throttle") => bench::throttle(&workspace_root()),
-            _ => {
-                eprintln!("usage: cargo xtask bench throttle");
-                std::process::exit(2);
-            }
-        },
-        _ => {
-            eprintln!("usage: cargo xtask <ci|demo|bench throttle>");
-            std::process::exit(2);
-        }
+    let root = workspace_root();
+    match Cli::parse().task {
+        Task::Ci => ci(&root),
+        Task::Demo => demo(),
+        Task::Bench(options) => bench::bench(&root, &options),
+        Task::Chaos {
+            iterations,
+            seed,
+            doc,
+        } => chaos::chaos(
+            &root,
+            &chaos::Options {
+                iterations,
+                seed,
+                write_doc: doc,
+            },
+        ),
     }
 }
 
@@ -38,6 +77,19 @@ fn workspace_root() -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The CPU's model name, to describe the machine next to measured figures.
+pub(crate) fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
 }
 
 pub(crate) fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
@@ -53,7 +105,7 @@ pub(crate) fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ci() -> anyhow::Result<()> {
+fn ci(root: &Path) -> anyhow::Result<()> {
     run("cargo", &["fmt", "--all", "--", "--check"])?;
     run(
         "cargo",
@@ -66,12 +118,21 @@ fn ci() -> anyhow::Result<()> {
             "warnings",
         ],
     )?;
-    run("cargo", &["test", "--workspace"])
+    run("cargo", &["test", "--workspace"])?;
+    // A short run: every kind of fault at least once, in about a minute.
+    chaos::chaos(
+        root,
+        &chaos::Options {
+            iterations: 5,
+            seed: 1,
+            write_doc: false,
+        },
+    )
 }
 
 fn demo() -> anyhow::Result<()> {
     run("cargo", &["build", "--workspace", "--bins"])?;
-    let bin = workspace_root().join("target/debug");
+    let bin = fixture::target_dir(&workspace_root()).join("debug");
     let demo = std::env::temp_dir().join(format!("realize-demo-{}", std::process::id()));
     let (src, dst) = (demo.join("laptop/photos"), demo.join("server/photos"));
     for (rel, size) in [

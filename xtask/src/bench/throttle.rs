@@ -1,93 +1,25 @@
-//! Benchmarks that drive the release binaries the way a user would.
+//! `cargo xtask bench throttle`: how closely moves keep to `--throttle-up` and `--throttle-down`.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 
-use crate::run;
-
-/// A `realized` on loopback serving one directory `d`, with the keys a
-/// client needs to reach it.
-struct Daemon {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::fixture::{Binaries, Daemon, Keys, scratch};
 
 struct Bench {
-    bin: PathBuf,
+    bins: Binaries,
+    keys: Keys,
     work: PathBuf,
 }
 
 impl Bench {
-    fn new(root: &Path) -> anyhow::Result<Self> {
-        run("cargo", &["build", "--release", "--bins"])?;
-        // tmpfs when there is one, so the disk is not what is measured.
-        let base = if Path::new("/dev/shm").is_dir() {
-            PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
-        };
-        let work = base.join(format!("realize-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&work)?;
-        let bench = Bench {
-            bin: root.join("target/release"),
-            work,
-        };
-        for name in ["client", "daemon"] {
-            let status = Command::new(bench.bin.join("realize"))
-                .args(["keygen", "--out"])
-                .arg(bench.work.join(name))
-                .stdout(Stdio::null())
-                .status()?;
-            if !status.success() {
-                bail!("realize keygen failed");
-            }
-        }
-        Ok(bench)
-    }
-
-    fn daemon(&self, root: &Path) -> anyhow::Result<Daemon> {
-        let config = self.work.join("realized.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "address = \"127.0.0.1:0\"\nprivkey = \"daemon.key\"\n[dirs]\nd = {root:?}\n[peers.client]\npublic_key_file = \"client.pub.pem\"\n"
-            ),
-        )?;
-        let mut child = Command::new(self.bin.join("realized"))
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "warn,realize_daemon=info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("cannot start realized")?;
-        let stderr = child.stderr.take().context("no stderr")?;
-        let mut lines = BufReader::new(stderr).lines();
-        let addr = loop {
-            let Some(line) = lines.next() else {
-                bail!("realized exited before listening");
-            };
-            if let Some(rest) = line?.split("listening on ").nth(1) {
-                break rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-            }
-        };
-        std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
-        Ok(Daemon { child, addr })
+    fn new(bins: Binaries) -> anyhow::Result<Self> {
+        let work = scratch("bench-throttle")?;
+        let keys = Keys::generate(&bins, &work)?;
+        Ok(Bench { bins, keys, work })
     }
 
     /// Moves one file of `size` bytes and returns the wall time of `realize`.
@@ -107,8 +39,15 @@ impl Bench {
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
             .collect();
         std::fs::write(src.join("f.bin"), &data)?;
-        let daemon = self.daemon(if upload { &dst } else { &src })?;
-        let mut command = Command::new(self.bin.join("realize"));
+        let config = self.work.join("realized.toml");
+        self.keys
+            .daemon_config(&config, &[("d", if upload { &dst } else { &src })])?;
+        let daemon = Daemon::start(
+            &self.bins.realized,
+            &config,
+            &self.work.join("realized.log"),
+        )?;
+        let mut command = Command::new(&self.bins.realize);
         if upload {
             command
                 .arg("--src-path")
@@ -122,9 +61,9 @@ impl Bench {
         }
         command
             .arg("--privkey")
-            .arg(self.work.join("client.key"))
+            .arg(&self.keys.client_key)
             .arg("--peers")
-            .arg(self.work.join("daemon.pub.pem"))
+            .arg(&self.keys.daemon_pub)
             .args(["--quiet", flag, &rate.to_string(), "d"])
             .stdout(Stdio::null());
         let started = Instant::now();
@@ -145,8 +84,8 @@ impl Drop for Bench {
 
 /// For each limit and direction: a move of 4 s worth of bytes (the rate held
 /// once started), and of 0.5 s worth (how much the start bursts).
-pub fn throttle(root: &Path) -> anyhow::Result<()> {
-    let bench = Bench::new(root)?;
+pub fn throttle(root: &Path, bins: Binaries) -> anyhow::Result<()> {
+    let bench = Bench::new(bins)?;
     let mut table = String::from(
         "| direction | limit | 4 s of data: rate | rate / limit | 0.5 s of data: rate | rate / limit |\n|---|---|---|---|---|---|\n",
     );
@@ -172,15 +111,7 @@ pub fn throttle(root: &Path) -> anyhow::Result<()> {
             table.push('\n');
         }
     }
-    let machine = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
+    let machine = crate::cpu_model();
     let doc = format!(
         "# Throttle accuracy\n\n\
          Written by `cargo xtask bench throttle`: release binaries, a real `realized` on loopback with TLS, files on tmpfs, {} cores ({machine}).\n\
