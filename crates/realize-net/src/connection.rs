@@ -400,7 +400,7 @@ pub async fn connect(
             ConnectError::UntrustedServer { addr, source }
         } else if chain_has(&source, |e| {
             e.get_ref()
-                .is_some_and(|inner| inner.is::<ClosedAfterHandshake>())
+                .is_some_and(|inner| inner.is::<RefusedAfterHandshake>())
         }) {
             ConnectError::RefusedByServer { addr, source }
         } else if chain_has(&source, |e| e.kind() == io::ErrorKind::TimedOut) {
@@ -432,10 +432,17 @@ async fn dial(
     let mut tls = connector.connect(name, send_limit.wrap(tcp)).await?;
     let mut first = vec![0u8; FIRST_READ];
     match tls.read(&mut first).await {
-        Ok(0) | Err(_) => Err(io::Error::new(
+        // A TLS alert is how the daemon refuses our certificate; a bare end or
+        // reset is a daemon that died or was cut off, worth trying again.
+        Err(e) if is_alert(&e) => Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
-            ClosedAfterHandshake,
+            RefusedAfterHandshake,
         )),
+        Ok(0) => Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "connection closed right after the TLS handshake",
+        )),
+        Err(e) => Err(e),
         Ok(n) => {
             first.truncate(n);
             Ok(ClientConn {
@@ -450,11 +457,18 @@ async fn dial(
 /// Enough for the daemon's HTTP/2 settings frame.
 const FIRST_READ: usize = 4096;
 
-/// The daemon closed the connection (with an alert, a reset or EOF) right after the
-/// handshake: that is how a TLS 1.3 server refuses a client certificate.
+/// The daemon answered the end of the handshake with a TLS alert: that is how a
+/// TLS 1.3 server refuses a client certificate.
 #[derive(Debug, thiserror::Error)]
-#[error("connection closed right after the TLS handshake")]
-struct ClosedAfterHandshake;
+#[error("the daemon sent a TLS alert right after the handshake")]
+struct RefusedAfterHandshake;
+
+fn is_alert(error: &io::Error) -> bool {
+    error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| matches!(e, rustls::Error::AlertReceived(_)))
+}
 
 /// A client TLS stream that first replays the bytes [`dial`] read to check the daemon
 /// accepted us.
