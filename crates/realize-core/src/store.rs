@@ -527,6 +527,17 @@ impl Service for LocalStore {
                 .invalid(format!("offset {offset} is past the file size {file_size}"))
                 .into());
         }
+        // The first chunk is checked before the partial file is opened, so a request
+        // whose data is refused from the start changes nothing on disk.
+        let first = data.next().await.transpose()?;
+        if let Some(chunk) = &first
+            && offset + chunk.len() as u64 > file_size
+        {
+            return Err(r
+                .invalid(format!("data goes past the file size {file_size}"))
+                .into());
+        }
+        let mut data = stream::iter(first.map(Ok)).chain(data);
         let mut file = r.open_partial_for_write().await?;
         file.seek(SeekFrom::Start(offset))
             .await

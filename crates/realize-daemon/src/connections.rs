@@ -224,13 +224,15 @@ impl Connections {
         let this = Arc::clone(self);
         self.tracker.spawn(
             async move {
-                let _registered = registered;
-                let connection =
-                    builder.serve_connection(TokioIo::new(conn), TowerToHyperService::new(service));
-                tokio::pin!(connection);
+                let mut connection = Box::pin(
+                    builder.serve_connection(TokioIo::new(conn), TowerToHyperService::new(service)),
+                );
                 let idle = active.idle_for(|| idle_live.current().limits.idle_timeout);
                 tokio::select! {
                     result = connection.as_mut() => {
+                        // Released before the line is logged, so whoever reads it finds
+                        // the connection no longer counted against any limit.
+                        drop((connection, registered));
                         log_end(result, "connection closed by the peer");
                         return;
                     }
@@ -251,6 +253,7 @@ impl Connections {
                     reset.cancel();
                     closed = tokio::time::timeout(CLOSE_TIMEOUT, connection.as_mut()).await;
                 }
+                drop((connection, registered));
                 match closed {
                     Ok(result) => log_end(result, "connection closed"),
                     Err(_) => {

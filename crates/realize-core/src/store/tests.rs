@@ -244,6 +244,24 @@ async fn write_past_the_file_size_is_refused() {
 }
 
 #[tokio::test]
+async fn a_write_refused_at_its_first_chunk_changes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    write_file(root, "f", b"final");
+    let store = store(root);
+    let result = store
+        .write(&dir(), &rel("f"), 0, 3, chunks([vec![1; 4]]))
+        .await;
+    assert_eq!(code(result), ErrorCode::InvalidArgument);
+    let failing = futures::stream::iter([Err(ServiceError::Protocol("broken".into()))]).boxed();
+    let result = store.write(&dir(), &rel("sub/g"), 0, 3, failing).await;
+    assert_eq!(code(result), ErrorCode::Internal);
+    assert_eq!(read_file(root, "f"), b"final", "the final file stays final");
+    assert!(!exists(root, ".f.part"));
+    assert!(!exists(root, "sub"), "no parent directory is created");
+}
+
+#[tokio::test]
 async fn write_turns_an_existing_final_file_into_the_partial_file() {
     let root = tempfile::tempdir().unwrap();
     let root = root.path();

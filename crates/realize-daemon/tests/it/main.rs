@@ -8,5 +8,6 @@ mod observability;
 mod python;
 mod rejections;
 mod resilience;
+mod security;
 mod throttle;
 mod util;
