@@ -14,6 +14,8 @@
 
 pub mod config;
 mod connections;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod lifecycle;
 mod limits;
 pub mod logging;
