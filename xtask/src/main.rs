@@ -5,8 +5,12 @@
 //!   loopback, and a verified move into it.
 //! - `cargo xtask bench throttle`: how closely moves keep to `--throttle-up`
 //!   and `--throttle-down`, written to docs/bench-throttle.md.
+//! - `cargo xtask fuzz [SECONDS]`: each fuzz target in `fuzz/` for SECONDS
+//!   (default 60), with the executions and crashes of each (needs nightly
+//!   and cargo-fuzz; not part of `ci`).
 
 mod bench;
+mod fuzz;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -19,6 +23,13 @@ fn main() -> anyhow::Result<()> {
     match task.as_deref() {
         Some("ci") => ci(),
         Some("demo") => demo(),
+        Some("fuzz") => {
+            let seconds = match std::env::args().nth(2) {
+                Some(s) => s.parse().context("usage: cargo xtask fuzz [SECONDS]")?,
+                None => 60,
+            };
+            fuzz::fuzz(&workspace_root(), seconds)
+        }
         Some("bench") => match std::env::args().nth(2).as_deref() {
             Some("throttle") => bench::throttle(&workspace_root()),
             _ => {
@@ -27,7 +38,7 @@ fn main() -> anyhow::Result<()> {
             }
         },
         _ => {
-            eprintln!("usage: cargo xtask <ci|demo|bench throttle>");
+            eprintln!("usage: cargo xtask <ci|demo|bench throttle|fuzz [SECONDS]>");
             std::process::exit(2);
         }
     }
