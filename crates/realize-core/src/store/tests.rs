@@ -333,7 +333,9 @@ async fn an_error_in_the_data_aborts_the_write_as_is() {
 /// occupies before yielding `head`, so the background write of `head` is
 /// queued behind it. The blocker is released only once `write` waits for
 /// something after `second` was yielded; a `write` that returns at once is
-/// caught with `head` not yet on disk.
+/// caught with `head` not yet on disk. An empty chunk comes first: `write`
+/// takes its first chunk before opening the partial file, and that open
+/// needs the blocking thread.
 fn aborted_write(
     head: Vec<u8>,
     second: Result<Bytes, ServiceError>,
@@ -368,7 +370,10 @@ fn aborted_write(
         flag.store(true, Ordering::SeqCst);
         second
     });
-    let data = first.chain(second).boxed();
+    let data = stream::once(async { Ok(Bytes::new()) })
+        .chain(first)
+        .chain(second)
+        .boxed();
 
     let outcome = runtime.block_on(async {
         let (d, f) = (dir(), rel("f"));
