@@ -537,7 +537,12 @@ impl Service for LocalStore {
                 .invalid(format!("data goes past the file size {file_size}"))
                 .into());
         }
-        let mut data = stream::iter(first.map(Ok)).chain(data);
+        // A stream that has ended must not be polled again: the handler's streams
+        // panic if they are.
+        let mut data = match first {
+            Some(chunk) => stream::once(async { Ok(chunk) }).chain(data).boxed(),
+            None => stream::empty().boxed(),
+        };
         let mut file = r.open_partial_for_write().await?;
         file.seek(SeekFrom::Start(offset))
             .await

@@ -244,6 +244,18 @@ async fn write_past_the_file_size_is_refused() {
 }
 
 #[tokio::test]
+async fn a_write_without_data_sets_the_size_and_polls_no_ended_stream() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let store = store(root);
+    // An unfold panics if polled after its end, as the daemon's request streams do.
+    let data = stream::unfold((), |()| async { None::<(Result<Bytes, ServiceError>, ())> }).boxed();
+    let written = store.write(&dir(), &rel("f"), 0, 5, data).await.unwrap();
+    assert_eq!(written, 0);
+    assert_eq!(read_file(root, ".f.part"), [0; 5]);
+}
+
+#[tokio::test]
 async fn a_write_refused_at_its_first_chunk_changes_nothing() {
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
