@@ -9,10 +9,14 @@
 //! - `cargo xtask bench throttle`: how closely moves keep to `--throttle-up`
 //!   and `--throttle-down`, written to docs/bench-throttle.md.
 //! - `cargo xtask chaos`: moves under injected faults, checking the invariant.
+//! - `cargo xtask fuzz [--seconds N]`: each fuzz target in `fuzz/` for N
+//!   seconds (default 60), with the executions and crashes of each (needs
+//!   nightly and cargo-fuzz; not part of `ci`).
 
 mod bench;
 mod chaos;
 mod fixture;
+mod fuzz;
 mod proxy;
 
 use std::io::{BufRead, BufReader};
@@ -37,6 +41,12 @@ enum Task {
     Demo,
     /// Benchmarks with the release binaries, on tmpfs and loopback.
     Bench(bench::Options),
+    /// Runs each fuzz target (needs nightly and cargo-fuzz).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Moves under injected faults; fails if any file is lost or corrupt.
     Chaos {
         /// Moves to run, one fault each.
@@ -56,6 +66,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Ci => ci(&root),
         Task::Demo => demo(),
+        Task::Fuzz { seconds } => fuzz::fuzz(&root, seconds),
         Task::Bench(options) => bench::bench(&root, &options),
         Task::Chaos {
             iterations,

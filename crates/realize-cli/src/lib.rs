@@ -400,8 +400,9 @@ impl Sides<'_> {
 
 /// Writes `PREFIX.key` (private, mode 0600), `PREFIX.pub.pem` (to give to
 /// peers) and `PREFIX.crt` (the self-signed certificate, for gRPC clients in
-/// other languages). Refuses to overwrite any existing file.
-pub fn keygen(prefix: &Path) -> anyhow::Result<Vec<PathBuf>> {
+/// other languages). Refuses to overwrite any existing file. Returns the files
+/// and the key's fingerprint.
+pub fn keygen(prefix: &Path) -> anyhow::Result<(Vec<PathBuf>, String)> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
 
@@ -430,5 +431,22 @@ pub fn keygen(prefix: &Path) -> anyhow::Result<Vec<PathBuf>> {
             .and_then(|mut f| f.write_all(contents.as_bytes()))
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    Ok(files.into_iter().map(|(path, _, _)| path).collect())
+    let fingerprint = key.public_key().fingerprint();
+    Ok((
+        files.into_iter().map(|(path, _, _)| path).collect(),
+        fingerprint,
+    ))
+}
+
+/// The fingerprints of the keys in a PEM file: its private key's, or those of
+/// the public keys it holds (a `--peers` file may hold several).
+pub fn fingerprints(file: &Path) -> anyhow::Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let keys = if text.contains("PRIVATE KEY-----") {
+        vec![PrivateKey::load(file)?.public_key()]
+    } else {
+        PublicKey::load_all(file)?
+    };
+    Ok(keys.iter().map(PublicKey::fingerprint).collect())
 }

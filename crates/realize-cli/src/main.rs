@@ -151,9 +151,14 @@ enum Cutoff {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Generate an ed25519 key pair: PREFIX.key, PREFIX.pub.pem and PREFIX.crt.
+    #[command(group(ArgGroup::new("what").required(true).args(["out", "show_fingerprint"])))]
     Keygen {
         #[arg(long, value_name = "PREFIX")]
-        out: PathBuf,
+        out: Option<PathBuf>,
+        /// Print the fingerprint of the key(s) in FILE (private or public PEM)
+        /// instead, to compare by eye with the one a peer or a daemon's log shows.
+        #[arg(long, value_name = "FILE")]
+        show_fingerprint: Option<PathBuf>,
     },
 }
 
@@ -203,14 +208,28 @@ fn main() -> ExitCode {
             None
         }
     };
-    if let Some(Command::Keygen { out }) = cli.command {
-        return match realize_cli::keygen(&out) {
-            Ok(files) => {
+    if let Some(Command::Keygen {
+        out,
+        show_fingerprint,
+    }) = cli.command
+    {
+        let result = match (out, show_fingerprint) {
+            (_, Some(file)) => realize_cli::fingerprints(&file).map(|fingerprints| {
+                for fingerprint in fingerprints {
+                    println!("{fingerprint}  {}", file.display());
+                }
+            }),
+            (Some(out), None) => realize_cli::keygen(&out).map(|(files, fingerprint)| {
                 for file in files {
                     println!("wrote {}", file.display());
                 }
-                ExitCode::SUCCESS
-            }
+                println!("fingerprint {fingerprint}");
+            }),
+            // clap's required group makes this unreachable.
+            (None, None) => Ok(()),
+        };
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => usage_or_failure(EXIT_FAILED, format_args!("{e:#}")),
         };
     }

@@ -606,6 +606,22 @@ impl Service for LocalStore {
                 .invalid(format!("offset {offset} is past the file size {file_size}"))
                 .into());
         }
+        // The first chunk is checked before the partial file is opened, so a request
+        // whose data is refused from the start changes nothing on disk.
+        let first = data.next().await.transpose()?;
+        if let Some(chunk) = &first
+            && offset + chunk.len() as u64 > file_size
+        {
+            return Err(r
+                .invalid(format!("data goes past the file size {file_size}"))
+                .into());
+        }
+        // A stream that has ended must not be polled again: the handler's streams
+        // panic if they are.
+        let mut data = match first {
+            Some(chunk) => stream::once(async { Ok(chunk) }).chain(data).boxed(),
+            None => stream::empty().boxed(),
+        };
         let mut file = r.open_partial_for_write().await?;
         file.seek(SeekFrom::Start(offset))
             .await

@@ -1,6 +1,6 @@
 //! The daemon's TOML configuration, parsed and validated whole before use.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,6 +13,99 @@ pub const DEFAULT_ADDRESS: &str = "127.0.0.1:9771";
 
 /// How long calls in flight may run on after a shutdown request.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
+
+/// What a peer may do in the directories it may access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    /// List, Read, Signature, Diff, Hash.
+    ReadOnly,
+    /// Everything, including Write, ApplyDelta, Finish and Delete.
+    ReadWrite,
+}
+
+impl std::fmt::Display for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Access::ReadOnly => "read-only",
+            Access::ReadWrite => "read-write",
+        })
+    }
+}
+
+/// A peer allowed to connect, and what it may do once connected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub key: PublicKey,
+    /// `dirs`: the directories it may access; `None` for all of them.
+    pub dirs: Option<BTreeSet<DirId>>,
+    pub access: Access,
+}
+
+impl Peer {
+    /// A peer that may do everything in every directory (the default in a config file).
+    pub fn full(key: PublicKey) -> Self {
+        Peer {
+            key,
+            dirs: None,
+            access: Access::ReadWrite,
+        }
+    }
+
+    pub fn may_access(&self, dir: &DirId) -> bool {
+        self.dirs.as_ref().is_none_or(|dirs| dirs.contains(dir))
+    }
+}
+
+/// `[limits]`: what one connection, peer or call may use, so no client can
+/// exhaust the daemon. All of them reload live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once, handshakes included; more are closed at once.
+    pub max_connections: usize,
+    /// Authenticated connections one peer may have open; calls on more get
+    /// ResourceExhausted.
+    pub max_connections_per_peer: usize,
+    /// Calls one connection may run at once (also advertised as HTTP/2's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS, so gRPC clients queue rather than fail).
+    pub max_calls_per_connection: u32,
+    /// Largest gRPC message accepted or sent, in bytes.
+    pub max_message_size: usize,
+    /// Time a client has to complete its TLS handshake.
+    pub handshake_timeout: Duration,
+    /// A connection with no call in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// Deadline of a call whose client set none.
+    pub call_timeout: Duration,
+    /// Largest file size a Write or ApplyDelta may declare.
+    pub max_file_size: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 64,
+            max_connections_per_peer: 16,
+            max_calls_per_connection: 32,
+            // tonic's own default, and room for the largest signature (16 MiB
+            // range in 128-byte blocks: 1.5 MiB).
+            max_message_size: 4 * 1024 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            // A whole-file Read or Write of a large file over a slow link is one
+            // call, so this only bounds calls that would otherwise never end.
+            call_timeout: Duration::from_secs(24 * 3600),
+            max_file_size: 1 << 40,
+        }
+    }
+}
+
+/// The smallest `max_message_size`: a 1 MiB data chunk (SPEC §4) or the
+/// largest signature must fit.
+pub const MIN_MESSAGE_SIZE: usize = 2 * 1024 * 1024;
+/// The largest `max_message_size`: no message needs more, and each may be
+/// buffered whole.
+pub const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 
 /// Where the config comes from: the file and the flags that override it, kept so a
 /// reload reads the file again with the same overrides.
@@ -45,8 +138,10 @@ pub struct Config {
     pub privkey: PathBuf,
     /// Directory id → root.
     pub dirs: BTreeMap<DirId, PathBuf>,
-    /// Peer id → public key; only these peers may connect.
-    pub peers: BTreeMap<String, PublicKey>,
+    /// Peer id → key and permissions; only these peers may connect.
+    pub peers: BTreeMap<String, Peer>,
+    /// `[limits]`.
+    pub limits: Limits,
     /// `[shutdown] grace_period`: how long calls in flight may run on after a
     /// shutdown request before they are cancelled.
     pub grace_period: Duration,
@@ -84,6 +179,19 @@ pub enum ConfigError {
     },
     #[error("[peers.{peer}] and [peers.{other}] have the same public key")]
     DuplicateKey { peer: String, other: String },
+    #[error("[peers.{peer}] dirs: unknown directory {dir:?}")]
+    PeerDir { peer: String, dir: String },
+    #[error("[limits] {field}: invalid duration {value:?} (examples: \"10s\", \"5m\")")]
+    LimitDuration {
+        field: &'static str,
+        value: String,
+        #[source]
+        source: humantime::DurationError,
+    },
+    #[error("[limits] {field}: invalid size {value:?} (examples: \"4MiB\", \"1 TiB\")")]
+    LimitSize { field: &'static str, value: String },
+    #[error("[limits] {field}: {reason}")]
+    LimitRange { field: &'static str, reason: String },
     #[error("no [peers]: every connection would be refused")]
     NoPeers,
     #[error("no privkey: set privkey in the config file or pass --privkey")]
@@ -121,7 +229,21 @@ struct RawConfig {
     #[serde(default)]
     peers: BTreeMap<String, RawPeer>,
     shutdown: Option<RawShutdown>,
+    limits: Option<RawLimits>,
     log_level: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<usize>,
+    max_connections_per_peer: Option<usize>,
+    max_calls_per_connection: Option<u32>,
+    max_message_size: Option<String>,
+    handshake_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    call_timeout: Option<String>,
+    max_file_size: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -135,6 +257,8 @@ struct RawShutdown {
 struct RawPeer {
     public_key: Option<String>,
     public_key_file: Option<PathBuf>,
+    dirs: Option<Vec<String>>,
+    access: Option<Access>,
 }
 
 impl Config {
@@ -146,7 +270,18 @@ impl Config {
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let raw: RawConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        Self::parse(&text, path, base, privkey_override)
+    }
+
+    /// Validates the text of a config file named `path`, whose relative paths are
+    /// relative to `base`; nothing is read but the peers' `public_key_file`s.
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        base: &Path,
+        privkey_override: Option<PathBuf>,
+    ) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.to_path_buf(),
             source,
         })?;
@@ -186,7 +321,30 @@ impl Config {
             if let Some(other) = seen.insert(key.clone(), peer.clone()) {
                 return Err(ConfigError::DuplicateKey { peer, other });
             }
-            peers.insert(peer, key);
+            let allowed = match raw_peer.dirs {
+                None => None,
+                Some(ids) => Some(
+                    ids.into_iter()
+                        .map(|id| match DirId::new(&id) {
+                            // A typo in an allowlist would silently deny; refuse it instead.
+                            Ok(dir) if dirs.contains_key(&dir) => Ok(dir),
+                            _ => Err(ConfigError::PeerDir {
+                                peer: peer.clone(),
+                                dir: id,
+                            }),
+                        })
+                        .collect::<Result<BTreeSet<_>, _>>()?,
+                ),
+            };
+            let access = raw_peer.access.unwrap_or(Access::ReadWrite);
+            peers.insert(
+                peer,
+                Peer {
+                    key,
+                    dirs: allowed,
+                    access,
+                },
+            );
         }
         let privkey = privkey_override
             .or_else(|| raw.privkey.map(|p| base.join(p)))
@@ -199,6 +357,7 @@ impl Config {
                 .map_err(|source| ConfigError::GracePeriod { value, source })?,
             None => DEFAULT_GRACE_PERIOD,
         };
+        let limits = limits(raw.limits.unwrap_or_default())?;
         if let Some(value) = &raw.log_level {
             // Parsed here so a bad filter rejects the whole file; the daemon builds
             // its own filter from the string when it applies it.
@@ -214,6 +373,7 @@ impl Config {
             privkey,
             dirs,
             peers,
+            limits,
             grace_period,
             log_level: raw.log_level,
         })
@@ -242,6 +402,106 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn duration(
+    field: &'static str,
+    value: Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    let parsed =
+        humantime::parse_duration(&value).map_err(|source| ConfigError::LimitDuration {
+            field,
+            value: value.clone(),
+            source,
+        })?;
+    if parsed.is_zero() {
+        return Err(ConfigError::LimitRange {
+            field,
+            reason: "must be longer than 0s".to_string(),
+        });
+    }
+    Ok(parsed)
+}
+
+fn size(field: &'static str, value: Option<String>, default: u64) -> Result<u64, ConfigError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    value
+        .parse::<bytesize::ByteSize>()
+        .map(|size| size.as_u64())
+        .map_err(|_| ConfigError::LimitSize { field, value })
+}
+
+fn at_least_one<T: PartialOrd + From<u8>>(
+    field: &'static str,
+    value: Option<T>,
+    default: T,
+) -> Result<T, ConfigError> {
+    match value {
+        Some(value) if value < T::from(1) => Err(ConfigError::LimitRange {
+            field,
+            reason: "must be at least 1".to_string(),
+        }),
+        Some(value) => Ok(value),
+        None => Ok(default),
+    }
+}
+
+/// `[limits]`, each field checked, with the defaults of [`Limits::default`].
+fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
+    let default = Limits::default();
+    let max_message_size = size(
+        "max_message_size",
+        raw.max_message_size,
+        default.max_message_size as u64,
+    )?;
+    if !(MIN_MESSAGE_SIZE as u64..=MAX_MESSAGE_SIZE as u64).contains(&max_message_size) {
+        return Err(ConfigError::LimitRange {
+            field: "max_message_size",
+            reason: format!(
+                "must be between {MIN_MESSAGE_SIZE} and {MAX_MESSAGE_SIZE} bytes (2 MiB to 64 MiB)"
+            ),
+        });
+    }
+    let max_file_size = size("max_file_size", raw.max_file_size, default.max_file_size)?;
+    if max_file_size == 0 {
+        return Err(ConfigError::LimitRange {
+            field: "max_file_size",
+            reason: "must be at least 1 byte".to_string(),
+        });
+    }
+    Ok(Limits {
+        max_connections: at_least_one(
+            "max_connections",
+            raw.max_connections,
+            default.max_connections,
+        )?,
+        max_connections_per_peer: at_least_one(
+            "max_connections_per_peer",
+            raw.max_connections_per_peer,
+            default.max_connections_per_peer,
+        )?,
+        max_calls_per_connection: at_least_one(
+            "max_calls_per_connection",
+            raw.max_calls_per_connection,
+            default.max_calls_per_connection,
+        )?,
+        // Checked against MAX_MESSAGE_SIZE above, so it fits.
+        max_message_size: max_message_size as usize,
+        handshake_timeout: duration(
+            "handshake_timeout",
+            raw.handshake_timeout,
+            default.handshake_timeout,
+        )?,
+        idle_timeout: duration("idle_timeout", raw.idle_timeout, default.idle_timeout)?,
+        call_timeout: duration("call_timeout", raw.call_timeout, default.call_timeout)?,
+        max_file_size,
+    })
 }
 
 #[cfg(test)]
@@ -307,6 +567,9 @@ mod tests {
         assert_eq!(config.address, DEFAULT_ADDRESS);
         assert_eq!(config.grace_period, DEFAULT_GRACE_PERIOD);
         assert_eq!(config.log_level, None);
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.peers["p"].dirs, None);
+        assert_eq!(config.peers["p"].access, Access::ReadWrite);
         let config = parse(&minimal("[shutdown]")).unwrap();
         assert_eq!(config.grace_period, DEFAULT_GRACE_PERIOD);
     }
@@ -349,8 +612,8 @@ mod tests {
         check_refused(&minimal("[dirs]\n\"a/b\" = \"/x\""), "invalid directory id");
         check_refused(&minimal("bogus = 1"), "unknown field");
         check_refused(
-            &minimal("[limits]\nmax_connections = 1"),
-            "unknown field `limits`",
+            &minimal("[limits]\nmax_sockets = 1"),
+            "unknown field `max_sockets`",
         );
         check_refused(
             &minimal("log_level = \"realize=loud\""),
@@ -368,5 +631,97 @@ mod tests {
             ),
             "same public key",
         );
+    }
+
+    #[test]
+    fn limits() {
+        let config = parse(&minimal(
+            "[limits]\nmax_connections = 5\nmax_connections_per_peer = 2\nmax_calls_per_connection = 3\nmax_message_size = \"8 MiB\"\nhandshake_timeout = \"2s\"\nidle_timeout = \"1m\"\ncall_timeout = \"1h\"\nmax_file_size = \"10GB\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            config.limits,
+            Limits {
+                max_connections: 5,
+                max_connections_per_peer: 2,
+                max_calls_per_connection: 3,
+                max_message_size: 8 << 20,
+                handshake_timeout: Duration::from_secs(2),
+                idle_timeout: Duration::from_secs(60),
+                call_timeout: Duration::from_secs(3600),
+                max_file_size: 10_000_000_000,
+            }
+        );
+        for (line, expected) in [
+            (
+                "max_connections = 0",
+                "[limits] max_connections: must be at least 1",
+            ),
+            ("max_connections = -1", "invalid value"),
+            (
+                "max_calls_per_connection = 0",
+                "[limits] max_calls_per_connection: must be at least 1",
+            ),
+            (
+                "max_message_size = \"1KiB\"",
+                "[limits] max_message_size: must be between",
+            ),
+            (
+                "max_message_size = \"1GiB\"",
+                "[limits] max_message_size: must be between",
+            ),
+            (
+                "max_message_size = \"lots\"",
+                "[limits] max_message_size: invalid size \"lots\"",
+            ),
+            (
+                "max_file_size = \"0\"",
+                "[limits] max_file_size: must be at least 1 byte",
+            ),
+            (
+                "idle_timeout = \"0s\"",
+                "[limits] idle_timeout: must be longer than 0s",
+            ),
+            (
+                "call_timeout = \"10\"",
+                "[limits] call_timeout: invalid duration \"10\"",
+            ),
+            ("handshake_timeout = 10", "invalid type: integer"),
+        ] {
+            check_refused(&minimal(&format!("[limits]\n{line}")), expected);
+        }
+    }
+
+    #[test]
+    fn peer_permissions() {
+        let config = parse(&format!(
+            "privkey = \"k\"\n[dirs]\na = \"/a\"\nb = \"/b\"\n[peers.p]\npublic_key = \"\"\"{}\"\"\"\ndirs = [\"a\"]\naccess = \"read-only\"\n",
+            key_pem()
+        ))
+        .unwrap();
+        let peer = &config.peers["p"];
+        assert_eq!(peer.access, Access::ReadOnly);
+        assert!(peer.may_access(&DirId::new("a").unwrap()));
+        assert!(!peer.may_access(&DirId::new("b").unwrap()));
+        let with = |line: &str| {
+            format!(
+                "privkey = \"k\"\n[dirs]\na = \"/a\"\n[peers.p]\npublic_key = \"\"\"{}\"\"\"\n{line}\n",
+                key_pem()
+            )
+        };
+        check_refused(
+            &with("dirs = [\"c\"]"),
+            "[peers.p] dirs: unknown directory \"c\"",
+        );
+        check_refused(
+            &with("dirs = [\"../a\"]"),
+            "[peers.p] dirs: unknown directory \"../a\"",
+        );
+        check_refused(
+            &with("access = \"write-only\""),
+            "unknown variant `write-only`",
+        );
+        let none = parse(&with("dirs = []")).unwrap();
+        assert!(!none.peers["p"].may_access(&DirId::new("a").unwrap()));
     }
 }

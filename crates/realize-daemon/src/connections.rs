@@ -20,17 +20,55 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use realize_core::mover::ErrorChain;
 use realize_net::connection::{PeerInfo, ServerConn};
+use realize_proto::pb::realize_server::RealizeServer;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::service::Routes;
 use tower::ServiceExt;
 use tracing::Instrument;
 
-use crate::state::{CallExecutor, Calls, ConnectionContext, Live, LiveConfig};
+use crate::limits::MessageLimit;
+use crate::server::Handler;
+use crate::state::{ActiveCalls, CallExecutor, Calls, ConnectionContext, Live, LiveConfig};
 
 /// How long a connection asked to close may take to do it cleanly, before its calls
 /// are reset, and again after that before it is dropped.
 pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// HTTP/2 limits that hold whatever the config says, so that no frame or header
+/// block makes hyper allocate more than this.
+mod h2 {
+    use std::time::Duration;
+
+    /// HTTP/2's own default and minimum: data arrives in frames this large, whatever
+    /// the gRPC message size.
+    pub const MAX_FRAME_SIZE: u32 = 16 * 1024;
+    /// gRPC headers are a few hundred bytes; 16 KiB leaves room for metadata.
+    pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+    /// Streams a client may open and reset before the daemon sees them (the
+    /// "rapid reset" attack, CVE-2023-44487), and streams the daemon may reset
+    /// for errors, before the connection is closed.
+    pub const MAX_PENDING_RESETS: usize = 20;
+    pub const MAX_LOCAL_ERROR_RESETS: usize = 256;
+    /// A peer that answers no PING within the timeout is gone: its connection is
+    /// closed even while a call waits on it.
+    pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(60);
+    pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+}
+
+/// What every connection serves: the health service, and the realize service
+/// whose message limits are set per connection from the config in force.
+#[derive(Clone)]
+pub(crate) struct Services {
+    pub health: Routes,
+    pub handler: Handler,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services").finish_non_exhaustive()
+    }
+}
 
 #[derive(Debug, Default)]
 pub(crate) struct Connections {
@@ -49,6 +87,8 @@ struct Open {
     peer: PeerInfo,
     close: CancellationToken,
     cancel_calls: CancellationToken,
+    /// Counts against its peer's `max_connections_per_peer` (it was within it).
+    counted: bool,
 }
 
 /// Removes a connection from the open ones when its task ends, however it ends.
@@ -100,25 +140,47 @@ impl Connections {
     pub fn serve(
         self: &Arc<Self>,
         conn: ServerConn,
-        routes: Routes,
+        services: &Services,
         calls: &Calls,
-        live: &LiveConfig,
+        live: &Arc<LiveConfig>,
     ) {
         let peer = conn.peer_info().clone();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let close = self.close_all.child_token();
+        let limits = live.current().limits;
+        let cancel = calls.cancel.child_token();
+        let over_peer_limit = {
+            let mut open = self.registry();
+            let same_peer = open
+                .values()
+                .filter(|o| o.counted && o.peer.peer_id == peer.peer_id)
+                .count();
+            let over = same_peer >= limits.max_connections_per_peer;
+            open.insert(
+                id,
+                Open {
+                    peer: peer.clone(),
+                    close: close.clone(),
+                    cancel_calls: cancel.clone(),
+                    counted: !over,
+                },
+            );
+            over.then_some(limits.max_connections_per_peer)
+        };
         let context = ConnectionContext {
             peer: peer.clone(),
-            cancel: calls.cancel.child_token(),
+            cancel,
+            active: Arc::new(ActiveCalls::default()),
+            over_peer_limit,
         };
-        self.registry().insert(
-            id,
-            Open {
-                peer: peer.clone(),
-                close: close.clone(),
-                cancel_calls: context.cancel.clone(),
-            },
-        );
+        if let Some(max) = over_peer_limit {
+            tracing::warn!(
+                peer = %peer.peer_id,
+                addr = %peer.addr,
+                max_connections_per_peer = max,
+                "peer has too many connections open: the calls on this one are refused"
+            );
+        }
         let registered = Registered {
             connections: Arc::clone(self),
             id,
@@ -130,7 +192,14 @@ impl Connections {
             context.cancel.cancel();
             close.cancel();
         }
-        let service = routes.map_request(move |mut request: http::Request<Incoming>| {
+        let realize = RealizeServer::new(services.handler.clone())
+            .max_decoding_message_size(limits.max_message_size)
+            .max_encoding_message_size(limits.max_message_size);
+        let routes = services.health.clone().add_service(realize).prepare();
+        let max_message = limits.max_message_size;
+        let active = Arc::clone(&context.active);
+        let service = routes.map_request(move |request: http::Request<Incoming>| {
+            let mut request = request.map(|body| MessageLimit::new(body, max_message));
             request.extensions_mut().insert(context.clone());
             request
         });
@@ -139,21 +208,39 @@ impl Connections {
             tracker: calls.tracker.clone(),
             reset: reset.clone(),
         });
-        builder.timer(TokioTimer::new());
+        // Set deliberately rather than left to hyper's defaults, which may change:
+        // these bound what one connection can make the daemon hold.
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.max_calls_per_connection)
+            .max_frame_size(h2::MAX_FRAME_SIZE)
+            .max_header_list_size(h2::MAX_HEADER_LIST_SIZE)
+            .max_pending_accept_reset_streams(h2::MAX_PENDING_RESETS)
+            .max_local_error_reset_streams(h2::MAX_LOCAL_ERROR_RESETS)
+            .keep_alive_interval(h2::KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(h2::KEEP_ALIVE_TIMEOUT);
+        let idle_live = Arc::clone(live);
         let span = tracing::info_span!("connection", peer = %peer.peer_id, addr = %peer.addr);
         let this = Arc::clone(self);
         self.tracker.spawn(
             async move {
-                let _registered = registered;
-                let connection =
-                    builder.serve_connection(TokioIo::new(conn), TowerToHyperService::new(service));
-                tokio::pin!(connection);
+                let mut connection = Box::pin(
+                    builder.serve_connection(TokioIo::new(conn), TowerToHyperService::new(service)),
+                );
+                let idle = active.idle_for(|| idle_live.current().limits.idle_timeout);
                 tokio::select! {
                     result = connection.as_mut() => {
+                        // Released before the line is logged, so whoever reads it finds
+                        // the connection no longer counted against any limit.
+                        drop((connection, registered));
                         log_end(result, "connection closed by the peer");
                         return;
                     }
                     () = close.cancelled() => {}
+                    () = idle => tracing::info!(
+                        idle_timeout = %humantime::format_duration(idle_live.current().limits.idle_timeout),
+                        "closing idle connection"
+                    ),
                 }
                 connection.as_mut().graceful_shutdown();
                 let closing = format!(
@@ -166,6 +253,7 @@ impl Connections {
                     reset.cancel();
                     closed = tokio::time::timeout(CLOSE_TIMEOUT, connection.as_mut()).await;
                 }
+                drop((connection, registered));
                 match closed {
                     Ok(result) => log_end(result, "connection closed"),
                     Err(_) => {

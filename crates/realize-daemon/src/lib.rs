@@ -14,7 +14,10 @@
 
 pub mod config;
 mod connections;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod lifecycle;
+mod limits;
 pub mod logging;
 pub mod server;
 mod state;
@@ -28,7 +31,7 @@ use realize_net::keys::{KeyError, PrivateKey, PublicKey};
 use realize_net::tls::TlsError;
 use tokio::net::TcpListener;
 
-use crate::config::{ConfigError, ConfigSource, DEFAULT_GRACE_PERIOD};
+use crate::config::{ConfigError, ConfigSource, DEFAULT_GRACE_PERIOD, Limits, Peer};
 pub use crate::lifecycle::{Control, Exit};
 use crate::lifecycle::{Controls, Server};
 use crate::logging::{LogFilter, LogFilterError};
@@ -89,7 +92,8 @@ pub async fn run(
 
 /// Serves `service` on `listener` to the given peers until `shutdown` completes,
 /// then shuts down gracefully with the default grace period. For programs and
-/// tests that bring their own [`Service`]; there is no config to reload.
+/// tests that bring their own [`Service`]; there is no config to reload, every
+/// peer may do everything, and the limits are the defaults.
 pub async fn serve(
     listener: TcpListener,
     key: &PrivateKey,
@@ -97,7 +101,17 @@ pub async fn serve(
     service: Arc<dyn Service>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<Exit, DaemonError> {
-    let live = Live::new(peers, service, DEFAULT_GRACE_PERIOD);
+    let peers = peers
+        .iter()
+        .map(|(id, key)| (id.clone(), Peer::full(key.clone())))
+        .collect();
+    let live = Live::new(
+        peers,
+        Default::default(),
+        service,
+        DEFAULT_GRACE_PERIOD,
+        Limits::default(),
+    );
     let server = Server::start(listener, key, live).await?;
     let mut controls = Controls::new(shutdown.map(|()| Control::Shutdown).into_stream());
     // The one event is the shutdown request.

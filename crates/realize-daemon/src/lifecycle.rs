@@ -25,13 +25,10 @@ use tonic_health::server::HealthReporter;
 
 use crate::DaemonError;
 use crate::config::{Config, ConfigSource};
-use crate::connections::Connections;
+use crate::connections::{Connections, Services};
 use crate::logging::LogFilter;
 use crate::server::Handler;
 use crate::state::{Calls, Live, LiveConfig};
-
-/// How long a client has to complete its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long cancelled calls may take to end once their connections are closed; the
 /// calls left then (a Finish or Delete stuck on the disk) make the shutdown fail.
@@ -130,23 +127,20 @@ impl Server {
         let peers = live.peers.len();
         let live = Arc::new(LiveConfig::new(live));
         let tls = realize_net::tls::server_config(key, live.clone())?;
-        let incoming =
-            realize_net::connection::incoming(listener, tls, live.clone(), HANDSHAKE_TIMEOUT);
+        let incoming = realize_net::connection::incoming(listener, tls, live.clone());
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<RealizeServer<Handler>>().await;
         let calls = Arc::new(Calls::default());
-        let routes = Routes::new(health_service)
-            .add_service(RealizeServer::new(Handler::new(
-                Arc::clone(&live),
-                Arc::clone(&calls),
-            )))
-            .prepare();
+        let services = Services {
+            health: Routes::new(health_service),
+            handler: Handler::new(Arc::clone(&live), Arc::clone(&calls)),
+        };
         let connections = Arc::new(Connections::default());
         let stop_accepting = CancellationToken::new();
         let accept = tokio::spawn(accept(
             incoming,
             stop_accepting.clone(),
-            routes,
+            services,
             Arc::clone(&connections),
             Arc::clone(&calls),
             Arc::clone(&live),
@@ -325,7 +319,7 @@ impl Server {
 async fn accept(
     mut incoming: Incoming,
     stop: CancellationToken,
-    routes: Routes,
+    services: Services,
     connections: Arc<Connections>,
     calls: Arc<Calls>,
     live: Arc<LiveConfig>,
@@ -334,7 +328,7 @@ async fn accept(
         tokio::select! {
             () = stop.cancelled() => return incoming,
             next = incoming.next() => match next {
-                Some(Ok(conn)) => connections.serve(conn, routes.clone(), &calls, &live),
+                Some(Ok(conn)) => connections.serve(conn, &services, &calls, &live),
                 // realize-net logs and drops failed connections itself, so this only
                 // logs what its type allows.
                 Some(Err(e)) => tracing::warn!(error = %e, "accept failed"),

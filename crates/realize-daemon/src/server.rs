@@ -6,26 +6,42 @@
 //!
 //! Each call is first admitted against the live config and the daemon's state
 //! ([`Handler::admit`]): a peer no longer in the config is refused, and so is
-//! every call once shutdown has started. An admitted call runs until its
-//! connection's cancel token fires (end of the grace period, or its peer
-//! removed); how it stops then depends on what it does, so that nothing on
-//! disk is left half-done (see [`Handler::cancellable`]).
+//! every call once shutdown has started, a call past the connection's
+//! `max_calls_per_connection`, and every call on a connection past its peer's
+//! `max_connections_per_peer`. Once it has decoded the directory, a call is
+//! authorized against the peer's `dirs` and `access` ([`Admitted::authorize`])
+//! before anything touches the disk. An admitted call runs until its deadline
+//! (the client's `grpc-timeout`, else `call_timeout`) or until its connection's
+//! cancel token fires (end of the grace period, or its peer removed); how it
+//! stops then depends on what it does, so that nothing on disk is left
+//! half-done (see [`Handler::cancellable`]).
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use opentelemetry::KeyValue;
-use realize_core::{ByteRange, ByteStream, DirId, RelPath, Service, ServiceError, Sha256Hash};
+use realize_core::{
+    ByteRange, ByteStream, DirId, RelPath, Service, ServiceError, Sha256Hash, StoreError,
+};
 use realize_net::metrics::{RpcCall, RpcSide, record_limit};
 use realize_net::throttle::check_rate;
 use realize_proto::{WireError, error_from_status, pb};
-use tokio_util::sync::CancellationToken;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::state::{Calls, ConnectionContext, Live, LiveConfig};
+use crate::config::Access;
+use crate::limits::grpc_timeout;
+use crate::state::{ActiveCall, Calls, ConnectionContext, Live, LiveConfig};
+
+/// The largest data chunk a Write or ApplyDelta may carry (SPEC §4: chunks are
+/// 64 KiB to 1 MiB); `max_message_size` bounds it too, this says what the
+/// protocol means.
+pub const MAX_CHUNK: usize = 1024 * 1024;
 
 /// What a call gets once shutdown has started.
 pub const SHUTTING_DOWN: &str = "realized is shutting down";
@@ -37,15 +53,131 @@ pub struct Handler {
     calls: Arc<Calls>,
 }
 
-/// A call that may run: the service as configured when it started, and its connection.
+/// A call that may run: the config as it was when it started, and its connection.
 struct Admitted {
-    service: Arc<dyn Service>,
+    live: Arc<Live>,
     connection: ConnectionContext,
+    /// Fired at the call's deadline, or when its connection's token fires.
+    cancel: CancellationToken,
+    deadline: Instant,
+    /// How long the call was given.
+    timeout: Duration,
+    /// Counts the call against `max_calls_per_connection` until it ends.
+    _active: ActiveCall,
+    /// Ends the deadline's timer with the call.
+    _timer: DropGuard,
+}
+
+/// What a call does to the directory it names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Need {
+    Read,
+    Write,
 }
 
 impl Admitted {
     fn cancel(&self) -> &CancellationToken {
-        &self.connection.cancel
+        &self.cancel
+    }
+
+    fn service(&self) -> &Arc<dyn Service> {
+        &self.live.service
+    }
+
+    /// Whether the peer may do what the call needs in `dir`; a denial is logged.
+    ///
+    /// A directory the daemon does not serve is left to the store, which calls it
+    /// unknown (InvalidArgument) whatever the peer's allowlist says.
+    fn authorize(&self, dir: &DirId, need: Need) -> Result<(), Status> {
+        let peer_id = &self.connection.peer.peer_id;
+        let denial = match self.live.peers.get(peer_id) {
+            None => Some(CallError::NotAllowed {
+                peer: peer_id.clone(),
+                dir: dir.clone(),
+            }),
+            Some(peer) if !peer.may_access(dir) && self.live.dirs.contains(dir) => {
+                Some(CallError::NotAllowed {
+                    peer: peer_id.clone(),
+                    dir: dir.clone(),
+                })
+            }
+            Some(peer) if need == Need::Write && peer.access == Access::ReadOnly => {
+                Some(CallError::ReadOnly {
+                    peer: peer_id.clone(),
+                    dir: dir.clone(),
+                })
+            }
+            Some(_) => None,
+        };
+        match denial {
+            Some(denial) => {
+                tracing::warn!(peer = %peer_id, %dir, "permission denied: {denial}");
+                Err(denial.into())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// A Write or ApplyDelta may not declare a file larger than `max_file_size`.
+    fn check_file_size(&self, dir: &DirId, path: &RelPath, size: u64) -> Result<(), Status> {
+        let max = self.live.limits.max_file_size;
+        if size > max {
+            return Err(CallError::FileTooLarge {
+                dir: dir.clone(),
+                path: path.clone(),
+                size,
+                max,
+            }
+            .into());
+        }
+        Ok(())
+    }
+}
+
+/// Why the daemon itself refused a call (the store's refusals are `ServiceError`s).
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    #[error("peer {peer} may not access directory {dir}")]
+    NotAllowed { peer: String, dir: DirId },
+    #[error("peer {peer} may not change directory {dir}: its access is read-only")]
+    ReadOnly { peer: String, dir: DirId },
+    #[error(
+        "peer {peer} already has {max} connections open (max_connections_per_peer): close one and retry"
+    )]
+    TooManyConnections { peer: String, max: usize },
+    #[error("{max} calls already run on this connection (max_calls_per_connection)")]
+    TooManyCalls { max: u32 },
+    #[error(
+        "{dir}/{path}: file size {size} is larger than the daemon's max_file_size ({max} bytes)"
+    )]
+    FileTooLarge {
+        dir: DirId,
+        path: RelPath,
+        size: u64,
+        max: u64,
+    },
+    #[error("invalid grpc-timeout {0:?}")]
+    BadTimeout(String),
+    #[error("call exceeded its deadline of {}", humantime::format_duration(*.0))]
+    Deadline(Duration),
+}
+
+/// The one place where the daemon's own refusals become statuses.
+impl From<CallError> for Status {
+    fn from(error: CallError) -> Status {
+        let message = error.to_string();
+        match error {
+            CallError::NotAllowed { .. } | CallError::ReadOnly { .. } => {
+                Status::permission_denied(message)
+            }
+            CallError::TooManyConnections { .. } | CallError::TooManyCalls { .. } => {
+                Status::resource_exhausted(message)
+            }
+            CallError::FileTooLarge { .. } | CallError::BadTimeout(_) => {
+                Status::invalid_argument(message)
+            }
+            CallError::Deadline(_) => Status::deadline_exceeded(message),
+        }
     }
 }
 
@@ -72,12 +204,47 @@ impl Handler {
             tracing::debug!(reason = refusal.message(), "call refused");
             return Err(refusal);
         }
+        if let Some(max) = connection.over_peer_limit {
+            let refusal = CallError::TooManyConnections {
+                peer: connection.peer.peer_id.clone(),
+                max,
+            };
+            tracing::warn!("call refused: {refusal}");
+            return Err(refusal.into());
+        }
+        let max = live.limits.max_calls_per_connection;
+        let Some(active) = connection.active.try_start(max as usize) else {
+            let refusal = CallError::TooManyCalls { max };
+            tracing::warn!("call refused: {refusal}");
+            return Err(refusal.into());
+        };
+        let timeout = match request.metadata().get("grpc-timeout") {
+            Some(value) => {
+                let text = value.to_str().unwrap_or_default();
+                grpc_timeout(text).ok_or_else(|| CallError::BadTimeout(text.to_string()))?
+            }
+            None => live.limits.call_timeout,
+        };
+        let deadline = Instant::now() + timeout;
+        let cancel = connection.cancel.child_token();
+        let timer = cancel.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => timer.cancel(),
+                () = timer.cancelled() => {}
+            }
+        });
         // With "call refused" and "call cancelled", this shows at debug level what
         // each call became; tests wait for it to know a call is in flight.
         tracing::debug!("call started");
         Ok(Admitted {
-            service: Arc::clone(&live.service),
+            _timer: cancel.clone().drop_guard(),
+            live,
             connection,
+            cancel,
+            deadline,
+            timeout,
+            _active: active,
         })
     }
 
@@ -99,7 +266,13 @@ impl Handler {
     fn cancelled(&self, call: &Admitted) -> Status {
         let status = self
             .refusal(&self.live.current(), &call.connection)
-            .unwrap_or_else(|| Status::unavailable("connection closing"));
+            .unwrap_or_else(|| {
+                if Instant::now() >= call.deadline {
+                    CallError::Deadline(call.timeout).into()
+                } else {
+                    Status::unavailable("connection closing")
+                }
+            });
         tracing::info!(reason = status.message(), "call cancelled");
         status
     }
@@ -260,17 +433,33 @@ async fn header<M, H>(
     }
 }
 
-/// The rest of a client stream as data chunks; a second header is an error.
+/// The rest of a client stream as data chunks; a second header, or a chunk larger
+/// than [`MAX_CHUNK`], is an invalid request.
 fn body<M: Send + 'static>(
     stream: Streaming<M>,
     take: fn(M) -> Option<bytes::Bytes>,
+    dir: &DirId,
+    path: &RelPath,
 ) -> ByteStream {
+    let (dir, path) = (dir.to_string(), path.to_string());
     stream
         .map_err(error_from_status)
         .and_then(move |m| {
-            futures::future::ready(take(m).ok_or_else(|| {
-                ServiceError::Protocol("expected data after the header".to_string())
-            }))
+            let invalid = |reason: String| {
+                ServiceError::from(StoreError::InvalidRequest {
+                    dir: dir.clone(),
+                    path: path.clone(),
+                    reason,
+                })
+            };
+            futures::future::ready(match take(m) {
+                None => Err(invalid("expected data after the header".to_string())),
+                Some(chunk) if chunk.len() > MAX_CHUNK => Err(invalid(format!(
+                    "data chunk of {} bytes is larger than {MAX_CHUNK} bytes",
+                    chunk.len()
+                ))),
+                Some(chunk) => Ok(chunk),
+            })
         })
         .boxed()
 }
@@ -306,9 +495,10 @@ impl pb::realize_server::Realize for Handler {
                 let call = self.admit(&request)?;
                 let request = request.into_inner();
                 let dir = realize_proto::dir_id(&request.dir).map_err(invalid)?;
+                call.authorize(&dir, Need::Read)?;
                 let entries = self
                     .cancellable(&call, async {
-                        call.service
+                        call.service()
                             .list(&dir, request.include_partial)
                             .await
                             .map_err(|e| status(&e))
@@ -330,9 +520,10 @@ impl pb::realize_server::Realize for Handler {
                 let call = self.admit(&request)?;
                 let request = request.into_inner();
                 let (dir, path) = target(&request.dir, &request.path)?;
+                call.authorize(&dir, Need::Read)?;
                 let data = self
                     .cancellable(&call, async {
-                        call.service
+                        call.service()
                             .read(&dir, &path, request.offset, request.length)
                             .await
                             .map_err(|e| status(&e))
@@ -364,13 +555,20 @@ impl pb::realize_server::Realize for Handler {
                     )
                     .await?;
                 let (dir, path) = target(&header.dir, &header.path)?;
-                let data = body(stream, |m| match m.message {
-                    Some(Message::Data(d)) => Some(d),
-                    _ => None,
-                });
+                call.authorize(&dir, Need::Write)?;
+                call.check_file_size(&dir, &path, header.file_size)?;
+                let data = body(
+                    stream,
+                    |m| match m.message {
+                        Some(Message::Data(d)) => Some(d),
+                        _ => None,
+                    },
+                    &dir,
+                    &path,
+                );
                 let data = cancellable_body(data, call.cancel().clone());
                 let result = call
-                    .service
+                    .service()
                     .write(&dir, &path, header.offset, header.file_size, data)
                     .await;
                 let bytes_written = self.write_outcome(&call, result)?;
@@ -390,10 +588,11 @@ impl pb::realize_server::Realize for Handler {
                 let call = self.admit(&request)?;
                 let request = request.into_inner();
                 let (dir, path) = target(&request.dir, &request.path)?;
+                call.authorize(&dir, Need::Read)?;
                 let range = required_range(request.range)?;
                 let signature = self
                     .cancellable(&call, async {
-                        call.service
+                        call.service()
                             .signature(&dir, &path, range, request.block_size)
                             .await
                             .map_err(|e| status(&e))
@@ -414,10 +613,11 @@ impl pb::realize_server::Realize for Handler {
                 let call = self.admit(&request)?;
                 let request = request.into_inner();
                 let (dir, path) = target(&request.dir, &request.path)?;
+                call.authorize(&dir, Need::Read)?;
                 let range = required_range(request.range)?;
                 let delta = self
                     .cancellable(&call, async {
-                        call.service
+                        call.service()
                             .diff(&dir, &path, range, request.signature)
                             .await
                             .map_err(|e| status(&e))
@@ -448,14 +648,21 @@ impl pb::realize_server::Realize for Handler {
                 )
                 .await?;
             let (dir, path) = target(&header.dir, &header.path)?;
+            call.authorize(&dir, Need::Write)?;
+            call.check_file_size(&dir, &path, header.file_size)?;
             let range = required_range(header.range)?;
-            let delta = body(stream, |m| match m.message {
-                Some(Message::Delta(d)) => Some(d),
-                _ => None,
-            });
+            let delta = body(
+                stream,
+                |m| match m.message {
+                    Some(Message::Delta(d)) => Some(d),
+                    _ => None,
+                },
+                &dir,
+                &path,
+            );
             let delta = cancellable_body(delta, call.cancel().clone());
             let result = call
-                .service
+                .service()
                 .apply_delta(&dir, &path, range, header.file_size, delta)
                 .await;
             let bytes_written = self.write_outcome(&call, result)?;
@@ -475,10 +682,11 @@ impl pb::realize_server::Realize for Handler {
                 let call = self.admit(&request)?;
                 let request = request.into_inner();
                 let (dir, path) = target(&request.dir, &request.path)?;
+                call.authorize(&dir, Need::Read)?;
                 let kind = realize_proto::file_kind(request.kind).map_err(invalid)?;
                 let result = self
                     .cancellable(&call, async {
-                        call.service
+                        call.service()
                             .hash(&dir, &path, kind, request.range.map(ByteRange::from))
                             .await
                             .map_err(|e| status(&e))
@@ -499,6 +707,7 @@ impl pb::realize_server::Realize for Handler {
                 let call = self.admit(&request)?;
                 let request = request.into_inner();
                 let (dir, path) = target(&request.dir, &request.path)?;
+                call.authorize(&dir, Need::Write)?;
                 let verified = match request.sha256.len() {
                     0 => None,
                     _ => Some(Sha256Hash::from_slice(&request.sha256).ok_or_else(|| {
@@ -508,7 +717,7 @@ impl pb::realize_server::Realize for Handler {
                         ))
                     })?),
                 };
-                call.service
+                call.service()
                     .finish(&dir, &path, verified)
                     .await
                     .map_err(|e| status(&e))?;
@@ -527,7 +736,8 @@ impl pb::realize_server::Realize for Handler {
                 let call = self.admit(&request)?;
                 let request = request.into_inner();
                 let (dir, path) = target(&request.dir, &request.path)?;
-                call.service
+                call.authorize(&dir, Need::Write)?;
+                call.service()
                     .delete(&dir, &path, request.if_stamp.map(Into::into))
                     .await
                     .map_err(|e| status(&e))?;
@@ -544,11 +754,15 @@ impl pb::realize_server::Realize for Handler {
         observed
             .run(async {
                 let call = self.admit(&request)?;
-                let info = self
+                let mut info = self
                     .cancellable(&call, async {
-                        call.service.info().await.map_err(|e| status(&e))
+                        call.service().info().await.map_err(|e| status(&e))
                     })
                     .await?;
+                // A peer sees only the directories it may access.
+                if let Some(peer) = call.live.peers.get(&call.connection.peer.peer_id) {
+                    info.dirs.retain(|dir| peer.may_access(&dir.id));
+                }
                 Ok(Response::new(pb::InfoResponse {
                     send_limit: call.connection.peer.send_limit.get(),
                     ..info.into()

@@ -1,12 +1,12 @@
 //! What every call and handshake consults: the live part of the config, and the calls in flight.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use realize_core::{LocalStore, Service};
-use realize_net::connection::PeerInfo;
+use realize_core::{DirId, LocalStore, Service};
+use realize_net::connection::{PeerInfo, ServerPolicy};
 use realize_net::keys::PublicKey;
 use realize_net::tls::PeerKeys;
 use tokio::sync::watch;
@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::config::Config;
+use crate::config::{Config, Limits, Peer};
 
 /// The part of the config that a reload changes while the daemon runs.
 ///
@@ -23,38 +23,55 @@ use crate::config::Config;
 #[derive(Debug)]
 pub(crate) struct Live {
     /// Key → peer id: who may connect.
-    pub peers: HashMap<PublicKey, String>,
+    pub keys: HashMap<PublicKey, String>,
+    /// Peer id → what it may do.
+    pub peers: BTreeMap<String, Peer>,
+    /// The directory ids configured, so a peer's allowlist can tell a directory it may
+    /// not access from one that does not exist.
+    pub dirs: BTreeSet<DirId>,
     /// The directories served.
     pub service: Arc<dyn Service>,
     /// How long calls may run on after a shutdown request.
     pub grace_period: Duration,
+    pub limits: Limits,
 }
 
 impl Live {
     pub fn new(
-        peers: &BTreeMap<String, PublicKey>,
+        peers: BTreeMap<String, Peer>,
+        dirs: BTreeSet<DirId>,
         service: Arc<dyn Service>,
         grace_period: Duration,
+        limits: Limits,
     ) -> Live {
         Live {
-            peers: peers
+            keys: peers
                 .iter()
-                .map(|(id, key)| (key.clone(), id.clone()))
+                .map(|(id, peer)| (peer.key.clone(), id.clone()))
                 .collect(),
+            peers,
+            dirs,
             service,
             grace_period,
+            limits,
         }
     }
 
     pub fn from_config(config: &Config) -> Live {
         let store = LocalStore::new(config.dirs.clone());
-        Live::new(&config.peers, Arc::new(store), config.grace_period)
+        Live::new(
+            config.peers.clone(),
+            config.dirs.keys().cloned().collect(),
+            Arc::new(store),
+            config.grace_period,
+            config.limits,
+        )
     }
 
     /// Whether `peer` still connects with the key it authenticated with: a peer
     /// removed from the config, or given another key, is not.
     pub fn allows(&self, peer: &PeerInfo) -> bool {
-        self.peers.get(&peer.key) == Some(&peer.peer_id)
+        self.keys.get(&peer.key) == Some(&peer.peer_id)
     }
 }
 
@@ -79,7 +96,17 @@ impl LiveConfig {
 
 impl PeerKeys for LiveConfig {
     fn peer_id(&self, key: &PublicKey) -> Option<String> {
-        self.0.borrow().peers.get(key).cloned()
+        self.0.borrow().keys.get(key).cloned()
+    }
+}
+
+impl ServerPolicy for LiveConfig {
+    fn max_connections(&self) -> usize {
+        self.0.borrow().limits.max_connections
+    }
+
+    fn handshake_timeout(&self) -> Duration {
+        self.0.borrow().limits.handshake_timeout
     }
 }
 
@@ -144,4 +171,61 @@ pub(crate) struct ConnectionContext {
     /// Cancels the calls of this connection: a child of [`Calls::cancel`], also fired
     /// alone when the peer is removed from the config.
     pub cancel: CancellationToken,
+    /// The calls running on this connection.
+    pub active: Arc<ActiveCalls>,
+    /// Set when the peer already had `max_connections_per_peer` connections open when
+    /// this one came: every call on it is refused, so the client learns why.
+    pub over_peer_limit: Option<usize>,
+}
+
+/// The calls running on one connection: counted against `max_calls_per_connection`,
+/// and watched by the connection's idle timer.
+#[derive(Debug)]
+pub(crate) struct ActiveCalls(watch::Sender<usize>);
+
+impl Default for ActiveCalls {
+    fn default() -> Self {
+        ActiveCalls(watch::Sender::new(0))
+    }
+}
+
+impl ActiveCalls {
+    /// Counts one more call until the guard is dropped, unless `max` already run.
+    pub fn try_start(self: &Arc<Self>, max: usize) -> Option<ActiveCall> {
+        let mut started = false;
+        self.0.send_if_modified(|n| {
+            started = *n < max;
+            if started {
+                *n += 1;
+            }
+            started
+        });
+        started.then(|| ActiveCall(Arc::clone(self)))
+    }
+
+    /// Returns once no call has run on the connection for `idle` (read at each
+    /// check, so a reload applies to connections already open).
+    pub async fn idle_for(&self, idle: impl Fn() -> Duration) {
+        let mut count = self.0.subscribe();
+        loop {
+            if *count.borrow_and_update() == 0 {
+                tokio::select! {
+                    () = tokio::time::sleep(idle()) => return,
+                    changed = count.changed() => if changed.is_err() { return },
+                }
+            } else if count.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// One call counted in [`ActiveCalls`].
+#[derive(Debug)]
+pub(crate) struct ActiveCall(Arc<ActiveCalls>);
+
+impl Drop for ActiveCall {
+    fn drop(&mut self) {
+        self.0.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }

@@ -4,7 +4,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -34,6 +34,34 @@ const ACCEPT_QUEUE: usize = 32;
 /// file descriptors), so the loop does not spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// What the accept loop asks of the server at each connection, so a changed
+/// config (a reload) applies from the next connection on.
+pub trait ServerPolicy: PeerKeys {
+    /// Connections open at once, handshakes included; one more is closed at
+    /// once, before any TLS work is spent on it.
+    fn max_connections(&self) -> usize;
+    /// How long a client has to complete its TLS handshake.
+    fn handshake_timeout(&self) -> Duration;
+}
+
+/// The number of connections open, handshakes included.
+///
+/// A count and a guard rather than a `Semaphore`: the limit it is checked against
+/// may change at any connection (a reload), and a semaphore cannot shrink below the
+/// permits it has handed out.
+#[derive(Debug, Default)]
+struct OpenCount(AtomicUsize);
+
+/// One connection counted in [`OpenCount`] until it is dropped, with its connection.
+#[derive(Debug)]
+struct Counted(Arc<OpenCount>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Who is on the other end of a server connection; handlers get it from the request extensions.
 #[derive(Clone, Debug)]
 pub struct PeerInfo {
@@ -51,6 +79,7 @@ pub struct ServerConn<S = Throttled<TcpStream>> {
     inner: tokio_rustls::server::TlsStream<S>,
     info: PeerInfo,
     _open: OpenConnection,
+    _counted: Counted,
 }
 
 impl<S> ServerConn<S> {
@@ -146,26 +175,20 @@ impl HandshakeError {
 /// Accepts TCP connections and yields those that complete a mutual TLS handshake with a
 /// known peer.
 ///
-/// Each handshake runs in its own task under `handshake_timeout`, so a slow or silent
-/// client cannot hold up the others. Refused connections are logged and dropped. `peers`
-/// is consulted at each handshake, so changes to it apply to the next connection. The
-/// background tasks stop once the returned stream is dropped or closed. Must be called
-/// inside a tokio runtime.
+/// Each handshake runs in its own task under the policy's handshake timeout, so a slow
+/// or silent client cannot hold up the others. A connection past the policy's
+/// `max_connections` is closed before its handshake. Refused connections are logged and
+/// dropped. `policy` is consulted at each connection, so changes to it apply to the next
+/// one. The background tasks stop once the returned stream is dropped or closed. Must be
+/// called inside a tokio runtime.
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    peers: Arc<dyn PeerKeys>,
-    handshake_timeout: Duration,
+    policy: Arc<dyn ServerPolicy>,
 ) -> Incoming {
     let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
     let acceptor = TlsAcceptor::from(tls);
-    let accept = tokio::spawn(accept_loop(
-        listener,
-        acceptor,
-        peers,
-        handshake_timeout,
-        tx,
-    ));
+    let accept = tokio::spawn(accept_loop(listener, acceptor, policy, tx));
     Incoming {
         conns: ReceiverStream::new(rx),
         accept,
@@ -201,10 +224,10 @@ impl Stream for Incoming {
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    peers: Arc<dyn PeerKeys>,
-    handshake_timeout: Duration,
+    policy: Arc<dyn ServerPolicy>,
     tx: mpsc::Sender<Result<ServerConn, io::Error>>,
 ) {
+    let open = Arc::new(OpenCount::default());
     loop {
         let accepted = tokio::select! {
             () = tx.closed() => return,
@@ -223,13 +246,30 @@ async fn accept_loop(
                 continue;
             }
         };
+        // Only this task adds to the count, so nothing can slip in between the check
+        // and the increment.
+        let max = policy.max_connections();
+        if open.0.load(Ordering::SeqCst) >= max {
+            crate::metrics::net().handshakes_refused.add(
+                1,
+                &[opentelemetry::KeyValue::new(
+                    "reason",
+                    "too_many_connections",
+                )],
+            );
+            tracing::warn!(addr = %addr, max_connections = max, "connection refused: too many connections");
+            drop(tcp);
+            continue;
+        }
+        open.0.fetch_add(1, Ordering::SeqCst);
+        let counted = Counted(Arc::clone(&open));
         let span = tracing::info_span!("accept", addr = %addr);
         let task = accept_one(
             acceptor.clone(),
             tcp,
             addr,
-            Arc::clone(&peers),
-            handshake_timeout,
+            Arc::clone(&policy),
+            counted,
             tx.clone(),
         );
         tokio::spawn(task.instrument(span));
@@ -240,13 +280,14 @@ async fn accept_one(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     addr: SocketAddr,
-    peers: Arc<dyn PeerKeys>,
-    handshake_timeout: Duration,
+    policy: Arc<dyn ServerPolicy>,
+    counted: Counted,
     tx: mpsc::Sender<Result<ServerConn, io::Error>>,
 ) {
-    let result = tokio::time::timeout(handshake_timeout, handshake(&acceptor, tcp, addr, &*peers))
+    let timeout = policy.handshake_timeout();
+    let result = tokio::time::timeout(timeout, handshake(&acceptor, tcp, addr, &*policy, counted))
         .await
-        .unwrap_or(Err(HandshakeError::Timeout(handshake_timeout)));
+        .unwrap_or(Err(HandshakeError::Timeout(timeout)));
     match result {
         Ok(conn) => {
             tracing::info!(peer = %conn.info.peer_id, addr = %addr, "connection accepted");
@@ -280,7 +321,8 @@ async fn handshake(
     acceptor: &TlsAcceptor,
     tcp: TcpStream,
     addr: SocketAddr,
-    peers: &dyn PeerKeys,
+    peers: &dyn ServerPolicy,
+    counted: Counted,
 ) -> Result<ServerConn, HandshakeError> {
     if let Err(e) = tcp.set_nodelay(true) {
         // Only a latency cost, not a reason to refuse the peer.
@@ -303,6 +345,7 @@ async fn handshake(
     Ok(ServerConn {
         inner: tls,
         _open: OpenConnection::new(&peer_id),
+        _counted: counted,
         info: PeerInfo {
             peer_id,
             addr,
@@ -583,8 +626,39 @@ mod tests {
         conns: Pin<Box<Incoming>>,
     }
 
-    fn laptop(key: &PrivateKey) -> Arc<dyn PeerKeys> {
-        Arc::new(HashMap::from([(key.public_key(), "laptop".to_owned())]))
+    /// Peers and limits for tests.
+    #[derive(Debug)]
+    struct Policy {
+        peers: HashMap<PublicKey, String>,
+        max_connections: usize,
+        handshake_timeout: Duration,
+    }
+
+    impl PeerKeys for Policy {
+        fn peer_id(&self, key: &PublicKey) -> Option<String> {
+            self.peers.peer_id(key)
+        }
+    }
+
+    impl ServerPolicy for Policy {
+        fn max_connections(&self) -> usize {
+            self.max_connections
+        }
+        fn handshake_timeout(&self) -> Duration {
+            self.handshake_timeout
+        }
+    }
+
+    fn policy(
+        key: &PrivateKey,
+        max_connections: usize,
+        handshake_timeout: Duration,
+    ) -> Arc<Policy> {
+        Arc::new(Policy {
+            peers: HashMap::from([(key.public_key(), "laptop".to_owned())]),
+            max_connections,
+            handshake_timeout,
+        })
     }
 
     async fn setup() -> Setup {
@@ -592,9 +666,9 @@ mod tests {
         let client_key = PrivateKey::generate().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let peers = laptop(&client_key);
-        let tls = server_config(&server_key, peers.clone()).unwrap();
-        let conns = Box::pin(incoming(listener, tls, peers, TIMEOUT));
+        let policy = policy(&client_key, 64, TIMEOUT);
+        let tls = server_config(&server_key, policy.clone()).unwrap();
+        let conns = Box::pin(incoming(listener, tls, policy));
         Setup {
             addr,
             server_key,
@@ -679,9 +753,9 @@ mod tests {
         let client_key = PrivateKey::generate().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let peers = laptop(&client_key);
-        let tls = server_config(&server_key, peers.clone()).unwrap();
-        let mut conns = Box::pin(incoming(listener, tls, peers, Duration::from_millis(200)));
+        let policy = policy(&client_key, 64, Duration::from_millis(200));
+        let tls = server_config(&server_key, policy.clone()).unwrap();
+        let mut conns = Box::pin(incoming(listener, tls, policy));
         let mut silent = TcpStream::connect(addr).await.unwrap();
 
         let config = client_config(&client_key, [server_key.public_key()]).unwrap();
@@ -697,6 +771,36 @@ mod tests {
             .await
             .expect("server never closed the silent connection");
         assert!(n.is_err() || buf.is_empty());
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_limit_are_closed_before_their_handshake() {
+        let server_key = PrivateKey::generate().unwrap();
+        let client_key = PrivateKey::generate().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let policy = policy(&client_key, 1, TIMEOUT);
+        let tls = server_config(&server_key, policy.clone()).unwrap();
+        let mut conns = Box::pin(incoming(listener, tls, policy));
+        let config = client_config(&client_key, [server_key.public_key()]).unwrap();
+        let first_client = tls_client(addr, config.clone()).await.unwrap();
+        let first = conns.next().await.unwrap().unwrap();
+
+        // The second connection is closed without a word of TLS.
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(TIMEOUT, second.read_to_end(&mut buf))
+            .await
+            .expect("the connection past the limit was left open");
+        assert!(read.is_err() || buf.is_empty(), "{buf:?}");
+
+        // Once the first is gone (the count drops with it), its place is free again.
+        drop((first, first_client));
+        let _third = tls_client(addr, config).await.unwrap();
+        assert_eq!(
+            conns.next().await.unwrap().unwrap().peer_info().peer_id,
+            "laptop"
+        );
     }
 
     #[tokio::test]

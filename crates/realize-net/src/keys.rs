@@ -85,9 +85,21 @@ impl PrivateKey {
         Self::from_pem_bytes(pem.as_bytes())
     }
 
+    /// Reads a private key file; one that others than its owner may read or write is
+    /// still loaded, with a warning, as ssh does for its keys.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
         let bytes = read(path)?;
-        Self::from_pem_bytes(&bytes).map_err(|e| in_file(path, e))
+        let key = Self::from_pem_bytes(&bytes).map_err(|e| in_file(path, e))?;
+        if let Some(mode) = open_to_others(path) {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format_args!("{mode:04o}"),
+                "private key file {} is accessible by others (mode {mode:04o}): run chmod 600 {}",
+                path.display(),
+                path.display()
+            );
+        }
+        Ok(key)
     }
 
     fn from_pem_bytes(pem: &[u8]) -> Result<Self, KeyError> {
@@ -295,6 +307,13 @@ fn read(path: &Path) -> Result<Vec<u8>, KeyError> {
     })
 }
 
+/// The permission bits of `path` if its group or others have any access to it.
+pub fn open_to_others(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o077 != 0).then_some(mode)
+}
+
 fn in_file(path: &Path, error: KeyError) -> KeyError {
     KeyError::File {
         path: path.to_owned(),
@@ -354,6 +373,26 @@ mod tests {
         let again = PrivateKey::from_pem(&pem).unwrap();
         assert_eq!(again.public_key(), key.public_key());
         assert_eq!(again.to_pem(), pem);
+    }
+
+    #[test]
+    fn key_files_open_to_others_are_noticed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.key");
+        std::fs::write(&path, PrivateKey::generate().unwrap().to_pem()).unwrap();
+        for (mode, expected) in [
+            (0o600, None),
+            (0o400, None),
+            (0o640, Some(0o640)),
+            (0o604, Some(0o604)),
+            (0o644, Some(0o644)),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(open_to_others(&path), expected, "{mode:o}");
+            // Loose permissions warn; they do not stop the key from loading.
+            PrivateKey::load(&path).unwrap();
+        }
     }
 
     #[test]

@@ -147,3 +147,45 @@ fn keygen_writes_a_private_key_only_we_can_read() {
         key_before
     );
 }
+
+#[test]
+fn keygen_shows_the_same_fingerprint_for_both_halves() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = TempDir::new().unwrap();
+    let output = realize(&["keygen", "--out", "me"], work.path());
+    assert!(output.status.success(), "{}", stderr(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let fingerprint = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("fingerprint "))
+        .unwrap_or_else(|| panic!("no fingerprint in {stdout:?}"))
+        .to_string();
+    assert!(fingerprint.starts_with("SHA256:"), "{fingerprint}");
+    for file in ["me.key", "me.pub.pem"] {
+        let shown = realize(&["keygen", "--show-fingerprint", file], work.path());
+        assert!(shown.status.success(), "{}", stderr(&shown));
+        assert_eq!(
+            String::from_utf8_lossy(&shown.stdout),
+            format!("{fingerprint}  {file}\n")
+        );
+        assert_eq!(stderr(&shown), "", "a 0600 key warns of nothing");
+    }
+    // A private key others may read still works, with a warning like ssh's.
+    std::fs::set_permissions(
+        work.path().join("me.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let loose = realize(&["keygen", "--show-fingerprint", "me.key"], work.path());
+    assert!(loose.status.success(), "{}", stderr(&loose));
+    assert!(
+        stderr(&loose).contains("is accessible by others (mode 0644): run chmod 600"),
+        "{}",
+        stderr(&loose)
+    );
+    std::fs::write(work.path().join("junk"), "not a key").unwrap();
+    let junk = realize(&["keygen", "--show-fingerprint", "junk"], work.path());
+    assert_eq!(junk.status.code(), Some(1), "{}", stderr(&junk));
+    let neither = realize(&["keygen"], work.path());
+    assert_eq!(neither.status.code(), Some(2), "{}", stderr(&neither));
+}

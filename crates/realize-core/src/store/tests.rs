@@ -244,6 +244,36 @@ async fn write_past_the_file_size_is_refused() {
 }
 
 #[tokio::test]
+async fn a_write_without_data_sets_the_size_and_polls_no_ended_stream() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let store = store(root);
+    // An unfold panics if polled after its end, as the daemon's request streams do.
+    let data = stream::unfold((), |()| async { None::<(Result<Bytes, ServiceError>, ())> }).boxed();
+    let written = store.write(&dir(), &rel("f"), 0, 5, data).await.unwrap();
+    assert_eq!(written, 0);
+    assert_eq!(read_file(root, ".f.part"), [0; 5]);
+}
+
+#[tokio::test]
+async fn a_write_refused_at_its_first_chunk_changes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    write_file(root, "f", b"final");
+    let store = store(root);
+    let result = store
+        .write(&dir(), &rel("f"), 0, 3, chunks([vec![1; 4]]))
+        .await;
+    assert_eq!(code(result), ErrorCode::InvalidArgument);
+    let failing = futures::stream::iter([Err(ServiceError::Protocol("broken".into()))]).boxed();
+    let result = store.write(&dir(), &rel("sub/g"), 0, 3, failing).await;
+    assert_eq!(code(result), ErrorCode::Internal);
+    assert_eq!(read_file(root, "f"), b"final", "the final file stays final");
+    assert!(!exists(root, ".f.part"));
+    assert!(!exists(root, "sub"), "no parent directory is created");
+}
+
+#[tokio::test]
 async fn write_turns_an_existing_final_file_into_the_partial_file() {
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
@@ -315,7 +345,9 @@ async fn an_error_in_the_data_aborts_the_write_as_is() {
 /// occupies before yielding `head`, so the background write of `head` is
 /// queued behind it. The blocker is released only once `write` waits for
 /// something after `second` was yielded; a `write` that returns at once is
-/// caught with `head` not yet on disk.
+/// caught with `head` not yet on disk. An empty chunk comes first: `write`
+/// takes its first chunk before opening the partial file, and that open
+/// needs the blocking thread.
 fn aborted_write(
     head: Vec<u8>,
     second: Result<Bytes, ServiceError>,
@@ -350,7 +382,10 @@ fn aborted_write(
         flag.store(true, Ordering::SeqCst);
         second
     });
-    let data = first.chain(second).boxed();
+    let data = stream::once(async { Ok(Bytes::new()) })
+        .chain(first)
+        .chain(second)
+        .boxed();
 
     let outcome = runtime.block_on(async {
         let (d, f) = (dir(), rel("f"));

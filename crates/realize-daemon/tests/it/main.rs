@@ -8,6 +8,7 @@ mod observability;
 mod python;
 mod rejections;
 mod resilience;
+mod security;
 mod throttle;
 mod traces;
 mod util;

@@ -92,10 +92,19 @@ pub struct KeyFiles {
 
 impl KeyFiles {
     pub fn new(dir: &Path, name: &str) -> Self {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let key = PrivateKey::generate().unwrap();
         let private = dir.join(format!("{name}.key"));
         let public = dir.join(format!("{name}.pub.pem"));
-        std::fs::write(&private, key.to_pem()).unwrap();
+        // As `realize keygen` writes it: a key others may read makes a warning.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&private)
+            .and_then(|mut f| f.write_all(key.to_pem().as_bytes()))
+            .unwrap();
         std::fs::write(&public, key.public_key().to_pem()).unwrap();
         KeyFiles {
             key,
@@ -118,6 +127,10 @@ pub struct DaemonConfig {
     pub dirs: Vec<(String, PathBuf)>,
     /// Peer id → public key file.
     pub peers: Vec<(String, PathBuf)>,
+    /// Peer id → more lines for its `[peers.ID]` table (`dirs`, `access`).
+    pub peer_options: Vec<(String, String)>,
+    /// Lines of the `[limits]` table.
+    pub limits: Vec<String>,
     pub grace_period: Option<String>,
     pub log_level: Option<String>,
     /// `RUST_LOG` for the process; not part of the file.
@@ -141,6 +154,12 @@ impl DaemonConfig {
         }
         for (id, key) in &self.peers {
             text.push_str(&format!("[peers.{id}]\npublic_key_file = {key:?}\n"));
+            for (_, options) in self.peer_options.iter().filter(|(peer, _)| peer == id) {
+                text.push_str(&format!("{options}\n"));
+            }
+        }
+        if !self.limits.is_empty() {
+            text.push_str(&format!("[limits]\n{}\n", self.limits.join("\n")));
         }
         if let Some(grace) = &self.grace_period {
             text.push_str(&format!("[shutdown]\ngrace_period = {grace:?}\n"));
@@ -188,6 +207,8 @@ impl Daemon {
                 .map(|(id, path)| (id.to_string(), path.to_path_buf()))
                 .collect(),
             peers: vec![("client".to_string(), client.public.clone())],
+            peer_options: Vec::new(),
+            limits: Vec::new(),
             grace_period: None,
             log_level: None,
             rust_log: "info".to_string(),

@@ -1,0 +1,181 @@
+//! An in-process way into the gRPC handler, for the fuzz targets in `fuzz/`: request
+//! bodies go through the same routes, message limit, authorization and store as on a
+//! connection, without TLS or HTTP/2, so millions of them can run.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use realize_core::{DirId, LocalStore};
+use realize_net::connection::PeerInfo;
+use realize_net::keys::{KeyError, PrivateKey};
+use realize_net::throttle::SendLimit;
+use realize_proto::pb::realize_server::RealizeServer;
+use tonic::service::Routes;
+use tower::ServiceExt;
+
+use crate::config::{Access, Limits, Peer};
+use crate::limits::MessageLimit;
+use crate::server::Handler;
+use crate::state::{ActiveCalls, Calls, ConnectionContext, Live, LiveConfig};
+
+/// The directory id the harness serves its root as.
+pub const DIR: &str = "d";
+
+/// The handler serving one root as [`DIR`] to one peer with `access`, and the
+/// limits given.
+#[derive(Debug)]
+pub struct Harness {
+    routes: Routes,
+    context: ConnectionContext,
+    limits: Limits,
+}
+
+impl Harness {
+    pub fn new(root: &Path, access: Access, limits: Limits) -> Result<Self, KeyError> {
+        let key = PrivateKey::generate()?.public_key();
+        let dir = DirId::new(DIR).unwrap_or_else(|_| unreachable!("\"d\" is a valid id"));
+        let peer = Peer {
+            key: key.clone(),
+            dirs: None,
+            access,
+        };
+        let live = Arc::new(LiveConfig::new(Live::new(
+            BTreeMap::from([("fuzzer".to_string(), peer)]),
+            [dir.clone()].into(),
+            Arc::new(LocalStore::new([(dir, root.to_path_buf())])),
+            crate::config::DEFAULT_GRACE_PERIOD,
+            limits,
+        )));
+        let calls = Arc::new(Calls::default());
+        let handler = Handler::new(live, Arc::clone(&calls));
+        let routes = Routes::new(
+            RealizeServer::new(handler)
+                .max_decoding_message_size(limits.max_message_size)
+                .max_encoding_message_size(limits.max_message_size),
+        )
+        .prepare();
+        let context = ConnectionContext {
+            peer: PeerInfo {
+                peer_id: "fuzzer".to_string(),
+                addr: ([127, 0, 0, 1], 1).into(),
+                send_limit: SendLimit::new(None),
+                key,
+            },
+            cancel: calls.cancel.child_token(),
+            active: Arc::new(ActiveCalls::default()),
+            over_peer_limit: None,
+        };
+        Ok(Harness {
+            routes,
+            context,
+            limits,
+        })
+    }
+
+    /// Calls `method` (such as `Write`) with `body`, gRPC-framed messages or any bytes,
+    /// reads the whole response, and returns its grpc-status (0 for OK).
+    pub async fn call(&self, method: &str, body: Bytes) -> Option<i32> {
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://realize/realize.v1.Realize/{method}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(MessageLimit::new(
+                Full::new(body),
+                self.limits.max_message_size,
+            ))
+            .ok()?;
+        let mut request = request;
+        request.extensions_mut().insert(self.context.clone());
+        let response = self.routes.clone().oneshot(request).await.ok()?;
+        let code = |headers: &http::HeaderMap| {
+            headers
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        };
+        if let Some(status) = code(response.headers()) {
+            return Some(status);
+        }
+        let collected = response.into_body().collect().await.ok()?;
+        collected.trailers().and_then(code)
+    }
+}
+
+/// Frames `messages` as a gRPC request body: a flag byte, a 4-byte length, then each.
+pub fn frame(messages: &[Vec<u8>]) -> Bytes {
+    let mut body = Vec::new();
+    for message in messages {
+        body.push(0);
+        body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        body.extend_from_slice(message);
+    }
+    body.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+    use realize_proto::pb;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn calls_reach_the_store_and_refusals_come_back_as_statuses() {
+        let root = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_message_size: crate::config::MIN_MESSAGE_SIZE,
+            ..Limits::default()
+        };
+        let harness = Harness::new(root.path(), Access::ReadWrite, limits).unwrap();
+        let header = pb::WriteRequest {
+            message: Some(pb::write_request::Message::Header(pb::WriteHeader {
+                dir: DIR.into(),
+                path: "a/f".into(),
+                offset: 0,
+                file_size: 3,
+            })),
+        };
+        let data = pb::WriteRequest {
+            message: Some(pb::write_request::Message::Data(Bytes::from_static(b"abc"))),
+        };
+        let body = frame(&[header.encode_to_vec(), data.encode_to_vec()]);
+        assert_eq!(harness.call("Write", body).await, Some(0));
+        assert_eq!(
+            std::fs::read(root.path().join("a/.f.part")).unwrap(),
+            b"abc"
+        );
+        let finish = pb::FinishRequest {
+            dir: DIR.into(),
+            path: "a/f".into(),
+            sha256: Bytes::new(),
+        };
+        let finish = frame(&[finish.encode_to_vec()]);
+        assert_eq!(harness.call("Finish", finish).await, Some(0));
+        assert_eq!(std::fs::read(root.path().join("a/f")).unwrap(), b"abc");
+        let read = pb::ReadRequest {
+            dir: DIR.into(),
+            path: "../x".into(),
+            offset: 0,
+            length: None,
+        };
+        let read = frame(&[read.encode_to_vec()]);
+        assert_eq!(
+            harness.call("Read", read).await,
+            Some(tonic::Code::InvalidArgument as i32)
+        );
+        let huge = Bytes::from_static(&[0, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(
+            harness.call("Hash", huge).await,
+            Some(tonic::Code::ResourceExhausted as i32)
+        );
+        let garbage = Bytes::from_static(b"\x00\x00\x00\x00\x03\xff\xff\xff");
+        assert_eq!(
+            harness.call("Delete", garbage).await,
+            Some(tonic::Code::Internal as i32)
+        );
+    }
+}

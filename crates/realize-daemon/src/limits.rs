@@ -1,0 +1,198 @@
+//! Wire-level limits applied before tonic sees a request: the size of each gRPC message, and the deadline a call carries.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tonic::Status;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body that fails with ResourceExhausted as soon as a gRPC message's
+/// 5-byte prefix declares more than `max` bytes, before anything buffers it.
+///
+/// tonic has its own limit, but it answers OutOfRange, which gRPC reserves for
+/// ranges; this one answers what gRPC says a message too large is.
+#[derive(Debug)]
+pub(crate) struct MessageLimit<B> {
+    inner: B,
+    max: usize,
+    frames: FrameReader,
+    failed: bool,
+}
+
+impl<B> MessageLimit<B> {
+    pub fn new(inner: B, max: usize) -> Self {
+        MessageLimit {
+            inner,
+            max,
+            frames: FrameReader::default(),
+            failed: false,
+        }
+    }
+}
+
+impl<B> Body for MessageLimit<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.failed {
+            return Poll::Ready(None);
+        }
+        let frame = match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+            None => return Poll::Ready(None),
+        };
+        if let Some(data) = frame.data_ref() {
+            let max = self.max;
+            if let Err(len) = self.frames.feed(data, max) {
+                self.failed = true;
+                tracing::warn!(
+                    size = len,
+                    max_message_size = max,
+                    "message refused: larger than max_message_size"
+                );
+                let status = Status::resource_exhausted(format!(
+                    "message of {len} bytes is larger than the daemon's max_message_size ({max} bytes)"
+                ));
+                return Poll::Ready(Some(Err(Box::new(status))));
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Follows the gRPC framing of a byte stream (1 flag byte, 4 bytes of length,
+/// then the message) across chunk boundaries, reading only the prefixes.
+#[derive(Debug, Default)]
+struct FrameReader {
+    prefix: [u8; 5],
+    prefix_len: usize,
+    /// Bytes of the current message still to come.
+    remaining: u64,
+}
+
+impl FrameReader {
+    /// Takes the next bytes of the stream; `Err` with the declared length if a
+    /// message is longer than `max`.
+    fn feed(&mut self, mut data: &[u8], max: usize) -> Result<(), u64> {
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let n = data
+                    .len()
+                    .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                self.remaining -= n as u64;
+                data = &data[n..];
+                continue;
+            }
+            let n = data.len().min(5 - self.prefix_len);
+            self.prefix[self.prefix_len..self.prefix_len + n].copy_from_slice(&data[..n]);
+            self.prefix_len += n;
+            data = &data[n..];
+            if self.prefix_len == 5 {
+                self.prefix_len = 0;
+                let [_, a, b, c, d] = self.prefix;
+                let len = u64::from(u32::from_be_bytes([a, b, c, d]));
+                if len > max as u64 {
+                    return Err(len);
+                }
+                self.remaining = len;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses a `grpc-timeout` header value: 1 to 8 digits and a unit (H, M, S, m, u, n).
+pub(crate) fn grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(len: u32) -> Vec<u8> {
+        let mut bytes = vec![0];
+        bytes.extend_from_slice(&len.to_be_bytes());
+        bytes.extend(std::iter::repeat_n(7, len as usize));
+        bytes
+    }
+
+    /// Feeds `stream` in chunks of `chunk` bytes; the first length over `max`.
+    fn check(stream: &[u8], chunk: usize, max: usize) -> Result<(), u64> {
+        let mut reader = FrameReader::default();
+        stream
+            .chunks(chunk)
+            .try_for_each(|data| reader.feed(data, max))
+    }
+
+    #[test]
+    fn messages_within_the_limit_pass_however_they_are_split() {
+        let stream = [message(10), message(0), message(100), message(3)].concat();
+        for chunk in [1, 2, 4, 5, 6, 7, 100, 1000] {
+            assert_eq!(check(&stream, chunk, 100), Ok(()), "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn a_message_over_the_limit_is_caught_by_its_prefix() {
+        let stream = [message(10), message(101), message(3)].concat();
+        for chunk in [1, 3, 5, 16, 1000] {
+            assert_eq!(check(&stream, chunk, 100), Err(101), "chunk {chunk}");
+        }
+        // Only the prefix is needed: a 4 GiB declaration is refused without its bytes.
+        assert_eq!(
+            check(&[0, 0xff, 0xff, 0xff, 0xff], 5, 100),
+            Err(u32::MAX as u64)
+        );
+    }
+
+    #[test]
+    fn grpc_timeouts() {
+        assert_eq!(grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(grpc_timeout("30S"), Some(Duration::from_secs(30)));
+        assert_eq!(grpc_timeout("500m"), Some(Duration::from_millis(500)));
+        assert_eq!(grpc_timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(
+            grpc_timeout("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        for bad in ["", "S", "1", "123456789S", "1s", "-1S", "1.5S", "é", "1 S"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! `cargo xtask fuzz [SECONDS]`: runs each cargo-fuzz target in `fuzz/` for a
+//! bounded time and reports the executions run and the crashes found.
+//!
+//! Not part of `cargo xtask ci`: it needs a nightly toolchain and cargo-fuzz,
+//! and its value grows with time spent, which CI runs cannot give it.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+/// The targets, in `fuzz/fuzz_targets/`.
+const TARGETS: [&str; 3] = ["path", "config", "handlers"];
+
+/// What one target's run found.
+struct Outcome {
+    target: &'static str,
+    executions: u64,
+    crashed: bool,
+}
+
+pub fn fuzz(root: &Path, seconds: u64) -> anyhow::Result<()> {
+    let fuzz_dir = root.join("fuzz");
+    let target_dir = root.join("target/fuzz");
+    let mut outcomes = Vec::new();
+    for target in TARGETS {
+        eprintln!("$ cargo +nightly fuzz run {target} (for {seconds}s)");
+        // No sanitizer: the workspace forbids unsafe code, so AddressSanitizer would
+        // mostly slow the search down; panics and aborts are what we look for.
+        let output = Command::new("cargo")
+            .args([
+                "+nightly",
+                "fuzz",
+                "run",
+                target,
+                "--sanitizer",
+                "none",
+                "--target-dir",
+            ])
+            .arg(&target_dir)
+            .args([
+                "--",
+                &format!("-max_total_time={seconds}"),
+                "-print_final_stats=1",
+                "-rss_limit_mb=4096",
+            ])
+            .current_dir(&fuzz_dir)
+            .output()
+            .with_context(
+                || "cannot run cargo +nightly fuzz (install it: cargo install cargo-fuzz)",
+            )?;
+        let log = String::from_utf8_lossy(&output.stderr);
+        let executions = log
+            .lines()
+            .find_map(|line| line.strip_prefix("stat::number_of_executed_units:"))
+            .and_then(|n| n.trim().parse().ok());
+        let crashed = !output.status.success();
+        if crashed {
+            eprintln!("{log}");
+        }
+        let Some(executions) = executions.or(crashed.then_some(0)) else {
+            bail!("cargo fuzz run {target} printed no statistics:\n{log}");
+        };
+        outcomes.push(Outcome {
+            target,
+            executions,
+            crashed,
+        });
+    }
+    println!("| target | seconds | executions | crashes |");
+    println!("|---|---|---|---|");
+    for o in &outcomes {
+        let crashes = if o.crashed {
+            "1 (see fuzz/artifacts/)"
+        } else {
+            "0"
+        };
+        println!(
+            "| {} | {seconds} | {} | {crashes} |",
+            o.target, o.executions
+        );
+    }
+    if outcomes.iter().any(|o| o.crashed) {
+        bail!("fuzzing found a crash");
+    }
+    Ok(())
+}
