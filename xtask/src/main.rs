@@ -129,7 +129,7 @@ fn ci(root: &Path) -> anyhow::Result<()> {
             "warnings",
         ],
     )?;
-    run("cargo", &["test", "--workspace"])?;
+    let (passed, failed) = cargo_test()?;
     // A short run: every kind of fault at least once, in about a minute.
     chaos::chaos(
         root,
@@ -138,7 +138,45 @@ fn ci(root: &Path) -> anyhow::Result<()> {
             seed: 1,
             write_doc: false,
         },
-    )
+    )?;
+    // Last, so whoever reads the end of the log sees what the tests did.
+    println!("tests: {passed} passed, {failed} failed");
+    Ok(())
+}
+
+/// `cargo test --workspace`, its output passed through, and the passed and
+/// failed counts of all its test binaries added up.
+fn cargo_test() -> anyhow::Result<(u64, u64)> {
+    eprintln!("$ cargo test --workspace");
+    let mut child = Command::new("cargo")
+        .args(["test", "--workspace"])
+        .current_dir(workspace_root())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot run cargo test")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        // "test result: ok. 12 passed; 0 failed; 0 ignored; ..."
+        if let Some(counts) = line.strip_prefix("test result: ") {
+            let count = |what: &str| -> u64 {
+                counts
+                    .split(';')
+                    .find_map(|part| part.trim().strip_suffix(what))
+                    .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("cargo test --workspace failed: {status} ({passed} passed, {failed} failed)");
+    }
+    Ok((passed, failed))
 }
 
 fn demo() -> anyhow::Result<()> {
