@@ -1,4 +1,4 @@
-//! `cargo xtask fuzz [SECONDS]`: runs each cargo-fuzz target in `fuzz/` for a
+//! `cargo xtask fuzz [--seconds N]`: runs each cargo-fuzz target in `fuzz/` for a
 //! bounded time and reports the executions run and the crashes found.
 //!
 //! Not part of `cargo xtask ci`: it needs a nightly toolchain and cargo-fuzz,
