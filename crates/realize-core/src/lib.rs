@@ -22,6 +22,8 @@ pub mod progress;
 pub mod service;
 pub mod stop;
 pub mod store;
+#[cfg(test)]
+mod testing;
 
 pub use error::{ErrorCode, ServiceError, StoreError};
 pub use hash::Sha256Hash;

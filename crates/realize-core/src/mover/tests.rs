@@ -1,24 +1,16 @@
 //! Tests of the move algorithm between two local stores on temporary roots.
 
 use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use std::path::Path;
 
 use crate::stop::Stop;
 
 use super::{MoveError, MoveOptions, MoveSummary, Side, move_files};
 use crate::error::{ErrorCode, ServiceError};
-use crate::hash::Sha256Hash;
 use crate::path::{DirId, RelPath};
 use crate::progress::NoProgress;
-use crate::service::{
-    ByteRange, ByteStream, EntryStream, FileKind, FileStamp, HashResult, Service, ServiceInfo,
-};
 use crate::store::LocalStore;
+use crate::testing::{Fault, Faulty};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
@@ -484,158 +476,6 @@ async fn one_failing_file_does_not_stop_the_others() {
     assert_all_moved(&summary, 1);
     assert_eq!(read_file(sides.dst(), "sub/a.txt"), b"blocked");
     assert!(tree(sides.src()).is_empty());
-}
-
-/// What a [`Faulty`] store does wrong.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Fault {
-    /// Flips the first byte of every chunk it is asked to write.
-    FlipWrittenBytes,
-    /// Appends a byte to the file just before its first whole-file hash.
-    ChangeBeforeHash,
-    /// Appends a byte to the file just before its first delete.
-    ChangeBeforeDelete,
-}
-
-/// A local store with a fault injected, delegating everything else.
-#[derive(Debug)]
-struct Faulty {
-    inner: LocalStore,
-    root: PathBuf,
-    fault: Fault,
-    armed: AtomicBool,
-}
-
-impl Faulty {
-    fn new(root: &Path, fault: Fault) -> Self {
-        Faulty {
-            inner: store(root),
-            root: root.to_path_buf(),
-            fault,
-            armed: AtomicBool::new(true),
-        }
-    }
-
-    /// Appends a byte to `path` the first time `fault` is triggered.
-    fn trigger(&self, fault: Fault, path: &RelPath) {
-        if self.fault == fault && self.armed.swap(false, Ordering::SeqCst) {
-            use std::io::Write;
-            let mut file = std::fs::OpenOptions::new()
-                .append(true)
-                .open(self.root.join(path.as_str()))
-                .unwrap();
-            file.write_all(b"!").unwrap();
-        }
-    }
-}
-
-#[async_trait]
-impl Service for Faulty {
-    async fn info(&self) -> Result<ServiceInfo, ServiceError> {
-        self.inner.info().await
-    }
-
-    async fn list(&self, dir: &DirId, include_partial: bool) -> Result<EntryStream, ServiceError> {
-        self.inner.list(dir, include_partial).await
-    }
-
-    async fn read(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        offset: u64,
-        length: Option<u64>,
-    ) -> Result<ByteStream, ServiceError> {
-        self.inner.read(dir, path, offset, length).await
-    }
-
-    async fn write(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        offset: u64,
-        file_size: u64,
-        data: ByteStream,
-    ) -> Result<u64, ServiceError> {
-        let data = if self.fault == Fault::FlipWrittenBytes {
-            data.map(|chunk| {
-                let mut chunk = BytesMut::from(chunk?);
-                if let Some(first) = chunk.first_mut() {
-                    *first ^= 0xff;
-                }
-                Ok(chunk.freeze())
-            })
-            .boxed()
-        } else {
-            data
-        };
-        self.inner.write(dir, path, offset, file_size, data).await
-    }
-
-    async fn signature(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        range: ByteRange,
-        block_size: u32,
-    ) -> Result<Bytes, ServiceError> {
-        self.inner.signature(dir, path, range, block_size).await
-    }
-
-    async fn diff(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        range: ByteRange,
-        signature: Bytes,
-    ) -> Result<ByteStream, ServiceError> {
-        self.inner.diff(dir, path, range, signature).await
-    }
-
-    async fn apply_delta(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        range: ByteRange,
-        file_size: u64,
-        delta: ByteStream,
-    ) -> Result<u64, ServiceError> {
-        self.inner
-            .apply_delta(dir, path, range, file_size, delta)
-            .await
-    }
-
-    async fn hash(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        kind: FileKind,
-        range: Option<ByteRange>,
-    ) -> Result<HashResult, ServiceError> {
-        if kind == FileKind::Final && range.is_none() {
-            self.trigger(Fault::ChangeBeforeHash, path);
-        }
-        self.inner.hash(dir, path, kind, range).await
-    }
-
-    async fn finish(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        verified: Option<Sha256Hash>,
-    ) -> Result<(), ServiceError> {
-        self.inner.finish(dir, path, verified).await
-    }
-
-    async fn delete(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        if_stamp: Option<FileStamp>,
-    ) -> Result<(), ServiceError> {
-        self.trigger(Fault::ChangeBeforeDelete, path);
-        self.inner.delete(dir, path, if_stamp).await
-    }
 }
 
 #[tokio::test]

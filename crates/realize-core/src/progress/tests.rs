@@ -4,19 +4,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
-use bytes::Bytes;
-
 use super::{FileProgress, Phase, Progress};
-use crate::error::ServiceError;
-use crate::hash::Sha256Hash;
 use crate::mover::{MoveError, MoveOptions, move_files};
 use crate::path::{DirId, RelPath};
-use crate::service::{
-    ByteRange, ByteStream, EntryStream, FileKind, FileStamp, HashResult, Service, ServiceInfo,
-};
 use crate::stop::Stop;
 use crate::store::LocalStore;
+use crate::testing::{Fault, Faulty};
 
 const KIB: usize = 1024;
 
@@ -206,105 +199,6 @@ async fn events_of_copied_resumed_present_and_failed_files() {
     assert_eq!(files["sub/failed"], [Enter(Copying), Failed]);
 }
 
-/// A destination whose first write stops the move: a hard stop, after which
-/// the write never finishes (a transfer in flight when the user presses
-/// Ctrl-C), or a soft one, after which it goes on.
-#[derive(Debug)]
-struct CancelOnWrite {
-    store: LocalStore,
-    stop: Stop,
-    hard: bool,
-}
-
-#[async_trait]
-impl Service for CancelOnWrite {
-    async fn info(&self) -> Result<ServiceInfo, ServiceError> {
-        self.store.info().await
-    }
-    async fn list(&self, dir: &DirId, include_partial: bool) -> Result<EntryStream, ServiceError> {
-        self.store.list(dir, include_partial).await
-    }
-    async fn read(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        offset: u64,
-        length: Option<u64>,
-    ) -> Result<ByteStream, ServiceError> {
-        self.store.read(dir, path, offset, length).await
-    }
-    async fn write(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        offset: u64,
-        file_size: u64,
-        data: ByteStream,
-    ) -> Result<u64, ServiceError> {
-        if self.hard {
-            self.stop.hard();
-            return std::future::pending().await;
-        }
-        self.stop.soft();
-        self.store.write(dir, path, offset, file_size, data).await
-    }
-    async fn signature(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        range: ByteRange,
-        block_size: u32,
-    ) -> Result<Bytes, ServiceError> {
-        self.store.signature(dir, path, range, block_size).await
-    }
-    async fn diff(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        range: ByteRange,
-        signature: Bytes,
-    ) -> Result<ByteStream, ServiceError> {
-        self.store.diff(dir, path, range, signature).await
-    }
-    async fn apply_delta(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        range: ByteRange,
-        file_size: u64,
-        delta: ByteStream,
-    ) -> Result<u64, ServiceError> {
-        self.store
-            .apply_delta(dir, path, range, file_size, delta)
-            .await
-    }
-    async fn hash(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        kind: FileKind,
-        range: Option<ByteRange>,
-    ) -> Result<HashResult, ServiceError> {
-        self.store.hash(dir, path, kind, range).await
-    }
-    async fn finish(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        verified: Option<Sha256Hash>,
-    ) -> Result<(), ServiceError> {
-        self.store.finish(dir, path, verified).await
-    }
-    async fn delete(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        if_stamp: Option<FileStamp>,
-    ) -> Result<(), ServiceError> {
-        self.store.delete(dir, path, if_stamp).await
-    }
-}
-
 #[tokio::test]
 async fn cancelling_interrupts_the_file_in_flight_and_starts_no_other() {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -312,11 +206,7 @@ async fn cancelling_interrupts_the_file_in_flight_and_starts_no_other() {
         write_file(src.path(), name, &data(KIB, 4));
     }
     let stop = Stop::new();
-    let destination = CancelOnWrite {
-        store: store(dst.path()),
-        stop: stop.clone(),
-        hard: true,
-    };
+    let destination = Faulty::stopping(dst.path(), Fault::HardStopOnWrite, stop.clone());
     let recorder = Recorder::default();
     let summary = move_files(
         &store(src.path()),
@@ -374,11 +264,7 @@ async fn a_soft_stop_lets_the_file_in_flight_finish_and_starts_no_other() {
         write_file(src.path(), name, &data(KIB, 5));
     }
     let stop = Stop::new();
-    let destination = CancelOnWrite {
-        store: store(dst.path()),
-        stop: stop.clone(),
-        hard: false,
-    };
+    let destination = Faulty::stopping(dst.path(), Fault::SoftStopOnWrite, stop.clone());
     let summary = move_files(
         &store(src.path()),
         &destination,
