@@ -8,7 +8,7 @@ mod throttle;
 mod tools;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,10 @@ pub struct Options {
     /// Print the figures without writing docs/.
     #[arg(long)]
     no_doc: bool,
+    /// Time realize against rsync only, and print their medians without
+    /// measuring memory, resume or latency: a check while optimising.
+    #[arg(long)]
+    quick: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -110,6 +114,11 @@ pub fn bench(root: &Path, options: &Options) -> anyhow::Result<()> {
     }
     tools::install_missing()?;
     let work = scratch("bench")?;
+    if options.quick {
+        let result = quick(options, &bins, &work);
+        let _ = std::fs::remove_dir_all(&work);
+        return result;
+    }
     let result = measure(options, &bins, &work);
     let _ = std::fs::remove_dir_all(&work);
     let (sets, resume, latency) = result?;
@@ -131,72 +140,52 @@ pub fn bench(root: &Path, options: &Options) -> anyhow::Result<()> {
 
 type Measured = (Vec<SetResult>, Resume, Vec<rpc::Row>);
 
-fn measure(options: &Options, bins: &Binaries, work: &Path) -> anyhow::Result<Measured> {
-    let keys = Keys::generate(bins, work)?;
-    let (pristine, src, dst) = (work.join("pristine"), work.join("src"), work.join("dst"));
-    for dir in [&pristine, &src, &dst] {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut servers = Servers::start(bins, &keys, work, &dst)?;
-    let sets = if options.sets.is_empty() {
+/// The data sets asked for, all by default.
+fn chosen_sets(options: &Options) -> Vec<DataSet> {
+    if options.sets.is_empty() {
         DataSet::ALL.to_vec()
     } else {
         options.sets.clone()
-    };
-    let mut results = Vec::new();
-    for set in sets {
-        clear_dir(&pristine)?;
-        let (files, bytes) = set.generate(&pristine)?;
-        let expected = list_files(&pristine)?;
-        eprintln!(
-            "{}: {files} files, {:.0} MB",
-            set.name(),
-            bytes as f64 / 1e6
-        );
-        let mut timings: Vec<Timings> = Tool::ALL
-            .iter()
-            .map(|&tool| Timings {
-                tool,
-                times: Vec::new(),
-                capped: None,
-            })
-            .collect();
-        for round in 0..options.runs {
-            // A rotating order, so no tool always runs first (or last).
-            for k in 0..Tool::ALL.len() {
-                let slot = (round + k) % Tool::ALL.len();
-                let tool = Tool::ALL[slot];
-                let capped = tool == Tool::Rclone && set == DataSet::Small;
-                if capped && round > 0 {
-                    continue;
-                }
-                reset_copy(&pristine, &src)?;
-                clear_dir(&dst)?;
-                if tool == Tool::Rclone {
-                    servers.restart_rclone()?;
-                }
-                let command = servers.command(tool, bins, &keys, &src, &dst);
-                let cap = capped.then(|| Duration::from_secs(options.rclone_small_cap));
-                let entry = &mut timings[slot];
-                match timed(command, cap)? {
-                    Some(elapsed) => {
-                        verify(tool, &src, &dst, &expected)?;
-                        eprintln!("  {} {elapsed:.3?}", tool.name());
-                        entry.times.push(elapsed);
-                    }
-                    None => {
-                        let arrived = list_files(&dst)?.len();
-                        eprintln!(
-                            "  {} stopped at the {}s cap with {arrived} of {files} files",
-                            tool.name(),
-                            options.rclone_small_cap
-                        );
-                        entry.capped = cap.map(|cap| (cap, arrived));
-                    }
-                }
-            }
+    }
+}
+
+/// The directories a set is generated in, moved from and moved to.
+struct Dirs {
+    pristine: PathBuf,
+    src: PathBuf,
+    dst: PathBuf,
+}
+
+impl Dirs {
+    fn create(work: &Path) -> anyhow::Result<Dirs> {
+        let dirs = Dirs {
+            pristine: work.join("pristine"),
+            src: work.join("src"),
+            dst: work.join("dst"),
+        };
+        for dir in [&dirs.pristine, &dirs.src, &dirs.dst] {
+            std::fs::create_dir_all(dir)?;
         }
-        let memory = peak_memory(bins, &keys, work, &pristine, &src, &dst)?;
+        Ok(dirs)
+    }
+
+    fn clear(&self) -> anyhow::Result<()> {
+        for dir in [&self.pristine, &self.src, &self.dst] {
+            clear_dir(dir)?;
+        }
+        Ok(())
+    }
+}
+
+fn measure(options: &Options, bins: &Binaries, work: &Path) -> anyhow::Result<Measured> {
+    let keys = Keys::generate(bins, work)?;
+    let dirs = Dirs::create(work)?;
+    let mut servers = Servers::start(bins, &keys, work, &dirs.dst)?;
+    let mut results = Vec::new();
+    for set in chosen_sets(options) {
+        let (files, bytes, timings) =
+            time_tools(options, &Tool::ALL, set, bins, &keys, &mut servers, &dirs)?;
+        let memory = peak_memory(bins, &keys, work, &dirs.pristine, &dirs.src, &dirs.dst)?;
         results.push(SetResult {
             set,
             files,
@@ -205,13 +194,100 @@ fn measure(options: &Options, bins: &Binaries, work: &Path) -> anyhow::Result<Me
             memory,
         });
     }
-    clear_dir(&pristine)?;
-    clear_dir(&src)?;
-    clear_dir(&dst)?;
+    dirs.clear()?;
     drop(servers);
     let resume = resume(bins, &keys, work)?;
     let latency = latency(bins, &keys, work)?;
     Ok((results, resume, latency))
+}
+
+/// Times realize and rsync only, and prints their medians and ratio.
+fn quick(options: &Options, bins: &Binaries, work: &Path) -> anyhow::Result<()> {
+    let keys = Keys::generate(bins, work)?;
+    let dirs = Dirs::create(work)?;
+    let mut servers = Servers::start(bins, &keys, work, &dirs.dst)?;
+    for set in chosen_sets(options) {
+        let tools = [Tool::Realize, Tool::Rsync];
+        let (_, _, timings) = time_tools(options, &tools, set, bins, &keys, &mut servers, &dirs)?;
+        let median = |t: &Timings| {
+            let mut times = t.times.clone();
+            times.sort();
+            times[times.len() / 2].as_secs_f64()
+        };
+        let (realize, rsync) = (median(&timings[0]), median(&timings[1]));
+        println!(
+            "{}: realize {realize:.3} s, rsync {rsync:.3} s, realize time / rsync time {:.2}",
+            set.name(),
+            realize / rsync
+        );
+    }
+    dirs.clear()
+}
+
+/// Times each of `tools` moving `set`, `options.runs` times in a rotating
+/// order; returns the set's file count, size and the timings in the order of `tools`.
+fn time_tools(
+    options: &Options,
+    tools: &[Tool],
+    set: DataSet,
+    bins: &Binaries,
+    keys: &Keys,
+    servers: &mut Servers,
+    dirs: &Dirs,
+) -> anyhow::Result<(u64, u64, Vec<Timings>)> {
+    let Dirs { pristine, src, dst } = dirs;
+    clear_dir(pristine)?;
+    let (files, bytes) = set.generate(pristine)?;
+    let expected = list_files(pristine)?;
+    eprintln!(
+        "{}: {files} files, {:.0} MB",
+        set.name(),
+        bytes as f64 / 1e6
+    );
+    let mut timings: Vec<Timings> = tools
+        .iter()
+        .map(|&tool| Timings {
+            tool,
+            times: Vec::new(),
+            capped: None,
+        })
+        .collect();
+    for round in 0..options.runs.max(1) {
+        // A rotating order, so no tool always runs first (or last).
+        for k in 0..tools.len() {
+            let slot = (round + k) % tools.len();
+            let tool = tools[slot];
+            let capped = tool == Tool::Rclone && set == DataSet::Small;
+            if capped && round > 0 {
+                continue;
+            }
+            reset_copy(pristine, src)?;
+            clear_dir(dst)?;
+            if tool == Tool::Rclone {
+                servers.restart_rclone()?;
+            }
+            let command = servers.command(tool, bins, keys, src, dst);
+            let cap = capped.then(|| Duration::from_secs(options.rclone_small_cap));
+            let entry = &mut timings[slot];
+            match timed(command, cap)? {
+                Some(elapsed) => {
+                    verify(tool, src, dst, &expected)?;
+                    eprintln!("  {} {elapsed:.3?}", tool.name());
+                    entry.times.push(elapsed);
+                }
+                None => {
+                    let arrived = list_files(dst)?.len();
+                    eprintln!(
+                        "  {} stopped at the {}s cap with {arrived} of {files} files",
+                        tool.name(),
+                        options.rclone_small_cap
+                    );
+                    entry.capped = cap.map(|cap| (cap, arrived));
+                }
+            }
+        }
+    }
+    Ok((files, bytes, timings))
 }
 
 /// Wall time of `command`, or None if it was still running at `cap` (then it is killed).
