@@ -177,6 +177,7 @@ fn request(op: &Op) -> (&'static str, Bytes) {
                 path: path.get(),
                 offset: *offset,
                 length: *length,
+                if_stamp: None,
             }
             .encode_to_vec()]),
         ),
@@ -193,6 +194,7 @@ fn request(op: &Op) -> (&'static str, Bytes) {
                 path: path.get(),
                 offset: *offset,
                 file_size: u64::from(*file_size),
+                whole_file: false,
             };
             let mut messages = vec![
                 pb::WriteRequest {

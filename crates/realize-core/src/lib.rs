@@ -31,8 +31,8 @@ pub use mover::{MoveError, MoveOptions, MoveSummary, Side, move_files};
 pub use path::{DirId, RelPath};
 pub use progress::{FileProgress, NoProgress, Phase, Progress};
 pub use service::{
-    ByteRange, ByteStream, DirInfo, Entry, EntryStream, FileKind, FileStamp, HashResult, Service,
-    ServiceInfo,
+    ByteRange, ByteStream, DirInfo, Entry, EntryStream, ExpectedHash, FileKind, FileStamp,
+    HashResult, Service, ServiceInfo,
 };
 pub use stop::Stop;
 pub use store::LocalStore;

@@ -14,10 +14,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryFutureExt, TryStreamExt, future, stream};
+use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
 use crate::delta;
@@ -26,7 +27,7 @@ use crate::hash::Sha256Hash;
 use crate::metrics::metrics;
 use crate::path::{DirId, RelPath};
 use crate::progress::{FileProgress, Phase, Progress};
-use crate::service::{ByteRange, ByteStream, Entry, FileKind, FileStamp, Service};
+use crate::service::{ByteRange, ByteStream, Entry, ExpectedHash, FileKind, FileStamp, Service};
 use crate::stop::Stop;
 
 /// Files below this size do not count against `MoveOptions::parallel`.
@@ -34,6 +35,8 @@ const SMALL_FILE: u64 = 1024 * 1024;
 /// How many files may be in flight for each of `MoveOptions::parallel`,
 /// when they are small.
 const SMALL_FILES_PER_SLOT: usize = 8;
+/// Chunks hashed ahead of the destination.
+const HASH_QUEUE: usize = 4;
 
 /// Tuning of a move.
 #[derive(Clone, Debug)]
@@ -353,9 +356,10 @@ enum Outcome {
 
 /// A file's progress, with the phase it was last told, so it is told of
 /// each change once.
+#[derive(Clone)]
 struct FileTracker {
     progress: Arc<dyn FileProgress>,
-    phase: Mutex<Option<Phase>>,
+    phase: Arc<Mutex<Option<Phase>>>,
     /// The move's count of bytes sent, fed by every relay of this file.
     sent: Arc<AtomicU64>,
 }
@@ -364,7 +368,7 @@ impl FileTracker {
     fn new(progress: Arc<dyn FileProgress>, sent: Arc<AtomicU64>) -> Self {
         FileTracker {
             progress,
-            phase: Mutex::new(None),
+            phase: Arc::default(),
             sent,
         }
     }
@@ -476,83 +480,197 @@ async fn move_file(
         options,
         file,
     };
-    let source_hash = async {
-        let result = src
-            .hash(dir, path, FileKind::Final, None)
-            .await
-            .map_err(MoveError::source)?;
-        if result.stamp != entry.stamp {
-            return Err(MoveError::SourceChanged {
-                dir: dir.clone(),
-                path: path.clone(),
-            });
-        }
-        Ok(result.hash)
+    let (source_hash, sent) = if state.partial_stamp.is_none() && state.final_stamp.is_none() {
+        transfer.whole_file(entry.stamp).await?
+    } else {
+        transfer.resume(entry, state).await?
     };
-    let destination = async {
-        // A final file of the same size may already be identical: compare
-        // hashes before sending anything.
-        if state.partial_stamp.is_none()
-            && let Some(final_stamp) = state.final_stamp
-            && final_stamp.size == size
-        {
-            file.phase(Phase::Hashing);
-            let result = dst
-                .hash(dir, path, FileKind::Final, None)
-                .await
-                .map_err(MoveError::destination)?;
-            return Ok((Some(result.hash), 0));
-        }
-        let working = match (state.partial_stamp, state.final_stamp) {
-            (Some(partial), _) => Some((FileKind::Partial, partial.size)),
-            (None, Some(final_stamp)) => Some((FileKind::Final, final_stamp.size)),
-            (None, None) => None,
-        };
-        Ok((None, transfer.run(working).await?))
-    };
-    let (source_hash, (existing_hash, mut sent)) =
-        future::try_join(source_hash, destination).await?;
-    // An identical final file needs no check beyond the hashes just compared.
-    let expected = match existing_hash {
-        Some(hash) if hash == source_hash => None,
-        Some(_) => {
-            tracing::info!(size, "destination differs from source, overwriting it");
-            sent += transfer.run(Some((FileKind::Final, size))).await?;
-            Some(source_hash)
-        }
-        None => Some(source_hash),
-    };
-    if expected.is_some() {
-        file.phase(Phase::Checking);
-    }
-    // The destination checks its SHA-256 against the source's on disk, then
-    // fsyncs and renames, in one call.
-    if let Err(error) = dst.finish(dir, path, expected).await {
-        if error.code() == ErrorCode::FailedPrecondition
-            && let Ok(destination_hash) = transfer.destination_hash().await
-            && destination_hash != source_hash
-        {
-            return Err(MoveError::HashMismatch {
-                dir: dir.clone(),
-                path: path.clone(),
-                source_hash,
-                destination_hash,
-            });
-        }
-        return Err(MoveError::destination(error));
-    }
     file.phase(Phase::Deleting);
     src.delete(dir, path, Some(entry.stamp))
         .await
-        .map_err(|e| match e.code() {
-            ErrorCode::FailedPrecondition => MoveError::SourceChanged {
-                dir: dir.clone(),
-                path: path.clone(),
-            },
-            _ => MoveError::source(e),
-        })?;
+        .map_err(|e| transfer.source_error(e))?;
     tracing::info!(size, bytes_sent = sent, sha256 = %source_hash, "moved");
     Ok(sent)
+}
+
+impl Transfer<'_> {
+    /// Copies a file the destination has in no form, hashing it on its way,
+    /// and has the destination check and finish it in the same call: one
+    /// read of the source, one write of the destination, nothing read back.
+    /// Returns the source's SHA-256 and the bytes sent.
+    async fn whole_file(&self, stamp: FileStamp) -> Result<(Sha256Hash, u64), MoveError> {
+        if self.size > 0 {
+            self.file.phase(Phase::Copying);
+        }
+        let data = self
+            .src
+            .read(self.dir, self.path, 0, Some(self.size), Some(stamp))
+            .await
+            .map_err(|e| self.source_error(e))?;
+        let file = self.file.clone();
+        let (data, expected, source_hash) = hashed(data, move || file.phase(Phase::Checking));
+        // Counted as the destination takes them, not as they are hashed.
+        let (data, relay) = Relay::new(data, self.file, true);
+        let written = self
+            .dst
+            .write_file(self.dir, self.path, self.size, data, expected)
+            .await;
+        match (written, source_hash.get().copied()) {
+            (Ok(_), Some(source_hash)) => Ok((source_hash, relay.bytes())),
+            (Ok(_), None) => Err(MoveError::destination(ServiceError::Protocol(
+                "finished the file without waiting for its SHA-256".into(),
+            ))),
+            (Err(e), _) if relay.source_failed() => Err(self.source_error(e)),
+            (Err(e), Some(source_hash)) => Err(self.finish_error(e, source_hash).await),
+            (Err(e), None) => Err(MoveError::destination(e)),
+        }
+    }
+
+    /// Brings the destination's partial or final file to the source's
+    /// content, sending only what differs, then has it checked and finished.
+    /// Returns the source's SHA-256 and the bytes sent.
+    async fn resume(
+        &self,
+        entry: &Entry,
+        state: DestinationState,
+    ) -> Result<(Sha256Hash, u64), MoveError> {
+        let (src, dst, dir, path, size) = (self.src, self.dst, self.dir, self.path, self.size);
+        let source_hash = async {
+            let result = src
+                .hash(dir, path, FileKind::Final, None)
+                .await
+                .map_err(MoveError::source)?;
+            if result.stamp != entry.stamp {
+                return Err(MoveError::SourceChanged {
+                    dir: dir.clone(),
+                    path: path.clone(),
+                });
+            }
+            Ok(result.hash)
+        };
+        let destination = async {
+            // A final file of the same size may already be identical: compare
+            // hashes before sending anything.
+            if state.partial_stamp.is_none()
+                && let Some(final_stamp) = state.final_stamp
+                && final_stamp.size == size
+            {
+                self.file.phase(Phase::Hashing);
+                let result = dst
+                    .hash(dir, path, FileKind::Final, None)
+                    .await
+                    .map_err(MoveError::destination)?;
+                return Ok((Some(result.hash), 0));
+            }
+            let working = match (state.partial_stamp, state.final_stamp) {
+                (Some(partial), _) => Some((FileKind::Partial, partial.size)),
+                (None, Some(final_stamp)) => Some((FileKind::Final, final_stamp.size)),
+                (None, None) => None,
+            };
+            Ok((None, self.run(working).await?))
+        };
+        let (source_hash, (existing_hash, mut sent)) =
+            future::try_join(source_hash, destination).await?;
+        // An identical final file needs no check beyond the hashes just compared.
+        let expected = match existing_hash {
+            Some(hash) if hash == source_hash => None,
+            Some(_) => {
+                tracing::info!(size, "destination differs from source, overwriting it");
+                sent += self.run(Some((FileKind::Final, size))).await?;
+                Some(source_hash)
+            }
+            None => Some(source_hash),
+        };
+        if expected.is_some() {
+            self.file.phase(Phase::Checking);
+        }
+        // The destination checks its SHA-256 against the source's on disk,
+        // then fsyncs and renames, in one call.
+        if let Err(error) = dst.finish(dir, path, expected).await {
+            return Err(self.finish_error(error, source_hash).await);
+        }
+        Ok((source_hash, sent))
+    }
+
+    /// A source error; FailedPrecondition means the source is not the
+    /// version listed any more.
+    fn source_error(&self, error: ServiceError) -> MoveError {
+        match error.code() {
+            ErrorCode::FailedPrecondition => MoveError::SourceChanged {
+                dir: self.dir.clone(),
+                path: self.path.clone(),
+            },
+            _ => MoveError::source(error),
+        }
+    }
+
+    /// The error of a destination that would not finish: a hash mismatch
+    /// names both hashes.
+    async fn finish_error(&self, error: ServiceError, source_hash: Sha256Hash) -> MoveError {
+        if error.code() == ErrorCode::FailedPrecondition
+            && let Ok(destination_hash) = self.destination_hash().await
+            && destination_hash != source_hash
+        {
+            return MoveError::HashMismatch {
+                dir: self.dir.clone(),
+                path: self.path.clone(),
+                source_hash,
+                destination_hash,
+            };
+        }
+        MoveError::destination(error)
+    }
+}
+
+/// Hashes `data` as it streams by; the SHA-256 is sent, and kept, once the
+/// stream has ended without an error, and `ended` is called then.
+///
+/// The hashing runs in a task of its own, a bounded queue ahead of the
+/// destination: polled by the destination, it would run on the thread
+/// that encrypts and sends, one after the other instead of side by side.
+fn hashed(
+    mut data: ByteStream,
+    ended: impl FnOnce() + Send + 'static,
+) -> (ByteStream, ExpectedHash, Arc<OnceLock<Sha256Hash>>) {
+    let (sender, expected) = tokio::sync::oneshot::channel();
+    let kept = Arc::new(OnceLock::new());
+    let (chunks_tx, chunks) = tokio::sync::mpsc::channel(HASH_QUEUE);
+    let hash = Arc::clone(&kept);
+    let task = tokio::spawn(
+        async move {
+            let mut hasher = Sha256::new();
+            while let Some(item) = data.next().await {
+                let failed = item.is_err();
+                if let Ok(chunk) = &item {
+                    hasher.update(chunk);
+                }
+                // Dropping the sender on a failure tells the destination
+                // the data was not all there.
+                if chunks_tx.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+            let _ = sender.send(*hash.get_or_init(|| Sha256Hash::from_hasher(hasher)));
+        }
+        .in_current_span(),
+    );
+    let task = tokio_util::task::AbortOnDropHandle::new(task);
+    let state = (chunks, task, Some(ended), Arc::clone(&kept));
+    let stream = stream::unfold(state, |(mut chunks, task, ended, kept)| async move {
+        match chunks.recv().await {
+            Some(item) => Some((item, (chunks, task, ended, kept))),
+            None => {
+                // The destination has all the data once it sees the end.
+                if kept.get().is_some()
+                    && let Some(ended) = ended
+                {
+                    ended();
+                }
+                None
+            }
+        }
+    });
+    (stream.boxed(), expected, kept)
 }
 
 /// Brings the destination's partial file to the source's content.
@@ -658,7 +776,7 @@ impl Transfer<'_> {
     async fn copy_range(&self, range: ByteRange, report: bool) -> Result<u64, MoveError> {
         let data = self
             .src
-            .read(self.dir, self.path, range.start, Some(range.len()))
+            .read(self.dir, self.path, range.start, Some(range.len()), None)
             .await
             .map_err(MoveError::source)?;
         let (data, relay) = Relay::new(data, self.file, report);
@@ -715,8 +833,12 @@ impl Relay {
         self.bytes.load(Ordering::Relaxed)
     }
 
+    fn source_failed(&self) -> bool {
+        self.source_failed.load(Ordering::Relaxed)
+    }
+
     fn error(&self, error: ServiceError) -> MoveError {
-        if self.source_failed.load(Ordering::Relaxed) {
+        if self.source_failed() {
             MoveError::source(error)
         } else {
             MoveError::destination(error)

@@ -12,6 +12,9 @@ use crate::path::{DirId, RelPath};
 pub type ByteStream = BoxStream<'static, Result<Bytes, ServiceError>>;
 /// Entries of a directory listing, sorted by path.
 pub type EntryStream = BoxStream<'static, Result<Entry, ServiceError>>;
+/// The SHA-256 a whole file must have, known only once its data has
+/// streamed by; dropped unsent when the data could not be vouched for.
+pub type ExpectedHash = tokio::sync::oneshot::Receiver<Sha256Hash>;
 
 /// Half-open byte range `[start, end)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,12 +96,15 @@ pub trait Service: Send + Sync + std::fmt::Debug {
     async fn list(&self, dir: &DirId, include_partial: bool) -> Result<EntryStream, ServiceError>;
 
     /// Bytes of the final file from `offset`, up to `length` or the end.
+    /// The stream fails (FailedPrecondition) if the file changes while it is
+    /// read, or, with `if_stamp`, if the file opened does not have that stamp.
     async fn read(
         &self,
         dir: &DirId,
         path: &RelPath,
         offset: u64,
         length: Option<u64>,
+        if_stamp: Option<FileStamp>,
     ) -> Result<ByteStream, ServiceError>;
 
     /// Writes `data` at `offset` of the partial file (turning a final file
@@ -111,6 +117,24 @@ pub trait Service: Send + Sync + std::fmt::Debug {
         offset: u64,
         file_size: u64,
         data: ByteStream,
+    ) -> Result<u64, ServiceError>;
+
+    /// Writes a whole file and finishes it, in one call: `data` is the file
+    /// from its first byte to `file_size`, written into a fresh partial file
+    /// (a final file is turned into it first) and hashed as it is written.
+    /// Once `data` has ended, the file is checked to have the SHA-256
+    /// `expected` resolves to, then fsynced and renamed as by
+    /// [`Service::finish`]. If `expected` is dropped unsent, if `data` fails
+    /// or ends short, or if the hashes differ, nothing is renamed: the
+    /// partial file keeps what was written (and the hashes differing is a
+    /// FailedPrecondition).
+    async fn write_file(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        file_size: u64,
+        data: ByteStream,
+        expected: ExpectedHash,
     ) -> Result<u64, ServiceError>;
 
     /// rsync signature of `range` of the working copy; whatever part of the

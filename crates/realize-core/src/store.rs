@@ -5,9 +5,9 @@
 //! read, written or deleted. Writes only ever touch the partial form of a file;
 //! the final form appears only through [`Service::finish`]'s atomic rename.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,8 +15,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, stream};
 use sha2::{Digest, Sha256};
-use tokio::fs::{self, File};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, SeekFrom};
+use tokio::fs;
 
 use crate::delta::{self, MAX_RANGE};
 use crate::error::{ServiceError, StoreError};
@@ -24,14 +23,18 @@ use crate::hash::Sha256Hash;
 use crate::metrics::metrics;
 use crate::path::{DirId, RelPath, partial_target};
 use crate::service::{
-    ByteRange, ByteStream, DirInfo, Entry, EntryStream, FileKind, FileStamp, HashResult, Service,
-    ServiceInfo,
+    ByteRange, ByteStream, DirInfo, Entry, EntryStream, ExpectedHash, FileKind, FileStamp,
+    HashResult, Service, ServiceInfo,
 };
 
 /// Size of the chunks Read and Diff stream out.
 pub const CHUNK_SIZE: usize = 256 * 1024;
 /// Buffer used while hashing.
 const HASH_BUFFER: usize = 1024 * 1024;
+/// Chunks a read may have ready before the caller takes them.
+const READ_QUEUE: usize = 4;
+/// Chunks a write may have waiting for the disk.
+const WRITE_QUEUE: usize = 4;
 
 /// Directories on the local filesystem, by id.
 #[derive(Clone, Debug)]
@@ -43,7 +46,11 @@ pub struct LocalStore {
 struct Inner {
     dirs: BTreeMap<DirId, PathBuf>,
     host: String,
+    /// Paths being changed, each with the lock its calls queue on.
+    locks: std::sync::Mutex<HashMap<(DirId, RelPath), PathMutex>>,
 }
+
+type PathMutex = Arc<tokio::sync::Mutex<()>>;
 
 /// Where the two forms of a path live on disk.
 #[derive(Clone, Debug)]
@@ -99,21 +106,6 @@ impl Resolved {
         }
     }
 
-    /// Runs `op` on the blocking pool, in the caller's span: one trip for a
-    /// whole sequence of syscalls, which with small files is most of the cost.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        op: impl FnOnce(&Resolved) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let (resolved, span) = (self.clone(), tracing::Span::current());
-        tokio::task::spawn_blocking(move || span.in_scope(|| op(&resolved)))
-            .await
-            .map_err(|source| StoreError::Task {
-                dir: self.dir.clone(),
-                source,
-            })?
-    }
-
     /// The metadata of a form if it exists; an error if it is not a regular file.
     fn lstat_blocking(&self, kind: FileKind) -> Result<Option<std::fs::Metadata>, StoreError> {
         match std::fs::symlink_metadata(self.form(kind)) {
@@ -128,16 +120,13 @@ impl Resolved {
     }
 
     /// The form that writes and deltas apply to: partial if present, else final.
-    async fn working_copy(&self) -> Result<Option<(FileKind, u64)>, StoreError> {
-        self.blocking(|r| {
-            for kind in [FileKind::Partial, FileKind::Final] {
-                if let Some(m) = r.lstat_blocking(kind)? {
-                    return Ok(Some((kind, m.len())));
-                }
+    fn working_copy(&self) -> Result<Option<(FileKind, u64)>, StoreError> {
+        for kind in [FileKind::Partial, FileKind::Final] {
+            if let Some(m) = self.lstat_blocking(kind)? {
+                return Ok(Some((kind, m.len())));
             }
-            Ok(None)
-        })
-        .await
+        }
+        Ok(None)
     }
 
     /// Opens a form for reading; only a regular file opens. O_NONBLOCK keeps a
@@ -167,36 +156,62 @@ impl Resolved {
         Ok(file)
     }
 
-    async fn open(&self, kind: FileKind) -> Result<File, StoreError> {
-        self.blocking(move |r| r.open_blocking(kind))
-            .await
-            .map(File::from_std)
+    /// Opens the partial file for writing, turning the final file into it
+    /// (or creating it) if there is none; emptied first if `truncate`.
+    fn open_partial_for_write(&self, truncate: bool) -> Result<std::fs::File, StoreError> {
+        if self.lstat_blocking(FileKind::Partial)?.is_none() {
+            if let Some(final_meta) = self.lstat_blocking(FileKind::Final)? {
+                std::fs::rename(&self.final_path, &self.partial_path)
+                    .map_err(self.io("rename final to partial"))?;
+                tracing::info!(dir = %self.dir, path = %self.path, size = final_meta.len(), "overwrite: final file turned back into partial file");
+            } else {
+                std::fs::create_dir_all(&self.parent)
+                    .map_err(self.io("create parent directories"))?;
+            }
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(truncate)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&self.partial_path)
+            .map_err(self.io("open partial file"))
     }
 
-    /// Opens the partial file for writing, turning the final file into it
-    /// (or creating it) if there is none.
-    async fn open_partial_for_write(&self) -> Result<File, StoreError> {
-        self.blocking(|r| {
-            if r.lstat_blocking(FileKind::Partial)?.is_none() {
-                if let Some(final_meta) = r.lstat_blocking(FileKind::Final)? {
-                    std::fs::rename(&r.final_path, &r.partial_path)
-                        .map_err(r.io("rename final to partial"))?;
-                    tracing::info!(dir = %r.dir, path = %r.path, size = final_meta.len(), "overwrite: final file turned back into partial file");
-                } else {
-                    std::fs::create_dir_all(&r.parent)
-                        .map_err(r.io("create parent directories"))?;
-                }
-            }
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&r.partial_path)
-                .map_err(r.io("open partial file"))
-        })
-        .await
-        .map(File::from_std)
+    /// fsyncs `file`, the open `kind` form of this path, and renames it to
+    /// the final name if it is the partial one.
+    fn make_final(&self, file: &std::fs::File, kind: FileKind) -> Result<u64, StoreError> {
+        file.sync_all().map_err(self.io("fsync"))?;
+        let size = file.metadata().map_err(self.io("stat"))?.len();
+        if kind == FileKind::Partial {
+            std::fs::rename(&self.partial_path, &self.final_path)
+                .map_err(self.io("rename partial to final"))?;
+            // The rename is only durable once the directory itself is synced.
+            std::fs::File::open(&self.parent)
+                .and_then(|d| d.sync_all())
+                .map_err(self.io("fsync parent directory"))?;
+        }
+        Ok(size)
+    }
+
+    /// Checks that `actual`, the SHA-256 of the file about to be finished, is `expected`.
+    fn check_hash(&self, expected: Sha256Hash, actual: Sha256Hash) -> Result<(), StoreError> {
+        if actual == expected {
+            Ok(())
+        } else {
+            Err(StoreError::HashMismatch {
+                dir: self.dir.clone(),
+                path: self.path.clone(),
+                expected,
+                actual,
+            })
+        }
+    }
+
+    fn log_finished(&self, size: u64, sha256: Option<Sha256Hash>) {
+        let sha256 = sha256.map(|h| h.to_hex()).unwrap_or_default();
+        tracing::info!(dir = %self.dir, path = %self.path, size, %sha256, "finished");
+        metrics().store_finished.add(1, &[]);
     }
 }
 
@@ -208,26 +223,33 @@ fn stamp_of(m: &std::fs::Metadata) -> FileStamp {
     }
 }
 
-/// Reads until `buf` holds `len` bytes or the file ends.
-async fn read_up_to(file: &mut File, buf: &mut BytesMut, len: usize) -> io::Result<()> {
-    buf.reserve(len.saturating_sub(buf.len()));
-    while buf.len() < len {
-        let mut limited = (&mut *file).take((len - buf.len()) as u64);
-        if limited.read_buf(buf).await? == 0 {
-            break;
+/// Reads from `offset` until `buf` holds `len` bytes or the file ends.
+fn read_up_to(file: &std::fs::File, offset: u64, buf: &mut BytesMut, len: usize) -> io::Result<()> {
+    buf.resize(len, 0);
+    let mut filled = 0;
+    while filled < len {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                buf.truncate(filled);
+                return Err(e);
+            }
         }
     }
+    buf.truncate(filled);
     Ok(())
 }
 
 /// SHA-256 of `range` of an open file (the whole file if `None`), and its
 /// stamp; a file that changes while it is read is refused.
-async fn hash_file(
-    file: &mut File,
+fn hash_file(
+    file: &std::fs::File,
     range: Option<ByteRange>,
     r: &Resolved,
 ) -> Result<HashResult, StoreError> {
-    let before = stamp_of(&file.metadata().await.map_err(r.io("stat"))?);
+    let before = stamp_of(&file.metadata().map_err(r.io("stat"))?);
     let range = range.unwrap_or(ByteRange::new(0, before.size));
     if range.start > range.end {
         return Err(r.invalid("range ends before it starts"));
@@ -235,25 +257,19 @@ async fn hash_file(
     if range.end > before.size {
         return Err(r.out_of_range(range, before.size));
     }
-    file.seek(SeekFrom::Start(range.start))
-        .await
-        .map_err(r.io("seek"))?;
     let mut hasher = Sha256::new();
-    let mut remaining = range.len();
+    let mut offset = range.start;
     let mut buf = BytesMut::with_capacity(HASH_BUFFER);
-    while remaining > 0 {
-        buf.clear();
-        let want = remaining.min(HASH_BUFFER as u64) as usize;
-        read_up_to(file, &mut buf, want)
-            .await
-            .map_err(r.io("read"))?;
+    while offset < range.end {
+        let want = (range.end - offset).min(HASH_BUFFER as u64) as usize;
+        read_up_to(file, offset, &mut buf, want).map_err(r.io("read"))?;
         if buf.is_empty() {
             return Err(r.changed("shrank while being hashed"));
         }
         hasher.update(&buf);
-        remaining -= buf.len() as u64;
+        offset += buf.len() as u64;
     }
-    let after = stamp_of(&file.metadata().await.map_err(r.io("stat"))?);
+    let after = stamp_of(&file.metadata().map_err(r.io("stat"))?);
     if before != after {
         return Err(r.changed("modified while being hashed"));
     }
@@ -264,37 +280,42 @@ async fn hash_file(
 }
 
 /// Reads exactly `range` of `file`, which must hold it.
-async fn read_range(
-    file: &mut File,
-    range: ByteRange,
-    r: &Resolved,
-) -> Result<Vec<u8>, StoreError> {
+fn read_range(file: &std::fs::File, range: ByteRange, r: &Resolved) -> Result<Vec<u8>, StoreError> {
     let len = usize::try_from(range.len()).map_err(|_| r.invalid("range too large"))?;
-    file.seek(SeekFrom::Start(range.start))
-        .await
-        .map_err(r.io("seek"))?;
     let mut buf = BytesMut::with_capacity(len);
-    read_up_to(file, &mut buf, len)
-        .await
-        .map_err(r.io("read"))?;
+    read_up_to(file, range.start, &mut buf, len).map_err(r.io("read"))?;
     if buf.len() != len {
         return Err(r.changed("shrank while being read"));
     }
     Ok(buf.to_vec())
 }
 
-fn check_range_size(range: ByteRange, r: &Resolved) -> Result<(), StoreError> {
+/// The working copy's bytes in `range`, as far as it has them: what a
+/// signature is made of and a delta applies to.
+fn working_bytes(r: &Resolved, range: ByteRange) -> Result<Vec<u8>, StoreError> {
+    match r.working_copy()? {
+        Some((kind, len)) if range.start < len => read_range(
+            &r.open_blocking(kind)?,
+            ByteRange::new(range.start, range.end.min(len)),
+            r,
+        ),
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// Why a range is refused for a signature, a diff or a delta, if it is.
+fn check_range_size(range: ByteRange) -> Result<(), String> {
     if range.start > range.end {
-        return Err(r.invalid(format!(
+        return Err(format!(
             "range {}..{} ends before it starts",
             range.start, range.end
-        )));
+        ));
     }
     if range.len() > MAX_RANGE {
-        return Err(r.invalid(format!(
+        return Err(format!(
             "range {}..{} is longer than {MAX_RANGE} bytes",
             range.start, range.end
-        )));
+        ));
     }
     Ok(())
 }
@@ -325,6 +346,7 @@ impl LocalStore {
             inner: Arc::new(Inner {
                 dirs: dirs.into_iter().collect(),
                 host: host_identity(),
+                locks: Default::default(),
             }),
         }
     }
@@ -347,20 +369,67 @@ impl LocalStore {
             })
     }
 
-    /// Maps a path to its two forms on disk, refusing any parent component
-    /// that is a symlink or not a directory, so nothing resolves outside the root.
-    async fn resolve(&self, dir: &DirId, path: &RelPath) -> Result<Resolved, StoreError> {
-        let root = self.root(dir)?.to_path_buf();
-        let (dir, path) = (dir.clone(), path.clone());
+    /// Resolves `path` to its two forms on disk ([`resolve_blocking`]) and
+    /// runs `op` on them, in one trip to the blocking pool and in the
+    /// caller's span: with small files, those trips are most of the cost.
+    /// The task starts at once; the future only waits for it.
+    fn on_blocking<T: Send + 'static>(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        op: impl FnOnce(&Resolved) -> Result<T, StoreError> + Send + 'static,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static {
+        let (dir, path, span) = (dir.clone(), path.clone(), tracing::Span::current());
         let task_dir = dir.to_string();
-        // One trip to the blocking pool for all the stats, not one per
-        // component: with small files, those trips are most of the cost.
-        tokio::task::spawn_blocking(move || resolve_blocking(root, &dir, &path))
-            .await
-            .map_err(|source| StoreError::Task {
+        let task = self.root(&dir).map(|root| {
+            let root = root.to_path_buf();
+            tokio::task::spawn_blocking(move || {
+                span.in_scope(|| op(&resolve_blocking(root, &dir, &path)?))
+            })
+        });
+        async move {
+            task?.await.map_err(|source| StoreError::Task {
                 dir: task_dir,
                 source,
             })?
+        }
+    }
+
+    /// Waits until no other call of this store changes `path`'s files, so
+    /// what one call wrote and hashed is what it renames.
+    async fn exclusive(&self, dir: &DirId, path: &RelPath) -> PathLock {
+        let key = (dir.clone(), path.clone());
+        let lock = {
+            let mut locks = self.inner.locks.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(locks.entry(key.clone()).or_default())
+        };
+        let guard = lock.lock_owned().await;
+        PathLock {
+            store: Arc::clone(&self.inner),
+            key,
+            _guard: guard,
+        }
+    }
+}
+
+/// Held while a call changes a path's files; see [`LocalStore::exclusive`].
+struct PathLock {
+    store: Arc<Inner>,
+    key: (DirId, RelPath),
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for PathLock {
+    fn drop(&mut self) {
+        let mut locks = self.store.locks.lock().unwrap_or_else(|e| e.into_inner());
+        // The map holds one reference and this guard another: nobody else
+        // waits, so the entry goes and the map stays as small as the calls in flight.
+        if locks
+            .get(&self.key)
+            .is_some_and(|l| Arc::strong_count(l) == 2)
+        {
+            locks.remove(&self.key);
+        }
     }
 }
 
@@ -556,40 +625,59 @@ impl Service for LocalStore {
         path: &RelPath,
         offset: u64,
         length: Option<u64>,
+        if_stamp: Option<FileStamp>,
     ) -> Result<ByteStream, ServiceError> {
-        let r = self.resolve(dir, path).await?;
-        let mut file = r.open(FileKind::Final).await?;
-        let size = file.metadata().await.map_err(r.io("stat"))?.len();
-        let end = match length {
-            Some(len) => offset.saturating_add(len),
-            None => size.max(offset),
-        };
-        if end > size {
-            return Err(r.out_of_range(ByteRange::new(offset, end), size).into());
-        }
-        file.seek(SeekFrom::Start(offset))
-            .await
-            .map_err(r.io("seek"))?;
-        let r = Arc::new(r);
-        let chunks = stream::try_unfold((file, end - offset), move |(mut file, remaining)| {
-            let r = Arc::clone(&r);
-            async move {
-                if remaining == 0 {
-                    return Ok(None);
-                }
-                let want = remaining.min(CHUNK_SIZE as u64) as usize;
-                let mut buf = BytesMut::new();
-                read_up_to(&mut file, &mut buf, want)
-                    .await
-                    .map_err(r.io("read"))?;
-                if buf.is_empty() {
-                    return Err(r.changed("shrank while being read").into());
-                }
-                let len = buf.len() as u64;
-                Ok(Some((buf.freeze(), (file, remaining - len))))
+        // One blocking task opens the file and reads it all, a bounded queue
+        // ahead of the caller: a trip to the blocking pool per chunk costs
+        // more than the read itself.
+        let (opened_tx, opened) = tokio::sync::oneshot::channel();
+        let (chunks_tx, chunks) = tokio::sync::mpsc::channel(READ_QUEUE);
+        let producer = self.on_blocking(dir, path, move |r| {
+            let file = r.open_blocking(FileKind::Final)?;
+            let before = stamp_of(&file.metadata().map_err(r.io("stat"))?);
+            if if_stamp.is_some_and(|stamp| stamp != before) {
+                return Err(r.changed("differs from the version listed"));
             }
+            let end = match length {
+                Some(len) => offset.saturating_add(len),
+                None => before.size.max(offset),
+            };
+            if end > before.size {
+                return Err(r.out_of_range(ByteRange::new(offset, end), before.size));
+            }
+            if opened_tx.send(()).is_err() {
+                return Ok(());
+            }
+            let mut position = offset;
+            while position < end {
+                let want = (end - position).min(CHUNK_SIZE as u64) as usize;
+                let mut buf = BytesMut::new();
+                let chunk = match read_up_to(&file, position, &mut buf, want) {
+                    Ok(()) if buf.is_empty() => Err(r.changed("shrank while being read")),
+                    Ok(()) => Ok(buf.freeze()),
+                    Err(e) => Err(r.io("read")(e)),
+                };
+                let failed = chunk.is_err();
+                position += chunk.as_ref().map_or(0, |c| c.len() as u64);
+                if chunks_tx.blocking_send(chunk.map_err(Into::into)).is_err() || failed {
+                    return Ok(());
+                }
+            }
+            // Whoever hashes these bytes must know they are one version of the file.
+            let after = file.metadata().map(|m| stamp_of(&m));
+            if after.as_ref().ok() != Some(&before) {
+                let _ = chunks_tx.blocking_send(Err(r.changed("modified while being read").into()));
+            }
+            Ok(())
         });
-        Ok(chunks.boxed())
+        if opened.await.is_err() {
+            // The producer stopped before the first chunk: its error says why.
+            producer.await?;
+        }
+        Ok(stream::unfold(chunks, |mut chunks| async move {
+            chunks.recv().await.map(|chunk| (chunk, chunks))
+        })
+        .boxed())
     }
 
     async fn write(
@@ -598,58 +686,22 @@ impl Service for LocalStore {
         path: &RelPath,
         offset: u64,
         file_size: u64,
-        mut data: ByteStream,
+        data: ByteStream,
     ) -> Result<u64, ServiceError> {
-        let r = self.resolve(dir, path).await?;
-        if offset > file_size {
-            return Err(r
-                .invalid(format!("offset {offset} is past the file size {file_size}"))
-                .into());
-        }
-        // The first chunk is checked before the partial file is opened, so a request
-        // whose data is refused from the start changes nothing on disk.
-        let first = data.next().await.transpose()?;
-        if let Some(chunk) = &first
-            && offset + chunk.len() as u64 > file_size
-        {
-            return Err(r
-                .invalid(format!("data goes past the file size {file_size}"))
-                .into());
-        }
-        // A stream that has ended must not be polled again: the handler's streams
-        // panic if they are.
-        let mut data = match first {
-            Some(chunk) => stream::once(async { Ok(chunk) }).chain(data).boxed(),
-            None => stream::empty().boxed(),
-        };
-        let mut file = r.open_partial_for_write().await?;
-        file.seek(SeekFrom::Start(offset))
+        self.write_stream(dir, path, offset, file_size, data, None)
             .await
-            .map_err(r.io("seek"))?;
-        let mut written = 0u64;
-        let copied: Result<(), ServiceError> = async {
-            while let Some(chunk) = data.next().await {
-                let chunk = chunk?;
-                if offset + written + chunk.len() as u64 > file_size {
-                    return Err(r
-                        .invalid(format!("data goes past the file size {file_size}"))
-                        .into());
-                }
-                file.write_all(&chunk).await.map_err(r.io("write"))?;
-                written += chunk.len() as u64;
-            }
-            Ok(())
-        }
-        .await;
-        // tokio writes in the background: flush even when aborting, so what was
-        // written is on the file before the next call touches it.
-        let flushed = file.flush().await.map_err(r.io("write"));
-        copied?;
-        flushed?;
-        file.set_len(file_size).await.map_err(r.io("set length"))?;
-        file.flush().await.map_err(r.io("write"))?;
-        metrics().store_written.add(written, &[]);
-        Ok(written)
+    }
+
+    async fn write_file(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        file_size: u64,
+        data: ByteStream,
+        expected: ExpectedHash,
+    ) -> Result<u64, ServiceError> {
+        self.write_stream(dir, path, 0, file_size, data, Some(expected))
+            .await
     }
 
     async fn signature(
@@ -659,28 +711,14 @@ impl Service for LocalStore {
         range: ByteRange,
         block_size: u32,
     ) -> Result<Bytes, ServiceError> {
-        let r = self.resolve(dir, path).await?;
-        check_range_size(range, &r)?;
-        delta::check_block_size(block_size).map_err(|e| r.invalid(e.to_string()))?;
-        let base = match r.working_copy().await? {
-            Some((kind, len)) if range.start < len => {
-                let mut file = r.open(kind).await?;
-                read_range(
-                    &mut file,
-                    ByteRange::new(range.start, range.end.min(len)),
-                    &r,
-                )
-                .await?
-            }
-            _ => Vec::new(),
-        };
-        let signature = tokio::task::spawn_blocking(move || delta::signature(&base, block_size))
-            .await
-            .map_err(|source| StoreError::Task {
-                dir: dir.to_string(),
-                source,
-            })?
-            .map_err(|e| r.invalid(e.to_string()))?;
+        let signature = self
+            .on_blocking(dir, path, move |r| {
+                check_range_size(range).map_err(|e| r.invalid(e))?;
+                delta::check_block_size(block_size).map_err(|e| r.invalid(e.to_string()))?;
+                let base = working_bytes(r, range)?;
+                delta::signature(&base, block_size).map_err(|e| r.invalid(e.to_string()))
+            })
+            .await?;
         Ok(signature.into())
     }
 
@@ -691,21 +729,18 @@ impl Service for LocalStore {
         range: ByteRange,
         signature: Bytes,
     ) -> Result<ByteStream, ServiceError> {
-        let r = self.resolve(dir, path).await?;
-        check_range_size(range, &r)?;
-        let mut file = r.open(FileKind::Final).await?;
-        let size = file.metadata().await.map_err(r.io("stat"))?.len();
-        if range.end > size {
-            return Err(r.out_of_range(range, size).into());
-        }
-        let data = read_range(&mut file, range, &r).await?;
-        let delta = tokio::task::spawn_blocking(move || delta::diff(signature.to_vec(), &data))
-            .await
-            .map_err(|source| StoreError::Task {
-                dir: dir.to_string(),
-                source,
-            })?
-            .map_err(|e| r.invalid(e.to_string()))?;
+        let delta = self
+            .on_blocking(dir, path, move |r| {
+                check_range_size(range).map_err(|e| r.invalid(e))?;
+                let file = r.open_blocking(FileKind::Final)?;
+                let size = file.metadata().map_err(r.io("stat"))?.len();
+                if range.end > size {
+                    return Err(r.out_of_range(range, size));
+                }
+                let data = read_range(&file, range, r)?;
+                delta::diff(signature.to_vec(), &data).map_err(|e| r.invalid(e.to_string()))
+            })
+            .await?;
         Ok(chunked(delta))
     }
 
@@ -717,15 +752,18 @@ impl Service for LocalStore {
         file_size: u64,
         mut delta: ByteStream,
     ) -> Result<u64, ServiceError> {
-        let r = self.resolve(dir, path).await?;
-        check_range_size(range, &r)?;
+        let invalid = |reason: String| StoreError::InvalidRequest {
+            dir: dir.to_string(),
+            path: path.to_string(),
+            reason,
+        };
+        check_range_size(range).map_err(invalid)?;
         if range.end > file_size {
-            return Err(r
-                .invalid(format!(
-                    "range {}..{} is past the file size {file_size}",
-                    range.start, range.end
-                ))
-                .into());
+            return Err(invalid(format!(
+                "range {}..{} is past the file size {file_size}",
+                range.start, range.end
+            ))
+            .into());
         }
         // The whole delta is checked and applied in memory before anything
         // is written, so a bad delta changes nothing on disk.
@@ -734,41 +772,25 @@ impl Service for LocalStore {
         while let Some(chunk) = delta.next().await {
             let chunk = chunk?;
             if (buf.len() + chunk.len()) as u64 > limit {
-                return Err(r
-                    .invalid(format!("delta is longer than {limit} bytes"))
-                    .into());
+                return Err(invalid(format!("delta is longer than {limit} bytes")).into());
             }
             buf.extend_from_slice(&chunk);
         }
-        let base = match r.working_copy().await? {
-            Some((kind, len)) if range.start < len => {
-                let mut file = r.open(kind).await?;
-                read_range(
-                    &mut file,
-                    ByteRange::new(range.start, range.end.min(len)),
-                    &r,
-                )
-                .await?
-            }
-            _ => Vec::new(),
-        };
-        let expected = range.len();
-        let patched = tokio::task::spawn_blocking(move || delta::apply(&base, &buf, expected))
-            .await
-            .map_err(|source| StoreError::Task {
-                dir: dir.to_string(),
-                source,
-            })?
-            .map_err(|e| r.invalid(e.to_string()))?;
-        let mut file = r.open_partial_for_write().await?;
-        file.seek(SeekFrom::Start(range.start))
-            .await
-            .map_err(r.io("seek"))?;
-        file.write_all(&patched).await.map_err(r.io("write"))?;
-        file.set_len(file_size).await.map_err(r.io("set length"))?;
-        file.flush().await.map_err(r.io("write"))?;
-        metrics().store_written.add(patched.len() as u64, &[]);
-        Ok(patched.len() as u64)
+        let _lock = self.exclusive(dir, path).await;
+        let written = self
+            .on_blocking(dir, path, move |r| {
+                let base = working_bytes(r, range)?;
+                let patched =
+                    delta::apply(&base, &buf, range.len()).map_err(|e| r.invalid(e.to_string()))?;
+                let file = r.open_partial_for_write(false)?;
+                file.write_all_at(&patched, range.start)
+                    .map_err(r.io("write"))?;
+                file.set_len(file_size).map_err(r.io("set length"))?;
+                Ok(patched.len() as u64)
+            })
+            .await?;
+        metrics().store_written.add(written, &[]);
+        Ok(written)
     }
 
     async fn hash(
@@ -778,9 +800,11 @@ impl Service for LocalStore {
         kind: FileKind,
         range: Option<ByteRange>,
     ) -> Result<HashResult, ServiceError> {
-        let r = self.resolve(dir, path).await?;
-        let mut file = r.open(kind).await?;
-        Ok(hash_file(&mut file, range, &r).await?)
+        Ok(self
+            .on_blocking(dir, path, move |r| {
+                hash_file(&r.open_blocking(kind)?, range, r)
+            })
+            .await?)
     }
 
     async fn finish(
@@ -789,56 +813,30 @@ impl Service for LocalStore {
         path: &RelPath,
         expected: Option<Sha256Hash>,
     ) -> Result<(), ServiceError> {
-        let r = self.resolve(dir, path).await?;
-        let (kind, file) = r
-            .blocking(|r| {
-                for kind in [FileKind::Partial, FileKind::Final] {
-                    if r.lstat_blocking(kind)?.is_some() {
-                        return Ok((kind, r.open_blocking(kind)?));
-                    }
+        let _lock = self.exclusive(dir, path).await;
+        self.on_blocking(dir, path, move |r| {
+            let kind = match r.working_copy()? {
+                Some((kind, _)) => kind,
+                None => {
+                    return Err(StoreError::NotFound {
+                        dir: r.dir.clone(),
+                        path: r.path.clone(),
+                    });
                 }
-                Err(StoreError::NotFound {
-                    dir: r.dir.clone(),
-                    path: r.path.clone(),
-                })
-            })
-            .await?;
-        let mut file = File::from_std(file);
-        // Verified and made durable through the same open file, so what is
-        // checked is what is renamed.
-        if let Some(expected) = expected {
-            let actual = hash_file(&mut file, None, &r).await?.hash;
-            if actual != expected {
-                return Err(StoreError::HashMismatch {
-                    dir: r.dir,
-                    path: r.path,
-                    expected,
-                    actual,
-                }
-                .into());
+            };
+            // Verified and made durable through the same open file, so what
+            // is checked is what is renamed.
+            let file = r.open_blocking(kind)?;
+            if let Some(expected) = expected {
+                r.check_hash(expected, hash_file(&file, None, r)?.hash)?;
             }
-        }
-        let file = file.into_std().await;
-        let size = r
-            .blocking(move |r| {
-                file.sync_all().map_err(r.io("fsync"))?;
-                let size = file.metadata().map_err(r.io("stat"))?.len();
-                if kind == FileKind::Partial {
-                    std::fs::rename(&r.partial_path, &r.final_path)
-                        .map_err(r.io("rename partial to final"))?;
-                    // The rename is only durable once the directory itself is synced.
-                    std::fs::File::open(&r.parent)
-                        .and_then(|d| d.sync_all())
-                        .map_err(r.io("fsync parent directory"))?;
-                }
-                Ok(size)
-            })
-            .await?;
-        if kind == FileKind::Partial {
-            let sha256 = expected.map(|h| h.to_hex()).unwrap_or_default();
-            tracing::info!(dir = %r.dir, path = %r.path, size, %sha256, "finished");
-            metrics().store_finished.add(1, &[]);
-        }
+            let size = r.make_final(&file, kind)?;
+            if kind == FileKind::Partial {
+                r.log_finished(size, expected);
+            }
+            Ok(())
+        })
+        .await?;
         Ok(())
     }
 
@@ -848,8 +846,133 @@ impl Service for LocalStore {
         path: &RelPath,
         if_stamp: Option<FileStamp>,
     ) -> Result<(), ServiceError> {
-        let r = self.resolve(dir, path).await?;
-        Ok(r.blocking(move |r| r.delete_blocking(if_stamp)).await?)
+        Ok(self
+            .on_blocking(dir, path, move |r| r.delete_blocking(if_stamp))
+            .await?)
+    }
+}
+
+/// What the async side of a write hands its blocking writer.
+enum Piece {
+    Chunk(Bytes),
+    /// The data has ended: set the file's size.
+    End,
+    /// The data, the whole file, has ended: check it has this SHA-256, then finish it.
+    Finish(Sha256Hash),
+}
+
+impl LocalStore {
+    /// [`Service::write`], or with `expected` [`Service::write_file`]: one
+    /// blocking task does every write, fed through a bounded queue, and for a
+    /// whole file hashes the bytes as it writes them, so finishing it reads
+    /// nothing back.
+    async fn write_stream(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        offset: u64,
+        file_size: u64,
+        mut data: ByteStream,
+        expected: Option<ExpectedHash>,
+    ) -> Result<u64, ServiceError> {
+        let invalid = |reason: String| StoreError::InvalidRequest {
+            dir: dir.to_string(),
+            path: path.to_string(),
+            reason,
+        };
+        if offset > file_size {
+            return Err(
+                invalid(format!("offset {offset} is past the file size {file_size}")).into(),
+            );
+        }
+        let _lock = self.exclusive(dir, path).await;
+        let whole = expected.is_some();
+        let (resolved_tx, resolved) = tokio::sync::oneshot::channel();
+        let (pieces_tx, mut pieces) = tokio::sync::mpsc::channel(WRITE_QUEUE);
+        let writer = self.on_blocking(dir, path, move |r| {
+            // Nothing is taken from the data of a path that does not resolve.
+            let _ = resolved_tx.send(());
+            let Some(first) = pieces.blocking_recv() else {
+                return Ok(0);
+            };
+            let past_the_end = || r.invalid(format!("data goes past the file size {file_size}"));
+            // The first chunk is checked before the partial file is opened, so a
+            // request whose data is refused from the start changes nothing on disk.
+            if let Piece::Chunk(chunk) = &first
+                && offset + chunk.len() as u64 > file_size
+            {
+                return Err(past_the_end());
+            }
+            let file = r.open_partial_for_write(whole)?;
+            let mut hasher = whole.then(Sha256::new);
+            let mut written = 0u64;
+            let mut next = Some(first);
+            while let Some(piece) = next.take().or_else(|| pieces.blocking_recv()) {
+                match piece {
+                    Piece::Chunk(chunk) => {
+                        let at = offset + written;
+                        if at + chunk.len() as u64 > file_size {
+                            return Err(past_the_end());
+                        }
+                        file.write_all_at(&chunk, at).map_err(r.io("write"))?;
+                        if let Some(hasher) = &mut hasher {
+                            hasher.update(&chunk);
+                        }
+                        written += chunk.len() as u64;
+                    }
+                    Piece::End => {
+                        file.set_len(file_size).map_err(r.io("set length"))?;
+                        break;
+                    }
+                    Piece::Finish(expected) => {
+                        if written != file_size {
+                            return Err(r.invalid(format!(
+                                "data ended after {written} of the file's {file_size} bytes"
+                            )));
+                        }
+                        if let Some(hasher) = hasher.take() {
+                            r.check_hash(expected, Sha256Hash::from_hasher(hasher))?;
+                        }
+                        let size = r.make_final(&file, FileKind::Partial)?;
+                        r.log_finished(size, Some(expected));
+                        break;
+                    }
+                }
+            }
+            // Without End or Finish the caller gave up: what was written stays.
+            Ok(written)
+        });
+        let feeding = async move {
+            if resolved.await.is_err() {
+                // The writer stopped: its error says why.
+                return Ok(());
+            }
+            while let Some(chunk) = data.next().await {
+                if pieces_tx.send(Piece::Chunk(chunk?)).await.is_err() {
+                    // The writer stopped: its error says why.
+                    return Ok(());
+                }
+            }
+            let last = match expected {
+                None => Piece::End,
+                Some(expected) => match expected.await {
+                    Ok(hash) => Piece::Finish(hash),
+                    Err(_) => {
+                        return Err(ServiceError::from(invalid(
+                            "the data ended without the SHA-256 to check it against: not finished"
+                                .into(),
+                        )));
+                    }
+                },
+            };
+            let _ = pieces_tx.send(last).await;
+            Ok(())
+        };
+        let (fed, written) = futures::join!(feeding, writer);
+        fed?;
+        let written = written?;
+        metrics().store_written.add(written, &[]);
+        Ok(written)
     }
 }
 

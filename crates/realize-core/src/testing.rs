@@ -11,7 +11,8 @@ use crate::error::ServiceError;
 use crate::hash::Sha256Hash;
 use crate::path::{DirId, RelPath};
 use crate::service::{
-    ByteRange, ByteStream, EntryStream, FileKind, FileStamp, HashResult, Service, ServiceInfo,
+    ByteRange, ByteStream, EntryStream, ExpectedHash, FileKind, FileStamp, HashResult, Service,
+    ServiceInfo,
 };
 use crate::stop::Stop;
 use crate::store::LocalStore;
@@ -21,8 +22,8 @@ use crate::store::LocalStore;
 pub(crate) enum Fault {
     /// Flips the first byte of every chunk it is asked to write.
     FlipWrittenBytes,
-    /// Appends a byte to the file just before its first whole-file hash.
-    ChangeBeforeHash,
+    /// Appends a byte to the file just before it is first hashed whole or read from its start.
+    ChangeBeforeRead,
     /// Appends a byte to the file just before its first delete.
     ChangeBeforeDelete,
     /// Stops the move hard at the first write, which then never ends: a
@@ -70,6 +71,33 @@ impl Faulty {
             file.write_all(b"!").unwrap();
         }
     }
+
+    /// The stop faults, at the start of any write.
+    async fn before_write(&self) {
+        match self.fault {
+            Fault::HardStopOnWrite => {
+                self.stop.hard();
+                std::future::pending().await
+            }
+            Fault::SoftStopOnWrite => self.stop.soft(),
+            _ => {}
+        }
+    }
+
+    /// The data a write is given, with the written-bytes fault applied.
+    fn on_write(&self, data: ByteStream) -> ByteStream {
+        if self.fault != Fault::FlipWrittenBytes {
+            return data;
+        }
+        data.map(|chunk| {
+            let mut chunk = BytesMut::from(chunk?);
+            if let Some(first) = chunk.first_mut() {
+                *first ^= 0xff;
+            }
+            Ok(chunk.freeze())
+        })
+        .boxed()
+    }
 }
 
 #[async_trait]
@@ -88,8 +116,12 @@ impl Service for Faulty {
         path: &RelPath,
         offset: u64,
         length: Option<u64>,
+        if_stamp: Option<FileStamp>,
     ) -> Result<ByteStream, ServiceError> {
-        self.inner.read(dir, path, offset, length).await
+        if offset == 0 {
+            self.trigger(Fault::ChangeBeforeRead, path);
+        }
+        self.inner.read(dir, path, offset, length, if_stamp).await
     }
 
     async fn write(
@@ -100,27 +132,24 @@ impl Service for Faulty {
         file_size: u64,
         data: ByteStream,
     ) -> Result<u64, ServiceError> {
-        match self.fault {
-            Fault::HardStopOnWrite => {
-                self.stop.hard();
-                return std::future::pending().await;
-            }
-            Fault::SoftStopOnWrite => self.stop.soft(),
-            _ => {}
-        }
-        let data = if self.fault == Fault::FlipWrittenBytes {
-            data.map(|chunk| {
-                let mut chunk = BytesMut::from(chunk?);
-                if let Some(first) = chunk.first_mut() {
-                    *first ^= 0xff;
-                }
-                Ok(chunk.freeze())
-            })
-            .boxed()
-        } else {
-            data
-        };
+        self.before_write().await;
+        let data = self.on_write(data);
         self.inner.write(dir, path, offset, file_size, data).await
+    }
+
+    async fn write_file(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        file_size: u64,
+        data: ByteStream,
+        expected: ExpectedHash,
+    ) -> Result<u64, ServiceError> {
+        self.before_write().await;
+        let data = self.on_write(data);
+        self.inner
+            .write_file(dir, path, file_size, data, expected)
+            .await
     }
 
     async fn signature(
@@ -164,7 +193,7 @@ impl Service for Faulty {
         range: Option<ByteRange>,
     ) -> Result<HashResult, ServiceError> {
         if kind == FileKind::Final && range.is_none() {
-            self.trigger(Fault::ChangeBeforeHash, path);
+            self.trigger(Fault::ChangeBeforeRead, path);
         }
         self.inner.hash(dir, path, kind, range).await
     }

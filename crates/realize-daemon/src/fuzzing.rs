@@ -137,6 +137,7 @@ mod tests {
                 path: "a/f".into(),
                 offset: 0,
                 file_size: 3,
+                whole_file: false,
             })),
         };
         let data = pb::WriteRequest {
@@ -161,6 +162,7 @@ mod tests {
             path: "../x".into(),
             offset: 0,
             length: None,
+            if_stamp: None,
         };
         let read = frame(&[read.encode_to_vec()]);
         assert_eq!(

@@ -21,10 +21,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::BoxStream;
-use futures::{StreamExt, TryStreamExt};
+use futures::{StreamExt, TryStreamExt, stream};
 use opentelemetry::KeyValue;
 use realize_core::{
-    ByteRange, ByteStream, DirId, RelPath, Service, ServiceError, Sha256Hash, StoreError,
+    ByteRange, ByteStream, DirId, ExpectedHash, RelPath, Service, ServiceError, Sha256Hash,
+    StoreError,
 };
 use realize_net::metrics::{RpcCall, RpcSide, record_limit};
 use realize_net::throttle::check_rate;
@@ -464,6 +465,60 @@ fn body<M: Send + 'static>(
         .boxed()
 }
 
+/// The data of a whole-file Write, and the SHA-256 of its `finish` message,
+/// sent once the data has ended; never sent if the stream ends without one.
+fn whole_file_body(
+    stream: Streaming<pb::WriteRequest>,
+    dir: &DirId,
+    path: &RelPath,
+) -> (ByteStream, ExpectedHash) {
+    use pb::write_request::Message;
+    let (sender, expected) = tokio::sync::oneshot::channel();
+    let (dir, path) = (dir.to_string(), path.to_string());
+    let invalid = move |reason: String| {
+        ServiceError::from(StoreError::InvalidRequest {
+            dir: dir.clone(),
+            path: path.clone(),
+            reason,
+        })
+    };
+    // The sender is taken when the stream ends or fails: a stream that has
+    // ended is never polled again.
+    let data = stream::unfold((stream, Some(sender)), move |(mut stream, sender)| {
+        let invalid = invalid.clone();
+        async move {
+            let sender = sender?;
+            let message = match stream.next().await? {
+                Ok(message) => message.message,
+                Err(status) => return Some((Err(error_from_status(status)), (stream, None))),
+            };
+            let chunk = match message {
+                Some(Message::Data(chunk)) if chunk.len() > MAX_CHUNK => Err(format!(
+                    "data chunk of {} bytes is larger than {MAX_CHUNK} bytes",
+                    chunk.len()
+                )),
+                Some(Message::Data(chunk)) => Ok(chunk),
+                Some(Message::Finish(finish)) => match Sha256Hash::from_slice(&finish.sha256) {
+                    Some(hash) => {
+                        let _ = sender.send(hash);
+                        return None;
+                    }
+                    None => Err(format!(
+                        "sha256 must be 32 bytes, got {}",
+                        finish.sha256.len()
+                    )),
+                },
+                _ => Err("expected data or finish after the header".to_string()),
+            };
+            Some(match chunk {
+                Ok(chunk) => (Ok(chunk), (stream, Some(sender))),
+                Err(reason) => (Err(invalid(reason)), (stream, None)),
+            })
+        }
+    });
+    (data.boxed(), expected)
+}
+
 type ServerStream<T> = BoxStream<'static, Result<T, Status>>;
 
 fn server_stream<T, U>(
@@ -524,7 +579,13 @@ impl pb::realize_server::Realize for Handler {
                 let data = self
                     .cancellable(&call, async {
                         call.service()
-                            .read(&dir, &path, request.offset, request.length)
+                            .read(
+                                &dir,
+                                &path,
+                                request.offset,
+                                request.length,
+                                request.if_stamp.map(Into::into),
+                            )
                             .await
                             .map_err(|e| status(&e))
                     })
@@ -557,20 +618,33 @@ impl pb::realize_server::Realize for Handler {
                 let (dir, path) = target(&header.dir, &header.path)?;
                 call.authorize(&dir, Need::Write)?;
                 call.check_file_size(&dir, &path, header.file_size)?;
-                let data = body(
-                    stream,
-                    |m| match m.message {
-                        Some(Message::Data(d)) => Some(d),
-                        _ => None,
-                    },
-                    &dir,
-                    &path,
-                );
-                let data = cancellable_body(data, call.cancel().clone());
-                let result = call
-                    .service()
-                    .write(&dir, &path, header.offset, header.file_size, data)
-                    .await;
+                let result = if header.whole_file {
+                    if header.offset != 0 {
+                        return Err(Status::invalid_argument(format!(
+                            "{dir}/{path}: a whole-file write starts at offset 0, not {}",
+                            header.offset
+                        )));
+                    }
+                    let (data, expected) = whole_file_body(stream, &dir, &path);
+                    let data = cancellable_body(data, call.cancel().clone());
+                    call.service()
+                        .write_file(&dir, &path, header.file_size, data, expected)
+                        .await
+                } else {
+                    let data = body(
+                        stream,
+                        |m| match m.message {
+                            Some(Message::Data(d)) => Some(d),
+                            _ => None,
+                        },
+                        &dir,
+                        &path,
+                    );
+                    let data = cancellable_body(data, call.cancel().clone());
+                    call.service()
+                        .write(&dir, &path, header.offset, header.file_size, data)
+                        .await
+                };
                 let bytes_written = self.write_outcome(&call, result)?;
                 tracing::debug!(%dir, %path, offset = header.offset, bytes_written, "write");
                 Ok(Response::new(pb::WriteResponse { bytes_written }))

@@ -6,8 +6,8 @@ use futures::channel::oneshot;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt, future, ready, stream};
 use realize_core::{
-    ByteRange, ByteStream, DirId, EntryStream, FileKind, FileStamp, HashResult, RelPath, Service,
-    ServiceError, ServiceInfo, Sha256Hash,
+    ByteRange, ByteStream, DirId, EntryStream, ExpectedHash, FileKind, FileStamp, HashResult,
+    RelPath, Service, ServiceError, ServiceInfo, Sha256Hash,
 };
 use realize_proto::{error_from_status, pb};
 
@@ -155,6 +155,27 @@ impl<M> Stream for Body<M> {
     }
 }
 
+impl RemoteService {
+    /// A Write call: `header`, `data` as data messages, then `trailer`.
+    async fn send_write(
+        &self,
+        header: pb::WriteRequest,
+        data: ByteStream,
+        trailer: impl Stream<Item = pb::WriteRequest> + Send + 'static,
+    ) -> Result<u64, ServiceError> {
+        let (outgoing, data_error) = client_stream(header, data, |chunk| pb::WriteRequest {
+            message: Some(pb::write_request::Message::Data(chunk)),
+        });
+        let mut client = self.client();
+        tokio::select! {
+            response = client.write(self.request(outgoing.chain(trailer))) => {
+                Ok(response.map_err(error_from_status)?.into_inner().bytes_written)
+            }
+            Ok(error) = data_error => Err(error),
+        }
+    }
+}
+
 #[async_trait]
 impl Service for RemoteService {
     async fn info(&self) -> Result<ServiceInfo, ServiceError> {
@@ -192,6 +213,7 @@ impl Service for RemoteService {
         path: &RelPath,
         offset: u64,
         length: Option<u64>,
+        if_stamp: Option<FileStamp>,
     ) -> Result<ByteStream, ServiceError> {
         self.observed("Read", async {
             let response = self
@@ -201,6 +223,7 @@ impl Service for RemoteService {
                     path: path.to_string(),
                     offset,
                     length,
+                    if_stamp: if_stamp.map(Into::into),
                 }))
                 .await
                 .map_err(error_from_status)?;
@@ -225,18 +248,43 @@ impl Service for RemoteService {
                     path: path.to_string(),
                     offset,
                     file_size,
+                    whole_file: false,
                 })),
             };
-            let (outgoing, data_error) = client_stream(header, data, |chunk| pb::WriteRequest {
-                message: Some(Message::Data(chunk)),
+            self.send_write(header, data, stream::empty()).await
+        })
+        .await
+    }
+
+    async fn write_file(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        file_size: u64,
+        data: ByteStream,
+        expected: ExpectedHash,
+    ) -> Result<u64, ServiceError> {
+        self.observed("Write", async {
+            use pb::write_request::Message;
+            let header = pb::WriteRequest {
+                message: Some(Message::Header(pb::WriteHeader {
+                    dir: dir.to_string(),
+                    path: path.to_string(),
+                    offset: 0,
+                    file_size,
+                    whole_file: true,
+                })),
+            };
+            // Sent after the data, once its hash is known; never if the
+            // hash is not sent, and the daemon then renames nothing.
+            let finish = stream::once(expected).filter_map(|hash| {
+                future::ready(hash.ok().map(|hash| pb::WriteRequest {
+                    message: Some(Message::Finish(pb::WriteFinish {
+                        sha256: Bytes::copy_from_slice(&hash.0),
+                    })),
+                }))
             });
-            let mut client = self.client();
-            tokio::select! {
-                response = client.write(self.request(outgoing)) => {
-                    Ok(response.map_err(error_from_status)?.into_inner().bytes_written)
-                }
-                Ok(error) = data_error => Err(error),
-            }
+            self.send_write(header, data, finish).await
         })
         .await
     }

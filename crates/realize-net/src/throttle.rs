@@ -18,8 +18,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use realize_core::{
-    ByteRange, ByteStream, DirId, EntryStream, FileKind, FileStamp, HashResult, RelPath, Service,
-    ServiceError, ServiceInfo, Sha256Hash,
+    ByteRange, ByteStream, DirId, EntryStream, ExpectedHash, FileKind, FileStamp, HashResult,
+    RelPath, Service, ServiceError, ServiceInfo, Sha256Hash,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
@@ -256,8 +256,9 @@ impl Service for ThrottledService {
         path: &RelPath,
         offset: u64,
         length: Option<u64>,
+        if_stamp: Option<FileStamp>,
     ) -> Result<ByteStream, ServiceError> {
-        self.inner.read(dir, path, offset, length).await
+        self.inner.read(dir, path, offset, length, if_stamp).await
     }
 
     async fn write(
@@ -270,6 +271,20 @@ impl Service for ThrottledService {
     ) -> Result<u64, ServiceError> {
         let data = throttle_stream(data, self.limit.clone(), Bytes::len);
         self.inner.write(dir, path, offset, file_size, data).await
+    }
+
+    async fn write_file(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        file_size: u64,
+        data: ByteStream,
+        expected: ExpectedHash,
+    ) -> Result<u64, ServiceError> {
+        let data = throttle_stream(data, self.limit.clone(), Bytes::len);
+        self.inner
+            .write_file(dir, path, file_size, data, expected)
+            .await
     }
 
     async fn signature(

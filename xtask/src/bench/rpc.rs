@@ -164,6 +164,7 @@ async fn call(client: &mut Client, method: Method, dir: &str, path: &str) -> any
                     path: path.to_owned(),
                     offset: 0,
                     length: None,
+                    if_stamp: None,
                 })
                 .await?
                 .into_inner();

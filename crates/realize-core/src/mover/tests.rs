@@ -516,7 +516,7 @@ async fn a_source_changed_before_it_is_hashed_is_not_deleted() {
     let sides = Sides::new();
     let data = random_bytes(25, 300 * KIB);
     write_file(sides.src(), "f", &data);
-    let src = Faulty::new(sides.src(), Fault::ChangeBeforeHash);
+    let src = Faulty::new(sides.src(), Fault::ChangeBeforeRead);
     let dst = store(sides.dst());
 
     let summary = move_files(&src, &dst, &[dir()], &options(), &NoProgress, &Stop::new())

@@ -11,7 +11,7 @@ use crate::delta::MAX_RANGE;
 use crate::error::{ErrorCode, ServiceError};
 use crate::hash::Sha256Hash;
 use crate::path::{DirId, RelPath};
-use crate::service::{ByteRange, ByteStream, FileKind, Service};
+use crate::service::{ByteRange, ByteStream, FileKind, FileStamp, Service};
 
 fn dir() -> DirId {
     DirId::new("d").unwrap()
@@ -441,6 +441,147 @@ fn a_write_refused_past_the_file_size_has_finished_writing_when_it_returns() {
     assert!(on_disk == head);
 }
 
+// ---------------------------------------------------------------- write_file
+
+/// The SHA-256 a whole-file write is told to expect, already sent.
+fn expecting(hash: Sha256Hash) -> crate::service::ExpectedHash {
+    let (sender, expected) = tokio::sync::oneshot::channel();
+    sender.send(hash).unwrap();
+    expected
+}
+
+#[tokio::test]
+async fn write_file_replaces_a_stale_partial_and_finishes_the_verified_file() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    // Longer than the new file, so it must be emptied, not overwritten.
+    write_file(root, "a/.f.part", &random_bytes(20, 5000));
+    let store = store(root);
+    let data = random_bytes(21, 3000);
+    let written = store
+        .write_file(
+            &dir(),
+            &rel("a/f"),
+            3000,
+            chunks([data[..1000].to_vec(), data[1000..].to_vec()]),
+            expecting(Sha256Hash::of(&data)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(written, 3000);
+    assert_eq!(read_file(root, "a/f"), data);
+    assert_eq!(tree(root), ["a", "a/f"]);
+}
+
+#[tokio::test]
+async fn write_file_with_the_wrong_hash_renames_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let store = store(root);
+    let data = random_bytes(22, 3000);
+    let result = store
+        .write_file(
+            &dir(),
+            &rel("f"),
+            3000,
+            chunks([data.clone()]),
+            expecting(Sha256Hash::of(b"something else")),
+        )
+        .await;
+    assert_eq!(code(result), ErrorCode::FailedPrecondition);
+    assert!(!exists(root, "f"));
+    // What was written stays, to be resumed.
+    assert_eq!(read_file(root, ".f.part"), data);
+}
+
+#[tokio::test]
+async fn write_file_without_its_hash_or_all_its_data_renames_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let store = store(root);
+    let data = random_bytes(23, 3000);
+    // The hash never comes: the sender is dropped.
+    let (_, expected) = tokio::sync::oneshot::channel();
+    let result = store
+        .write_file(&dir(), &rel("f"), 3000, chunks([data.clone()]), expected)
+        .await;
+    assert_eq!(code(result), ErrorCode::InvalidArgument);
+    assert!(!exists(root, "f"));
+    // The data ends short of the file size, hash right or not.
+    let result = store
+        .write_file(
+            &dir(),
+            &rel("g"),
+            4000,
+            chunks([data.clone()]),
+            expecting(Sha256Hash::of(&data)),
+        )
+        .await;
+    assert_eq!(code(result), ErrorCode::InvalidArgument);
+    assert!(!exists(root, "g"));
+    // The data fails: its error is returned, and nothing is renamed.
+    let failing = stream::iter([
+        Ok(Bytes::from(data.clone())),
+        Err(ServiceError::Protocol("boom".into())),
+    ])
+    .boxed();
+    let result = store
+        .write_file(
+            &dir(),
+            &rel("h"),
+            3000,
+            failing,
+            expecting(Sha256Hash::of(&data)),
+        )
+        .await;
+    assert!(
+        matches!(&result, Err(ServiceError::Protocol(m)) if m == "boom"),
+        "{result:?}"
+    );
+    assert!(!exists(root, "h"));
+}
+
+#[tokio::test]
+async fn write_file_of_an_empty_file_finishes_it() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let store = store(root);
+    store
+        .write_file(
+            &dir(),
+            &rel("e"),
+            0,
+            chunks([]),
+            expecting(Sha256Hash::of(b"")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(read_file(root, "e"), b"");
+    assert_eq!(tree(root), ["e"]);
+}
+
+#[tokio::test]
+async fn concurrent_whole_file_writes_of_one_path_each_finish_what_they_hashed() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let store = store(root);
+    let (a, b) = (random_bytes(24, 600_000), random_bytes(25, 600_000));
+    // Many small chunks, so unserialized writes would interleave.
+    let split = |data: &[u8]| chunks(data.chunks(1000).map(<[u8]>::to_vec).collect::<Vec<_>>());
+    let (d, f) = (dir(), rel("f"));
+    let (first, second) = tokio::join!(
+        store.write_file(&d, &f, 600_000, split(&a), expecting(Sha256Hash::of(&a))),
+        store.write_file(&d, &f, 600_000, split(&b), expecting(Sha256Hash::of(&b))),
+    );
+    first.unwrap();
+    second.unwrap();
+    let last = read_file(root, "f");
+    assert!(
+        last == a || last == b,
+        "the final file is one of the two, whole"
+    );
+}
+
 // ---------------------------------------------------------------- finish
 
 #[tokio::test]
@@ -640,7 +781,7 @@ async fn read_returns_exactly_the_requested_bytes() {
         async move {
             collect(
                 store
-                    .read(&dir(), &rel("d/f"), offset, length)
+                    .read(&dir(), &rel("d/f"), offset, length, None)
                     .await
                     .unwrap(),
             )
@@ -657,18 +798,45 @@ async fn read_returns_exactly_the_requested_bytes() {
 }
 
 #[tokio::test]
+async fn read_of_another_version_than_the_one_expected_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    write_file(root, "f", &random_bytes(26, 1000));
+    let store = store(root);
+    let listed = store
+        .hash(&dir(), &rel("f"), FileKind::Final, None)
+        .await
+        .unwrap()
+        .stamp;
+    let data = collect(
+        store
+            .read(&dir(), &rel("f"), 0, None, Some(listed))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(data.unwrap().len(), 1000);
+    let stale = FileStamp {
+        mtime_unix_nanos: listed.mtime_unix_nanos - 1,
+        ..listed
+    };
+    let result = store.read(&dir(), &rel("f"), 0, None, Some(stale)).await;
+    assert_eq!(code(result), ErrorCode::FailedPrecondition);
+}
+
+#[tokio::test]
 async fn read_past_the_end_is_out_of_range() {
     let root = tempfile::tempdir().unwrap();
     write_file(root.path(), "f", &[1; 100]);
     write_file(root.path(), ".g.part", &[1; 100]);
     let store = store(root.path());
     let (d, f) = (dir(), rel("f"));
-    let read = |offset, length| store.read(&d, &f, offset, length);
+    let read = |offset, length| store.read(&d, &f, offset, length, None);
     assert_eq!(code(read(0, Some(101)).await), ErrorCode::OutOfRange);
     assert_eq!(code(read(101, None).await), ErrorCode::OutOfRange);
     assert_eq!(code(read(50, Some(u64::MAX)).await), ErrorCode::OutOfRange);
     // Read only ever serves final files.
-    let partial_only = store.read(&dir(), &rel("g"), 0, None).await;
+    let partial_only = store.read(&dir(), &rel("g"), 0, None, None).await;
     assert_eq!(code(partial_only), ErrorCode::NotFound);
 }
 
@@ -876,7 +1044,7 @@ async fn a_fifo_is_refused_without_blocking() {
         (
             "read",
             "fifo",
-            Box::pin(async { store.read(&d, &fifo, 0, None).await.map(drop) }),
+            Box::pin(async { store.read(&d, &fifo, 0, None, None).await.map(drop) }),
         ),
         (
             "hash",
@@ -952,7 +1120,7 @@ async fn a_symlinked_parent_leading_outside_the_root_is_refused() {
 
     for path in ["link/f", "link/new/g", "real/deeper/f"] {
         let path = rel(path);
-        let read = store.read(&dir(), &path, 0, None).await;
+        let read = store.read(&dir(), &path, 0, None, None).await;
         assert_eq!(code(read), ErrorCode::InvalidArgument, "read {path}");
         let write = store
             .write(&dir(), &path, 0, 4, chunks([b"evil".to_vec()]))
@@ -992,7 +1160,7 @@ async fn a_symlink_as_the_file_itself_is_never_followed() {
     let (d, f, g) = (dir(), rel("f"), rel("g"));
     let range = ByteRange::new(0, 4);
 
-    assert!(store.read(&d, &f, 0, None).await.is_err());
+    assert!(store.read(&d, &f, 0, None, None).await.is_err());
     assert!(store.hash(&d, &f, FileKind::Final, None).await.is_err());
     assert!(store.hash(&d, &g, FileKind::Partial, None).await.is_err());
     let signature = store
@@ -1046,7 +1214,7 @@ async fn an_unknown_dir_id_is_invalid_argument() {
     let other = DirId::new("other").unwrap();
     let path = rel("f");
     assert_eq!(
-        code(store.read(&other, &path, 0, None).await),
+        code(store.read(&other, &path, 0, None, None).await),
         ErrorCode::InvalidArgument
     );
     assert_eq!(

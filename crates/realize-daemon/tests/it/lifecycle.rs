@@ -144,6 +144,7 @@ impl OpenWrite {
                 path: path.into(),
                 offset: 0,
                 file_size,
+                whole_file: false,
             })),
         };
         tx.try_send(header).unwrap();
@@ -443,6 +444,7 @@ async fn sigterm_during_a_read_resets_it_if_the_client_does_not_read() {
             path: "big.bin".into(),
             offset: 0,
             length: None,
+            if_stamp: None,
         })
         .await
         .unwrap()

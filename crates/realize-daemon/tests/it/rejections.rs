@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use realize_core::{
-    ByteRange, ByteStream, DirId, EntryStream, FileKind, FileStamp, HashResult, LocalStore,
-    RelPath, Service, ServiceError, ServiceInfo, Sha256Hash,
+    ByteRange, ByteStream, DirId, EntryStream, ExpectedHash, FileKind, FileStamp, HashResult,
+    LocalStore, RelPath, Service, ServiceError, ServiceInfo, Sha256Hash,
 };
 use realize_net::connection::connect;
 use realize_net::tls::client_config;
@@ -121,6 +121,7 @@ async fn bad_paths_sent_to_the_api_are_invalid_and_touch_nothing() {
                 path: path.into(),
                 offset: 0,
                 length: None,
+                if_stamp: None,
             })
             .await;
         assert_eq!(
@@ -171,6 +172,7 @@ async fn bad_paths_sent_to_the_api_are_invalid_and_touch_nothing() {
                 path: path.into(),
                 offset: 0,
                 file_size: 5,
+                whole_file: false,
             })),
         };
         let data = pb::WriteRequest {
@@ -217,6 +219,20 @@ async fn bad_paths_sent_to_the_api_are_invalid_and_touch_nothing() {
     daemon.stop().await;
 }
 
+/// `data` with the first byte of each chunk flipped.
+fn corrupted(data: ByteStream) -> ByteStream {
+    data.map(|chunk| {
+        chunk.map(|c| {
+            let mut c = c.to_vec();
+            if let Some(b) = c.first_mut() {
+                *b ^= 0xff;
+            }
+            Bytes::from(c)
+        })
+    })
+    .boxed()
+}
+
 /// A store whose writes flip one byte: the destination never matches.
 #[derive(Debug)]
 struct Corrupting(LocalStore);
@@ -235,8 +251,9 @@ impl Service for Corrupting {
         path: &RelPath,
         offset: u64,
         length: Option<u64>,
+        if_stamp: Option<FileStamp>,
     ) -> Result<ByteStream, ServiceError> {
-        self.0.read(dir, path, offset, length).await
+        self.0.read(dir, path, offset, length, if_stamp).await
     }
     async fn write(
         &self,
@@ -246,18 +263,21 @@ impl Service for Corrupting {
         file_size: u64,
         data: ByteStream,
     ) -> Result<u64, ServiceError> {
-        let corrupted = data
-            .map(|chunk| {
-                chunk.map(|c| {
-                    let mut c = c.to_vec();
-                    if let Some(b) = c.first_mut() {
-                        *b ^= 0xff;
-                    }
-                    Bytes::from(c)
-                })
-            })
-            .boxed();
-        self.0.write(dir, path, offset, file_size, corrupted).await
+        self.0
+            .write(dir, path, offset, file_size, corrupted(data))
+            .await
+    }
+    async fn write_file(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        file_size: u64,
+        data: ByteStream,
+        expected: ExpectedHash,
+    ) -> Result<u64, ServiceError> {
+        self.0
+            .write_file(dir, path, file_size, corrupted(data), expected)
+            .await
     }
     async fn signature(
         &self,

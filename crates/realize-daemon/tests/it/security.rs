@@ -39,6 +39,7 @@ fn write_header(dir: &str, path: &str, offset: u64, file_size: u64) -> pb::Write
             path: path.into(),
             offset,
             file_size,
+            whole_file: false,
         })),
     }
 }
@@ -98,6 +99,7 @@ async fn a_read_only_peer_reads_but_changes_nothing() {
             path: "a/file.txt".into(),
             offset: 0,
             length: None,
+            if_stamp: None,
         })
         .await
         .unwrap()
@@ -264,6 +266,7 @@ async fn a_symlinked_directory_pointing_outside_is_never_followed() {
             path: "link/secret.txt".into(),
             offset: 0,
             length: None,
+            if_stamp: None,
         })
         .await
         .map(|_| ()),
@@ -344,6 +347,7 @@ async fn bad_numbers_are_refused_and_change_nothing() {
             path: "f.bin".into(),
             offset: 900,
             length: Some(200),
+            if_stamp: None,
         })
         .await
         .map(|_| ()),

@@ -107,6 +107,7 @@ async fn a_limit_lowered_mid_transfer_slows_the_rest_of_it() {
             path: "big.bin".into(),
             offset: 0,
             length: None,
+            if_stamp: None,
         })
         .await
         .unwrap()
