@@ -508,7 +508,8 @@ impl Transfer<'_> {
             .await
             .map_err(|e| self.source_error(e))?;
         let file = self.file.clone();
-        let (data, expected, source_hash) = hashed(data, move || file.phase(Phase::Checking));
+        let (data, expected, source_hash) =
+            hashed(data, self.size, move || file.phase(Phase::Checking));
         // Counted as the destination takes them, not as they are hashed.
         let (data, relay) = Relay::new(data, self.file, true);
         let written = self
@@ -622,27 +623,88 @@ impl Transfer<'_> {
     }
 }
 
-/// Hashes `data` as it streams by; the SHA-256 is sent, and kept, once the
-/// stream has ended without an error, and `ended` is called then.
+/// Hashes `data`, `size` bytes, as it streams by; the SHA-256 is sent, and
+/// kept, once the stream has ended without an error, and `ended` is called
+/// when the destination has taken the last byte.
 ///
-/// The hashing runs in a task of its own, a bounded queue ahead of the
-/// destination: polled by the destination, it would run on the thread
-/// that encrypts and sends, one after the other instead of side by side.
+/// Past one chunk, the hashing runs in a task of its own, a bounded queue
+/// ahead of the destination: polled by the destination, it would run on the
+/// thread that encrypts and sends, one after the other instead of side by
+/// side. A file of one chunk is hashed in passing: a task would cost more.
 fn hashed(
-    mut data: ByteStream,
+    data: ByteStream,
+    size: u64,
     ended: impl FnOnce() + Send + 'static,
 ) -> (ByteStream, ExpectedHash, Arc<OnceLock<Sha256Hash>>) {
     let (sender, expected) = tokio::sync::oneshot::channel();
     let kept = Arc::new(OnceLock::new());
+    let hashing = Hashing {
+        hasher: Sha256::new(),
+        sender,
+        kept: Arc::clone(&kept),
+    };
+    let stream = if size <= crate::store::CHUNK_SIZE as u64 {
+        hashed_in_passing(data, hashing, ended)
+    } else {
+        hashed_ahead(data, hashing, ended)
+    };
+    (stream, expected, kept)
+}
+
+/// A hash being computed, and where it goes once the data has all gone by.
+struct Hashing {
+    hasher: Sha256,
+    sender: tokio::sync::oneshot::Sender<Sha256Hash>,
+    kept: Arc<OnceLock<Sha256Hash>>,
+}
+
+impl Hashing {
+    fn done(self) {
+        let hash = *self
+            .kept
+            .get_or_init(|| Sha256Hash::from_hasher(self.hasher));
+        let _ = self.sender.send(hash);
+    }
+}
+
+fn hashed_in_passing(
+    data: ByteStream,
+    hashing: Hashing,
+    ended: impl FnOnce() + Send + 'static,
+) -> ByteStream {
+    let state = (data, Some((hashing, ended)));
+    stream::unfold(state, |(mut data, end)| async move {
+        let (mut hashing, ended) = end?;
+        match data.next().await {
+            Some(Ok(chunk)) => {
+                hashing.hasher.update(&chunk);
+                Some((Ok(chunk), (data, Some((hashing, ended)))))
+            }
+            // Dropping the sender tells the destination the data was not all there.
+            Some(Err(error)) => Some((Err(error), (data, None))),
+            None => {
+                hashing.done();
+                ended();
+                None
+            }
+        }
+    })
+    .boxed()
+}
+
+fn hashed_ahead(
+    mut data: ByteStream,
+    mut hashing: Hashing,
+    ended: impl FnOnce() + Send + 'static,
+) -> ByteStream {
+    let kept = Arc::clone(&hashing.kept);
     let (chunks_tx, chunks) = tokio::sync::mpsc::channel(HASH_QUEUE);
-    let hash = Arc::clone(&kept);
     let task = tokio::spawn(
         async move {
-            let mut hasher = Sha256::new();
             while let Some(item) = data.next().await {
                 let failed = item.is_err();
                 if let Ok(chunk) = &item {
-                    hasher.update(chunk);
+                    hashing.hasher.update(chunk);
                 }
                 // Dropping the sender on a failure tells the destination
                 // the data was not all there.
@@ -650,13 +712,13 @@ fn hashed(
                     return;
                 }
             }
-            let _ = sender.send(*hash.get_or_init(|| Sha256Hash::from_hasher(hasher)));
+            hashing.done();
         }
         .in_current_span(),
     );
     let task = tokio_util::task::AbortOnDropHandle::new(task);
-    let state = (chunks, task, Some(ended), Arc::clone(&kept));
-    let stream = stream::unfold(state, |(mut chunks, task, ended, kept)| async move {
+    let state = (chunks, task, Some(ended), kept);
+    stream::unfold(state, |(mut chunks, task, ended, kept)| async move {
         match chunks.recv().await {
             Some(item) => Some((item, (chunks, task, ended, kept))),
             None => {
@@ -669,8 +731,8 @@ fn hashed(
                 None
             }
         }
-    });
-    (stream.boxed(), expected, kept)
+    })
+    .boxed()
 }
 
 /// Brings the destination's partial file to the source's content.

@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use realize_core::mover::ErrorChain;
-use realize_net::connection::{PeerInfo, ServerConn};
+use realize_net::connection::{PeerInfo, ServerConn, http2};
 use realize_proto::pb::realize_server::RealizeServer;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,14 +35,12 @@ use crate::state::{ActiveCalls, CallExecutor, Calls, ConnectionContext, Live, Li
 /// are reset, and again after that before it is dropped.
 pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// HTTP/2 limits that hold whatever the config says, so that no frame or header
-/// block makes hyper allocate more than this.
+/// HTTP/2 limits that hold whatever the config says, so that no header block
+/// makes hyper allocate more than this; frame and window sizes are
+/// [`realize_net::connection::http2`]'s, shared with the client.
 mod h2 {
     use std::time::Duration;
 
-    /// HTTP/2's own default and minimum: data arrives in frames this large, whatever
-    /// the gRPC message size.
-    pub const MAX_FRAME_SIZE: u32 = 16 * 1024;
     /// gRPC headers are a few hundred bytes; 16 KiB leaves room for metadata.
     pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
     /// Streams a client may open and reset before the daemon sees them (the
@@ -213,7 +211,9 @@ impl Connections {
         builder
             .timer(TokioTimer::new())
             .max_concurrent_streams(limits.max_calls_per_connection)
-            .max_frame_size(h2::MAX_FRAME_SIZE)
+            .max_frame_size(http2::MAX_FRAME_SIZE)
+            .initial_stream_window_size(http2::STREAM_WINDOW)
+            .initial_connection_window_size(http2::CONNECTION_WINDOW)
             .max_header_list_size(h2::MAX_HEADER_LIST_SIZE)
             .max_pending_accept_reset_streams(h2::MAX_PENDING_RESETS)
             .max_local_error_reset_streams(h2::MAX_LOCAL_ERROR_RESETS)
