@@ -44,6 +44,10 @@ use crate::state::{ActiveCall, Calls, ConnectionContext, Live, LiveConfig};
 /// protocol means.
 pub const MAX_CHUNK: usize = 1024 * 1024;
 
+/// Files of one WriteFiles call written at once; their answers keep the
+/// order the files came in.
+const FILES_AT_ONCE: usize = 16;
+
 /// What a call gets once shutdown has started.
 pub const SHUTTING_DOWN: &str = "realized is shutting down";
 
@@ -86,52 +90,107 @@ impl Admitted {
     }
 
     /// Whether the peer may do what the call needs in `dir`; a denial is logged.
-    ///
-    /// A directory the daemon does not serve is left to the store, which calls it
-    /// unknown (InvalidArgument) whatever the peer's allowlist says.
     fn authorize(&self, dir: &DirId, need: Need) -> Result<(), Status> {
-        let peer_id = &self.connection.peer.peer_id;
-        let denial = match self.live.peers.get(peer_id) {
-            None => Some(CallError::NotAllowed {
-                peer: peer_id.clone(),
-                dir: dir.clone(),
-            }),
-            Some(peer) if !peer.may_access(dir) && self.live.dirs.contains(dir) => {
-                Some(CallError::NotAllowed {
-                    peer: peer_id.clone(),
-                    dir: dir.clone(),
-                })
-            }
-            Some(peer) if need == Need::Write && peer.access == Access::ReadOnly => {
-                Some(CallError::ReadOnly {
-                    peer: peer_id.clone(),
-                    dir: dir.clone(),
-                })
-            }
-            Some(_) => None,
-        };
-        match denial {
-            Some(denial) => {
-                tracing::warn!(peer = %peer_id, %dir, "permission denied: {denial}");
-                Err(denial.into())
-            }
-            None => Ok(()),
-        }
+        authorize(&self.live, &self.connection.peer.peer_id, dir, need)
     }
 
     /// A Write or ApplyDelta may not declare a file larger than `max_file_size`.
     fn check_file_size(&self, dir: &DirId, path: &RelPath, size: u64) -> Result<(), Status> {
-        let max = self.live.limits.max_file_size;
-        if size > max {
-            return Err(CallError::FileTooLarge {
+        check_file_size(&self.live, dir, path, size)
+    }
+}
+
+/// Whether `peer_id` may do what a call needs in `dir` under `live`; a denial is logged.
+///
+/// A directory the daemon does not serve is left to the store, which calls it
+/// unknown (InvalidArgument) whatever the peer's allowlist says.
+fn authorize(live: &Live, peer_id: &str, dir: &DirId, need: Need) -> Result<(), Status> {
+    let denial = match live.peers.get(peer_id) {
+        None => Some(CallError::NotAllowed {
+            peer: peer_id.to_string(),
+            dir: dir.clone(),
+        }),
+        Some(peer) if !peer.may_access(dir) && live.dirs.contains(dir) => {
+            Some(CallError::NotAllowed {
+                peer: peer_id.to_string(),
                 dir: dir.clone(),
-                path: path.clone(),
-                size,
-                max,
-            }
-            .into());
+            })
         }
-        Ok(())
+        Some(peer) if need == Need::Write && peer.access == Access::ReadOnly => {
+            Some(CallError::ReadOnly {
+                peer: peer_id.to_string(),
+                dir: dir.clone(),
+            })
+        }
+        Some(_) => None,
+    };
+    match denial {
+        Some(denial) => {
+            tracing::warn!(peer = %peer_id, %dir, "permission denied: {denial}");
+            Err(denial.into())
+        }
+        None => Ok(()),
+    }
+}
+
+/// A file may not be larger than `max_file_size`.
+fn check_file_size(live: &Live, dir: &DirId, path: &RelPath, size: u64) -> Result<(), Status> {
+    let max = live.limits.max_file_size;
+    if size > max {
+        return Err(CallError::FileTooLarge {
+            dir: dir.clone(),
+            path: path.clone(),
+            size,
+            max,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+impl Handler {
+    /// One file of a WriteFiles call, under the config in force now: a
+    /// reload during a long call applies from its next file.
+    async fn write_one_file(
+        &self,
+        peer_id: &str,
+        file: pb::WriteFilesRequest,
+    ) -> pb::WriteFilesResponse {
+        let live = self.live.current();
+        let written = async {
+            let (dir, path) = target(&file.dir, &file.path)?;
+            authorize(&live, peer_id, &dir, Need::Write)?;
+            let size = file.data.len() as u64;
+            check_file_size(&live, &dir, &path, size)?;
+            let hash = Sha256Hash::from_slice(&file.sha256).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "{dir}/{path}: sha256 must be 32 bytes, got {}",
+                    file.sha256.len()
+                ))
+            })?;
+            let (sender, expected) = tokio::sync::oneshot::channel();
+            let _ = sender.send(hash);
+            let data = stream::once(async { Ok(file.data) }).boxed();
+            live.service
+                .write_file(&dir, &path, size, data, expected)
+                .await
+                .map_err(|e| status(&e))
+        }
+        .await;
+        match written {
+            Ok(bytes_written) => pb::WriteFilesResponse {
+                path: file.path,
+                code: tonic::Code::Ok as i32,
+                message: String::new(),
+                bytes_written,
+            },
+            Err(status) => pb::WriteFilesResponse {
+                path: file.path,
+                code: status.code() as i32,
+                message: status.message().to_string(),
+                bytes_written: 0,
+            },
+        }
     }
 }
 
@@ -539,6 +598,7 @@ impl pb::realize_server::Realize for Handler {
     type ListStream = ServerStream<pb::ListResponse>;
     type ReadStream = ServerStream<pb::ReadResponse>;
     type DiffStream = ServerStream<pb::DiffResponse>;
+    type WriteFilesStream = ServerStream<pb::WriteFilesResponse>;
 
     async fn list(
         &self,
@@ -648,6 +708,36 @@ impl pb::realize_server::Realize for Handler {
                 let bytes_written = self.write_outcome(&call, result)?;
                 tracing::debug!(%dir, %path, offset = header.offset, bytes_written, "write");
                 Ok(Response::new(pb::WriteResponse { bytes_written }))
+            })
+            .await
+    }
+
+    async fn write_files(
+        &self,
+        request: Request<Streaming<pb::WriteFilesRequest>>,
+    ) -> Result<Response<Self::WriteFilesStream>, Status> {
+        let observed = observe("WriteFiles", &request);
+        observed
+            .run(async {
+                let call = self.admit(&request)?;
+                let peer_id = call.connection.peer.peer_id.clone();
+                let (handler, span) = (self.clone(), tracing::Span::current());
+                let responses = request
+                    .into_inner()
+                    .map(move |message| {
+                        let (handler, peer_id) = (handler.clone(), peer_id.clone());
+                        async move {
+                            Ok(match message {
+                                Ok(file) => handler.write_one_file(&peer_id, file).await,
+                                // The client's stream broke: no more files, nothing to answer.
+                                Err(status) => return Err(status),
+                            })
+                        }
+                        .instrument(span.clone())
+                    })
+                    .buffered(FILES_AT_ONCE)
+                    .boxed();
+                Ok(Response::new(self.cancellable_stream(call, responses)))
             })
             .await
     }

@@ -17,6 +17,10 @@ use std::task::{Context, Poll};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+mod batch;
+
+pub use batch::MAX_BATCHED_FILE;
+
 type Client = pb::realize_client::RealizeClient<Channel>;
 
 /// A daemon reached over one gRPC channel.
@@ -24,6 +28,8 @@ type Client = pb::realize_client::RealizeClient<Channel>;
 pub struct RemoteService {
     client: Client,
     deadline: Option<Instant>,
+    /// Small files' WriteFiles call, shared by clones.
+    batch: std::sync::Arc<batch::Batch>,
 }
 
 impl RemoteService {
@@ -31,6 +37,7 @@ impl RemoteService {
         RemoteService {
             client: Client::new(channel),
             deadline: None,
+            batch: Default::default(),
         }
     }
 
@@ -264,6 +271,11 @@ impl Service for RemoteService {
         data: ByteStream,
         expected: ExpectedHash,
     ) -> Result<u64, ServiceError> {
+        if file_size <= MAX_BATCHED_FILE {
+            return self
+                .write_small_file(dir, path, file_size, data, expected)
+                .await;
+        }
         self.observed("Write", async {
             use pb::write_request::Message;
             let header = pb::WriteRequest {

@@ -165,10 +165,16 @@ async fn prometheus_scrapes_what_the_daemon_wrote() {
     };
     expect("realize_store_written_bytes_total", total as f64).await;
     expect("realize_store_finished_total", sizes.len() as f64).await;
-    // New files are written and finished in one Write each.
+    // A new file is written and finished in one call: the large one in a
+    // Write of its own, the two small ones together in one WriteFiles.
     expect(
         "sum(realize_rpc_calls_total{side=\"server\",method=\"Write\",code=\"Ok\"})",
-        sizes.len() as f64,
+        1.0,
+    )
+    .await;
+    expect(
+        "sum(realize_rpc_calls_total{side=\"server\",method=\"WriteFiles\",code=\"Ok\"})",
+        1.0,
     )
     .await;
     let received = eventually("wire bytes", || async {
@@ -325,9 +331,13 @@ async fn the_json_log_is_one_object_per_line_with_the_audit_events() {
         assert_eq!(finished["fields"]["size"], *size as u64);
         assert_eq!(finished["fields"]["sha256"], sha256.as_str());
         assert_eq!(finished["span"]["peer"], "client", "{finished}");
-        // A new file is finished by its whole-file Write; one that was
-        // there is overwritten by a resume, then a Finish.
-        let method = if name == "new.bin" { "Write" } else { "Finish" };
+        // A new small file is finished by the WriteFiles call that carries
+        // it; one that was there is overwritten by a resume, then a Finish.
+        let method = if name == "new.bin" {
+            "WriteFiles"
+        } else {
+            "Finish"
+        };
         assert_eq!(finished["span"]["method"], method);
     }
     let overwrite = audit(

@@ -1,0 +1,190 @@
+//! Small whole files, many on one WriteFiles call: each file costs a message
+//! instead of a call of its own.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use realize_core::{ByteStream, DirId, ErrorCode, ExpectedHash, RelPath, ServiceError, StoreError};
+use realize_proto::{error_code, error_from_status, pb};
+use tokio::sync::{mpsc, oneshot};
+
+use super::RemoteService;
+use crate::metrics::{RpcCall, RpcSide};
+
+/// Files of at most this size go by WriteFiles; one message holds each whole.
+pub const MAX_BATCHED_FILE: u64 = 256 * 1024;
+
+/// Files waiting for the call to take them.
+const QUEUE: usize = 32;
+
+type Reply = oneshot::Sender<Result<u64, ServiceError>>;
+
+/// The WriteFiles call in progress, if any, shared by clones of a [`RemoteService`].
+#[derive(Debug, Default)]
+pub(super) struct Batch {
+    files: Mutex<Option<mpsc::Sender<(pb::WriteFilesRequest, Reply)>>>,
+}
+
+impl RemoteService {
+    /// [`realize_core::Service::write_file`] of a file of at most
+    /// [`MAX_BATCHED_FILE`] bytes, through the shared WriteFiles call.
+    pub(super) async fn write_small_file(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        file_size: u64,
+        mut data: ByteStream,
+        expected: ExpectedHash,
+    ) -> Result<u64, ServiceError> {
+        let invalid = |reason: String| {
+            ServiceError::from(StoreError::InvalidRequest {
+                dir: dir.to_string(),
+                path: path.to_string(),
+                reason,
+            })
+        };
+        // The whole file is needed for its message: at most MAX_BATCHED_FILE bytes.
+        let mut chunks = Vec::new();
+        let mut len = 0u64;
+        while let Some(chunk) = data.next().await {
+            let chunk = chunk?;
+            len += chunk.len() as u64;
+            if len > file_size {
+                return Err(invalid(format!("data goes past the file size {file_size}")));
+            }
+            chunks.push(chunk);
+        }
+        if len != file_size {
+            return Err(invalid(format!(
+                "data ended after {len} of the file's {file_size} bytes"
+            )));
+        }
+        let Ok(hash) = expected.await else {
+            return Err(invalid(
+                "the data ended without the SHA-256 to check it against: not finished".into(),
+            ));
+        };
+        let data = match chunks.len() {
+            1 => chunks.swap_remove(0),
+            _ => chunks
+                .iter()
+                .fold(BytesMut::with_capacity(len as usize), |mut all, chunk| {
+                    all.extend_from_slice(chunk);
+                    all
+                })
+                .freeze(),
+        };
+        let request = pb::WriteFilesRequest {
+            dir: dir.to_string(),
+            path: path.to_string(),
+            data,
+            sha256: Bytes::copy_from_slice(&hash.0),
+        };
+        let (reply, answer) = oneshot::channel();
+        self.batch_queue()
+            .send((request, reply))
+            .await
+            .map_err(|_| call_ended())?;
+        answer.await.map_err(|_| call_ended())?
+    }
+
+    /// The queue of the WriteFiles call in progress, started if there is none
+    /// or the last one has ended.
+    fn batch_queue(&self) -> mpsc::Sender<(pb::WriteFilesRequest, Reply)> {
+        let mut files = self.batch.files.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(queue) = files.as_ref().filter(|q| !q.is_closed()) {
+            return queue.clone();
+        }
+        let (queue, taken) = mpsc::channel(QUEUE);
+        *files = Some(queue.clone());
+        // The task holds the client and the request, not this service: the
+        // call ends once every clone of the service, and so the queue, is gone.
+        let waiting: Arc<Mutex<VecDeque<Reply>>> = Arc::default();
+        let requests = futures::stream::unfold(
+            (taken, Arc::clone(&waiting)),
+            |(mut taken, waiting)| async move {
+                let (request, reply) = taken.recv().await?;
+                // Answers come in the order the files were sent.
+                waiting
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back(reply);
+                Some((request, (taken, waiting)))
+            },
+        );
+        tokio::spawn(run_batch(self.client(), self.request(requests), waiting));
+        queue
+    }
+}
+
+/// Runs one WriteFiles call and hands each file its answer.
+async fn run_batch<S>(
+    mut client: super::Client,
+    request: tonic::Request<S>,
+    waiting: Arc<Mutex<VecDeque<Reply>>>,
+) where
+    S: futures::Stream<Item = pb::WriteFilesRequest> + Send + 'static,
+{
+    let measured = RpcCall::start(RpcSide::Client, "WriteFiles");
+    let answered = async {
+        let mut answers = client
+            .write_files(request)
+            .await
+            .map_err(error_from_status)?
+            .into_inner();
+        while let Some(answer) = answers.message().await.map_err(error_from_status)? {
+            let reply = waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front();
+            let Some(reply) = reply else {
+                return Err(ServiceError::Protocol(
+                    "WriteFiles answered a file it was not sent".into(),
+                ));
+            };
+            let _ = reply.send(answer_of(answer));
+        }
+        Ok(())
+    }
+    .await;
+    measured.finish(match &answered {
+        Ok(()) => tonic::Code::Ok,
+        Err(e) => realize_proto::grpc_code(e.code()),
+    });
+    // Files sent but not answered fail as the call did; those still queued
+    // see their reply dropped with the queue.
+    let unanswered: Vec<Reply> = waiting
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain(..)
+        .collect();
+    for reply in unanswered {
+        let _ = reply.send(Err(match &answered {
+            Err(error) => ServiceError::Remote {
+                code: error.code(),
+                message: realize_core::mover::ErrorChain(error).to_string(),
+            },
+            Ok(()) => call_ended(),
+        }));
+    }
+}
+
+fn answer_of(answer: pb::WriteFilesResponse) -> Result<u64, ServiceError> {
+    let code = tonic::Code::from_i32(answer.code);
+    if code == tonic::Code::Ok {
+        return Ok(answer.bytes_written);
+    }
+    Err(ServiceError::Remote {
+        code: error_code(code),
+        message: answer.message,
+    })
+}
+
+fn call_ended() -> ServiceError {
+    ServiceError::Remote {
+        code: ErrorCode::Unavailable,
+        message: "the WriteFiles call ended before answering".into(),
+    }
+}
