@@ -32,7 +32,7 @@ pub use path::{DirId, RelPath};
 pub use progress::{FileProgress, NoProgress, Phase, Progress};
 pub use service::{
     ByteRange, ByteStream, DirInfo, Entry, EntryStream, ExpectedHash, FileKind, FileStamp,
-    HashResult, Service, ServiceInfo,
+    HashResult, MAX_WHOLE_FILE, Service, ServiceInfo, WholeFile,
 };
 pub use stop::Stop;
 pub use store::LocalStore;

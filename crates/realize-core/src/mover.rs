@@ -27,7 +27,9 @@ use crate::hash::Sha256Hash;
 use crate::metrics::metrics;
 use crate::path::{DirId, RelPath};
 use crate::progress::{FileProgress, Phase, Progress};
-use crate::service::{ByteRange, ByteStream, Entry, ExpectedHash, FileKind, FileStamp, Service};
+use crate::service::{
+    ByteRange, ByteStream, Entry, ExpectedHash, FileKind, FileStamp, MAX_WHOLE_FILE, Service,
+};
 use crate::stop::Stop;
 
 /// Files below this size do not count against `MoveOptions::parallel`.
@@ -237,50 +239,32 @@ pub async fn move_files(
     // `parallel` bounds the large files in flight; small ones are bound by
     // round trips, not bandwidth, so many more of them may go at once.
     let large_files = tokio::sync::Semaphore::new(options.parallel);
-    let mut results = stream::iter(jobs)
-        .map(|job| {
-            let span = tracing::info_span!("file", dir = %job.dir, path = %job.entry.path);
-            let (meter, large_files) = (&meter, &large_files);
+    // A batch holds its files whole: `parallel` bounds them too.
+    let batches = tokio::sync::Semaphore::new(options.parallel);
+    let mut results = stream::iter(batched(jobs))
+        .map(|work| {
+            let (meter, large_files, batches) = (&meter, &large_files, &batches);
             async move {
-                let _permit = if job.entry.stamp.size >= SMALL_FILE {
-                    tokio::select! {
-                        permit = large_files.acquire() => permit.ok(),
-                        () = stop.stopping() => None,
+                match work {
+                    Work::One(job) => vec![
+                        move_one(src, dst, job, options, progress, stop, meter, large_files).await,
+                    ],
+                    Work::Batch(jobs) => {
+                        let _permit = tokio::select! {
+                            permit = batches.acquire() => permit.ok(),
+                            () = stop.stopping() => None,
+                        };
+                        let span =
+                            tracing::info_span!("batch", dir = %jobs[0].dir, files = jobs.len());
+                        move_batch(src, dst, jobs, progress, stop, meter)
+                            .instrument(span)
+                            .await
                     }
-                } else {
-                    None
-                };
-                if stop.is_stopping() || !meter.can_finish(job.entry.stamp.size, stop) {
-                    return (job, Outcome::Interrupted);
                 }
-                let file = FileTracker::new(
-                    progress.file(job.dir, &job.entry.path, job.entry.stamp.size),
-                    Arc::clone(&meter.sent),
-                );
-                let moving = move_file(src, dst, job.dir, &job.entry, job.state, options, &file);
-                let outcome = tokio::select! {
-                    moved = moving => match moved {
-                        Ok(sent) => {
-                            file.progress.moved();
-                            Outcome::Moved(sent)
-                        }
-                        Err(error) => {
-                            tracing::error!(error = %ErrorChain(&error), "file not moved");
-                            file.progress.failed(&error);
-                            Outcome::Failed(error)
-                        }
-                    },
-                    () = stop.interrupted() => {
-                        tracing::info!("file interrupted");
-                        file.progress.interrupted();
-                        Outcome::Interrupted
-                    }
-                };
-                (job, outcome)
             }
-            .instrument(span)
         })
-        .buffer_unordered(options.files_in_flight());
+        .buffer_unordered(options.files_in_flight())
+        .flat_map(stream::iter);
     let recorded = metrics();
     while let Some((job, outcome)) = results.next().await {
         match outcome {
@@ -307,6 +291,258 @@ pub async fn move_files(
         }
     }
     Ok(summary)
+}
+
+/// A file moved on its own, or small new files moved together.
+enum Work<'a> {
+    One(Job<'a>),
+    Batch(Vec<Job<'a>>),
+}
+
+/// Files in a batch at most, and their bytes together.
+const BATCH_FILES: usize = 64;
+const BATCH_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Groups the small files the destination has in no form into batches of
+/// one directory each; every other file moves on its own.
+fn batched(jobs: Vec<Job<'_>>) -> Vec<Work<'_>> {
+    let mut work = Vec::new();
+    let mut batch: Vec<Job<'_>> = Vec::new();
+    let mut batch_bytes = 0;
+    for job in jobs {
+        let whole = job.entry.stamp.size <= MAX_WHOLE_FILE
+            && job.state.partial_stamp.is_none()
+            && job.state.final_stamp.is_none();
+        if !whole {
+            work.push(Work::One(job));
+            continue;
+        }
+        let fits = batch.first().is_none_or(|first| first.dir == job.dir)
+            && batch.len() < BATCH_FILES
+            && batch_bytes + job.entry.stamp.size <= BATCH_BYTES;
+        if !fits {
+            work.push(Work::Batch(std::mem::take(&mut batch)));
+            batch_bytes = 0;
+        }
+        batch_bytes += job.entry.stamp.size;
+        batch.push(job);
+    }
+    if !batch.is_empty() {
+        work.push(Work::Batch(batch));
+    }
+    work
+}
+
+/// Moves one file, reported as it goes; `large_files` bounds the large ones in flight.
+#[allow(clippy::too_many_arguments)]
+async fn move_one<'a>(
+    src: &dyn Service,
+    dst: &dyn Service,
+    job: Job<'a>,
+    options: &MoveOptions,
+    progress: &dyn Progress,
+    stop: &Stop,
+    meter: &Meter,
+    large_files: &tokio::sync::Semaphore,
+) -> (Job<'a>, Outcome) {
+    let span = tracing::info_span!("file", dir = %job.dir, path = %job.entry.path);
+    async move {
+        let _permit = if job.entry.stamp.size >= SMALL_FILE {
+            tokio::select! {
+                permit = large_files.acquire() => permit.ok(),
+                () = stop.stopping() => None,
+            }
+        } else {
+            None
+        };
+        if stop.is_stopping() || !meter.can_finish(job.entry.stamp.size, stop) {
+            return (job, Outcome::Interrupted);
+        }
+        let file = FileTracker::new(
+            progress.file(job.dir, &job.entry.path, job.entry.stamp.size),
+            Arc::clone(&meter.sent),
+        );
+        let moving = move_file(src, dst, job.dir, &job.entry, job.state, options, &file);
+        let outcome = tokio::select! {
+            moved = moving => match moved {
+                Ok(sent) => {
+                    file.progress.moved();
+                    Outcome::Moved(sent)
+                }
+                Err(error) => {
+                    tracing::error!(error = %ErrorChain(&error), "file not moved");
+                    file.progress.failed(&error);
+                    Outcome::Failed(error)
+                }
+            },
+            () = stop.interrupted() => {
+                tracing::info!("file interrupted");
+                file.progress.interrupted();
+                Outcome::Interrupted
+            }
+        };
+        (job, outcome)
+    }
+    .instrument(span)
+    .await
+}
+
+/// Moves small new files together: read and hashed in one call to the
+/// source, written, verified and finished in one call to the destination,
+/// deleted in one call to the source, in the order of the invariant.
+async fn move_batch<'a>(
+    src: &dyn Service,
+    dst: &dyn Service,
+    jobs: Vec<Job<'a>>,
+    progress: &dyn Progress,
+    stop: &Stop,
+    meter: &Meter,
+) -> Vec<(Job<'a>, Outcome)> {
+    let total: u64 = jobs.iter().map(|job| job.entry.stamp.size).sum();
+    if stop.is_stopping() || !meter.can_finish(total, stop) {
+        return jobs
+            .into_iter()
+            .map(|job| (job, Outcome::Interrupted))
+            .collect();
+    }
+    let Some(dir) = jobs.first().map(|job| job.dir) else {
+        return Vec::new();
+    };
+    let files: Vec<FileTracker> = jobs
+        .iter()
+        .map(|job| {
+            let file = FileTracker::new(
+                progress.file(job.dir, &job.entry.path, job.entry.stamp.size),
+                Arc::clone(&meter.sent),
+            );
+            file.phase(Phase::Copying);
+            file
+        })
+        .collect();
+    let mut outcomes: Vec<Option<Outcome>> = jobs.iter().map(|_| None).collect();
+    let listed: Vec<(RelPath, FileStamp)> = jobs
+        .iter()
+        .map(|job| (job.entry.path.clone(), job.entry.stamp))
+        .collect();
+    let copying = async {
+        let read = src.read_files(dir, &listed).await;
+        let mut sending = Vec::new();
+        let mut sent_index = Vec::new();
+        for (index, result) in read.into_iter().enumerate() {
+            match result {
+                Ok(file) => {
+                    sent_index.push(index);
+                    sending.push(file);
+                }
+                Err(error) => {
+                    let job = &jobs[index];
+                    outcomes[index] = Some(Outcome::Failed(source_error(
+                        job.dir,
+                        &job.entry.path,
+                        error,
+                    )));
+                }
+            }
+        }
+        let hashes: Vec<Sha256Hash> = sending.iter().map(|file| file.sha256).collect();
+        let written = dst.write_files(dir, sending).await;
+        let mut written_index = Vec::new();
+        for ((index, result), source_hash) in sent_index.into_iter().zip(written).zip(hashes) {
+            match result {
+                Ok(bytes) => {
+                    meter.sent.fetch_add(bytes, Ordering::Relaxed);
+                    files[index].progress.bytes(bytes);
+                    written_index.push((index, bytes, source_hash));
+                }
+                Err(error) => {
+                    let job = &jobs[index];
+                    let error =
+                        finish_error(dst, job.dir, &job.entry.path, error, source_hash).await;
+                    outcomes[index] = Some(Outcome::Failed(error));
+                }
+            }
+        }
+        written_index
+    };
+    let written = tokio::select! {
+        written = copying => written,
+        // Nothing was deleted: the files finished at the destination are
+        // found identical, and only deleted at the source, by the next run.
+        () = stop.interrupted() => Vec::new(),
+    };
+    let deleting: Vec<(RelPath, FileStamp)> = written
+        .iter()
+        .map(|&(index, ..)| {
+            files[index].phase(Phase::Deleting);
+            listed[index].clone()
+        })
+        .collect();
+    // Not cut by a stop: each file is verified at the destination already.
+    let deleted = src.delete_files(dir, &deleting).await;
+    for ((index, bytes, source_hash), result) in written.into_iter().zip(deleted) {
+        let job = &jobs[index];
+        outcomes[index] = Some(match result {
+            Ok(()) => {
+                tracing::info!(dir = %job.dir, path = %job.entry.path, size = bytes, bytes_sent = bytes, sha256 = %source_hash, "moved");
+                Outcome::Moved(bytes)
+            }
+            Err(error) => Outcome::Failed(source_error(job.dir, &job.entry.path, error)),
+        });
+    }
+    jobs.into_iter()
+        .zip(outcomes)
+        .zip(files)
+        .map(|((job, outcome), file)| {
+            let outcome = outcome.unwrap_or(Outcome::Interrupted);
+            match &outcome {
+                Outcome::Moved(_) => file.progress.moved(),
+                Outcome::Failed(error) => {
+                    tracing::error!(dir = %job.dir, path = %job.entry.path, error = %ErrorChain(error), "file not moved");
+                    file.progress.failed(error);
+                }
+                Outcome::Interrupted => {
+                    tracing::info!(dir = %job.dir, path = %job.entry.path, "file interrupted");
+                    file.progress.interrupted();
+                }
+            }
+            (job, outcome)
+        })
+        .collect()
+}
+
+/// A source error; FailedPrecondition means the source is not the version
+/// listed any more.
+fn source_error(dir: &DirId, path: &RelPath, error: ServiceError) -> MoveError {
+    match error.code() {
+        ErrorCode::FailedPrecondition => MoveError::SourceChanged {
+            dir: dir.clone(),
+            path: path.clone(),
+        },
+        _ => MoveError::source(error),
+    }
+}
+
+/// The error of a destination that would not finish a file: a hash
+/// mismatch names both hashes.
+async fn finish_error(
+    dst: &dyn Service,
+    dir: &DirId,
+    path: &RelPath,
+    error: ServiceError,
+    source_hash: Sha256Hash,
+) -> MoveError {
+    if error.code() == ErrorCode::FailedPrecondition
+        && let Ok(destination) = dst.hash(dir, path, FileKind::Partial, None).await
+        && destination.hash != source_hash
+    {
+        return MoveError::HashMismatch {
+            dir: dir.clone(),
+            path: path.clone(),
+            source_hash,
+            destination_hash: destination.hash,
+        };
+    }
+    MoveError::destination(error)
 }
 
 /// The bytes sent so far in a move and since when, for predicting whether
@@ -593,33 +829,12 @@ impl Transfer<'_> {
         Ok((source_hash, sent))
     }
 
-    /// A source error; FailedPrecondition means the source is not the
-    /// version listed any more.
     fn source_error(&self, error: ServiceError) -> MoveError {
-        match error.code() {
-            ErrorCode::FailedPrecondition => MoveError::SourceChanged {
-                dir: self.dir.clone(),
-                path: self.path.clone(),
-            },
-            _ => MoveError::source(error),
-        }
+        source_error(self.dir, self.path, error)
     }
 
-    /// The error of a destination that would not finish: a hash mismatch
-    /// names both hashes.
     async fn finish_error(&self, error: ServiceError, source_hash: Sha256Hash) -> MoveError {
-        if error.code() == ErrorCode::FailedPrecondition
-            && let Ok(destination_hash) = self.destination_hash().await
-            && destination_hash != source_hash
-        {
-            return MoveError::HashMismatch {
-                dir: self.dir.clone(),
-                path: self.path.clone(),
-                source_hash,
-                destination_hash,
-            };
-        }
-        MoveError::destination(error)
+        finish_error(self.dst, self.dir, self.path, error, source_hash).await
     }
 }
 
@@ -847,14 +1062,6 @@ impl Transfer<'_> {
             .await
             .map_err(|e| relay.error(e))?;
         Ok(relay.bytes())
-    }
-
-    async fn destination_hash(&self) -> Result<Sha256Hash, MoveError> {
-        self.dst
-            .hash(self.dir, self.path, FileKind::Partial, None)
-            .await
-            .map(|r| r.hash)
-            .map_err(MoveError::destination)
     }
 }
 

@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use crate::error::ServiceError;
@@ -83,6 +84,18 @@ pub struct ServiceInfo {
     pub version: String,
     pub dirs: Vec<DirInfo>,
 }
+
+/// A small file held whole in memory, with the SHA-256 of its bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WholeFile {
+    pub path: RelPath,
+    pub data: Bytes,
+    pub sha256: Sha256Hash,
+}
+
+/// Files at most this large may be read and written whole, in batches
+/// ([`Service::read_files`], [`Service::write_files`]).
+pub const MAX_WHOLE_FILE: u64 = 256 * 1024;
 
 /// One side of a move: a local store or a remote daemon.
 ///
@@ -195,4 +208,62 @@ pub trait Service: Send + Sync + std::fmt::Debug {
         path: &RelPath,
         if_stamp: Option<FileStamp>,
     ) -> Result<(), ServiceError>;
+
+    /// Reads whole final files of at most [`MAX_WHOLE_FILE`] bytes, each of
+    /// which must have the stamp given, and hashes them; one result per
+    /// file, in order. By default, one [`Service::read`] per file.
+    async fn read_files(
+        &self,
+        dir: &DirId,
+        files: &[(RelPath, FileStamp)],
+    ) -> Vec<Result<WholeFile, ServiceError>> {
+        futures::future::join_all(files.iter().map(|(path, stamp)| async move {
+            let mut data = self
+                .read(dir, path, 0, Some(stamp.size), Some(*stamp))
+                .await?;
+            let mut whole = bytes::BytesMut::with_capacity(stamp.size as usize);
+            while let Some(chunk) = data.next().await {
+                whole.extend_from_slice(&chunk?);
+            }
+            let data = whole.freeze();
+            Ok(WholeFile {
+                path: path.clone(),
+                sha256: Sha256Hash::of(&data),
+                data,
+            })
+        }))
+        .await
+    }
+
+    /// [`Service::write_file`] of each file, the data given whole; one
+    /// result per file, in order. By default, one call per file.
+    async fn write_files(
+        &self,
+        dir: &DirId,
+        files: Vec<WholeFile>,
+    ) -> Vec<Result<u64, ServiceError>> {
+        futures::future::join_all(files.into_iter().map(|file| async move {
+            let (sender, expected) = tokio::sync::oneshot::channel();
+            let _ = sender.send(file.sha256);
+            let size = file.data.len() as u64;
+            let data = futures::stream::once(async { Ok(file.data) }).boxed();
+            self.write_file(dir, &file.path, size, data, expected).await
+        }))
+        .await
+    }
+
+    /// [`Service::delete`] of each file, if it still has the stamp given;
+    /// one result per file, in order. By default, one call per file.
+    async fn delete_files(
+        &self,
+        dir: &DirId,
+        files: &[(RelPath, FileStamp)],
+    ) -> Vec<Result<(), ServiceError>> {
+        futures::future::join_all(
+            files
+                .iter()
+                .map(|(path, stamp)| self.delete(dir, path, Some(*stamp))),
+        )
+        .await
+    }
 }

@@ -21,10 +21,11 @@ use crate::delta::{self, MAX_RANGE};
 use crate::error::{ServiceError, StoreError};
 use crate::hash::Sha256Hash;
 use crate::metrics::metrics;
+use crate::mover::ErrorChain;
 use crate::path::{DirId, RelPath, partial_target};
 use crate::service::{
     ByteRange, ByteStream, DirInfo, Entry, EntryStream, ExpectedHash, FileKind, FileStamp,
-    HashResult, Service, ServiceInfo,
+    HashResult, MAX_WHOLE_FILE, Service, ServiceInfo, WholeFile,
 };
 
 /// Size of the chunks Read and Diff stream out.
@@ -181,17 +182,30 @@ impl Resolved {
     /// fsyncs `file`, the open `kind` form of this path, and renames it to
     /// the final name if it is the partial one.
     fn make_final(&self, file: &std::fs::File, kind: FileKind) -> Result<u64, StoreError> {
+        let size = self.rename_final(file, kind)?;
+        if kind == FileKind::Partial {
+            self.sync_parent()?;
+        }
+        Ok(size)
+    }
+
+    /// [`Resolved::make_final`] but for the directory's fsync, which the
+    /// caller does, once for many files.
+    fn rename_final(&self, file: &std::fs::File, kind: FileKind) -> Result<u64, StoreError> {
         file.sync_all().map_err(self.io("fsync"))?;
         let size = file.metadata().map_err(self.io("stat"))?.len();
         if kind == FileKind::Partial {
             std::fs::rename(&self.partial_path, &self.final_path)
                 .map_err(self.io("rename partial to final"))?;
-            // The rename is only durable once the directory itself is synced.
-            std::fs::File::open(&self.parent)
-                .and_then(|d| d.sync_all())
-                .map_err(self.io("fsync parent directory"))?;
         }
         Ok(size)
+    }
+
+    /// A rename is only durable once the directory itself is synced.
+    fn sync_parent(&self) -> Result<(), StoreError> {
+        std::fs::File::open(&self.parent)
+            .and_then(|d| d.sync_all())
+            .map_err(self.io("fsync parent directory"))
     }
 
     /// Checks that `actual`, the SHA-256 of the file about to be finished, is `expected`.
@@ -850,6 +864,196 @@ impl Service for LocalStore {
             .on_blocking(dir, path, move |r| r.delete_blocking(if_stamp))
             .await?)
     }
+
+    async fn read_files(
+        &self,
+        dir: &DirId,
+        files: &[(RelPath, FileStamp)],
+    ) -> Vec<Result<WholeFile, ServiceError>> {
+        let items = files.to_vec();
+        let paths: Vec<RelPath> = files.iter().map(|(path, _)| path.clone()).collect();
+        let read = self
+            .on_blocking_each(dir, items, |r, stamp: FileStamp| {
+                if stamp.size > MAX_WHOLE_FILE {
+                    return Err(r.invalid(format!(
+                        "{} bytes is too large to read whole (at most {MAX_WHOLE_FILE})",
+                        stamp.size
+                    )));
+                }
+                read_whole(r, stamp)
+            })
+            .await;
+        read.into_iter()
+            .zip(paths)
+            .map(|(result, path)| result.map(|(data, sha256)| WholeFile { path, data, sha256 }))
+            .collect()
+    }
+
+    async fn write_files(
+        &self,
+        dir: &DirId,
+        files: Vec<WholeFile>,
+    ) -> Vec<Result<u64, ServiceError>> {
+        // Locked in path order, so two batches sharing paths cannot each
+        // hold one the other waits for.
+        let mut paths: Vec<&RelPath> = files.iter().map(|f| &f.path).collect();
+        paths.sort();
+        paths.dedup();
+        let mut locks = Vec::with_capacity(paths.len());
+        for path in paths {
+            locks.push(self.exclusive(dir, path).await);
+        }
+        let count = files.len();
+        let Ok(root) = self.root(dir).map(Path::to_path_buf) else {
+            let unknown = || StoreError::UnknownDir {
+                dir: dir.to_string(),
+            };
+            return files.iter().map(|_| Err(unknown().into())).collect();
+        };
+        let (task_dir, dir, span) = (dir.to_string(), dir.clone(), tracing::Span::current());
+        let written = tokio::task::spawn_blocking(move || {
+            span.in_scope(|| write_whole_files(&root, &dir, files))
+        })
+        .await;
+        drop(locks);
+        match written {
+            Ok(results) => results
+                .into_iter()
+                .map(|result| {
+                    let size = result?;
+                    metrics().store_written.add(size, &[]);
+                    Ok(size)
+                })
+                .collect(),
+            Err(source) => task_failed(&task_dir, count, &source),
+        }
+    }
+
+    async fn delete_files(
+        &self,
+        dir: &DirId,
+        files: &[(RelPath, FileStamp)],
+    ) -> Vec<Result<(), ServiceError>> {
+        let items = files.to_vec();
+        self.on_blocking_each(dir, items, |r, stamp| r.delete_blocking(Some(stamp)))
+            .await
+    }
+}
+
+/// The batches of [`Service::read_files`], [`Service::write_files`] and
+/// [`Service::delete_files`]: each in one trip to the blocking pool.
+impl LocalStore {
+    /// Runs `op` on each of `paths`, resolved, in one blocking task.
+    async fn on_blocking_each<I: Send + 'static, T: Send + 'static>(
+        &self,
+        dir: &DirId,
+        items: Vec<(RelPath, I)>,
+        op: impl Fn(&Resolved, I) -> Result<T, StoreError> + Send + 'static,
+    ) -> Vec<Result<T, ServiceError>> {
+        let count = items.len();
+        let unknown = || StoreError::UnknownDir {
+            dir: dir.to_string(),
+        };
+        let Ok(root) = self.root(dir).map(Path::to_path_buf) else {
+            return (0..count).map(|_| Err(unknown().into())).collect();
+        };
+        let (task_dir, dir, span) = (dir.to_string(), dir.clone(), tracing::Span::current());
+        let done = tokio::task::spawn_blocking(move || {
+            span.in_scope(|| {
+                items
+                    .into_iter()
+                    .map(|(path, item)| {
+                        resolve_blocking(root.clone(), &dir, &path).and_then(|r| op(&r, item))
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .await;
+        match done {
+            Ok(results) => results
+                .into_iter()
+                .map(|result| result.map_err(Into::into))
+                .collect(),
+            Err(source) => task_failed(&task_dir, count, &source),
+        }
+    }
+}
+
+/// The results of `count` files whose blocking task failed (it panicked).
+fn task_failed<T>(
+    dir: &str,
+    count: usize,
+    source: &tokio::task::JoinError,
+) -> Vec<Result<T, ServiceError>> {
+    (0..count)
+        .map(|_| {
+            Err(ServiceError::Protocol(format!(
+                "{dir}: background task failed: {source}"
+            )))
+        })
+        .collect()
+}
+
+/// Reads a whole small final file that must have `stamp`, and hashes it.
+fn read_whole(r: &Resolved, stamp: FileStamp) -> Result<(Bytes, Sha256Hash), StoreError> {
+    let file = r.open_blocking(FileKind::Final)?;
+    let before = stamp_of(&file.metadata().map_err(r.io("stat"))?);
+    if before != stamp {
+        return Err(r.changed("differs from the version listed"));
+    }
+    let data = read_range(&file, ByteRange::new(0, stamp.size), r)?;
+    let after = stamp_of(&file.metadata().map_err(r.io("stat"))?);
+    if after != before {
+        return Err(r.changed("modified while being read"));
+    }
+    let hash = Sha256Hash::of(&data);
+    Ok((Bytes::from(data), hash))
+}
+
+/// Writes a whole file into a fresh partial file, checks its SHA-256 and
+/// renames it; the caller syncs the directory.
+fn write_whole(r: &Resolved, data: &[u8], expected: Sha256Hash) -> Result<u64, StoreError> {
+    let file = r.open_partial_for_write(true)?;
+    file.write_all_at(data, 0).map_err(r.io("write"))?;
+    // The bytes hashed are the bytes just written to this open file, the
+    // one renamed: nothing else writes it while this store holds its lock.
+    r.check_hash(expected, Sha256Hash::of(data))?;
+    r.rename_final(&file, FileKind::Partial)
+}
+
+/// See [`Service::write_files`]. Each directory is synced once, after the
+/// renames of its files and before any of them is reported finished.
+fn write_whole_files(
+    root: &Path,
+    dir: &DirId,
+    files: Vec<WholeFile>,
+) -> Vec<Result<u64, StoreError>> {
+    let mut renamed: Vec<(usize, Resolved, u64, Sha256Hash)> = Vec::new();
+    let mut results: Vec<Result<u64, StoreError>> = files
+        .into_iter()
+        .enumerate()
+        .map(|(index, file)| {
+            let r = resolve_blocking(root.to_path_buf(), dir, &file.path)?;
+            let size = write_whole(&r, &file.data, file.sha256)?;
+            renamed.push((index, r, size, file.sha256));
+            Ok(size)
+        })
+        .collect();
+    let mut synced: HashMap<PathBuf, Result<(), String>> = HashMap::new();
+    for (index, r, size, sha256) in renamed {
+        let sync = synced
+            .entry(r.parent.clone())
+            .or_insert_with(|| r.sync_parent().map_err(|e| ErrorChain(&e).to_string()));
+        match sync {
+            Ok(()) => r.log_finished(size, Some(sha256)),
+            Err(cause) => {
+                results[index] = Err(r.io("fsync parent directory")(io::Error::other(
+                    cause.clone(),
+                )))
+            }
+        }
+    }
+    results
 }
 
 /// What the async side of a write hands its blocking writer.

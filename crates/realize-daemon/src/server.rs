@@ -25,7 +25,7 @@ use futures::{StreamExt, TryStreamExt, stream};
 use opentelemetry::KeyValue;
 use realize_core::{
     ByteRange, ByteStream, DirId, ExpectedHash, RelPath, Service, ServiceError, Sha256Hash,
-    StoreError,
+    StoreError, WholeFile,
 };
 use realize_net::metrics::{RpcCall, RpcSide, record_limit};
 use realize_net::throttle::check_rate;
@@ -44,9 +44,9 @@ use crate::state::{ActiveCall, Calls, ConnectionContext, Live, LiveConfig};
 /// protocol means.
 pub const MAX_CHUNK: usize = 1024 * 1024;
 
-/// Files of one WriteFiles call written at once; their answers keep the
-/// order the files came in.
-const FILES_AT_ONCE: usize = 16;
+/// Files of one WriteFiles call written together at most; their answers
+/// keep the order the files came in.
+const FILES_AT_ONCE: usize = 64;
 
 /// What a call gets once shutdown has started.
 pub const SHUTTING_DOWN: &str = "realized is shutting down";
@@ -149,49 +149,84 @@ fn check_file_size(live: &Live, dir: &DirId, path: &RelPath, size: u64) -> Resul
 }
 
 impl Handler {
-    /// One file of a WriteFiles call, under the config in force now: a
-    /// reload during a long call applies from its next file.
-    async fn write_one_file(
+    /// Files of a WriteFiles call, under the config in force now: a reload
+    /// during a long call applies from its next files. One answer per file,
+    /// in order; the files of one directory that pass the checks are written
+    /// together.
+    async fn write_some_files(
         &self,
         peer_id: &str,
-        file: pb::WriteFilesRequest,
-    ) -> pb::WriteFilesResponse {
+        files: Vec<pb::WriteFilesRequest>,
+    ) -> Vec<pb::WriteFilesResponse> {
         let live = self.live.current();
-        let written = async {
-            let (dir, path) = target(&file.dir, &file.path)?;
-            authorize(&live, peer_id, &dir, Need::Write)?;
-            let size = file.data.len() as u64;
-            check_file_size(&live, &dir, &path, size)?;
-            let hash = Sha256Hash::from_slice(&file.sha256).ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "{dir}/{path}: sha256 must be 32 bytes, got {}",
-                    file.sha256.len()
-                ))
-            })?;
-            let (sender, expected) = tokio::sync::oneshot::channel();
-            let _ = sender.send(hash);
-            let data = stream::once(async { Ok(file.data) }).boxed();
-            live.service
-                .write_file(&dir, &path, size, data, expected)
-                .await
-                .map_err(|e| status(&e))
+        let mut answers: Vec<Option<Result<u64, Status>>> = files.iter().map(|_| None).collect();
+        let mut batches: Vec<(DirId, Vec<(usize, WholeFile)>)> = Vec::new();
+        for (index, file) in files.iter().enumerate() {
+            match check_whole_file(&live, peer_id, file) {
+                Ok((dir, whole)) => match batches.last_mut() {
+                    Some((last, batch)) if *last == dir => batch.push((index, whole)),
+                    _ => batches.push((dir, vec![(index, whole)])),
+                },
+                Err(status) => answers[index] = Some(Err(status)),
+            }
         }
-        .await;
-        match written {
-            Ok(bytes_written) => pb::WriteFilesResponse {
-                path: file.path,
-                code: tonic::Code::Ok as i32,
-                message: String::new(),
-                bytes_written,
-            },
-            Err(status) => pb::WriteFilesResponse {
-                path: file.path,
-                code: status.code() as i32,
-                message: status.message().to_string(),
-                bytes_written: 0,
-            },
+        for (dir, batch) in batches {
+            let (indexes, wholes): (Vec<usize>, Vec<WholeFile>) = batch.into_iter().unzip();
+            let written = live.service.write_files(&dir, wholes).await;
+            for (index, result) in indexes.into_iter().zip(written) {
+                answers[index] = Some(result.map_err(|e| status(&e)));
+            }
         }
+        files
+            .into_iter()
+            .zip(answers)
+            .map(|(file, answer)| match answer {
+                Some(Ok(bytes_written)) => pb::WriteFilesResponse {
+                    path: file.path,
+                    code: tonic::Code::Ok as i32,
+                    message: String::new(),
+                    bytes_written,
+                },
+                Some(Err(status)) => pb::WriteFilesResponse {
+                    path: file.path,
+                    code: status.code() as i32,
+                    message: status.message().to_string(),
+                    bytes_written: 0,
+                },
+                None => pb::WriteFilesResponse {
+                    path: file.path,
+                    code: tonic::Code::Internal as i32,
+                    message: "the store gave no answer for this file".to_string(),
+                    bytes_written: 0,
+                },
+            })
+            .collect()
     }
+}
+
+/// What a WriteFiles message asks, if the peer may ask it.
+fn check_whole_file(
+    live: &Live,
+    peer_id: &str,
+    file: &pb::WriteFilesRequest,
+) -> Result<(DirId, WholeFile), Status> {
+    let (dir, path) = target(&file.dir, &file.path)?;
+    authorize(live, peer_id, &dir, Need::Write)?;
+    check_file_size(live, &dir, &path, file.data.len() as u64)?;
+    let sha256 = Sha256Hash::from_slice(&file.sha256).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "{dir}/{path}: sha256 must be 32 bytes, got {}",
+            file.sha256.len()
+        ))
+    })?;
+    Ok((
+        dir,
+        WholeFile {
+            path,
+            data: file.data.clone(),
+            sha256,
+        },
+    ))
 }
 
 /// Why the daemon itself refused a call (the store's refusals are `ServiceError`s).
@@ -722,20 +757,39 @@ impl pb::realize_server::Realize for Handler {
                 let call = self.admit(&request)?;
                 let peer_id = call.connection.peer.peer_id.clone();
                 let (handler, span) = (self.clone(), tracing::Span::current());
+                // The files that have arrived are written together, in one
+                // trip to the disk, while the next ones arrive.
                 let responses = request
                     .into_inner()
-                    .map(move |message| {
+                    .ready_chunks(FILES_AT_ONCE)
+                    .map(move |messages| {
                         let (handler, peer_id) = (handler.clone(), peer_id.clone());
                         async move {
-                            Ok(match message {
-                                Ok(file) => handler.write_one_file(&peer_id, file).await,
-                                // The client's stream broke: no more files, nothing to answer.
-                                Err(status) => return Err(status),
-                            })
+                            let mut files = Vec::with_capacity(messages.len());
+                            let mut broken = None;
+                            for message in messages {
+                                match message {
+                                    Ok(file) => files.push(file),
+                                    // The client's stream broke: no more files.
+                                    Err(status) => {
+                                        broken = Some(status);
+                                        break;
+                                    }
+                                }
+                            }
+                            let mut answers: Vec<Result<pb::WriteFilesResponse, Status>> = handler
+                                .write_some_files(&peer_id, files)
+                                .await
+                                .into_iter()
+                                .map(Ok)
+                                .collect();
+                            answers.extend(broken.map(Err));
+                            stream::iter(answers)
                         }
                         .instrument(span.clone())
                     })
-                    .buffered(FILES_AT_ONCE)
+                    .buffered(2)
+                    .flatten()
                     .boxed();
                 Ok(Response::new(self.cancellable_stream(call, responses)))
             })

@@ -7,7 +7,7 @@ use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt, future, ready, stream};
 use realize_core::{
     ByteRange, ByteStream, DirId, EntryStream, ExpectedHash, FileKind, FileStamp, HashResult,
-    RelPath, Service, ServiceError, ServiceInfo, Sha256Hash,
+    MAX_WHOLE_FILE, RelPath, Service, ServiceError, ServiceInfo, Sha256Hash, WholeFile,
 };
 use realize_proto::{error_from_status, pb};
 
@@ -18,8 +18,6 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 mod batch;
-
-pub use batch::MAX_BATCHED_FILE;
 
 type Client = pb::realize_client::RealizeClient<Channel>;
 
@@ -271,7 +269,7 @@ impl Service for RemoteService {
         data: ByteStream,
         expected: ExpectedHash,
     ) -> Result<u64, ServiceError> {
-        if file_size <= MAX_BATCHED_FILE {
+        if file_size <= MAX_WHOLE_FILE {
             return self
                 .write_small_file(dir, path, file_size, data, expected)
                 .await;
@@ -441,5 +439,13 @@ impl Service for RemoteService {
             Ok(())
         })
         .await
+    }
+
+    async fn write_files(
+        &self,
+        dir: &DirId,
+        files: Vec<WholeFile>,
+    ) -> Vec<Result<u64, ServiceError>> {
+        self.write_whole_files(dir, files).await
     }
 }

@@ -117,10 +117,11 @@ fn json_output_is_one_object_per_event() {
         .iter()
         .map(|e| e["event"].as_str().unwrap())
         .collect();
+    // Small new files move as one batch: all start, then each ends.
     assert_eq!(
         kinds,
         [
-            "started", "failed", "started", "moved", "started", "moved", "summary"
+            "started", "started", "started", "failed", "moved", "moved", "summary"
         ]
     );
     assert_eq!(events[0]["path"], "a/b/file.txt");
@@ -129,14 +130,15 @@ fn json_output_is_one_object_per_event() {
     assert_eq!(events[0]["total"], 3);
     assert_eq!(events[0]["size"], 5);
     assert!(
-        events[1]["error"]
+        events[3]["error"]
             .as_str()
             .unwrap()
             .contains("goes through a symlink or non-directory"),
         "{}",
-        events[1]
+        events[3]
     );
-    assert_eq!(events[3]["path"], "empty");
+    assert_eq!(events[3]["path"], "a/b/file.txt");
+    assert_eq!(events[4]["path"], "empty");
     let summary = &events[6];
     assert_eq!(summary["moved"], 2);
     assert_eq!(summary["failed"], 1);

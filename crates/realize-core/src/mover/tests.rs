@@ -572,6 +572,125 @@ async fn a_source_changed_before_it_is_deleted_is_kept() {
     assert!(tree(sides.src()).is_empty());
 }
 
+// ---------------------------------------------------------------- batches
+
+/// Three small new files, moved as one batch through a store with `fault`.
+async fn batch_with(fault: Fault, faulty_source: bool) -> (Sides, Vec<Vec<u8>>, MoveSummary) {
+    let sides = Sides::new();
+    let data: Vec<Vec<u8>> = (0..3).map(|i| random_bytes(40 + i, 5000)).collect();
+    for (i, bytes) in data.iter().enumerate() {
+        write_file(sides.src(), &format!("b/f{i}"), bytes);
+    }
+    let summary = if faulty_source {
+        let src = Faulty::new(sides.src(), fault);
+        move_files(
+            &src,
+            &store(sides.dst()),
+            &[dir()],
+            &options(),
+            &NoProgress,
+            &Stop::new(),
+        )
+        .await
+    } else {
+        let dst = Faulty::new(sides.dst(), fault);
+        move_files(
+            &store(sides.src()),
+            &dst,
+            &[dir()],
+            &options(),
+            &NoProgress,
+            &Stop::new(),
+        )
+        .await
+    };
+    (sides, data, summary.unwrap())
+}
+
+#[tokio::test]
+async fn a_batch_whose_copies_are_corrupted_keeps_every_source() {
+    let (sides, data, summary) = batch_with(Fault::FlipWrittenBytes, false).await;
+    assert_eq!((summary.files_moved, summary.files_failed), (0, 3));
+    for failure in &summary.failures {
+        assert!(
+            matches!(&failure.error, MoveError::HashMismatch { source_hash, destination_hash, .. } if source_hash != destination_hash),
+            "{:?}",
+            failure.error
+        );
+    }
+    for (i, bytes) in data.iter().enumerate() {
+        assert!(read_file(sides.src(), &format!("b/f{i}")) == *bytes);
+        assert!(!exists(sides.dst(), &format!("b/f{i}")));
+    }
+    // A healthy run moves them all.
+    assert_all_moved(&sides.run().await, 3);
+    assert!(tree(sides.src()).is_empty());
+}
+
+#[tokio::test]
+async fn a_file_of_a_batch_changed_before_it_is_read_is_the_only_one_kept() {
+    let (sides, data, summary) = batch_with(Fault::ChangeBeforeRead, true).await;
+    assert_eq!((summary.files_moved, summary.files_failed), (2, 1));
+    let failure = &summary.failures[0];
+    assert!(
+        matches!(&failure.error, MoveError::SourceChanged { .. }),
+        "{:?}",
+        failure.error
+    );
+    let kept = failure.path.clone().unwrap();
+    assert_eq!(tree(sides.src()), ["b".to_string(), kept.to_string()]);
+    // Nothing was finished for it at the destination; the others arrived.
+    assert!(!exists(sides.dst(), kept.as_str()));
+    for (i, bytes) in data.iter().enumerate() {
+        let path = format!("b/f{i}");
+        if path != kept.as_str() {
+            assert!(read_file(sides.dst(), &path) == *bytes);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_file_of_a_batch_changed_before_it_is_deleted_is_kept_at_both_ends() {
+    let (sides, data, summary) = batch_with(Fault::ChangeBeforeDelete, true).await;
+    assert_eq!((summary.files_moved, summary.files_failed), (2, 1));
+    let failure = &summary.failures[0];
+    assert!(
+        matches!(&failure.error, MoveError::SourceChanged { .. }),
+        "{:?}",
+        failure.error
+    );
+    let kept = failure.path.clone().unwrap();
+    let index: usize = kept.as_str()["b/f".len()..].parse().unwrap();
+    // The destination holds the version that was verified; the source, its change.
+    assert!(read_file(sides.dst(), kept.as_str()) == data[index]);
+    assert!(read_file(sides.src(), kept.as_str()) == [data[index].as_slice(), b"!"].concat());
+}
+
+#[tokio::test]
+async fn a_batch_stopped_hard_while_it_is_written_deletes_no_source() {
+    let sides = Sides::new();
+    let data: Vec<Vec<u8>> = (0..3).map(|i| random_bytes(50 + i, 5000)).collect();
+    for (i, bytes) in data.iter().enumerate() {
+        write_file(sides.src(), &format!("f{i}"), bytes);
+    }
+    let stop = Stop::new();
+    let dst = Faulty::stopping(sides.dst(), Fault::HardStopOnWrite, stop.clone());
+    let summary = move_files(
+        &store(sides.src()),
+        &dst,
+        &[dir()],
+        &options(),
+        &NoProgress,
+        &stop,
+    )
+    .await
+    .unwrap();
+    assert_eq!((summary.files_moved, summary.files_interrupted), (0, 3));
+    for (i, bytes) in data.iter().enumerate() {
+        assert!(read_file(sides.src(), &format!("f{i}")) == *bytes);
+    }
+}
+
 // ---------------------------------------------------------------- refusals
 
 #[tokio::test]

@@ -202,8 +202,9 @@ async fn events_of_copied_resumed_present_and_failed_files() {
 #[tokio::test]
 async fn cancelling_interrupts_the_file_in_flight_and_starts_no_other() {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Files too large to be batched, each moving on its own.
     for name in ["a", "b", "c"] {
-        write_file(src.path(), name, &data(KIB, 4));
+        write_file(src.path(), name, &data(300 * KIB, 4));
     }
     let stop = Stop::new();
     let destination = Faulty::stopping(dst.path(), Fault::HardStopOnWrite, stop.clone());
@@ -233,7 +234,10 @@ async fn cancelling_interrupts_the_file_in_flight_and_starts_no_other() {
         [Event::Enter(Phase::Copying), Event::Interrupted]
     );
     for name in ["a", "b", "c"] {
-        assert_eq!(std::fs::read(src.path().join(name)).unwrap(), data(KIB, 4));
+        assert_eq!(
+            std::fs::read(src.path().join(name)).unwrap(),
+            data(300 * KIB, 4)
+        );
     }
 }
 
@@ -261,7 +265,7 @@ async fn a_cancelled_move_changes_nothing_before_it_starts() {
 async fn a_soft_stop_lets_the_file_in_flight_finish_and_starts_no_other() {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     for name in ["a", "b", "c"] {
-        write_file(src.path(), name, &data(KIB, 5));
+        write_file(src.path(), name, &data(300 * KIB, 5));
     }
     let stop = Stop::new();
     let destination = Faulty::stopping(dst.path(), Fault::SoftStopOnWrite, stop.clone());
@@ -283,7 +287,10 @@ async fn a_soft_stop_lets_the_file_in_flight_finish_and_starts_no_other() {
         ),
         (1, 0, 2)
     );
-    assert_eq!(std::fs::read(dst.path().join("a")).unwrap(), data(KIB, 5));
+    assert_eq!(
+        std::fs::read(dst.path().join("a")).unwrap(),
+        data(300 * KIB, 5)
+    );
     assert!(!src.path().join("a").exists());
     assert!(src.path().join("b").exists() && src.path().join("c").exists());
 }
@@ -292,7 +299,7 @@ async fn a_soft_stop_lets_the_file_in_flight_finish_and_starts_no_other() {
 async fn a_file_that_cannot_finish_before_the_deadline_does_not_start() {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     for name in ["a", "b", "c"] {
-        write_file(src.path(), name, &data(64 * KIB, 6));
+        write_file(src.path(), name, &data(300 * KIB, 6));
     }
     // Nothing is measured before the first file, so it starts; by then the
     // deadline has passed, so no other file can make it.

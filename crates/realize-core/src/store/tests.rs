@@ -582,6 +582,72 @@ async fn concurrent_whole_file_writes_of_one_path_each_finish_what_they_hashed()
     );
 }
 
+#[tokio::test]
+async fn a_batch_of_whole_files_fails_only_the_files_that_fail() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    write_file(root, "blocker", b"a file where a directory is needed");
+    let store = store(root);
+    let whole = |path: &str, data: &[u8], sha256| crate::service::WholeFile {
+        path: rel(path),
+        data: Bytes::copy_from_slice(data),
+        sha256,
+    };
+    let results = store
+        .write_files(
+            &dir(),
+            vec![
+                whole("d/good", b"good", Sha256Hash::of(b"good")),
+                whole("d/bad", b"bad", Sha256Hash::of(b"something else")),
+                whole("blocker/f", b"blocked", Sha256Hash::of(b"blocked")),
+            ],
+        )
+        .await;
+    assert_eq!(results.len(), 3);
+    assert_eq!(*results[0].as_ref().unwrap(), 4);
+    assert_eq!(
+        results[1].as_ref().unwrap_err().code(),
+        ErrorCode::FailedPrecondition
+    );
+    assert!(results[2].is_err());
+    assert_eq!(read_file(root, "d/good"), b"good");
+    assert!(!exists(root, "d/bad"));
+
+    // Read back whole, then deleted, each only in the version listed.
+    let stamp = store
+        .hash(&dir(), &rel("d/good"), FileKind::Final, None)
+        .await
+        .unwrap()
+        .stamp;
+    let stale = FileStamp {
+        size: stamp.size + 1,
+        ..stamp
+    };
+    let read = store
+        .read_files(&dir(), &[(rel("d/good"), stamp), (rel("d/good"), stale)])
+        .await;
+    let file = read[0].as_ref().unwrap();
+    assert_eq!(
+        (file.data.as_ref(), file.sha256),
+        (&b"good"[..], Sha256Hash::of(b"good"))
+    );
+    assert_eq!(
+        read[1].as_ref().unwrap_err().code(),
+        ErrorCode::FailedPrecondition
+    );
+    let deleted = store
+        .delete_files(&dir(), &[(rel("d/good"), stale), (rel("d/bad"), stamp)])
+        .await;
+    assert_eq!(
+        deleted[0].as_ref().unwrap_err().code(),
+        ErrorCode::FailedPrecondition
+    );
+    assert!(exists(root, "d/good"));
+    // Without a final file, the partial one goes.
+    assert!(deleted[1].is_ok());
+    assert!(!exists(root, "d/.bad.part"));
+}
+
 // ---------------------------------------------------------------- finish
 
 #[tokio::test]

@@ -75,7 +75,8 @@ async fn a_move_and_the_daemon_calls_it_causes_form_one_trace() {
     let client = KeyFiles::new(work.path(), "client");
     let (src, dst) = (work.path().join("src"), work.path().join("dst"));
     std::fs::create_dir_all(&dst).unwrap();
-    write_file(&src, "traced.bin", &pseudo_random(10_000, 1));
+    // Larger than a batched file, so it moves in a span of its own.
+    write_file(&src, "traced.bin", &pseudo_random(300_000, 1));
     let daemon_endpoint = endpoint.clone();
     let mut daemon = Daemon::start_with(work.path(), &[("d", &dst)], &client, |config| {
         config.args = vec!["--otlp-endpoint".into(), daemon_endpoint];

@@ -6,15 +6,14 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use realize_core::{ByteStream, DirId, ErrorCode, ExpectedHash, RelPath, ServiceError, StoreError};
+use realize_core::{
+    ByteStream, DirId, ErrorCode, ExpectedHash, RelPath, ServiceError, StoreError, WholeFile,
+};
 use realize_proto::{error_code, error_from_status, pb};
 use tokio::sync::{mpsc, oneshot};
 
 use super::RemoteService;
 use crate::metrics::{RpcCall, RpcSide};
-
-/// Files of at most this size go by WriteFiles; one message holds each whole.
-pub const MAX_BATCHED_FILE: u64 = 256 * 1024;
 
 /// Files waiting for the call to take them.
 const QUEUE: usize = 32;
@@ -29,7 +28,7 @@ pub(super) struct Batch {
 
 impl RemoteService {
     /// [`realize_core::Service::write_file`] of a file of at most
-    /// [`MAX_BATCHED_FILE`] bytes, through the shared WriteFiles call.
+    /// [`realize_core::MAX_WHOLE_FILE`] bytes, through the shared WriteFiles call.
     pub(super) async fn write_small_file(
         &self,
         dir: &DirId,
@@ -45,7 +44,7 @@ impl RemoteService {
                 reason,
             })
         };
-        // The whole file is needed for its message: at most MAX_BATCHED_FILE bytes.
+        // The whole file is needed for its message: at most MAX_WHOLE_FILE bytes.
         let mut chunks = Vec::new();
         let mut len = 0u64;
         while let Some(chunk) = data.next().await {
@@ -88,6 +87,35 @@ impl RemoteService {
             .await
             .map_err(|_| call_ended())?;
         answer.await.map_err(|_| call_ended())?
+    }
+
+    /// [`realize_core::Service::write_files`]: every file queued on the
+    /// shared WriteFiles call, then every answer awaited.
+    pub(super) async fn write_whole_files(
+        &self,
+        dir: &DirId,
+        files: Vec<WholeFile>,
+    ) -> Vec<Result<u64, ServiceError>> {
+        let queue = self.batch_queue();
+        let mut answers = Vec::with_capacity(files.len());
+        for file in files {
+            let request = pb::WriteFilesRequest {
+                dir: dir.to_string(),
+                path: file.path.to_string(),
+                data: file.data,
+                sha256: Bytes::copy_from_slice(&file.sha256.0),
+            };
+            let (reply, answer) = oneshot::channel();
+            // A queue closed under us drops the reply: that file fails below.
+            let _ = queue.send((request, reply)).await;
+            answers.push(answer);
+        }
+        futures::future::join_all(
+            answers
+                .into_iter()
+                .map(|answer| async { answer.await.unwrap_or_else(|_| Err(call_ended())) }),
+        )
+        .await
     }
 
     /// The queue of the WriteFiles call in progress, started if there is none
