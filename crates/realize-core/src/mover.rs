@@ -11,6 +11,12 @@
 //!
 //! Any failure before step 4 leaves the source untouched, so at every
 //! instant one complete, verified copy exists.
+//!
+//! A file the destination has in no form is read once: its bytes are hashed
+//! on their way and the destination hashes what it writes, so steps 1 to 3
+//! are one call ([`Service::write_file`]), and small ones go in batches
+//! ([`Service::read_files`], [`Service::write_files`],
+//! [`Service::delete_files`]), in the same order.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,7 +50,8 @@ const HASH_QUEUE: usize = 4;
 #[derive(Clone, Debug)]
 pub struct MoveOptions {
     /// Files of 1 MiB or more in flight at once; smaller files may be up to
-    /// eight times as many, except with 1, which moves one file at a time.
+    /// eight times as many, except with 1, which moves one file at a time;
+    /// and batches of small new files in flight at once.
     pub parallel: usize,
     /// Bytes compared, diffed and patched at a time when resuming; bounds
     /// the memory a delta needs on each side.
