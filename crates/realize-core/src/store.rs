@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{StreamExt, stream};
 use sha2::{Digest, Sha256};
 use tokio::fs;
@@ -238,21 +238,15 @@ fn stamp_of(m: &std::fs::Metadata) -> FileStamp {
 }
 
 /// Reads from `offset` until `buf` holds `len` bytes or the file ends.
-fn read_up_to(file: &std::fs::File, offset: u64, buf: &mut BytesMut, len: usize) -> io::Result<()> {
-    buf.resize(len, 0);
-    let mut filled = 0;
-    while filled < len {
-        match file.read_at(&mut buf[filled..], offset + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                buf.truncate(filled);
-                return Err(e);
-            }
-        }
-    }
-    buf.truncate(filled);
+fn read_up_to(file: &std::fs::File, offset: u64, buf: &mut Vec<u8>, len: usize) -> io::Result<()> {
+    use std::io::{Read, Seek};
+    buf.clear();
+    buf.reserve_exact(len);
+    // A File reads into the buffer's spare capacity as it is: nothing is
+    // zeroed first, unlike a read into an initialised slice.
+    let mut file = file;
+    file.seek(io::SeekFrom::Start(offset))?;
+    file.take(len as u64).read_to_end(buf)?;
     Ok(())
 }
 
@@ -273,7 +267,7 @@ fn hash_file(
     }
     let mut hasher = Sha256::new();
     let mut offset = range.start;
-    let mut buf = BytesMut::with_capacity(HASH_BUFFER);
+    let mut buf = Vec::with_capacity(HASH_BUFFER);
     while offset < range.end {
         let want = (range.end - offset).min(HASH_BUFFER as u64) as usize;
         read_up_to(file, offset, &mut buf, want).map_err(r.io("read"))?;
@@ -296,12 +290,12 @@ fn hash_file(
 /// Reads exactly `range` of `file`, which must hold it.
 fn read_range(file: &std::fs::File, range: ByteRange, r: &Resolved) -> Result<Vec<u8>, StoreError> {
     let len = usize::try_from(range.len()).map_err(|_| r.invalid("range too large"))?;
-    let mut buf = BytesMut::with_capacity(len);
+    let mut buf = Vec::new();
     read_up_to(file, range.start, &mut buf, len).map_err(r.io("read"))?;
     if buf.len() != len {
         return Err(r.changed("shrank while being read"));
     }
-    Ok(buf.to_vec())
+    Ok(buf)
 }
 
 /// The working copy's bytes in `range`, as far as it has them: what a
@@ -665,10 +659,10 @@ impl Service for LocalStore {
             let mut position = offset;
             while position < end {
                 let want = (end - position).min(CHUNK_SIZE as u64) as usize;
-                let mut buf = BytesMut::new();
+                let mut buf = Vec::new();
                 let chunk = match read_up_to(&file, position, &mut buf, want) {
                     Ok(()) if buf.is_empty() => Err(r.changed("shrank while being read")),
-                    Ok(()) => Ok(buf.freeze()),
+                    Ok(()) => Ok(Bytes::from(buf)),
                     Err(e) => Err(r.io("read")(e)),
                 };
                 let failed = chunk.is_err();
