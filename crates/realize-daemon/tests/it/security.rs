@@ -61,6 +61,34 @@ async fn write(
     Ok(api.write(stream).await?.into_inner().bytes_written)
 }
 
+fn whole_file(dir: &str, path: &str, data: &[u8], sha256: &[u8]) -> pb::WriteFilesRequest {
+    pb::WriteFilesRequest {
+        dir: dir.into(),
+        path: path.into(),
+        data: Bytes::copy_from_slice(data),
+        sha256: Bytes::copy_from_slice(sha256),
+    }
+}
+
+/// Sends `files` on one WriteFiles call; the code and message of each answer.
+async fn write_files(
+    api: &mut RealizeClient<Channel>,
+    files: Vec<pb::WriteFilesRequest>,
+) -> Vec<(tonic::Code, String)> {
+    let count = files.len();
+    let mut answers = api
+        .write_files(futures::stream::iter(files))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut codes = Vec::new();
+    while let Some(answer) = answers.message().await.unwrap() {
+        codes.push((tonic::Code::from_i32(answer.code), answer.message));
+    }
+    assert_eq!(codes.len(), count, "one answer per file: {codes:?}");
+    codes
+}
+
 /// Asserts `result` failed with `code` and a message containing `text`.
 fn check<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: tonic::Code, text: &str) {
     let status = result.expect_err("the call should have been refused");
@@ -112,6 +140,11 @@ async fn a_read_only_peer_reads_but_changes_nothing() {
 
     // Changing is not, and says which directory and why.
     let denied = "peer client may not change directory d: its access is read-only";
+    let data = b"new";
+    let sha256 = realize_core::Sha256Hash::of(data).0;
+    let answers = write_files(&mut api, vec![whole_file("d", "a/new.txt", data, &sha256)]).await;
+    assert_eq!(answers[0].0, tonic::Code::PermissionDenied, "{answers:?}");
+    assert!(answers[0].1.contains(denied), "{answers:?}");
     check(
         write(&mut api, "d", "a/new.txt", b"new".to_vec()).await,
         tonic::Code::PermissionDenied,
@@ -181,6 +214,58 @@ async fn a_read_only_peer_reads_but_changes_nothing() {
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(stderr(&output).contains(denied), "{}", stderr(&output));
     assert_eq!(tree(&root), before, "the source must be kept");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn write_files_refuses_each_bad_file_alone_and_finishes_the_good_ones() {
+    let work = TempDir::new().unwrap();
+    let client = KeyFiles::new(work.path(), "client");
+    let root = work.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let daemon = Daemon::start(work.path(), &[("d", &root)], &client).await;
+    let mut api = api(&daemon, &client).await;
+    let sha = |data: &[u8]| realize_core::Sha256Hash::of(data).0;
+    let answers = write_files(
+        &mut api,
+        vec![
+            whole_file("d", "ok/first", b"first", &sha(b"first")),
+            whole_file("d", "ok/wrong", b"wrong", &sha(b"something else")),
+            whole_file("d", "ok/short", b"short", &[0; 5]),
+            whole_file("d", "../escape", b"escape", &sha(b"escape")),
+            whole_file("nope", "f", b"f", &sha(b"f")),
+            whole_file("d", "ok/last", b"last", &sha(b"last")),
+        ],
+    )
+    .await;
+    let codes: Vec<tonic::Code> = answers.iter().map(|(code, _)| *code).collect();
+    assert_eq!(
+        codes,
+        [
+            tonic::Code::Ok,
+            tonic::Code::FailedPrecondition,
+            tonic::Code::InvalidArgument,
+            tonic::Code::InvalidArgument,
+            tonic::Code::InvalidArgument,
+            tonic::Code::Ok,
+        ],
+        "{answers:?}"
+    );
+    assert!(answers[1].1.contains("d/ok/wrong"), "{answers:?}");
+    assert!(
+        answers[2].1.contains("sha256 must be 32 bytes"),
+        "{answers:?}"
+    );
+    assert!(
+        answers[4].1.contains("unknown directory nope"),
+        "{answers:?}"
+    );
+    // The good files are final; the mismatched one stays partial, to be resumed.
+    assert_eq!(std::fs::read(root.join("ok/first")).unwrap(), b"first");
+    assert_eq!(std::fs::read(root.join("ok/last")).unwrap(), b"last");
+    let files: Vec<String> = tree(&root).into_keys().collect();
+    assert_eq!(files, ["ok/.wrong.part", "ok/first", "ok/last"]);
+    assert!(!work.path().join("escape").exists());
     daemon.stop().await;
 }
 
