@@ -15,6 +15,7 @@
 pub mod delta;
 pub mod error;
 pub mod hash;
+mod hashing;
 mod metrics;
 pub mod mover;
 pub mod path;

@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryFutureExt, TryStreamExt, future, stream};
-use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
 use crate::delta;
@@ -33,9 +32,7 @@ use crate::hash::Sha256Hash;
 use crate::metrics::metrics;
 use crate::path::{DirId, RelPath};
 use crate::progress::{FileProgress, Phase, Progress};
-use crate::service::{
-    ByteRange, ByteStream, Entry, ExpectedHash, FileKind, FileStamp, MAX_WHOLE_FILE, Service,
-};
+use crate::service::{ByteRange, ByteStream, Entry, FileKind, FileStamp, MAX_WHOLE_FILE, Service};
 use crate::stop::Stop;
 
 /// Files below this size do not count against `MoveOptions::parallel`.
@@ -43,8 +40,6 @@ const SMALL_FILE: u64 = 1024 * 1024;
 /// How many files may be in flight for each of `MoveOptions::parallel`,
 /// when they are small.
 const SMALL_FILES_PER_SLOT: usize = 8;
-/// Chunks hashed ahead of the destination.
-const HASH_QUEUE: usize = 4;
 
 /// Tuning of a move.
 #[derive(Clone, Debug)]
@@ -745,21 +740,30 @@ impl Transfer<'_> {
         if self.size > 0 {
             self.file.phase(Phase::Copying);
         }
-        let data = self
+        let (data, source_hash) = self
             .src
-            .read(self.dir, self.path, 0, Some(self.size), Some(stamp))
+            .read_hashed(self.dir, self.path, stamp)
             .await
             .map_err(|e| self.source_error(e))?;
         let file = self.file.clone();
-        let (data, expected, source_hash) =
-            hashed(data, self.size, move || file.phase(Phase::Checking));
-        // Counted as the destination takes them, not as they are hashed.
+        let data = on_end(data, move || file.phase(Phase::Checking));
+        // Counted as the destination takes them.
         let (data, relay) = Relay::new(data, self.file, true);
-        let written = self
+        // The source's hash goes on to the destination, and is kept for the
+        // log and for a mismatch's error; never sent if the data failed.
+        let (expected_tx, expected) = tokio::sync::oneshot::channel();
+        let kept = OnceLock::new();
+        let forwarding = async {
+            if let Ok(hash) = source_hash.await {
+                let _ = kept.set(hash);
+                let _ = expected_tx.send(hash);
+            }
+        };
+        let writing = self
             .dst
-            .write_file(self.dir, self.path, self.size, data, expected)
-            .await;
-        match (written, source_hash.get().copied()) {
+            .write_file(self.dir, self.path, self.size, data, expected);
+        let ((), written) = future::join(forwarding, writing).await;
+        match (written, kept.get().copied()) {
             (Ok(_), Some(source_hash)) => Ok((source_hash, relay.bytes())),
             (Ok(_), None) => Err(MoveError::destination(ServiceError::Protocol(
                 "finished the file without waiting for its SHA-256".into(),
@@ -845,109 +849,13 @@ impl Transfer<'_> {
     }
 }
 
-/// Hashes `data`, `size` bytes, as it streams by; the SHA-256 is sent, and
-/// kept, once the stream has ended without an error, and `ended` is called
-/// when the destination has taken the last byte.
-///
-/// Past one chunk, the hashing runs in a task of its own, a bounded queue
-/// ahead of the destination: polled by the destination, it would run on the
-/// thread that encrypts and sends, one after the other instead of side by
-/// side. A file of one chunk is hashed in passing: a task would cost more.
-fn hashed(
-    data: ByteStream,
-    size: u64,
-    ended: impl FnOnce() + Send + 'static,
-) -> (ByteStream, ExpectedHash, Arc<OnceLock<Sha256Hash>>) {
-    let (sender, expected) = tokio::sync::oneshot::channel();
-    let kept = Arc::new(OnceLock::new());
-    let hashing = Hashing {
-        hasher: Sha256::new(),
-        sender,
-        kept: Arc::clone(&kept),
-    };
-    let stream = if size <= crate::store::CHUNK_SIZE as u64 {
-        hashed_in_passing(data, hashing, ended)
-    } else {
-        hashed_ahead(data, hashing, ended)
-    };
-    (stream, expected, kept)
-}
-
-/// A hash being computed, and where it goes once the data has all gone by.
-struct Hashing {
-    hasher: Sha256,
-    sender: tokio::sync::oneshot::Sender<Sha256Hash>,
-    kept: Arc<OnceLock<Sha256Hash>>,
-}
-
-impl Hashing {
-    fn done(self) {
-        let hash = *self
-            .kept
-            .get_or_init(|| Sha256Hash::from_hasher(self.hasher));
-        let _ = self.sender.send(hash);
-    }
-}
-
-fn hashed_in_passing(
-    data: ByteStream,
-    hashing: Hashing,
-    ended: impl FnOnce() + Send + 'static,
-) -> ByteStream {
-    let state = (data, Some((hashing, ended)));
-    stream::unfold(state, |(mut data, end)| async move {
-        let (mut hashing, ended) = end?;
+/// `data`, with `ended` called once the destination has taken its last byte.
+fn on_end(data: ByteStream, ended: impl FnOnce() + Send + 'static) -> ByteStream {
+    stream::unfold((data, Some(ended)), |(mut data, ended)| async move {
         match data.next().await {
-            Some(Ok(chunk)) => {
-                hashing.hasher.update(&chunk);
-                Some((Ok(chunk), (data, Some((hashing, ended)))))
-            }
-            // Dropping the sender tells the destination the data was not all there.
-            Some(Err(error)) => Some((Err(error), (data, None))),
+            Some(item) => Some((item, (data, ended))),
             None => {
-                hashing.done();
-                ended();
-                None
-            }
-        }
-    })
-    .boxed()
-}
-
-fn hashed_ahead(
-    mut data: ByteStream,
-    mut hashing: Hashing,
-    ended: impl FnOnce() + Send + 'static,
-) -> ByteStream {
-    let kept = Arc::clone(&hashing.kept);
-    let (chunks_tx, chunks) = tokio::sync::mpsc::channel(HASH_QUEUE);
-    let task = tokio::spawn(
-        async move {
-            while let Some(item) = data.next().await {
-                let failed = item.is_err();
-                if let Ok(chunk) = &item {
-                    hashing.hasher.update(chunk);
-                }
-                // Dropping the sender on a failure tells the destination
-                // the data was not all there.
-                if chunks_tx.send(item).await.is_err() || failed {
-                    return;
-                }
-            }
-            hashing.done();
-        }
-        .in_current_span(),
-    );
-    let task = tokio_util::task::AbortOnDropHandle::new(task);
-    let state = (chunks, task, Some(ended), kept);
-    stream::unfold(state, |(mut chunks, task, ended, kept)| async move {
-        match chunks.recv().await {
-            Some(item) => Some((item, (chunks, task, ended, kept))),
-            None => {
-                // The destination has all the data once it sees the end.
-                if kept.get().is_some()
-                    && let Some(ended) = ended
-                {
+                if let Some(ended) = ended {
                     ended();
                 }
                 None

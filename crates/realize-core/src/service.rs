@@ -120,6 +120,23 @@ pub trait Service: Send + Sync + std::fmt::Debug {
         if_stamp: Option<FileStamp>,
     ) -> Result<ByteStream, ServiceError>;
 
+    /// The whole final file, as [`Service::read`] with `if_stamp`, and the
+    /// SHA-256 of its bytes, sent once all of them have been read without an
+    /// error (dropped unsent otherwise). By default the stream is hashed as
+    /// it goes by; a store hashes what it reads as it reads it. The hash
+    /// vouches for the file, not for what the caller took of the stream.
+    async fn read_hashed(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        stamp: FileStamp,
+    ) -> Result<(ByteStream, ExpectedHash), ServiceError> {
+        let data = self
+            .read(dir, path, 0, Some(stamp.size), Some(stamp))
+            .await?;
+        Ok(crate::hashing::hash_stream(data, stamp.size))
+    }
+
     /// Writes `data` at `offset` of the partial file (turning a final file
     /// into a partial one first), then sets its size to `file_size`. An error
     /// from `data` aborts the write and is returned as is.

@@ -635,57 +635,21 @@ impl Service for LocalStore {
         length: Option<u64>,
         if_stamp: Option<FileStamp>,
     ) -> Result<ByteStream, ServiceError> {
-        // One blocking task opens the file and reads it all, a bounded queue
-        // ahead of the caller: a trip to the blocking pool per chunk costs
-        // more than the read itself.
-        let (opened_tx, opened) = tokio::sync::oneshot::channel();
-        let (chunks_tx, chunks) = tokio::sync::mpsc::channel(READ_QUEUE);
-        let producer = self.on_blocking(dir, path, move |r| {
-            let file = r.open_blocking(FileKind::Final)?;
-            let before = stamp_of(&file.metadata().map_err(r.io("stat"))?);
-            if if_stamp.is_some_and(|stamp| stamp != before) {
-                return Err(r.changed("differs from the version listed"));
-            }
-            let end = match length {
-                Some(len) => offset.saturating_add(len),
-                None => before.size.max(offset),
-            };
-            if end > before.size {
-                return Err(r.out_of_range(ByteRange::new(offset, end), before.size));
-            }
-            if opened_tx.send(()).is_err() {
-                return Ok(());
-            }
-            let mut position = offset;
-            while position < end {
-                let want = (end - position).min(CHUNK_SIZE as u64) as usize;
-                let mut buf = Vec::new();
-                let chunk = match read_up_to(&file, position, &mut buf, want) {
-                    Ok(()) if buf.is_empty() => Err(r.changed("shrank while being read")),
-                    Ok(()) => Ok(Bytes::from(buf)),
-                    Err(e) => Err(r.io("read")(e)),
-                };
-                let failed = chunk.is_err();
-                position += chunk.as_ref().map_or(0, |c| c.len() as u64);
-                if chunks_tx.blocking_send(chunk.map_err(Into::into)).is_err() || failed {
-                    return Ok(());
-                }
-            }
-            // Whoever hashes these bytes must know they are one version of the file.
-            let after = file.metadata().map(|m| stamp_of(&m));
-            if after.as_ref().ok() != Some(&before) {
-                let _ = chunks_tx.blocking_send(Err(r.changed("modified while being read").into()));
-            }
-            Ok(())
-        });
-        if opened.await.is_err() {
-            // The producer stopped before the first chunk: its error says why.
-            producer.await?;
-        }
-        Ok(stream::unfold(chunks, |mut chunks| async move {
-            chunks.recv().await.map(|chunk| (chunk, chunks))
-        })
-        .boxed())
+        self.read_stream(dir, path, offset, length, if_stamp, None)
+            .await
+    }
+
+    async fn read_hashed(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        stamp: FileStamp,
+    ) -> Result<(ByteStream, ExpectedHash), ServiceError> {
+        let (sender, expected) = tokio::sync::oneshot::channel();
+        let data = self
+            .read_stream(dir, path, 0, Some(stamp.size), Some(stamp), Some(sender))
+            .await?;
+        Ok((data, expected))
     }
 
     async fn write(
@@ -931,6 +895,82 @@ impl Service for LocalStore {
         let items = files.to_vec();
         self.on_blocking_each(dir, items, |r, stamp| r.delete_blocking(Some(stamp)))
             .await
+    }
+}
+
+impl LocalStore {
+    /// [`Service::read`]; with `hash`, the SHA-256 of what was read is sent
+    /// there once all of it is read and the file did not change meanwhile.
+    ///
+    /// One blocking task opens the file and reads it all, a bounded queue
+    /// ahead of the caller: a trip to the blocking pool per chunk costs more
+    /// than the read itself. It hashes each chunk as it reads it, while the
+    /// bytes are in this core's cache.
+    async fn read_stream(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        offset: u64,
+        length: Option<u64>,
+        if_stamp: Option<FileStamp>,
+        hash: Option<tokio::sync::oneshot::Sender<Sha256Hash>>,
+    ) -> Result<ByteStream, ServiceError> {
+        let (opened_tx, opened) = tokio::sync::oneshot::channel();
+        let (chunks_tx, chunks) = tokio::sync::mpsc::channel(READ_QUEUE);
+        let producer = self.on_blocking(dir, path, move |r| {
+            let file = r.open_blocking(FileKind::Final)?;
+            let before = stamp_of(&file.metadata().map_err(r.io("stat"))?);
+            if if_stamp.is_some_and(|stamp| stamp != before) {
+                return Err(r.changed("differs from the version listed"));
+            }
+            let end = match length {
+                Some(len) => offset.saturating_add(len),
+                None => before.size.max(offset),
+            };
+            if end > before.size {
+                return Err(r.out_of_range(ByteRange::new(offset, end), before.size));
+            }
+            if opened_tx.send(()).is_err() {
+                return Ok(());
+            }
+            let mut hasher = hash.as_ref().map(|_| Sha256::new());
+            let mut position = offset;
+            while position < end {
+                let want = (end - position).min(CHUNK_SIZE as u64) as usize;
+                let mut buf = Vec::new();
+                let chunk = match read_up_to(&file, position, &mut buf, want) {
+                    Ok(()) if buf.is_empty() => Err(r.changed("shrank while being read")),
+                    Ok(()) => {
+                        if let Some(hasher) = &mut hasher {
+                            hasher.update(&buf);
+                        }
+                        Ok(Bytes::from(buf))
+                    }
+                    Err(e) => Err(r.io("read")(e)),
+                };
+                let failed = chunk.is_err();
+                position += chunk.as_ref().map_or(0, |c| c.len() as u64);
+                if chunks_tx.blocking_send(chunk.map_err(Into::into)).is_err() || failed {
+                    return Ok(());
+                }
+            }
+            // Whoever hashes these bytes must know they are one version of the file.
+            let after = file.metadata().map(|m| stamp_of(&m));
+            if after.as_ref().ok() != Some(&before) {
+                let _ = chunks_tx.blocking_send(Err(r.changed("modified while being read").into()));
+            } else if let (Some(hash), Some(hasher)) = (hash, hasher) {
+                let _ = hash.send(Sha256Hash::from_hasher(hasher));
+            }
+            Ok(())
+        });
+        if opened.await.is_err() {
+            // The producer stopped before the first chunk: its error says why.
+            producer.await?;
+        }
+        Ok(stream::unfold(chunks, |mut chunks| async move {
+            chunks.recv().await.map(|chunk| (chunk, chunks))
+        })
+        .boxed())
     }
 }
 

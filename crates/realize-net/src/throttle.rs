@@ -261,6 +261,15 @@ impl Service for ThrottledService {
         self.inner.read(dir, path, offset, length, if_stamp).await
     }
 
+    async fn read_hashed(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        stamp: FileStamp,
+    ) -> Result<(ByteStream, ExpectedHash), ServiceError> {
+        self.inner.read_hashed(dir, path, stamp).await
+    }
+
     async fn write(
         &self,
         dir: &DirId,

@@ -891,6 +891,30 @@ async fn read_of_another_version_than_the_one_expected_is_refused() {
 }
 
 #[tokio::test]
+async fn read_hashed_sends_the_sha256_of_the_bytes_once_they_are_all_read() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    // More chunks than the read queue holds, so a reader that stops taking
+    // them stops the read.
+    let data = random_bytes(27, 3_000_000);
+    write_file(root, "f", &data);
+    let store = store(root);
+    let stamp = store
+        .hash(&dir(), &rel("f"), FileKind::Final, None)
+        .await
+        .unwrap()
+        .stamp;
+    let (stream, expected) = store.read_hashed(&dir(), &rel("f"), stamp).await.unwrap();
+    assert!(collect(stream).await.unwrap() == data);
+    assert_eq!(expected.await.unwrap(), Sha256Hash::of(&data));
+
+    // A stream dropped before the file is read to its end sends no hash.
+    let (stream, expected) = store.read_hashed(&dir(), &rel("f"), stamp).await.unwrap();
+    drop(stream);
+    assert!(expected.await.is_err());
+}
+
+#[tokio::test]
 async fn read_past_the_end_is_out_of_range() {
     let root = tempfile::tempdir().unwrap();
     write_file(root.path(), "f", &[1; 100]);
