@@ -24,8 +24,8 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt, stream};
 use opentelemetry::KeyValue;
 use realize_core::{
-    ByteRange, ByteStream, DirId, ExpectedHash, RelPath, Service, ServiceError, Sha256Hash,
-    StoreError, WholeFile,
+    ByteRange, ByteStream, DirId, ExpectedHash, FileStamp, RelPath, Service, ServiceError,
+    Sha256Hash, StoreError, WholeFile,
 };
 use realize_net::metrics::{RpcCall, RpcSide, record_limit};
 use realize_net::throttle::check_rate;
@@ -202,6 +202,72 @@ impl Handler {
             })
             .collect()
     }
+}
+
+/// Files a ReadFiles or DeleteFiles call may name at most.
+const MAX_FILES_PER_CALL: usize = 1024;
+/// Bytes of files a ReadFiles call may ask for at most (each file is read
+/// only if it has the stamp, so the size, the call gives).
+const MAX_READ_BYTES_PER_CALL: u64 = 16 * 1024 * 1024;
+
+/// A file named by a ReadFiles or DeleteFiles call: its path as sent, and
+/// the file, or why it is refused.
+type CheckedRef = (String, Result<(RelPath, FileStamp), Status>);
+
+/// The directory of a ReadFiles or DeleteFiles call, and the files it names.
+fn file_refs(dir: &str, files: Vec<pb::FileRef>) -> Result<(DirId, Vec<CheckedRef>), Status> {
+    let dir = realize_proto::dir_id(dir).map_err(invalid)?;
+    if files.len() > MAX_FILES_PER_CALL {
+        return Err(Status::invalid_argument(format!(
+            "{dir}: {} files in one call, at most {MAX_FILES_PER_CALL}",
+            files.len()
+        )));
+    }
+    let files = files
+        .into_iter()
+        .map(|file| {
+            let checked = realize_proto::rel_path(&file.path)
+                .map_err(|e| Status::invalid_argument(format!("{dir}: {e}")))
+                .and_then(|path| {
+                    let stamp = file.stamp.ok_or_else(|| {
+                        Status::invalid_argument(format!("{dir}/{path}: no stamp"))
+                    })?;
+                    Ok((path, FileStamp::from(stamp)))
+                });
+            (file.path, checked)
+        })
+        .collect();
+    Ok((dir, files))
+}
+
+/// The files of [`file_refs`] that passed the checks, for the store.
+fn valid_refs(files: &[CheckedRef]) -> Vec<(RelPath, FileStamp)> {
+    files
+        .iter()
+        .filter_map(|(_, checked)| checked.as_ref().ok().cloned())
+        .collect()
+}
+
+/// Each file of [`file_refs`] with its outcome: its refusal, or the store's
+/// answer for it (given in order for the files that passed the checks).
+fn outcomes<T>(
+    files: Vec<CheckedRef>,
+    answers: Vec<Result<T, ServiceError>>,
+) -> Vec<(String, Result<T, Status>)> {
+    let mut answers = answers.into_iter();
+    files
+        .into_iter()
+        .map(|(path, checked)| {
+            let outcome = match checked {
+                Err(refused) => Err(refused),
+                Ok(_) => match answers.next() {
+                    Some(answer) => answer.map_err(|e| status(&e)),
+                    None => Err(Status::internal("the store gave no answer for this file")),
+                },
+            };
+            (path, outcome)
+        })
+        .collect()
 }
 
 /// What a WriteFiles message asks, if the peer may ask it.
@@ -634,6 +700,7 @@ impl pb::realize_server::Realize for Handler {
     type ReadStream = ServerStream<pb::ReadResponse>;
     type DiffStream = ServerStream<pb::DiffResponse>;
     type WriteFilesStream = ServerStream<pb::WriteFilesResponse>;
+    type ReadFilesStream = ServerStream<pb::ReadFilesResponse>;
 
     async fn list(
         &self,
@@ -792,6 +859,89 @@ impl pb::realize_server::Realize for Handler {
                     .flatten()
                     .boxed();
                 Ok(Response::new(self.cancellable_stream(call, responses)))
+            })
+            .await
+    }
+
+    async fn read_files(
+        &self,
+        request: Request<pb::ReadFilesRequest>,
+    ) -> Result<Response<Self::ReadFilesStream>, Status> {
+        let observed = observe("ReadFiles", &request);
+        observed
+            .run(async {
+                let call = self.admit(&request)?;
+                let request = request.into_inner();
+                let (dir, files) = file_refs(&request.dir, request.files)?;
+                call.authorize(&dir, Need::Read)?;
+                let valid = valid_refs(&files);
+                // Read whole before they are sent: what the stamps claim is
+                // what the call may make the daemon hold.
+                let claimed: u64 = valid.iter().map(|(_, stamp)| stamp.size).sum();
+                if claimed > MAX_READ_BYTES_PER_CALL {
+                    return Err(Status::invalid_argument(format!(
+                        "{dir}: {claimed} bytes of files in one ReadFiles call, at most {MAX_READ_BYTES_PER_CALL}"
+                    )));
+                }
+                let read = self
+                    .cancellable(&call, async {
+                        Ok(call.service().read_files(&dir, &valid).await)
+                    })
+                    .await?;
+                let answers: Vec<Result<pb::ReadFilesResponse, Status>> = outcomes(files, read)
+                    .into_iter()
+                    .map(|(path, outcome)| {
+                        Ok(match outcome {
+                            Ok(whole) => pb::ReadFilesResponse {
+                                path,
+                                code: tonic::Code::Ok as i32,
+                                message: String::new(),
+                                data: whole.data,
+                                sha256: bytes::Bytes::copy_from_slice(&whole.sha256.0),
+                            },
+                            Err(status) => pb::ReadFilesResponse {
+                                path,
+                                code: status.code() as i32,
+                                message: status.message().to_string(),
+                                data: bytes::Bytes::new(),
+                                sha256: bytes::Bytes::new(),
+                            },
+                        })
+                    })
+                    .collect();
+                let stream = stream::iter(answers).boxed();
+                Ok(Response::new(self.cancellable_stream(call, stream)))
+            })
+            .await
+    }
+
+    async fn delete_files(
+        &self,
+        request: Request<pb::DeleteFilesRequest>,
+    ) -> Result<Response<pb::DeleteFilesResponse>, Status> {
+        let observed = observe("DeleteFiles", &request);
+        observed
+            .run(async {
+                let call = self.admit(&request)?;
+                let request = request.into_inner();
+                let (dir, files) = file_refs(&request.dir, request.files)?;
+                call.authorize(&dir, Need::Write)?;
+                let valid = valid_refs(&files);
+                // Not cut by a cancellation, as Delete: it is short, and the
+                // client acts on nothing before it has the answer.
+                let deleted = call.service().delete_files(&dir, &valid).await;
+                let results = outcomes(files, deleted)
+                    .into_iter()
+                    .map(|(path, outcome)| {
+                        let refused = outcome.err();
+                        pb::FileResult {
+                            path,
+                            code: refused.as_ref().map_or(tonic::Code::Ok, Status::code) as i32,
+                            message: refused.map(|s| s.message().to_string()).unwrap_or_default(),
+                        }
+                    })
+                    .collect();
+                Ok(Response::new(pb::DeleteFilesResponse { results }))
             })
             .await
     }

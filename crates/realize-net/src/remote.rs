@@ -448,4 +448,20 @@ impl Service for RemoteService {
     ) -> Vec<Result<u64, ServiceError>> {
         self.write_whole_files(dir, files).await
     }
+
+    async fn read_files(
+        &self,
+        dir: &DirId,
+        files: &[(RelPath, FileStamp)],
+    ) -> Vec<Result<WholeFile, ServiceError>> {
+        self.read_whole_files(dir, files).await
+    }
+
+    async fn delete_files(
+        &self,
+        dir: &DirId,
+        files: &[(RelPath, FileStamp)],
+    ) -> Vec<Result<(), ServiceError>> {
+        self.delete_whole_files(dir, files).await
+    }
 }

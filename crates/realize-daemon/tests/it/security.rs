@@ -145,6 +145,16 @@ async fn a_read_only_peer_reads_but_changes_nothing() {
     let answers = write_files(&mut api, vec![whole_file("d", "a/new.txt", data, &sha256)]).await;
     assert_eq!(answers[0].0, tonic::Code::PermissionDenied, "{answers:?}");
     assert!(answers[0].1.contains(denied), "{answers:?}");
+    let file = stamp(&mut api, "d", "a/file.txt").await;
+    check(
+        api.delete_files(pb::DeleteFilesRequest {
+            dir: "d".into(),
+            files: vec![file_ref("a/file.txt", Some(file))],
+        })
+        .await,
+        tonic::Code::PermissionDenied,
+        denied,
+    );
     check(
         write(&mut api, "d", "a/new.txt", b"new".to_vec()).await,
         tonic::Code::PermissionDenied,
@@ -266,6 +276,125 @@ async fn write_files_refuses_each_bad_file_alone_and_finishes_the_good_ones() {
     let files: Vec<String> = tree(&root).into_keys().collect();
     assert_eq!(files, ["ok/.wrong.part", "ok/first", "ok/last"]);
     assert!(!work.path().join("escape").exists());
+    daemon.stop().await;
+}
+
+/// The stamp of a final file, as the daemon sees it.
+async fn stamp(api: &mut RealizeClient<Channel>, dir: &str, path: &str) -> pb::FileStamp {
+    api.hash(pb::HashRequest {
+        dir: dir.into(),
+        path: path.into(),
+        range: None,
+        kind: 0,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .stamp
+    .unwrap()
+}
+
+fn file_ref(path: &str, stamp: Option<pb::FileStamp>) -> pb::FileRef {
+    pb::FileRef {
+        path: path.into(),
+        stamp,
+    }
+}
+
+#[tokio::test]
+async fn read_files_and_delete_files_answer_each_file_and_check_its_version() {
+    let work = TempDir::new().unwrap();
+    let client = KeyFiles::new(work.path(), "client");
+    let root = work.path().join("root");
+    write_file(&root, "a", b"first");
+    write_file(&root, "b", b"second");
+    let daemon = Daemon::start(work.path(), &[("d", &root)], &client).await;
+    let mut api = api(&daemon, &client).await;
+    let (a, b) = (
+        stamp(&mut api, "d", "a").await,
+        stamp(&mut api, "d", "b").await,
+    );
+    let stale = pb::FileStamp {
+        size: b.size + 1,
+        ..b
+    };
+
+    let mut answers = api
+        .read_files(pb::ReadFilesRequest {
+            dir: "d".into(),
+            files: vec![
+                file_ref("a", Some(a)),
+                file_ref("b", Some(stale)),
+                file_ref("../x", Some(a)),
+                file_ref("a", None),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut read = Vec::new();
+    while let Some(answer) = answers.message().await.unwrap() {
+        read.push(answer);
+    }
+    let codes: Vec<_> = read.iter().map(|r| tonic::Code::from_i32(r.code)).collect();
+    assert_eq!(
+        codes,
+        [
+            tonic::Code::Ok,
+            tonic::Code::FailedPrecondition,
+            tonic::Code::InvalidArgument,
+            tonic::Code::InvalidArgument,
+        ],
+        "{read:?}"
+    );
+    assert_eq!(&read[0].data[..], b"first");
+    assert_eq!(read[0].sha256[..], realize_core::Sha256Hash::of(b"first").0);
+
+    let results = api
+        .delete_files(pb::DeleteFilesRequest {
+            dir: "d".into(),
+            files: vec![file_ref("a", Some(a)), file_ref("b", Some(stale))],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let codes: Vec<_> = results
+        .iter()
+        .map(|r| tonic::Code::from_i32(r.code))
+        .collect();
+    assert_eq!(
+        codes,
+        [tonic::Code::Ok, tonic::Code::FailedPrecondition],
+        "{results:?}"
+    );
+    // Only the version asked for goes.
+    assert!(!root.join("a").exists());
+    assert_eq!(std::fs::read(root.join("b")).unwrap(), b"second");
+
+    // Calls past the limits are refused whole.
+    let many = (0..1025)
+        .map(|i| file_ref(&format!("f{i}"), Some(b)))
+        .collect();
+    check(
+        api.read_files(pb::ReadFilesRequest {
+            dir: "d".into(),
+            files: many,
+        })
+        .await,
+        tonic::Code::InvalidArgument,
+        "1025 files in one call, at most 1024",
+    );
+    let huge = pb::FileStamp { size: 1 << 30, ..b };
+    check(
+        api.read_files(pb::ReadFilesRequest {
+            dir: "d".into(),
+            files: vec![file_ref("b", Some(huge))],
+        })
+        .await,
+        tonic::Code::InvalidArgument,
+        "bytes of files in one ReadFiles call",
+    );
     daemon.stop().await;
 }
 

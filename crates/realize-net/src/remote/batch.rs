@@ -1,5 +1,6 @@
-//! Small whole files, many on one WriteFiles call: each file costs a message
-//! instead of a call of its own.
+//! Small whole files in batches: written on one WriteFiles call per
+//! connection, read with one ReadFiles call and deleted with one DeleteFiles
+//! call per batch, so each file costs a message instead of calls of its own.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -7,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use realize_core::{
-    ByteStream, DirId, ErrorCode, ExpectedHash, RelPath, ServiceError, StoreError, WholeFile,
+    ByteStream, DirId, ErrorCode, ExpectedHash, FileStamp, RelPath, ServiceError, Sha256Hash,
+    StoreError, WholeFile,
 };
 use realize_proto::{error_code, error_from_status, pb};
 use tokio::sync::{mpsc, oneshot};
@@ -118,6 +120,76 @@ impl RemoteService {
         .await
     }
 
+    /// [`realize_core::Service::read_files`] in one ReadFiles call.
+    pub(super) async fn read_whole_files(
+        &self,
+        dir: &DirId,
+        files: &[(RelPath, FileStamp)],
+    ) -> Vec<Result<WholeFile, ServiceError>> {
+        let request = pb::ReadFilesRequest {
+            dir: dir.to_string(),
+            files: file_refs(files),
+        };
+        let answered = self
+            .observed("ReadFiles", async {
+                let mut answers = self
+                    .client()
+                    .read_files(self.request(request))
+                    .await
+                    .map_err(error_from_status)?
+                    .into_inner();
+                let mut read = Vec::with_capacity(files.len());
+                while let Some(answer) = answers.message().await.map_err(error_from_status)? {
+                    read.push(answer);
+                }
+                Ok(read)
+            })
+            .await;
+        answers_for(
+            files,
+            answered,
+            |(path, _), answer: pb::ReadFilesResponse| {
+                outcome(answer.code, answer.message)?;
+                let sha256 = Sha256Hash::from_slice(&answer.sha256).ok_or_else(|| {
+                    ServiceError::Protocol(format!(
+                        "{dir}/{path}: SHA-256 of {} bytes",
+                        answer.sha256.len()
+                    ))
+                })?;
+                Ok(WholeFile {
+                    path: path.clone(),
+                    data: answer.data,
+                    sha256,
+                })
+            },
+        )
+    }
+
+    /// [`realize_core::Service::delete_files`] in one DeleteFiles call.
+    pub(super) async fn delete_whole_files(
+        &self,
+        dir: &DirId,
+        files: &[(RelPath, FileStamp)],
+    ) -> Vec<Result<(), ServiceError>> {
+        let request = pb::DeleteFilesRequest {
+            dir: dir.to_string(),
+            files: file_refs(files),
+        };
+        let answered = self
+            .observed("DeleteFiles", async {
+                let response = self
+                    .client()
+                    .delete_files(self.request(request))
+                    .await
+                    .map_err(error_from_status)?;
+                Ok(response.into_inner().results)
+            })
+            .await;
+        answers_for(files, answered, |_, result: pb::FileResult| {
+            outcome(result.code, result.message)
+        })
+    }
+
     /// The queue of the WriteFiles call in progress, started if there is none
     /// or the last one has ended.
     fn batch_queue(&self) -> mpsc::Sender<(pb::WriteFilesRequest, Reply)> {
@@ -200,14 +272,62 @@ async fn run_batch<S>(
 }
 
 fn answer_of(answer: pb::WriteFilesResponse) -> Result<u64, ServiceError> {
-    let code = tonic::Code::from_i32(answer.code);
-    if code == tonic::Code::Ok {
-        return Ok(answer.bytes_written);
+    outcome(answer.code, answer.message)?;
+    Ok(answer.bytes_written)
+}
+
+/// A file's outcome in a batch call's answer.
+fn outcome(code: i32, message: String) -> Result<(), ServiceError> {
+    match tonic::Code::from_i32(code) {
+        tonic::Code::Ok => Ok(()),
+        code => Err(ServiceError::Remote {
+            code: error_code(code),
+            message,
+        }),
     }
-    Err(ServiceError::Remote {
-        code: error_code(code),
-        message: answer.message,
-    })
+}
+
+fn file_refs(files: &[(RelPath, FileStamp)]) -> Vec<pb::FileRef> {
+    files
+        .iter()
+        .map(|(path, stamp)| pb::FileRef {
+            path: path.to_string(),
+            stamp: Some((*stamp).into()),
+        })
+        .collect()
+}
+
+/// One result per file of a batch call: the call's error for each if it
+/// failed, else each answer through `convert`; answers missing or too
+/// many are the daemon breaking the contract.
+fn answers_for<A, T>(
+    files: &[(RelPath, FileStamp)],
+    answered: Result<Vec<A>, ServiceError>,
+    convert: impl Fn(&(RelPath, FileStamp), A) -> Result<T, ServiceError>,
+) -> Vec<Result<T, ServiceError>> {
+    match answered {
+        Ok(answers) if answers.len() == files.len() => files
+            .iter()
+            .zip(answers)
+            .map(|(file, answer)| convert(file, answer))
+            .collect(),
+        Ok(answers) => {
+            let message = format!("{} answers for {} files", answers.len(), files.len());
+            files
+                .iter()
+                .map(|_| Err(ServiceError::Protocol(message.clone())))
+                .collect()
+        }
+        Err(error) => files
+            .iter()
+            .map(|_| {
+                Err(ServiceError::Remote {
+                    code: error.code(),
+                    message: realize_core::mover::ErrorChain(&error).to_string(),
+                })
+            })
+            .collect(),
+    }
 }
 
 fn call_ended() -> ServiceError {
