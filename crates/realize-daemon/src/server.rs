@@ -180,25 +180,15 @@ impl Handler {
         files
             .into_iter()
             .zip(answers)
-            .map(|(file, answer)| match answer {
-                Some(Ok(bytes_written)) => pb::WriteFilesResponse {
+            .map(|(file, answer)| {
+                let answer = answer.unwrap_or_else(|| Err(no_answer()));
+                let (code, message) = code_and_message(&answer);
+                pb::WriteFilesResponse {
                     path: file.path,
-                    code: tonic::Code::Ok as i32,
-                    message: String::new(),
-                    bytes_written,
-                },
-                Some(Err(status)) => pb::WriteFilesResponse {
-                    path: file.path,
-                    code: status.code() as i32,
-                    message: status.message().to_string(),
-                    bytes_written: 0,
-                },
-                None => pb::WriteFilesResponse {
-                    path: file.path,
-                    code: tonic::Code::Internal as i32,
-                    message: "the store gave no answer for this file".to_string(),
-                    bytes_written: 0,
-                },
+                    code,
+                    message,
+                    bytes_written: answer.unwrap_or(0),
+                }
             })
             .collect()
     }
@@ -240,6 +230,20 @@ fn file_refs(dir: &str, files: Vec<pb::FileRef>) -> Result<(DirId, Vec<CheckedRe
     Ok((dir, files))
 }
 
+/// How one file of a batch call went, as its answer says it: the gRPC code,
+/// and the message if it failed.
+fn code_and_message<T>(outcome: &Result<T, Status>) -> (i32, String) {
+    match outcome {
+        Ok(_) => (tonic::Code::Ok as i32, String::new()),
+        Err(status) => (status.code() as i32, status.message().to_string()),
+    }
+}
+
+/// A store that answered fewer files than it was given: a bug, said per file.
+fn no_answer() -> Status {
+    Status::internal("the store gave no answer for this file")
+}
+
 /// The files of [`file_refs`] that passed the checks, for the store.
 fn valid_refs(files: &[CheckedRef]) -> Vec<(RelPath, FileStamp)> {
     files
@@ -262,7 +266,7 @@ fn outcomes<T>(
                 Err(refused) => Err(refused),
                 Ok(_) => match answers.next() {
                     Some(answer) => answer.map_err(|e| status(&e)),
-                    None => Err(Status::internal("the store gave no answer for this file")),
+                    None => Err(no_answer()),
                 },
             };
             (path, outcome)
@@ -891,21 +895,17 @@ impl pb::realize_server::Realize for Handler {
                 let answers: Vec<Result<pb::ReadFilesResponse, Status>> = outcomes(files, read)
                     .into_iter()
                     .map(|(path, outcome)| {
-                        Ok(match outcome {
-                            Ok(whole) => pb::ReadFilesResponse {
-                                path,
-                                code: tonic::Code::Ok as i32,
-                                message: String::new(),
-                                data: whole.data,
-                                sha256: bytes::Bytes::copy_from_slice(&whole.sha256.0),
-                            },
-                            Err(status) => pb::ReadFilesResponse {
-                                path,
-                                code: status.code() as i32,
-                                message: status.message().to_string(),
-                                data: bytes::Bytes::new(),
-                                sha256: bytes::Bytes::new(),
-                            },
+                        let (code, message) = code_and_message(&outcome);
+                        let (data, sha256) = match outcome {
+                            Ok(whole) => (whole.data, bytes::Bytes::copy_from_slice(&whole.sha256.0)),
+                            Err(_) => Default::default(),
+                        };
+                        Ok(pb::ReadFilesResponse {
+                            path,
+                            code,
+                            message,
+                            data,
+                            sha256,
                         })
                     })
                     .collect();
@@ -933,11 +933,11 @@ impl pb::realize_server::Realize for Handler {
                 let results = outcomes(files, deleted)
                     .into_iter()
                     .map(|(path, outcome)| {
-                        let refused = outcome.err();
+                        let (code, message) = code_and_message(&outcome);
                         pb::FileResult {
                             path,
-                            code: refused.as_ref().map_or(tonic::Code::Ok, Status::code) as i32,
-                            message: refused.map(|s| s.message().to_string()).unwrap_or_default(),
+                            code,
+                            message,
                         }
                     })
                     .collect();
