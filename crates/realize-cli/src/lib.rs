@@ -2,36 +2,24 @@
 //! destination, each a local path (served in-process) or a daemon (over
 //! mutual TLS).
 //!
-//! [`Config::validate`] checks the flags against each other; [`run_move`]
-//! wires the two sides, calls realize-core's move algorithm, and tries
-//! again after network failures;
+//! [`Config::validate`] checks the flags against each other;
+//! [`run::run_move`] wires the two sides, calls realize-core's move
+//! algorithm, tries again after network failures and says when it gave up;
 //! [`keygen`] writes a key pair; [`output`] shows the move as it happens.
 //! `main.rs` parses flags and maps results to exit codes.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use opentelemetry::KeyValue;
-use realize_core::mover::ErrorChain;
-use realize_core::{
-    DirId, LocalStore, MoveError, MoveOptions, MoveSummary, Service, ServiceError, Stop,
-};
-use realize_net::connection::ConnectError;
+use realize_core::DirId;
 use realize_net::keys::{PrivateKey, PublicKey};
-use realize_net::metrics::record_limit;
-use realize_net::remote::RemoteService;
-use realize_net::retry::{Backoff, is_retryable};
-use realize_net::throttle::{SendLimit, ThrottledService};
-
-use crate::output::Output;
 
 pub mod output;
+pub mod run;
 pub mod stopping;
 
-/// How long to wait for a TCP connection and TLS handshake to a daemon.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub use run::{Ending, GaveUp, Run, run_move};
 
 /// The directory id used when both sides are local paths and none is given.
 pub const DEFAULT_LOCAL_DIR: &str = "dir";
@@ -58,8 +46,10 @@ pub struct Config {
     /// Wall-clock budget of the whole run.
     pub max_duration: Option<Duration>,
     pub cutoff: CutoffMode,
-    /// Tries after the first, for network failures.
+    /// Tries after the first, for a daemon lost after it was reached.
     pub retries: u32,
+    /// How long to keep trying a daemon never reached in this run.
+    pub connect_timeout: Duration,
 }
 
 /// Bandwidth limits in bytes per second; `None` is unlimited.
@@ -89,6 +79,16 @@ pub enum CutoffMode {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// Reads the client's key and the daemons it trusts.
+pub(crate) fn client_tls(config: &Config) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+    let (Some(privkey), Some(peers)) = (&config.privkey, &config.peers) else {
+        bail!("--privkey and --peers are required with a daemon");
+    };
+    let key = PrivateKey::load(privkey)?;
+    let servers = PublicKey::load_all(peers)?;
+    Ok(realize_net::tls::client_config(&key, servers)?)
+}
+
 impl Config {
     /// Checks the flags against each other: a local side takes exactly one
     /// directory id (default `dir` when both are local), a remote side needs keys.
@@ -109,6 +109,15 @@ impl Config {
             (false, false, 0) => {
                 return Err(UsageError("give at least one DIR_ID to move".into()));
             }
+        }
+        for (flag, endpoint) in [("--src-addr", &self.source), ("--dst-addr", &self.destination)] {
+            if let Endpoint::Remote(addr) = endpoint {
+                check_address(addr)
+                    .map_err(|why| UsageError(format!("invalid {flag} {addr:?}: {why}")))?;
+            }
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(UsageError("--connect-timeout must be longer than zero".into()));
         }
         if !source_local || !destination_local {
             if self.privkey.is_none() {
@@ -131,7 +140,7 @@ impl Config {
         Ok(self)
     }
 
-    fn both_local(&self) -> bool {
+    pub(crate) fn both_local(&self) -> bool {
         matches!(
             (&self.source, &self.destination),
             (Endpoint::Local(_), Endpoint::Local(_))
@@ -139,263 +148,37 @@ impl Config {
     }
 }
 
-/// Why one try of a move failed as a whole.
-#[derive(Debug, thiserror::Error)]
-pub enum AttemptError {
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    #[error("cannot set the send limit of the daemon at {addr}")]
-    Configure {
-        addr: String,
-        #[source]
-        source: ServiceError,
-    },
-    #[error(transparent)]
-    Move(#[from] MoveError),
-    #[error(transparent)]
-    Local(#[from] anyhow::Error),
-}
-
-impl AttemptError {
-    /// Network failures may go away; everything else would fail again.
-    fn is_retryable(&self) -> bool {
-        match self {
-            AttemptError::Connect(e) => e.is_retryable(),
-            AttemptError::Configure { source, .. } => is_retryable(source),
-            AttemptError::Move(e) => move_error_is_retryable(e),
-            AttemptError::Local(_) => false,
-        }
+/// Checks that `addr` is `HOST:PORT` (`[IPV6]:PORT` for an IPv6 address),
+/// so a typo is a usage error rather than minutes of retried connections.
+/// Whether the host resolves is left to the connection.
+pub fn check_address(addr: &str) -> Result<(), String> {
+    if addr.contains("://") {
+        return Err("expected HOST:PORT, not a URL".into());
     }
-}
-
-fn move_error_is_retryable(error: &MoveError) -> bool {
-    matches!(error, MoveError::Service { source, .. } if is_retryable(source))
-}
-
-/// Moves every directory, trying again after network failures.
-///
-/// Each try connects both sides afresh (setting the daemons' send limits
-/// again), lists, and resumes: files already moved are gone from the
-/// source, partial files continue where they stopped. Tries stop when
-/// nothing failed for a network reason, after `config.retries` more, or
-/// when `stop` fires. The summary adds up what every try moved; failures
-/// and interrupted files are those of the last try.
-///
-/// `rpc_deadline`, if set, is carried by every call to a daemon.
-pub async fn run_move(
-    config: &Config,
-    output: &Output,
-    stop: &Stop,
-    rpc_deadline: Option<Instant>,
-) -> anyhow::Result<Run> {
-    let sides = Sides {
-        tls: if config.both_local() {
-            None
-        } else {
-            Some(client_tls(config)?)
-        },
-        // One limit for everything this command sends, whichever daemon gets it.
-        upload: SendLimit::new(config.limits.upload),
-        download: config.limits.download,
-        dirs: &config.dirs,
-        rpc_deadline,
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err("expected HOST:PORT, the port is missing".into());
     };
-    for (scope, limit) in [
-        ("upload", config.limits.upload),
-        ("download", config.limits.download),
-    ] {
-        record_limit(limit, &[KeyValue::new("scope", scope)]);
+    if host.is_empty() {
+        return Err("expected HOST:PORT, the host is missing".into());
     }
-    let mut total = MoveSummary::default();
-    let mut backoff = Backoff::new();
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let cut_short = |summary| {
-            Ok(Run {
-                summary,
-                finished: false,
-            })
-        };
-        let result = sides.attempt(config, output, stop).await;
-        let retryable = match result {
-            Ok(summary) => {
-                if summary.files_moved > 0 {
-                    backoff.reset();
-                }
-                total.files_moved += summary.files_moved;
-                total.bytes_moved += summary.bytes_moved;
-                total.bytes_sent += summary.bytes_sent;
-                total.files_failed = summary.files_failed;
-                total.files_interrupted = summary.files_interrupted;
-                total.failures = summary.failures;
-                match total
-                    .failures
-                    .iter()
-                    .find(|f| move_error_is_retryable(&f.error))
-                {
-                    Some(failure) => ErrorChain(&failure.error).to_string(),
-                    None => {
-                        return Ok(Run {
-                            summary: total,
-                            // Interrupted while listing, the try may have
-                            // seen only some of the files.
-                            finished: !stop.is_interrupted(),
-                        });
-                    }
-                }
-            }
-            Err(AttemptError::Move(MoveError::Cancelled)) => return cut_short(total),
-            Err(error) if error.is_retryable() => ErrorChain(&error).to_string(),
-            Err(error) => return Err(error.into()),
-        };
-        if stop.is_stopping() {
-            return cut_short(total);
-        }
-        if attempt > config.retries {
-            return Ok(Run {
-                summary: total,
-                finished: true,
-            });
-        }
-        let delay = backoff.next_delay();
-        tracing::warn!(attempt, ?delay, error = %retryable, "retrying");
-        output.retrying(attempt + 1, config.retries + 1, delay, &retryable);
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = stop.stopping() => return cut_short(total),
-        }
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => return Err(format!("{port:?} is not a port (1 to 65535)")),
+        Ok(_) => {}
     }
-}
-
-/// What a run did.
-#[derive(Debug)]
-pub struct Run {
-    pub summary: MoveSummary,
-    /// False if a stop cut the run short before it had gone through every
-    /// file: some may not even have been listed.
-    pub finished: bool,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Source,
-    Destination,
-}
-
-fn client_tls(config: &Config) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    let (Some(privkey), Some(peers)) = (&config.privkey, &config.peers) else {
-        bail!("--privkey and --peers are required with a daemon");
-    };
-    let key = PrivateKey::load(privkey)?;
-    let servers = PublicKey::load_all(peers)?;
-    Ok(realize_net::tls::client_config(&key, servers)?)
-}
-
-/// What opening either side of a move needs.
-struct Sides<'a> {
-    tls: Option<Arc<rustls::ClientConfig>>,
-    upload: SendLimit,
-    download: Option<u64>,
-    dirs: &'a [DirId],
-    rpc_deadline: Option<Instant>,
-}
-
-impl Sides<'_> {
-    /// One try: connect both sides and move.
-    async fn attempt(
-        &self,
-        config: &Config,
-        output: &Output,
-        stop: &Stop,
-    ) -> Result<MoveSummary, AttemptError> {
-        // move_files stops by itself, and counts what it interrupts; the
-        // connections before it must stop too.
-        let opened = tokio::select! {
-            opened = async {
-                let source = self.open(&config.source, Role::Source).await?;
-                let destination = self.open(&config.destination, Role::Destination).await?;
-                Ok::<_, AttemptError>((source, destination))
-            } => opened,
-            () = stop.interrupted() => Err(MoveError::Cancelled.into()),
-        };
-        let (source, mut destination) = opened?;
-        if config.both_local()
-            && let Some(rate) = [config.limits.upload, config.limits.download]
-                .into_iter()
-                .flatten()
-                .min()
-        {
-            // No socket to slow down: the copy itself is held to the limit.
-            destination = Arc::new(ThrottledService::new(
-                destination,
-                SendLimit::new(Some(rate)),
-            ));
-        }
-        let options = MoveOptions {
-            parallel: config.parallel,
-            ..MoveOptions::default()
-        };
-        Ok(realize_core::move_files(
-            &*source,
-            &*destination,
-            &config.dirs,
-            &options,
-            output,
-            stop,
-        )
-        .await?)
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return inner
+            .parse::<std::net::Ipv6Addr>()
+            .map(drop)
+            .map_err(|_| format!("{inner:?} is not an IPv6 address"));
     }
-
-    async fn open(
-        &self,
-        endpoint: &Endpoint,
-        role: Role,
-    ) -> Result<Arc<dyn Service>, AttemptError> {
-        match endpoint {
-            Endpoint::Local(path) => {
-                if role == Role::Destination {
-                    std::fs::create_dir_all(path)
-                        .with_context(|| format!("cannot create destination {}", path.display()))?;
-                }
-                let meta = std::fs::metadata(path)
-                    .with_context(|| format!("cannot use {}", path.display()))?;
-                if !meta.is_dir() {
-                    return Err(anyhow::anyhow!("{} is not a directory", path.display()).into());
-                }
-                let dir = self.dirs.first().cloned().context("no directory id")?;
-                Ok(Arc::new(LocalStore::new([(dir, path.clone())])))
-            }
-            Endpoint::Remote(addr) => {
-                let tls = self
-                    .tls
-                    .clone()
-                    .context("no TLS configuration for a daemon")?;
-                let channel = realize_net::connection::connect(
-                    addr,
-                    tls,
-                    CONNECT_TIMEOUT,
-                    self.upload.clone(),
-                )
-                .await?;
-                let mut remote = RemoteService::new(channel);
-                if let Some(deadline) = self.rpc_deadline {
-                    remote = remote.with_deadline(deadline.into());
-                }
-                if let Some(rate) = self.download {
-                    // Set on every new connection: the limit belongs to the connection.
-                    remote.configure(Some(rate)).await.map_err(|source| {
-                        AttemptError::Configure {
-                            addr: addr.clone(),
-                            source,
-                        }
-                    })?;
-                    tracing::info!(%addr, rate, "daemon send limit set");
-                }
-                Ok(Arc::new(remote))
-            }
-        }
+    if host.contains(':') {
+        return Err("expected HOST:PORT; write an IPv6 address in brackets, [::1]:9771".into());
     }
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    if !host.chars().all(valid) {
+        return Err(format!("{host:?} is not a host name or address"));
+    }
+    Ok(())
 }
 
 /// Writes `PREFIX.key` (private, mode 0600), `PREFIX.pub.pem` (to give to
@@ -449,4 +232,30 @@ pub fn fingerprints(file: &Path) -> anyhow::Result<Vec<String>> {
         PublicKey::load_all(file)?
     };
     Ok(keys.iter().map(PublicKey::fingerprint).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_address;
+
+    #[test]
+    fn addresses() {
+        for good in ["127.0.0.1:9771", "localhost:1", "host-a.example:65535", "[::1]:9771"] {
+            assert_eq!(check_address(good), Ok(()), "{good}");
+        }
+        for (bad, why) in [
+            ("127.0.0.1", "port is missing"),
+            (":9771", "host is missing"),
+            ("host:0", "not a port"),
+            ("host:99999", "not a port"),
+            ("host:http", "not a port"),
+            ("::1:9771", "brackets"),
+            ("[zz]:1", "not an IPv6"),
+            ("ho st:1", "not a host"),
+            ("http://host:1", "not a URL"),
+        ] {
+            let error = check_address(bad).unwrap_err();
+            assert!(error.contains(why), "{bad}: {error}");
+        }
+    }
 }

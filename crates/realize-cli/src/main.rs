@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{ArgGroup, Parser, Subcommand};
 use realize_cli::output::{Format, Output};
 use realize_cli::stopping::{Reason, StopReason, watch_deadline, watch_signals};
-use realize_cli::{Config, CutoffMode, Endpoint, Limits, UsageError};
+use realize_cli::{Config, CutoffMode, Ending, Endpoint, Limits, UsageError};
 use realize_core::DirId;
 use realize_core::Stop;
 use realize_net::metrics::Exporter;
@@ -24,6 +24,8 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 /// Exit codes of SPEC §5.
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
+/// A daemon could not be reached, or was lost and the retries ran out.
+const EXIT_UNREACHABLE: u8 = 10;
 /// Stopped before the end (--max-duration or SIGUSR1) with files left:
 /// running the same command again finishes the move.
 const EXIT_STOPPED: u8 = 11;
@@ -52,7 +54,8 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_millis(500);
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Directory ids to move (one, default `dir`, when a side is a local path).
+    /// Directory ids to move: exactly one when a side is a local path
+    /// (default `dir` when both are).
     #[arg(value_name = "DIR_ID")]
     dirs: Vec<DirId>,
     /// Source: a local directory, served in-process.
@@ -91,10 +94,14 @@ struct Cli {
     /// them finish, `cautious` also starts no file that cannot finish in time.
     #[arg(long, value_enum, default_value_t = Cutoff::Hard)]
     cutoff_mode: Cutoff,
-    /// Tries after the first when the network fails (each waits longer, up
-    /// to a minute; --max-duration ends them too).
+    /// Tries after the first when the connection to a daemon is lost (each
+    /// waits longer, up to a minute; --max-duration ends them too).
     #[arg(long, value_name = "N", default_value_t = 10)]
     retries: u32,
+    /// Give up on a daemon never reached after trying this long, e.g. 30s,
+    /// 2m (exit 10).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "30s")]
+    connect_timeout: Duration,
     /// Files in flight at once.
     #[arg(long, value_name = "N", default_value_t = 4)]
     parallel: usize,
@@ -153,6 +160,8 @@ enum Command {
     /// Generate an ed25519 key pair: PREFIX.key, PREFIX.pub.pem and PREFIX.crt.
     #[command(group(ArgGroup::new("what").required(true).args(["out", "show_fingerprint"])))]
     Keygen {
+        /// Write PREFIX.key (mode 0600), PREFIX.pub.pem and PREFIX.crt;
+        /// refuses to overwrite an existing file.
         #[arg(long, value_name = "PREFIX")]
         out: Option<PathBuf>,
         /// Print the fingerprint of the key(s) in FILE (private or public PEM)
@@ -163,7 +172,22 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            // Every error of the command starts `realize: error:`, so a
+            // script's log says which program failed.
+            let text = e.render().to_string();
+            let text = text.strip_prefix("error: ").unwrap_or(&text);
+            eprint!("realize: error: {text}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        // --help and --version.
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
     let format = match cli.output {
         OutputFormat::Text => Format::Text,
         OutputFormat::Json => Format::Json,
@@ -257,6 +281,7 @@ fn main() -> ExitCode {
             Cutoff::Cautious => CutoffMode::Cautious,
         },
         retries: cli.retries,
+        connect_timeout: cli.connect_timeout,
     };
     let config = match config.validate() {
         Ok(config) => config,
@@ -321,12 +346,14 @@ fn main() -> ExitCode {
     let reason = reason.get();
     match result {
         Ok((run, pushed)) => {
-            output.summary(&run.summary, run.finished, started.elapsed());
-            let code = match reason.and_then(StopReason::signal_exit_code) {
-                Some(code) => code,
-                None if !run.summary.failures.is_empty() => EXIT_FAILED,
-                None if run.summary.files_interrupted > 0 || !run.finished => EXIT_STOPPED,
-                None => 0,
+            output.summary(&run, started.elapsed());
+            let code = match (reason.and_then(StopReason::signal_exit_code), &run.ending) {
+                (Some(code), _) => code,
+                (None, Ending::GaveUp(_)) => EXIT_UNREACHABLE,
+                (None, _) if !run.summary.failures.is_empty() => EXIT_FAILED,
+                (None, Ending::CutShort) => EXIT_STOPPED,
+                (None, _) if run.summary.files_interrupted > 0 => EXIT_STOPPED,
+                (None, _) => 0,
             };
             if let Err(e) = pushed {
                 output.fatal(&anyhow::Error::new(e));

@@ -12,8 +12,10 @@ use std::time::Duration;
 use console::style;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use realize_core::mover::ErrorChain;
-use realize_core::{DirId, FileProgress, MoveError, MoveSummary, Phase, Progress, RelPath};
+use realize_core::{DirId, FileProgress, MoveError, Phase, Progress, RelPath};
 use serde_json::json;
+
+use crate::run::{Ending, Run};
 
 /// How to show a move.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,8 +134,9 @@ impl Output {
         }
     }
 
-    /// A try failed for a network reason; the next starts after `delay`.
-    pub fn retrying(&self, attempt: u32, of: u32, delay: Duration, reason: &str) {
+    /// A try failed for a network reason; try number `attempt` (of `of`, if
+    /// the number of tries is what limits them) starts after `delay`.
+    pub fn retrying(&self, attempt: u32, of: Option<u32>, delay: Duration, reason: &str) {
         let delay = Duration::from_millis(delay.as_millis() as u64);
         match self.mode {
             Mode::Json => print_json(json!({
@@ -144,40 +147,69 @@ impl Output {
                 "error": reason,
             })),
             _ => self.line_err(&format!(
-                "{} try {attempt} of {of} in {}: {reason}",
+                "{} try {attempt}{} in {}: {reason}",
                 style(format!("{:<9}", "RETRY"))
                     .bold()
                     .yellow()
                     .for_stderr(),
+                of.map(|of| format!(" of {of}")).unwrap_or_default(),
                 humantime::format_duration(delay)
             )),
         }
     }
 
-    /// The last line: what moved, what failed, what was left.
-    pub fn summary(&self, summary: &MoveSummary, finished: bool, elapsed: Duration) {
+    /// The last line: what moved, what failed, what was left, and the
+    /// daemon given up on, if any.
+    pub fn summary(&self, run: &Run, elapsed: Duration) {
         self.clear_listing();
+        let summary = &run.summary;
         let failed = summary.failures.len() as u64;
+        let gave_up = match &run.ending {
+            Ending::GaveUp(gave_up) => Some(gave_up),
+            _ => None,
+        };
         if let Mode::Json = self.mode {
-            print_json(json!({
+            let mut value = json!({
                 "event": "summary",
                 "moved": summary.files_moved,
                 "failed": failed,
                 "interrupted": summary.files_interrupted,
-                "finished": finished,
+                "skipped": summary.files_skipped,
+                "finished": matches!(run.ending, Ending::Finished),
                 "bytes_moved": summary.bytes_moved,
                 "bytes_sent": summary.bytes_sent,
                 "duration_ms": elapsed.as_millis() as u64,
-            }));
+            });
+            if let Some(gave_up) = gave_up {
+                value["error"] = json!({
+                    "kind": if gave_up.reached { "connection_lost" } else { "unreachable" },
+                    "side": gave_up.side.to_string(),
+                    "address": gave_up.address,
+                    "cause": gave_up.cause,
+                    "tries": gave_up.tries,
+                    "elapsed_ms": gave_up.elapsed.as_millis() as u64,
+                    "message": gave_up.to_string(),
+                });
+            }
+            print_json(value);
             return;
         }
-        if failed > 0 {
+        if let Some(gave_up) = gave_up {
+            if failed + summary.files_moved > 0 {
+                self.line_err(&format!(
+                    "{} {failed} failed, {} moved",
+                    style("ERROR").bold().red().for_stderr(),
+                    summary.files_moved
+                ));
+            }
+            self.line_err(&format!("realize: {gave_up}"));
+        } else if failed > 0 {
             self.line_err(&format!(
                 "{} {failed} failed, {} moved",
                 style("ERROR").bold().red().for_stderr(),
                 summary.files_moved
             ));
-        } else if summary.files_interrupted > 0 || !finished {
+        } else if summary.files_interrupted > 0 || matches!(run.ending, Ending::CutShort) {
             self.line_err(&format!(
                 "{} {} moved, {} interrupted",
                 style("INTERRUPTED").bold().yellow().for_stderr(),
@@ -186,13 +218,25 @@ impl Output {
             ));
         } else {
             let elapsed = Duration::from_millis(elapsed.as_millis() as u64);
+            let skipped = match summary.files_skipped {
+                0 => String::new(),
+                n => format!(", {n} skipped"),
+            };
             self.line_out(&format!(
-                "Moved {} files ({}) in {}",
-                summary.files_moved,
+                "Moved {} ({}) in {}{skipped}",
+                files(summary.files_moved),
                 bytesize::ByteSize(summary.bytes_moved).display().si(),
                 humantime::format_duration(elapsed)
             ));
         }
+    }
+}
+
+/// `1 file`, `2 files`.
+fn files(n: u64) -> String {
+    match n {
+        1 => "1 file".to_string(),
+        n => format!("{n} files"),
     }
 }
 
@@ -232,8 +276,30 @@ impl Progress for Output {
         }
     }
 
+    fn skipped(&self, dir: &DirId, path: &RelPath) {
+        const WHY: &str = "named like a partial file, not moved";
+        match self.mode {
+            Mode::Lines { quiet: true } => {}
+            Mode::Json => print_json(json!({
+                "event": "skipped",
+                "dir": dir.as_str(),
+                "path": path.as_str(),
+                "reason": WHY,
+            })),
+            _ => self.line_err(&format!(
+                "{} {dir}/{path}: {WHY}",
+                style(format!("{:<9}", "SKIPPED"))
+                    .bold()
+                    .yellow()
+                    .for_stderr(),
+            )),
+        }
+    }
+
     fn totals(&self, files: u64, _bytes: u64) {
         self.clear_listing();
+        // Each try lists afresh, so its files count from 1 again.
+        self.started.store(0, Ordering::Relaxed);
         self.total.store(files, Ordering::Relaxed);
     }
 

@@ -121,6 +121,13 @@ impl StoreError {
                 io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
                     ErrorCode::ResourceExhausted
                 }
+                // A name too long for the filesystem is the caller's mistake.
+                io::ErrorKind::InvalidFilename => ErrorCode::InvalidArgument,
+                // A path that names a directory, or goes through a file: the
+                // disk is not in the state the call needs.
+                io::ErrorKind::IsADirectory
+                | io::ErrorKind::NotADirectory
+                | io::ErrorKind::DirectoryNotEmpty => ErrorCode::FailedPrecondition,
                 _ => ErrorCode::Internal,
             },
             StoreError::Task { .. } => ErrorCode::Internal,

@@ -28,7 +28,7 @@ mod testing;
 
 pub use error::{ErrorCode, ServiceError, StoreError};
 pub use hash::Sha256Hash;
-pub use mover::{MoveError, MoveOptions, MoveSummary, Side, move_files};
+pub use mover::{MoveError, MoveOptions, MoveSummary, Side, check_distinct, move_files};
 pub use path::{DirId, RelPath};
 pub use progress::{FileProgress, NoProgress, Phase, Progress};
 pub use service::{

@@ -172,6 +172,9 @@ pub struct MoveSummary {
     /// Files left unmoved because the move was cancelled: those in flight
     /// (their partial files stay resumable) and those not started.
     pub files_interrupted: u64,
+    /// Regular files the source has under a partial file's name
+    /// (`.NAME.part`): never moved, since a partial file is never a source.
+    pub files_skipped: u64,
     /// Size of the files moved.
     pub bytes_moved: u64,
     /// File, delta and signature bytes that crossed between the two sides.
@@ -221,7 +224,14 @@ pub async fn move_files(
             () = stop.interrupted() => return Ok(summary),
         };
         match listed {
-            Ok(dir_jobs) => jobs.extend(dir_jobs),
+            Ok(listed) => {
+                for path in listed.skipped {
+                    tracing::warn!(%dir, %path, "named like a partial file, not moved");
+                    progress.skipped(dir, &path);
+                    summary.files_skipped += 1;
+                }
+                jobs.extend(listed.jobs);
+            }
             Err(error) => {
                 tracing::error!(%dir, error = %ErrorChain(&error), "cannot list directory");
                 progress.dir_failed(dir, &error);
@@ -622,8 +632,12 @@ impl FileTracker {
 
 /// Refuses to move a directory onto itself, which would delete the only
 /// copy, or into or out of a directory it contains, where files would land
-/// on source files not yet moved.
-async fn check_distinct(
+/// on source files not yet moved; and a directory either side lacks.
+///
+/// [`move_files`] runs it before anything else; a caller that must prepare
+/// a side first (create a local destination) runs it before that, so a
+/// refused move changes nothing.
+pub async fn check_distinct(
     src: &dyn Service,
     dst: &dyn Service,
     dirs: &[DirId],
@@ -664,15 +678,24 @@ struct DestinationState {
     partial_stamp: Option<FileStamp>,
 }
 
+/// What a directory's listing gives the move.
+struct Listed<'a> {
+    jobs: Vec<Job<'a>>,
+    /// Source files named like partial files, as they are named on disk.
+    skipped: Vec<RelPath>,
+}
+
 /// Lists a directory on both sides and pairs each source file with what
 /// the destination has at its path.
 async fn list_dir<'a>(
     src: &dyn Service,
     dst: &dyn Service,
     dir: &'a DirId,
-) -> Result<Vec<Job<'a>>, MoveError> {
+) -> Result<Listed<'a>, MoveError> {
+    // The source's partial files are listed only to be reported: a file
+    // that silently stays behind would look moved to whoever ran the move.
     let (src_entries, dst_entries) = future::try_join(
-        async { src.list(dir, false).await?.try_collect::<Vec<_>>().await }
+        async { src.list(dir, true).await?.try_collect::<Vec<_>>().await }
             .map_err(MoveError::source),
         async { dst.list(dir, true).await?.try_collect::<Vec<_>>().await }
             .map_err(MoveError::destination),
@@ -686,15 +709,20 @@ async fn list_dir<'a>(
             FileKind::Partial => state.partial_stamp = Some(entry.stamp),
         }
     }
-    Ok(src_entries
+    let (finals, partials): (Vec<_>, Vec<_>) = src_entries
         .into_iter()
-        .filter(|e| e.kind == FileKind::Final)
-        .map(|entry| Job {
-            dir,
-            state: destination.remove(&entry.path).unwrap_or_default(),
-            entry,
-        })
-        .collect())
+        .partition(|e| e.kind == FileKind::Final);
+    Ok(Listed {
+        jobs: finals
+            .into_iter()
+            .map(|entry| Job {
+                dir,
+                state: destination.remove(&entry.path).unwrap_or_default(),
+                entry,
+            })
+            .collect(),
+        skipped: partials.iter().map(|e| e.path.partial_path()).collect(),
+    })
 }
 
 /// Moves one file; returns the bytes sent between the sides.

@@ -112,6 +112,12 @@ impl RelPath {
         format!("{PARTIAL_PREFIX}{}{PARTIAL_SUFFIX}", self.name())
     }
 
+    /// The partial form of this path, in the same directory: `a/.b.part`.
+    pub fn partial_path(&self) -> RelPath {
+        let parent = self.0.rsplit_once('/').map(|(parent, _)| RelPath(parent.to_string()));
+        RelPath::join_unchecked(parent.as_ref(), &self.partial_name())
+    }
+
     /// `self` joined with a child component that the caller read from disk.
     pub(crate) fn join_unchecked(parent: Option<&RelPath>, name: &str) -> RelPath {
         match parent {
@@ -169,6 +175,15 @@ mod tests {
         check(
             "a/.b.part",
             Err("name reserved for partial files (.NAME.part)"),
+        );
+    }
+
+    #[test]
+    fn partial_paths() {
+        assert_eq!(RelPath::new("b").unwrap().partial_path().as_str(), ".b.part");
+        assert_eq!(
+            RelPath::new("a/c/b").unwrap().partial_path().as_str(),
+            "a/c/.b.part"
         );
     }
 

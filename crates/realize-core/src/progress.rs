@@ -29,6 +29,10 @@ pub trait Progress: Send + Sync {
     /// A directory could not be moved at all (listing failed).
     fn dir_failed(&self, _dir: &DirId, _error: &MoveError) {}
 
+    /// A regular file of the source is named like a partial file
+    /// (`path` is its name on disk, `.NAME.part`), so it is not moved.
+    fn skipped(&self, _dir: &DirId, _path: &RelPath) {}
+
     /// The totals, once every directory is listed.
     fn totals(&self, _files: u64, _bytes: u64) {}
 

@@ -338,6 +338,17 @@ fn chunked(data: Vec<u8>) -> ByteStream {
     stream::iter(chunks).boxed()
 }
 
+/// The closest directory above `path` that exists, canonicalized.
+async fn nearest_existing_ancestor(path: &Path) -> Option<PathBuf> {
+    let absolute = std::path::absolute(path).ok()?;
+    for ancestor in absolute.ancestors().skip(1) {
+        if let Ok(found) = fs::canonicalize(ancestor).await {
+            return Some(found);
+        }
+    }
+    None
+}
+
 /// Identifies this machine, so two services can tell they share a disk.
 fn host_identity() -> String {
     ["/etc/machine-id", "/proc/sys/kernel/random/boot_id"]
@@ -587,24 +598,24 @@ impl Service for LocalStore {
         for (id, root) in &self.inner.dirs {
             let identity =
                 |m: std::fs::Metadata| format!("{}:{}:{}", self.inner.host, m.dev(), m.ino());
-            // An unreadable root has no identity; listing it will fail anyway.
-            let Ok(root) = fs::canonicalize(root).await else {
-                dirs.push(DirInfo {
-                    id: id.clone(),
-                    identity: String::new(),
-                    ancestors: Vec::new(),
-                });
-                continue;
+            // A root not created yet has no identity, but the directories it
+            // would be made in still tell whether it lies inside the other side.
+            let (identity_of_root, above) = match fs::canonicalize(root).await {
+                Ok(root) => (
+                    fs::metadata(&root).await.map(identity).unwrap_or_default(),
+                    root.parent().map(Path::to_path_buf),
+                ),
+                Err(_) => (String::new(), nearest_existing_ancestor(root).await),
             };
             let mut ancestors = Vec::new();
-            for ancestor in root.ancestors().skip(1) {
+            for ancestor in above.iter().flat_map(|above| above.ancestors()) {
                 if let Ok(m) = fs::metadata(ancestor).await {
                     ancestors.push(identity(m));
                 }
             }
             dirs.push(DirInfo {
                 id: id.clone(),
-                identity: fs::metadata(&root).await.map(identity).unwrap_or_default(),
+                identity: identity_of_root,
                 ancestors,
             });
         }

@@ -112,11 +112,15 @@ fn main() -> ExitCode {
             None
         }
     };
+    let log_format = args.log_format;
     match run(args, runtime, LogFilter::new(handle, default), traces) {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("realized: error: {e:#}");
+            // The log is stderr: the error is said once, in the log's format.
+            match log_format {
+                LogFormat::Text => eprintln!("realized: error: {e:#}"),
+                LogFormat::Json => tracing::error!("{e:#}"),
+            }
             ExitCode::FAILURE
         }
     }

@@ -29,7 +29,7 @@ use realize_core::{
 };
 use realize_net::metrics::{RpcCall, RpcSide, record_limit};
 use realize_net::throttle::check_rate;
-use realize_proto::{WireError, error_from_status, pb};
+use realize_proto::{WireError, error_from_request_stream, pb};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::{Request, Response, Status, Streaming};
@@ -608,7 +608,7 @@ fn body<M: Send + 'static>(
 ) -> ByteStream {
     let (dir, path) = (dir.to_string(), path.to_string());
     stream
-        .map_err(error_from_status)
+        .map_err(error_from_request_stream)
         .and_then(move |m| {
             let invalid = |reason: String| {
                 ServiceError::from(StoreError::InvalidRequest {
@@ -654,7 +654,7 @@ fn whole_file_body(
             let sender = sender?;
             let message = match stream.next().await? {
                 Ok(message) => message.message,
-                Err(status) => return Some((Err(error_from_status(status)), (stream, None))),
+                Err(status) => return Some((Err(error_from_request_stream(status)), (stream, None))),
             };
             let chunk = match message {
                 Some(Message::Data(chunk)) if chunk.len() > MAX_CHUNK => Err(format!(

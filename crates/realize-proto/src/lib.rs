@@ -206,6 +206,18 @@ pub fn error_from_status(status: tonic::Status) -> ServiceError {
     }
 }
 
+/// The service error for a client's request stream that failed as the
+/// daemon read it. The status's code is kept (ResourceExhausted for a
+/// message past the daemon's limit, Cancelled for a client that went away):
+/// it must not become Unavailable, which clients retry, since the same
+/// request would fail the same way again.
+pub fn error_from_request_stream(status: tonic::Status) -> ServiceError {
+    ServiceError::Remote {
+        code: error_code(status.code()),
+        message: status.message().to_string(),
+    }
+}
+
 /// A client-side status, shown by its message and causes rather than by
 /// tonic's verbose `Display`.
 #[derive(Debug)]

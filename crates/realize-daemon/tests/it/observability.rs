@@ -264,7 +264,7 @@ async fn realize_pushes_its_counters_to_a_pushgateway() {
     .await;
     assert_eq!(output.status.code(), Some(12), "{}", stderr(&output));
     assert!(
-        stdout(&output).contains("Moved 1 files"),
+        stdout(&output).contains("Moved 1 file ("),
         "{}",
         stdout(&output)
     );

@@ -733,6 +733,69 @@ async fn an_oversized_message_is_resource_exhausted_and_the_daemon_serves_on() {
     daemon.stop().await;
 }
 
+/// A message past the default limit inside a Write stream is the client's
+/// mistake (ResourceExhausted), never Unavailable, which clients retry.
+#[tokio::test]
+async fn an_oversized_message_inside_a_write_stream_is_not_retryable() {
+    let work = TempDir::new().unwrap();
+    let client = KeyFiles::new(work.path(), "client");
+    let root = work.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let daemon = Daemon::start(work.path(), &[("d", &root)], &client).await;
+    let mut api = api(&daemon, &client).await;
+    for whole_file in [false, true] {
+        let mut header = write_header("d", "big.bin", 0, 5 << 20);
+        if let Some(pb::write_request::Message::Header(h)) = &mut header.message {
+            h.whole_file = whole_file;
+        }
+        let stream = futures::stream::iter([
+            header,
+            write_data(vec![7; 1 << 20]),
+            write_data(vec![7; 5 << 20]),
+        ]);
+        check(
+            api.write(stream).await,
+            tonic::Code::ResourceExhausted,
+            "is larger than the daemon's max_message_size (4194304 bytes)",
+        );
+    }
+    // What came before the oversized message may stay in the partial file,
+    // to be resumed; nothing is ever finished from it.
+    assert!(!root.join("big.bin").exists());
+    daemon.stop().await;
+}
+
+/// A name too long for the filesystem, or a Delete that names a directory,
+/// is the client's mistake: never Internal, and nothing changes.
+#[tokio::test]
+async fn a_name_too_long_or_a_directory_deleted_is_the_clients_mistake() {
+    let work = TempDir::new().unwrap();
+    let client = KeyFiles::new(work.path(), "client");
+    let root = work.path().join("root");
+    write_file(&root, "sub/f.bin", b"kept");
+    let before = tree(&root);
+    let daemon = Daemon::start(work.path(), &[("d", &root)], &client).await;
+    let mut api = api(&daemon, &client).await;
+    let long = "n".repeat(300);
+    check(
+        write(&mut api, "d", &long, b"data".to_vec()).await,
+        tonic::Code::InvalidArgument,
+        "File name too long",
+    );
+    check(
+        api.delete(pb::DeleteRequest {
+            dir: "d".into(),
+            path: "sub".into(),
+            ..Default::default()
+        })
+        .await,
+        tonic::Code::FailedPrecondition,
+        "sub",
+    );
+    assert_eq!(tree(&root), before);
+    daemon.stop().await;
+}
+
 #[tokio::test]
 async fn connections_past_the_limits_are_refused_and_the_next_client_is_served() {
     let work = TempDir::new().unwrap();
