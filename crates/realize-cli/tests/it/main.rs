@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod output;
+mod refusals;
 mod terminal;
 mod usage;
 

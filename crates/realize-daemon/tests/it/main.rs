@@ -2,6 +2,7 @@
 //! TLS on loopback, on real files.
 #![allow(clippy::unwrap_used)]
 
+mod exit_status;
 mod lifecycle;
 mod moves;
 mod observability;

@@ -3,12 +3,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use realize_core::{DirId, Service, Sha256Hash};
 use realize_net::keys::{PrivateKey, PublicKey};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 
@@ -524,4 +526,51 @@ pub fn send_signal(child: &Child, signal: &str) {
         .status()
         .unwrap();
     assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// Forwards connections to `target`, counting what clients send; the first
+/// connection is cut once it has carried `cut_after` bytes.
+pub async fn cutting_proxy(target: String, cut_after: u64) -> (String, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&sent);
+    tokio::spawn(async move {
+        let first = Arc::new(AtomicBool::new(true));
+        while let Ok((client, _)) = listener.accept().await {
+            let server = TcpStream::connect(&target).await.unwrap();
+            let limit = first.swap(false, Ordering::SeqCst).then_some(cut_after);
+            tokio::spawn(pump(client, server, Arc::clone(&counter), limit));
+        }
+    });
+    (addr, sent)
+}
+
+async fn pump(client: TcpStream, server: TcpStream, sent: Arc<AtomicU64>, limit: Option<u64>) {
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let upstream = async {
+        let mut carried = 0u64;
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match client_read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            carried += n as u64;
+            sent.fetch_add(n as u64, Ordering::Relaxed);
+            if server_write.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+            if limit.is_some_and(|limit| carried >= limit) {
+                // The cut: both directions end here, as with a dead link.
+                return;
+            }
+        }
+    };
+    let downstream = tokio::io::copy(&mut server_read, &mut client_write);
+    tokio::select! {
+        () = upstream => {}
+        _ = downstream => {}
+    }
 }
