@@ -125,6 +125,11 @@ pub enum MoveError {
         "{dir}: source and destination are the same directory or one contains the other, refusing to move"
     )]
     Overlap { dir: DirId },
+    #[error("{side} gives read-only access to {dir}: {consequence}, refusing to move", consequence = match side {
+        Side::Source => "no file could be deleted from it",
+        Side::Destination => "no file could be written to it",
+    })]
+    ReadOnly { side: Side, dir: DirId },
     #[error(
         "destination hash {destination_hash} does not match source hash {source_hash}, source kept"
     )]
@@ -666,6 +671,14 @@ pub async fn check_distinct(
                 || dst_dir.ancestors.contains(&src_dir.identity));
         if overlap {
             return Err(MoveError::Overlap { dir: dir.clone() });
+        }
+        for (side, info) in [(Side::Source, &src_dir), (Side::Destination, &dst_dir)] {
+            if info.read_only {
+                return Err(MoveError::ReadOnly {
+                    side,
+                    dir: dir.clone(),
+                });
+            }
         }
     }
     Ok(())

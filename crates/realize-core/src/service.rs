@@ -77,6 +77,9 @@ pub struct DirInfo {
     /// Identities of the directories above the root, to detect a move into
     /// a directory inside the source, or out of one inside the destination.
     pub ancestors: Vec<String>,
+    /// The caller may only read this directory: a move can neither finish
+    /// files into it nor delete its sources.
+    pub read_only: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

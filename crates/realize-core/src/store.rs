@@ -617,6 +617,7 @@ impl Service for LocalStore {
                 id: id.clone(),
                 identity: identity_of_root,
                 ancestors,
+                read_only: false,
             });
         }
         Ok(ServiceInfo {

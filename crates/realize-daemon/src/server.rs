@@ -1127,9 +1127,12 @@ impl pb::realize_server::Realize for Handler {
                         call.service().info().await.map_err(|e| status(&e))
                     })
                     .await?;
-                // A peer sees only the directories it may access.
+                // A peer sees only the directories it may access, and how.
                 if let Some(peer) = call.live.peers.get(&call.connection.peer.peer_id) {
                     info.dirs.retain(|dir| peer.may_access(&dir.id));
+                    for dir in &mut info.dirs {
+                        dir.read_only = peer.access == Access::ReadOnly;
+                    }
                 }
                 Ok(Response::new(pb::InfoResponse {
                     send_limit: call.connection.peer.send_limit.get(),

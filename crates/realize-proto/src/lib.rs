@@ -159,6 +159,7 @@ impl From<ServiceInfo> for pb::InfoResponse {
                     id: d.id.to_string(),
                     identity: d.identity,
                     ancestors: d.ancestors,
+                    read_only: d.read_only,
                 })
                 .collect(),
         }
@@ -178,6 +179,7 @@ impl TryFrom<pb::InfoResponse> for ServiceInfo {
                         id: dir_id(&d.id)?,
                         identity: d.identity,
                         ancestors: d.ancestors,
+                        read_only: d.read_only,
                     })
                 })
                 .collect::<Result<_, WireError>>()?,

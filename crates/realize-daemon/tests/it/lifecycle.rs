@@ -829,3 +829,45 @@ async fn sighup_with_a_changed_address_warns_and_keeps_listening() {
     daemon.signal(Signal::TERM);
     assert_eq!(daemon.wait_exit().await.code(), Some(0));
 }
+
+/// A config that stops the daemon from starting is said once on stderr,
+/// in the log's format, and the daemon exits 1.
+#[test]
+fn a_start_up_error_is_said_once() {
+    let work = TempDir::new().unwrap();
+    KeyFiles::new(work.path(), "daemon");
+    let missing_root = work.path().join("no-such-root");
+    let configs = [
+        ("bad.toml", "privkey = \"daemon.key\"\n[dirs]\nbad".to_string(), "TOML parse error"),
+        (
+            "missing.toml",
+            format!(
+                "privkey = \"daemon.key\"\n[dirs]\nd = {:?}\n[peers.c]\npublic_key_file = \"daemon.pub.pem\"\n",
+                missing_root.display().to_string()
+            ),
+            "no-such-root",
+        ),
+    ];
+    for (name, text, what) in configs {
+        let path = work.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        for format in ["text", "json"] {
+            let output = std::process::Command::new(realized_bin())
+                .arg("--config")
+                .arg(&path)
+                .args(["--address", "127.0.0.1:0", "--log-format", format])
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(1), "{name} {format}: {err}");
+            assert_eq!(err.matches(what).count(), 1, "{name} {format}: {err}");
+            if format == "text" {
+                assert!(err.starts_with("realized: error: "), "{name}: {err}");
+            } else {
+                let last = err.lines().last().unwrap();
+                let event: serde_json::Value = serde_json::from_str(last).unwrap();
+                assert_eq!(event["level"], "ERROR", "{name}: {err}");
+            }
+        }
+    }
+}

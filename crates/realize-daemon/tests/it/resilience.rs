@@ -214,6 +214,14 @@ async fn a_cut_connection_is_retried_and_resent_bytes_are_bounded() {
         "{}",
         stderr(&output)
     );
+    // Each try counts its own files: the counter never passes the total.
+    let out = stdout(&output);
+    assert!(out.contains("[1/1] Moved     d/big.bin"), "{out}");
+    for line in out.lines().filter(|l| l.starts_with('[')) {
+        let counter = &line[1..line.find(']').unwrap()];
+        let (n, total) = counter.split_once('/').unwrap();
+        assert!(n.parse::<u64>().unwrap() <= total.parse().unwrap(), "{line}");
+    }
     assert_eq!(
         std::fs::read(s.dst.join("big.bin")).unwrap(),
         pseudo_random(SIZE, 11)

@@ -209,21 +209,30 @@ async fn a_read_only_peer_reads_but_changes_nothing() {
     );
     assert_eq!(tree(&root), before);
 
-    // A move out of the read-only daemon may copy, but never deletes the source.
-    let dst = work.path().join("dst");
-    std::fs::create_dir_all(&dst).unwrap();
-    let args = move_args(
-        Side::Addr(&daemon.addr),
-        Side::Path(&dst),
-        &["d"],
-        &client,
-        &[&daemon.key.public],
-        work.path(),
-    );
-    let output = realize(&os(&args)).await;
-    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
-    assert!(stderr(&output).contains(denied), "{}", stderr(&output));
+    // Info tells the peer its access, so `realize` refuses a move out of
+    // the read-only daemon, or into it, before it creates or copies anything.
+    let (src, dst) = (work.path().join("src"), work.path().join("dst"));
+    write_file(&src, "mine.txt", b"mine");
+    for (from, to, refusal) in [
+        (
+            Side::Addr(&daemon.addr),
+            Side::Path(&dst),
+            "source gives read-only access to d: no file could be deleted from it",
+        ),
+        (
+            Side::Path(&src),
+            Side::Addr(&daemon.addr),
+            "destination gives read-only access to d: no file could be written to it",
+        ),
+    ] {
+        let args = move_args(from, to, &["d"], &client, &[&daemon.key.public], work.path());
+        let output = realize(&os(&args)).await;
+        assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+        assert!(stderr(&output).contains(refusal), "{}", stderr(&output));
+    }
+    assert!(!dst.exists(), "the destination was created");
     assert_eq!(tree(&root), before, "the source must be kept");
+    assert_eq!(std::fs::read(src.join("mine.txt")).unwrap(), b"mine");
     daemon.stop().await;
 }
 
