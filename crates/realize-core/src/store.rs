@@ -1235,7 +1235,14 @@ impl Resolved {
         {
             return Err(self.changed("differs from the version that was verified"));
         }
-        for kind in [FileKind::Final, FileKind::Partial] {
+        // A stamped delete is a source's, after its final file was verified
+        // at the destination: a partial form beside it was never verified,
+        // and may be a user's file that only looks like one, so it stays.
+        let forms: &[FileKind] = match if_stamp {
+            Some(_) => &[FileKind::Final],
+            None => &[FileKind::Final, FileKind::Partial],
+        };
+        for &kind in forms {
             // For the audit line only: whatever is there goes, a symlink included.
             let size = std::fs::symlink_metadata(self.form(kind))
                 .ok()

@@ -891,3 +891,26 @@ fn error_chain_prints_each_cause_once() {
         "destination: connection to the daemon failed: disk on fire"
     );
 }
+
+#[tokio::test]
+async fn a_source_file_named_like_a_partial_file_is_skipped_and_counted() {
+    let sides = Sides::new();
+    write_file(sides.src(), "a/.b.part", b"a user's file");
+    write_file(sides.src(), "a/b", b"the real b");
+    let summary = sides.run().await;
+    assert_all_moved(&summary, 1);
+    assert_eq!(summary.files_skipped, 1);
+    assert_eq!(read_file(sides.src(), "a/.b.part"), b"a user's file");
+    assert_eq!(read_file(sides.dst(), "a/b"), b"the real b");
+    assert!(!exists(sides.dst(), "a/.b.part"));
+}
+
+#[tokio::test]
+async fn a_destination_not_created_yet_inside_the_source_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    write_file(root.path(), "f", b"kept");
+    let (src, dst) = (store(root.path()), store(&root.path().join("new/deeper")));
+    let refused = super::check_distinct(&src, &dst, &[dir()]).await;
+    assert!(matches!(refused, Err(MoveError::Overlap { .. })), "{refused:?}");
+    assert!(!exists(root.path(), "new"));
+}

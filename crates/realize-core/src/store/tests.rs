@@ -643,9 +643,9 @@ async fn a_batch_of_whole_files_fails_only_the_files_that_fail() {
         ErrorCode::FailedPrecondition
     );
     assert!(exists(root, "d/good"));
-    // Without a final file, the partial one goes.
+    // A stamped delete removes only a final file: without one, nothing goes.
     assert!(deleted[1].is_ok());
-    assert!(!exists(root, "d/.bad.part"));
+    assert!(exists(root, "d/.bad.part"));
 }
 
 // ---------------------------------------------------------------- finish
@@ -743,7 +743,9 @@ async fn delete_with_a_stale_stamp_is_refused_and_deletes_nothing() {
         .delete(&dir(), &rel("sub/f"), Some(stamp))
         .await
         .unwrap();
-    assert!(tree(root).is_empty());
+    // The partial form was never verified: a stamped delete leaves it.
+    assert_eq!(read_file(root, "sub/.f.part"), b"partial");
+    assert!(!exists(root, "sub/f"));
 }
 
 // ---------------------------------------------------------------- hash
