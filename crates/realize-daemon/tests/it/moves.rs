@@ -41,7 +41,10 @@ fn assert_moved(
     );
     let out = stdout(output);
     assert!(
-        out.contains(&format!("Moved {} files", before.len())),
+        out.contains(&match before.len() {
+            1 => "Moved 1 file (".to_string(),
+            n => format!("Moved {n} files ("),
+        }),
         "unexpected summary: {out}"
     );
     assert_eq!(&tree(dst), before);
