@@ -232,7 +232,10 @@ impl Resolved {
 fn stamp_of(m: &std::fs::Metadata) -> FileStamp {
     FileStamp {
         size: m.len(),
-        mtime_unix_nanos: m.mtime().saturating_mul(1_000_000_000) + m.mtime_nsec(),
+        mtime_unix_nanos: m
+            .mtime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(m.mtime_nsec()),
         inode: m.ino(),
     }
 }
@@ -326,6 +329,15 @@ fn check_range_size(range: ByteRange) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Whether `len` bytes written at `offset` end at or before `end`; a sum
+/// that overflows does not fit (offsets and lengths come from peers).
+fn fits(offset: u64, len: usize, end: u64) -> bool {
+    u64::try_from(len)
+        .ok()
+        .and_then(|len| offset.checked_add(len))
+        .is_some_and(|stop| stop <= end)
 }
 
 /// Splits an in-memory buffer into a stream of chunks.
@@ -743,7 +755,7 @@ impl Service for LocalStore {
         let mut buf = Vec::new();
         while let Some(chunk) = delta.next().await {
             let chunk = chunk?;
-            if (buf.len() + chunk.len()) as u64 > limit {
+            if !fits(0, buf.len().saturating_add(chunk.len()), limit) {
                 return Err(invalid(format!("delta is longer than {limit} bytes")).into());
             }
             buf.extend_from_slice(&chunk);
@@ -1137,7 +1149,7 @@ impl LocalStore {
             // The first chunk is checked before the partial file is opened, so a
             // request whose data is refused from the start changes nothing on disk.
             if let Piece::Chunk(chunk) = &first
-                && offset + chunk.len() as u64 > file_size
+                && !fits(offset, chunk.len(), file_size)
             {
                 return Err(past_the_end());
             }
@@ -1148,8 +1160,9 @@ impl LocalStore {
             while let Some(piece) = next.take().or_else(|| pieces.blocking_recv()) {
                 match piece {
                     Piece::Chunk(chunk) => {
+                        // Within file_size, checked before this chunk's bytes were counted.
                         let at = offset + written;
-                        if at + chunk.len() as u64 > file_size {
+                        if !fits(at, chunk.len(), file_size) {
                             return Err(past_the_end());
                         }
                         file.write_all_at(&chunk, at).map_err(r.io("write"))?;
@@ -1217,17 +1230,23 @@ impl LocalStore {
 impl Resolved {
     /// See [`Service::delete`]; all of it in one trip to the blocking pool.
     fn delete_blocking(&self, if_stamp: Option<FileStamp>) -> Result<(), StoreError> {
+        // Both forms are checked before either goes: a symlink, FIFO or
+        // device in the way is refused like every other call refuses it,
+        // and nothing is removed.
+        let final_meta = self.lstat_blocking(FileKind::Final)?;
+        let partial_meta = self.lstat_blocking(FileKind::Partial)?;
         if let Some(expected) = if_stamp
-            && let Some(meta) = self.lstat_blocking(FileKind::Final)?
-            && stamp_of(&meta) != expected
+            && let Some(meta) = &final_meta
+            && stamp_of(meta) != expected
         {
             return Err(self.changed("differs from the version that was verified"));
         }
-        for kind in [FileKind::Final, FileKind::Partial] {
-            // For the audit line only: whatever is there goes, a symlink included.
-            let size = std::fs::symlink_metadata(self.form(kind))
-                .ok()
-                .map(|m| m.len());
+        for (kind, meta) in [
+            (FileKind::Final, final_meta),
+            (FileKind::Partial, partial_meta),
+        ] {
+            let Some(meta) = meta else { continue };
+            let size = meta.len();
             match std::fs::remove_file(self.form(kind)) {
                 Ok(()) => {
                     tracing::info!(dir = %self.dir, path = %self.path, ?kind, size, "deleted");

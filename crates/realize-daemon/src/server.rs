@@ -11,7 +11,7 @@
 //! `max_connections_per_peer`. Once it has decoded the directory, a call is
 //! authorized against the peer's `dirs` and `access` ([`Admitted::authorize`])
 //! before anything touches the disk. An admitted call runs until its deadline
-//! (the client's `grpc-timeout`, else `call_timeout`) or until its connection's
+//! (the client's `grpc-timeout` or `call_timeout`, whichever is sooner) or until its connection's
 //! cancel token fires (end of the grace period, or its peer removed); how it
 //! stops then depends on what it does, so that nothing on disk is left
 //! half-done (see [`Handler::cancellable`]).
@@ -230,6 +230,14 @@ fn file_refs(dir: &str, files: Vec<pb::FileRef>) -> Result<(DirId, Vec<CheckedRe
     Ok((dir, files))
 }
 
+/// Bytes the stamps of `files` claim in all; `None` if the sum does not fit
+/// in a u64 (the sizes are the client's, and a wrapped sum would look small).
+fn claimed_bytes(files: &[(RelPath, FileStamp)]) -> Option<u64> {
+    files
+        .iter()
+        .try_fold(0u64, |sum, (_, stamp)| sum.checked_add(stamp.size))
+}
+
 /// How one file of a batch call went, as its answer says it: the gRPC code,
 /// and the message if it failed.
 fn code_and_message<T>(outcome: &Result<T, Status>) -> (i32, String) {
@@ -321,6 +329,11 @@ enum CallError {
         size: u64,
         max: u64,
     },
+    #[error(
+        "{dir}: {} bytes of files in one ReadFiles call, at most {MAX_READ_BYTES_PER_CALL}",
+        claimed.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string())
+    )]
+    ReadTooLarge { dir: DirId, claimed: Option<u64> },
     #[error("invalid grpc-timeout {0:?}")]
     BadTimeout(String),
     #[error("call exceeded its deadline of {}", humantime::format_duration(*.0))]
@@ -338,9 +351,9 @@ impl From<CallError> for Status {
             CallError::TooManyConnections { .. } | CallError::TooManyCalls { .. } => {
                 Status::resource_exhausted(message)
             }
-            CallError::FileTooLarge { .. } | CallError::BadTimeout(_) => {
-                Status::invalid_argument(message)
-            }
+            CallError::FileTooLarge { .. }
+            | CallError::ReadTooLarge { .. }
+            | CallError::BadTimeout(_) => Status::invalid_argument(message),
             CallError::Deadline(_) => Status::deadline_exceeded(message),
         }
     }
@@ -383,10 +396,14 @@ impl Handler {
             tracing::warn!("call refused: {refusal}");
             return Err(refusal.into());
         };
+        // call_timeout bounds every call: a client's longer deadline would
+        // let it hold the call (and what it buffers) for as long as it likes.
         let timeout = match request.metadata().get("grpc-timeout") {
             Some(value) => {
                 let text = value.to_str().unwrap_or_default();
-                grpc_timeout(text).ok_or_else(|| CallError::BadTimeout(text.to_string()))?
+                grpc_timeout(text)
+                    .ok_or_else(|| CallError::BadTimeout(text.to_string()))?
+                    .min(live.limits.call_timeout)
             }
             None => live.limits.call_timeout,
         };
@@ -881,12 +898,12 @@ impl pb::realize_server::Realize for Handler {
                 let valid = valid_refs(&files);
                 // Read whole before they are sent: what the stamps claim is
                 // what the call may make the daemon hold.
-                let claimed: u64 = valid.iter().map(|(_, stamp)| stamp.size).sum();
-                if claimed > MAX_READ_BYTES_PER_CALL {
-                    return Err(Status::invalid_argument(format!(
-                        "{dir}: {claimed} bytes of files in one ReadFiles call, at most {MAX_READ_BYTES_PER_CALL}"
-                    )));
-                }
+                let claimed = claimed_bytes(&valid)
+                    .filter(|claimed| *claimed <= MAX_READ_BYTES_PER_CALL)
+                    .ok_or_else(|| CallError::ReadTooLarge {
+                        dir: dir.clone(),
+                        claimed: claimed_bytes(&valid),
+                    })?;
                 let read = self
                     .cancellable(&call, async {
                         Ok(call.service().read_files(&dir, &valid).await)
@@ -897,7 +914,9 @@ impl pb::realize_server::Realize for Handler {
                     .map(|(path, outcome)| {
                         let (code, message) = code_and_message(&outcome);
                         let (data, sha256) = match outcome {
-                            Ok(whole) => (whole.data, bytes::Bytes::copy_from_slice(&whole.sha256.0)),
+                            Ok(whole) => {
+                                (whole.data, bytes::Bytes::copy_from_slice(&whole.sha256.0))
+                            }
                             Err(_) => Default::default(),
                         };
                         Ok(pb::ReadFilesResponse {
@@ -1176,5 +1195,36 @@ impl pb::realize_server::Realize for Handler {
                 }))
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamped(size: u64) -> (RelPath, FileStamp) {
+        let path = RelPath::new("f").unwrap_or_else(|e| panic!("{e}"));
+        let stamp = FileStamp {
+            size,
+            mtime_unix_nanos: 0,
+            inode: 1,
+        };
+        (path, stamp)
+    }
+
+    #[test]
+    fn claimed_sizes_that_overflow_are_not_a_small_sum() {
+        // Issue 14: 1023 files of 256 KiB and one of 2^64 - 1023 * 256 KiB
+        // wrapped to 0 with a plain sum.
+        let mut files = vec![stamped(262_144); 1023];
+        files.push(stamped(u64::MAX - 1023 * 262_144 + 1));
+        assert_eq!(claimed_bytes(&files), None);
+        files.pop();
+        assert_eq!(claimed_bytes(&files), Some(1023 * 262_144));
+        assert_eq!(claimed_bytes(&[]), Some(0));
+        assert_eq!(
+            claimed_bytes(&[stamped(u64::MAX), stamped(0)]),
+            Some(u64::MAX)
+        );
     }
 }
