@@ -37,6 +37,15 @@ const READ_QUEUE: usize = 4;
 /// Chunks a write may have waiting for the disk.
 const WRITE_QUEUE: usize = 4;
 
+/// Bytes one read holds at most, ahead of its caller: the chunks queued and
+/// the one being read. What a server budgets for a Read call.
+pub const READ_BUFFERED: u64 = ((READ_QUEUE + 1) * CHUNK_SIZE) as u64;
+/// Chunks of its data one write holds at most: those queued for the disk,
+/// the one being written and the one waiting for room in the queue.
+pub const WRITE_BUFFERED_CHUNKS: u64 = (WRITE_QUEUE + 2) as u64;
+/// Bytes a Hash or a Finish with a digest holds while it reads the file.
+pub const HASH_BUFFERED: u64 = HASH_BUFFER as u64;
+
 /// Directories on the local filesystem, by id.
 #[derive(Clone, Debug)]
 pub struct LocalStore {
