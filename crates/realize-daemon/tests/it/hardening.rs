@@ -98,7 +98,7 @@ async fn read_files_sizes_whose_sum_overflows_are_refused() {
 /// What became of one call of the memory attack.
 enum Outcome {
     /// Served: its stream, of which only the first message was read.
-    Held(tonic::Streaming<pb::ReadFilesResponse>),
+    Held(Box<tonic::Streaming<pb::ReadFilesResponse>>),
     Refused(tonic::Status),
 }
 
@@ -143,7 +143,7 @@ async fn a_peer_cannot_make_the_daemon_hold_more_than_its_memory_budget() {
                         let mut stream = response.into_inner();
                         let first = stream.message().await.unwrap().unwrap();
                         assert_eq!(first.data.len(), WHOLE);
-                        Outcome::Held(stream)
+                        Outcome::Held(Box::new(stream))
                     }
                     Err(status) => Outcome::Refused(status),
                 }
