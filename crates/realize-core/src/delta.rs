@@ -13,9 +13,10 @@ pub const MAX_BLOCK_SIZE: u32 = 1024 * 1024;
 /// Bytes of MD4 kept per block: 8 like rsync's, since SHA-256 has the last word.
 const CRYPTO_HASH_SIZE: u32 = 8;
 /// A delta never needs to be much larger than the data it produces: literal
-/// runs cost a few bytes of header each.
+/// runs cost a few bytes of header each. Saturates rather than wraps, since
+/// the length may come from a peer.
 pub fn max_delta_len(range_len: u64) -> u64 {
-    range_len + range_len / 8 + 4096
+    range_len.saturating_add(range_len / 8).saturating_add(4096)
 }
 
 /// Why a signature or delta was rejected.
@@ -108,6 +109,14 @@ mod tests {
         let new = vec![42u8; 10_000];
         let delta = diff(signature(&[], 4096).unwrap(), &new).unwrap();
         assert_eq!(apply(&[], &delta, 10_000).unwrap(), new);
+    }
+
+    #[test]
+    fn the_delta_bound_saturates_instead_of_wrapping() {
+        assert_eq!(max_delta_len(0), 4096);
+        assert_eq!(max_delta_len(8000), 8000 + 1000 + 4096);
+        assert_eq!(max_delta_len(u64::MAX), u64::MAX);
+        assert_eq!(max_delta_len(u64::MAX - 4096), u64::MAX);
     }
 
     #[test]

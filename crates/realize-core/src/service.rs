@@ -5,7 +5,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
-use crate::error::ServiceError;
+use crate::error::{ServiceError, StoreError};
 use crate::hash::Sha256Hash;
 use crate::path::{DirId, RelPath};
 
@@ -238,10 +238,25 @@ pub trait Service: Send + Sync + std::fmt::Debug {
         files: &[(RelPath, FileStamp)],
     ) -> Vec<Result<WholeFile, ServiceError>> {
         futures::future::join_all(files.iter().map(|(path, stamp)| async move {
+            // The size comes from the caller (a peer, through the daemon):
+            // it is checked before it sizes any buffer.
+            let capacity = usize::try_from(stamp.size)
+                .ok()
+                .filter(|_| stamp.size <= MAX_WHOLE_FILE)
+                .ok_or_else(|| {
+                    ServiceError::from(StoreError::InvalidRequest {
+                        dir: dir.to_string(),
+                        path: path.to_string(),
+                        reason: format!(
+                            "{} bytes is too large to read whole (at most {MAX_WHOLE_FILE})",
+                            stamp.size
+                        ),
+                    })
+                })?;
             let mut data = self
                 .read(dir, path, 0, Some(stamp.size), Some(*stamp))
                 .await?;
-            let mut whole = bytes::BytesMut::with_capacity(stamp.size as usize);
+            let mut whole = bytes::BytesMut::with_capacity(capacity);
             while let Some(chunk) = data.next().await {
                 whole.extend_from_slice(&chunk?);
             }

@@ -37,6 +37,15 @@ const READ_QUEUE: usize = 4;
 /// Chunks a write may have waiting for the disk.
 const WRITE_QUEUE: usize = 4;
 
+/// Bytes one read holds at most, ahead of its caller: the chunks queued and
+/// the one being read. What a server budgets for a Read call.
+pub const READ_BUFFERED: u64 = ((READ_QUEUE + 1) * CHUNK_SIZE) as u64;
+/// Chunks of its data one write holds at most: those queued for the disk,
+/// the one being written and the one waiting for room in the queue.
+pub const WRITE_BUFFERED_CHUNKS: u64 = (WRITE_QUEUE + 2) as u64;
+/// Bytes a Hash or a Finish with a digest holds while it reads the file.
+pub const HASH_BUFFERED: u64 = HASH_BUFFER as u64;
+
 /// Directories on the local filesystem, by id.
 #[derive(Clone, Debug)]
 pub struct LocalStore {
@@ -232,7 +241,10 @@ impl Resolved {
 fn stamp_of(m: &std::fs::Metadata) -> FileStamp {
     FileStamp {
         size: m.len(),
-        mtime_unix_nanos: m.mtime().saturating_mul(1_000_000_000) + m.mtime_nsec(),
+        mtime_unix_nanos: m
+            .mtime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(m.mtime_nsec()),
         inode: m.ino(),
     }
 }
@@ -326,6 +338,15 @@ fn check_range_size(range: ByteRange) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Whether `len` bytes written at `offset` end at or before `end`; a sum
+/// that overflows does not fit (offsets and lengths come from peers).
+fn fits(offset: u64, len: usize, end: u64) -> bool {
+    u64::try_from(len)
+        .ok()
+        .and_then(|len| offset.checked_add(len))
+        .is_some_and(|stop| stop <= end)
 }
 
 /// Splits an in-memory buffer into a stream of chunks.
@@ -755,7 +776,7 @@ impl Service for LocalStore {
         let mut buf = Vec::new();
         while let Some(chunk) = delta.next().await {
             let chunk = chunk?;
-            if (buf.len() + chunk.len()) as u64 > limit {
+            if !fits(0, buf.len().saturating_add(chunk.len()), limit) {
                 return Err(invalid(format!("delta is longer than {limit} bytes")).into());
             }
             buf.extend_from_slice(&chunk);
@@ -1149,7 +1170,7 @@ impl LocalStore {
             // The first chunk is checked before the partial file is opened, so a
             // request whose data is refused from the start changes nothing on disk.
             if let Piece::Chunk(chunk) = &first
-                && offset + chunk.len() as u64 > file_size
+                && !fits(offset, chunk.len(), file_size)
             {
                 return Err(past_the_end());
             }
@@ -1160,8 +1181,9 @@ impl LocalStore {
             while let Some(piece) = next.take().or_else(|| pieces.blocking_recv()) {
                 match piece {
                     Piece::Chunk(chunk) => {
+                        // Within file_size, checked before this chunk's bytes were counted.
                         let at = offset + written;
-                        if at + chunk.len() as u64 > file_size {
+                        if !fits(at, chunk.len(), file_size) {
                             return Err(past_the_end());
                         }
                         file.write_all_at(&chunk, at).map_err(r.io("write"))?;
@@ -1229,24 +1251,29 @@ impl LocalStore {
 impl Resolved {
     /// See [`Service::delete`]; all of it in one trip to the blocking pool.
     fn delete_blocking(&self, if_stamp: Option<FileStamp>) -> Result<(), StoreError> {
-        if let Some(expected) = if_stamp
-            && let Some(meta) = self.lstat_blocking(FileKind::Final)?
-            && stamp_of(&meta) != expected
-        {
-            return Err(self.changed("differs from the version that was verified"));
-        }
+        // Both forms are checked before either goes: a symlink, FIFO or
+        // device in the way is refused like every other call refuses it,
+        // and nothing is removed.
+        let final_meta = self.lstat_blocking(FileKind::Final)?;
         // A stamped delete is a source's, after its final file was verified
         // at the destination: a partial form beside it was never verified,
         // and may be a user's file that only looks like one, so it stays.
-        let forms: &[FileKind] = match if_stamp {
-            Some(_) => &[FileKind::Final],
-            None => &[FileKind::Final, FileKind::Partial],
+        let partial_meta = match if_stamp {
+            Some(_) => None,
+            None => self.lstat_blocking(FileKind::Partial)?,
         };
-        for &kind in forms {
-            // For the audit line only: whatever is there goes, a symlink included.
-            let size = std::fs::symlink_metadata(self.form(kind))
-                .ok()
-                .map(|m| m.len());
+        if let Some(expected) = if_stamp
+            && let Some(meta) = &final_meta
+            && stamp_of(meta) != expected
+        {
+            return Err(self.changed("differs from the version that was verified"));
+        }
+        for (kind, meta) in [
+            (FileKind::Final, final_meta),
+            (FileKind::Partial, partial_meta),
+        ] {
+            let Some(meta) = meta else { continue };
+            let size = meta.len();
             match std::fs::remove_file(self.form(kind)) {
                 Ok(()) => {
                     tracing::info!(dir = %self.dir, path = %self.path, ?kind, size, "deleted");

@@ -79,6 +79,9 @@ pub struct Limits {
     pub call_timeout: Duration,
     /// Largest file size a Write or ApplyDelta may declare.
     pub max_file_size: u64,
+    /// Bytes the calls of one peer, all its connections together, may make
+    /// the daemon hold at once (see `budget.rs`).
+    pub max_memory_per_peer: u64,
 }
 
 impl Default for Limits {
@@ -96,6 +99,9 @@ impl Default for Limits {
             // call, so this only bounds calls that would otherwise never end.
             call_timeout: Duration::from_secs(24 * 3600),
             max_file_size: 1 << 40,
+            // Four ReadFiles calls of 16 MiB, or one delta of the largest
+            // range and a few Writes: what a move with --parallel 4 needs.
+            max_memory_per_peer: 64 * 1024 * 1024,
         }
     }
 }
@@ -244,6 +250,7 @@ struct RawLimits {
     idle_timeout: Option<String>,
     call_timeout: Option<String>,
     max_file_size: Option<String>,
+    max_memory_per_peer: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -475,6 +482,18 @@ fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
             reason: "must be at least 1 byte".to_string(),
         });
     }
+    let max_memory_per_peer = size(
+        "max_memory_per_peer",
+        raw.max_memory_per_peer,
+        default.max_memory_per_peer,
+    )?;
+    // Every message the daemon accepts is budgeted while it arrives.
+    if max_memory_per_peer < max_message_size {
+        return Err(ConfigError::LimitRange {
+            field: "max_memory_per_peer",
+            reason: format!("must be at least max_message_size ({max_message_size} bytes)"),
+        });
+    }
     Ok(Limits {
         max_connections: at_least_one(
             "max_connections",
@@ -501,6 +520,7 @@ fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
         idle_timeout: duration("idle_timeout", raw.idle_timeout, default.idle_timeout)?,
         call_timeout: duration("call_timeout", raw.call_timeout, default.call_timeout)?,
         max_file_size,
+        max_memory_per_peer,
     })
 }
 
@@ -636,7 +656,7 @@ mod tests {
     #[test]
     fn limits() {
         let config = parse(&minimal(
-            "[limits]\nmax_connections = 5\nmax_connections_per_peer = 2\nmax_calls_per_connection = 3\nmax_message_size = \"8 MiB\"\nhandshake_timeout = \"2s\"\nidle_timeout = \"1m\"\ncall_timeout = \"1h\"\nmax_file_size = \"10GB\"",
+            "[limits]\nmax_connections = 5\nmax_connections_per_peer = 2\nmax_calls_per_connection = 3\nmax_message_size = \"8 MiB\"\nhandshake_timeout = \"2s\"\nidle_timeout = \"1m\"\ncall_timeout = \"1h\"\nmax_file_size = \"10GB\"\nmax_memory_per_peer = \"256 MiB\"",
         ))
         .unwrap();
         assert_eq!(
@@ -650,6 +670,7 @@ mod tests {
                 idle_timeout: Duration::from_secs(60),
                 call_timeout: Duration::from_secs(3600),
                 max_file_size: 10_000_000_000,
+                max_memory_per_peer: 256 << 20,
             }
         );
         for (line, expected) in [
@@ -677,6 +698,10 @@ mod tests {
             (
                 "max_file_size = \"0\"",
                 "[limits] max_file_size: must be at least 1 byte",
+            ),
+            (
+                "max_memory_per_peer = \"1MiB\"",
+                "[limits] max_memory_per_peer: must be at least max_message_size (4194304 bytes)",
             ),
             (
                 "idle_timeout = \"0s\"",

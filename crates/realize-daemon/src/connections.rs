@@ -170,6 +170,7 @@ impl Connections {
             cancel,
             active: Arc::new(ActiveCalls::default()),
             over_peer_limit,
+            budget: calls.budgets.peer(&peer.peer_id),
         };
         if let Some(max) = over_peer_limit {
             tracing::warn!(

@@ -12,6 +12,7 @@
 //! files until `Finish`. Its lifecycle (in-flight calls, connections, the
 //! phases of a shutdown) is in [`lifecycle`]; start reading at [`run`].
 
+mod budget;
 pub mod config;
 mod connections;
 #[cfg(any(test, feature = "fuzzing"))]

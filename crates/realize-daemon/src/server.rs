@@ -11,7 +11,7 @@
 //! `max_connections_per_peer`. Once it has decoded the directory, a call is
 //! authorized against the peer's `dirs` and `access` ([`Admitted::authorize`])
 //! before anything touches the disk. An admitted call runs until its deadline
-//! (the client's `grpc-timeout`, else `call_timeout`) or until its connection's
+//! (the client's `grpc-timeout` or `call_timeout`, whichever is sooner) or until its connection's
 //! cancel token fires (end of the grace period, or its peer removed); how it
 //! stops then depends on what it does, so that nothing on disk is left
 //! half-done (see [`Handler::cancellable`]).
@@ -23,6 +23,8 @@ use std::time::Duration;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt, stream};
 use opentelemetry::KeyValue;
+use realize_core::delta::{MAX_RANGE, MIN_BLOCK_SIZE, max_delta_len};
+use realize_core::store::{CHUNK_SIZE, HASH_BUFFERED, READ_BUFFERED};
 use realize_core::{
     ByteRange, ByteStream, DirId, ExpectedHash, FileStamp, RelPath, Service, ServiceError,
     Sha256Hash, StoreError, WholeFile,
@@ -35,6 +37,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use crate::budget::{BUDGET_WAIT, BudgetError, PeerBudget, Reservation};
 use crate::config::Access;
 use crate::limits::grpc_timeout;
 use crate::state::{ActiveCall, Calls, ConnectionContext, Live, LiveConfig};
@@ -194,6 +197,45 @@ impl Handler {
     }
 }
 
+/// What the budget calls a chunk of a Write.
+const WRITE_CHUNK: &str = "a Write chunk";
+
+/// Bytes a Read holds at most: the store's read-ahead, and the chunk tonic
+/// is encoding; less for a shorter read.
+fn read_memory(length: Option<u64>) -> u64 {
+    let most = READ_BUFFERED.saturating_add(CHUNK_SIZE as u64);
+    length.map_or(most, |length| length.min(most))
+}
+
+/// The length of `range` a Signature, Diff or ApplyDelta may cover: longer
+/// ranges are refused by the store before any byte is read.
+fn budgeted_range(range: ByteRange) -> u64 {
+    range.len().min(MAX_RANGE)
+}
+
+/// Bytes a Signature holds at most: the range, and the signature made of
+/// it (12 bytes per block, counted twice: fast_rsync's and the copy sent).
+fn signature_memory(range: ByteRange, block_size: u32) -> u64 {
+    let len = budgeted_range(range);
+    let blocks = (len / u64::from(block_size.max(MIN_BLOCK_SIZE))).saturating_add(1);
+    len.saturating_add(blocks.saturating_mul(24))
+}
+
+/// Bytes a Diff holds at most: the range, the delta made of it, and the
+/// signature (as sent, its copy, and its index).
+fn diff_memory(range: ByteRange, signature_len: usize) -> u64 {
+    let len = budgeted_range(range);
+    len.saturating_add(max_delta_len(len))
+        .saturating_add((signature_len as u64).saturating_mul(4))
+}
+
+/// Bytes an ApplyDelta holds at most: the delta, checked whole before
+/// anything is written, the range as it is, and the range patched.
+fn apply_delta_memory(range: ByteRange) -> u64 {
+    let len = budgeted_range(range);
+    max_delta_len(len).saturating_add(len.saturating_mul(2))
+}
+
 /// Files a ReadFiles or DeleteFiles call may name at most.
 const MAX_FILES_PER_CALL: usize = 1024;
 /// Bytes of files a ReadFiles call may ask for at most (each file is read
@@ -228,6 +270,14 @@ fn file_refs(dir: &str, files: Vec<pb::FileRef>) -> Result<(DirId, Vec<CheckedRe
         })
         .collect();
     Ok((dir, files))
+}
+
+/// Bytes the stamps of `files` claim in all; `None` if the sum does not fit
+/// in a u64 (the sizes are the client's, and a wrapped sum would look small).
+fn claimed_bytes(files: &[(RelPath, FileStamp)]) -> Option<u64> {
+    files
+        .iter()
+        .try_fold(0u64, |sum, (_, stamp)| sum.checked_add(stamp.size))
 }
 
 /// How one file of a batch call went, as its answer says it: the gRPC code,
@@ -321,10 +371,17 @@ enum CallError {
         size: u64,
         max: u64,
     },
+    #[error(
+        "{dir}: {} bytes of files in one ReadFiles call, at most {MAX_READ_BYTES_PER_CALL}",
+        claimed.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string())
+    )]
+    ReadTooLarge { dir: DirId, claimed: Option<u64> },
     #[error("invalid grpc-timeout {0:?}")]
     BadTimeout(String),
     #[error("call exceeded its deadline of {}", humantime::format_duration(*.0))]
     Deadline(Duration),
+    #[error(transparent)]
+    Memory(#[from] BudgetError),
 }
 
 /// The one place where the daemon's own refusals become statuses.
@@ -335,12 +392,12 @@ impl From<CallError> for Status {
             CallError::NotAllowed { .. } | CallError::ReadOnly { .. } => {
                 Status::permission_denied(message)
             }
-            CallError::TooManyConnections { .. } | CallError::TooManyCalls { .. } => {
-                Status::resource_exhausted(message)
-            }
-            CallError::FileTooLarge { .. } | CallError::BadTimeout(_) => {
-                Status::invalid_argument(message)
-            }
+            CallError::TooManyConnections { .. }
+            | CallError::TooManyCalls { .. }
+            | CallError::Memory(_) => Status::resource_exhausted(message),
+            CallError::FileTooLarge { .. }
+            | CallError::ReadTooLarge { .. }
+            | CallError::BadTimeout(_) => Status::invalid_argument(message),
             CallError::Deadline(_) => Status::deadline_exceeded(message),
         }
     }
@@ -383,10 +440,14 @@ impl Handler {
             tracing::warn!("call refused: {refusal}");
             return Err(refusal.into());
         };
+        // call_timeout bounds every call: a client's longer deadline would
+        // let it hold the call (and what it buffers) for as long as it likes.
         let timeout = match request.metadata().get("grpc-timeout") {
             Some(value) => {
                 let text = value.to_str().unwrap_or_default();
-                grpc_timeout(text).ok_or_else(|| CallError::BadTimeout(text.to_string()))?
+                grpc_timeout(text)
+                    .ok_or_else(|| CallError::BadTimeout(text.to_string()))?
+                    .min(live.limits.call_timeout)
             }
             None => live.limits.call_timeout,
         };
@@ -494,9 +555,118 @@ impl Handler {
         match result {
             Ok(value) => Ok(value),
             Err(_) if call.cancel().is_cancelled() => Err(self.cancelled(call)),
+            Err(ServiceError::Transport { source, .. }) if source.is::<BudgetError>() => {
+                match source.downcast::<BudgetError>() {
+                    Ok(refusal) => Err(memory_refused(*refusal)),
+                    Err(source) => Err(Status::internal(source.to_string())),
+                }
+            }
             Err(e) => Err(status(&e)),
         }
     }
+
+    /// Takes `bytes` from the call's peer's memory budget for `what`, waiting
+    /// for room at most [`BUDGET_WAIT`], and never past the call's deadline.
+    async fn reserve(
+        &self,
+        call: &Admitted,
+        what: &'static str,
+        bytes: u64,
+    ) -> Result<Reservation, Status> {
+        let reserving = reserve(&call.connection.budget, &self.live, what, bytes);
+        self.cancellable(call, async { reserving.await.map_err(memory_refused) })
+            .await
+    }
+}
+
+/// [`PeerBudget::reserve`] against the live `max_memory_per_peer`.
+fn reserve(
+    budget: &Arc<PeerBudget>,
+    live: &Arc<LiveConfig>,
+    what: &'static str,
+    bytes: u64,
+) -> impl Future<Output = Result<Reservation, BudgetError>> + Send + use<> {
+    let (budget, live) = (Arc::clone(budget), Arc::clone(live));
+    async move {
+        let max = || live.current().limits.max_memory_per_peer;
+        budget.reserve(what, bytes, max, BUDGET_WAIT).await
+    }
+}
+
+/// The status of a call refused memory, logged.
+fn memory_refused(refusal: BudgetError) -> Status {
+    tracing::warn!("call refused: {refusal}");
+    CallError::from(refusal).into()
+}
+
+/// A chunk of data that keeps its bytes counted in its peer's budget for as
+/// long as any copy of it lives (in the store's queue, being written).
+#[derive(Debug)]
+struct Budgeted {
+    data: bytes::Bytes,
+    _reservation: Reservation,
+}
+
+impl AsRef<[u8]> for Budgeted {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+/// `data`, each chunk counted in the peer's budget from when it is taken
+/// until the store has dropped it: a chunk is not taken until it fits.
+fn budgeted_body(
+    data: ByteStream,
+    budget: &Arc<PeerBudget>,
+    live: &Arc<LiveConfig>,
+    what: &'static str,
+) -> ByteStream {
+    let (budget, live) = (Arc::clone(budget), Arc::clone(live));
+    data.and_then(move |chunk| {
+        let reserving = reserve(&budget, &live, what, chunk.len() as u64);
+        async move {
+            match reserving.await {
+                Ok(reservation) => Ok(bytes::Bytes::from_owner(Budgeted {
+                    data: chunk,
+                    _reservation: reservation,
+                })),
+                Err(refusal) => Err(ServiceError::Transport {
+                    context: "memory budget".to_string(),
+                    source: Box::new(refusal),
+                }),
+            }
+        }
+    })
+    .boxed()
+}
+
+/// A response stream that keeps its bytes counted in the peer's budget
+/// until it has ended or been dropped.
+struct Holding<T> {
+    stream: ServerStream<T>,
+    _reservation: Reservation,
+}
+
+impl<T> futures::Stream for Holding<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.stream.poll_next_unpin(cx)
+    }
+}
+
+fn holding<T: Send + 'static>(
+    stream: ServerStream<T>,
+    reservation: Reservation,
+) -> ServerStream<T> {
+    Holding {
+        stream,
+        _reservation: reservation,
+    }
+    .boxed()
 }
 
 /// A client stream's data that fails once the call is cancelled: the store then aborts
@@ -742,6 +912,9 @@ impl pb::realize_server::Realize for Handler {
                 let request = request.into_inner();
                 let (dir, path) = target(&request.dir, &request.path)?;
                 call.authorize(&dir, Need::Read)?;
+                let memory = self
+                    .reserve(&call, "a Read", read_memory(request.length))
+                    .await?;
                 let data = self
                     .cancellable(&call, async {
                         call.service()
@@ -757,7 +930,9 @@ impl pb::realize_server::Realize for Handler {
                     })
                     .await?;
                 let stream = server_stream(data, |data| pb::ReadResponse { data });
-                Ok(Response::new(self.cancellable_stream(call, stream)))
+                Ok(Response::new(
+                    self.cancellable_stream(call, holding(stream, memory)),
+                ))
             })
             .await
     }
@@ -792,6 +967,8 @@ impl pb::realize_server::Realize for Handler {
                         )));
                     }
                     let (data, expected) = whole_file_body(stream, &dir, &path);
+                    let data =
+                        budgeted_body(data, &call.connection.budget, &self.live, WRITE_CHUNK);
                     let data = cancellable_body(data, call.cancel().clone());
                     call.service()
                         .write_file(&dir, &path, header.file_size, data, expected)
@@ -806,6 +983,8 @@ impl pb::realize_server::Realize for Handler {
                         &dir,
                         &path,
                     );
+                    let data =
+                        budgeted_body(data, &call.connection.budget, &self.live, WRITE_CHUNK);
                     let data = cancellable_body(data, call.cancel().clone());
                     call.service()
                         .write(&dir, &path, header.offset, header.file_size, data)
@@ -828,19 +1007,36 @@ impl pb::realize_server::Realize for Handler {
                 let call = self.admit(&request)?;
                 let peer_id = call.connection.peer.peer_id.clone();
                 let (handler, span) = (self.clone(), tracing::Span::current());
+                let (budget, live) = (Arc::clone(&call.connection.budget), Arc::clone(&self.live));
                 // The files that have arrived are written together, in one
-                // trip to the disk, while the next ones arrive.
+                // trip to the disk, while the next ones arrive. Each file is
+                // counted in the peer's budget before the next is taken, until
+                // its batch is written.
                 let responses = request
                     .into_inner()
+                    .and_then(move |file| {
+                        let reserving =
+                            reserve(&budget, &live, "a WriteFiles file", file.data.len() as u64);
+                        async move {
+                            reserving
+                                .await
+                                .map(|memory| (file, memory))
+                                .map_err(memory_refused)
+                        }
+                    })
                     .ready_chunks(FILES_AT_ONCE)
                     .map(move |messages| {
                         let (handler, peer_id) = (handler.clone(), peer_id.clone());
                         async move {
                             let mut files = Vec::with_capacity(messages.len());
+                            let mut memory = Vec::with_capacity(messages.len());
                             let mut broken = None;
                             for message in messages {
                                 match message {
-                                    Ok(file) => files.push(file),
+                                    Ok((file, held)) => {
+                                        files.push(file);
+                                        memory.push(held);
+                                    }
                                     // The client's stream broke: no more files.
                                     Err(status) => {
                                         broken = Some(status);
@@ -854,6 +1050,7 @@ impl pb::realize_server::Realize for Handler {
                                 .into_iter()
                                 .map(Ok)
                                 .collect();
+                            drop(memory);
                             answers.extend(broken.map(Err));
                             stream::iter(answers)
                         }
@@ -881,12 +1078,13 @@ impl pb::realize_server::Realize for Handler {
                 let valid = valid_refs(&files);
                 // Read whole before they are sent: what the stamps claim is
                 // what the call may make the daemon hold.
-                let claimed: u64 = valid.iter().map(|(_, stamp)| stamp.size).sum();
-                if claimed > MAX_READ_BYTES_PER_CALL {
-                    return Err(Status::invalid_argument(format!(
-                        "{dir}: {claimed} bytes of files in one ReadFiles call, at most {MAX_READ_BYTES_PER_CALL}"
-                    )));
-                }
+                let claimed = claimed_bytes(&valid)
+                    .filter(|claimed| *claimed <= MAX_READ_BYTES_PER_CALL)
+                    .ok_or_else(|| CallError::ReadTooLarge {
+                        dir: dir.clone(),
+                        claimed: claimed_bytes(&valid),
+                    })?;
+                let memory = self.reserve(&call, "a ReadFiles call", claimed).await?;
                 let read = self
                     .cancellable(&call, async {
                         Ok(call.service().read_files(&dir, &valid).await)
@@ -897,7 +1095,9 @@ impl pb::realize_server::Realize for Handler {
                     .map(|(path, outcome)| {
                         let (code, message) = code_and_message(&outcome);
                         let (data, sha256) = match outcome {
-                            Ok(whole) => (whole.data, bytes::Bytes::copy_from_slice(&whole.sha256.0)),
+                            Ok(whole) => {
+                                (whole.data, bytes::Bytes::copy_from_slice(&whole.sha256.0))
+                            }
                             Err(_) => Default::default(),
                         };
                         Ok(pb::ReadFilesResponse {
@@ -909,7 +1109,7 @@ impl pb::realize_server::Realize for Handler {
                         })
                     })
                     .collect();
-                let stream = stream::iter(answers).boxed();
+                let stream = holding(stream::iter(answers).boxed(), memory);
                 Ok(Response::new(self.cancellable_stream(call, stream)))
             })
             .await
@@ -958,6 +1158,13 @@ impl pb::realize_server::Realize for Handler {
                 let (dir, path) = target(&request.dir, &request.path)?;
                 call.authorize(&dir, Need::Read)?;
                 let range = required_range(request.range)?;
+                let _memory = self
+                    .reserve(
+                        &call,
+                        "a Signature",
+                        signature_memory(range, request.block_size),
+                    )
+                    .await?;
                 let signature = self
                     .cancellable(&call, async {
                         call.service()
@@ -983,6 +1190,9 @@ impl pb::realize_server::Realize for Handler {
                 let (dir, path) = target(&request.dir, &request.path)?;
                 call.authorize(&dir, Need::Read)?;
                 let range = required_range(request.range)?;
+                let memory = self
+                    .reserve(&call, "a Diff", diff_memory(range, request.signature.len()))
+                    .await?;
                 let delta = self
                     .cancellable(&call, async {
                         call.service()
@@ -992,7 +1202,9 @@ impl pb::realize_server::Realize for Handler {
                     })
                     .await?;
                 let stream = server_stream(delta, |delta| pb::DiffResponse { delta });
-                Ok(Response::new(self.cancellable_stream(call, stream)))
+                Ok(Response::new(
+                    self.cancellable_stream(call, holding(stream, memory)),
+                ))
             })
             .await
     }
@@ -1019,6 +1231,9 @@ impl pb::realize_server::Realize for Handler {
             call.authorize(&dir, Need::Write)?;
             call.check_file_size(&dir, &path, header.file_size)?;
             let range = required_range(header.range)?;
+            let _memory = self
+                .reserve(&call, "an ApplyDelta", apply_delta_memory(range))
+                .await?;
             let delta = body(
                 stream,
                 |m| match m.message {
@@ -1052,6 +1267,7 @@ impl pb::realize_server::Realize for Handler {
                 let (dir, path) = target(&request.dir, &request.path)?;
                 call.authorize(&dir, Need::Read)?;
                 let kind = realize_proto::file_kind(request.kind).map_err(invalid)?;
+                let _memory = self.reserve(&call, "a Hash", HASH_BUFFERED).await?;
                 let result = self
                     .cancellable(&call, async {
                         call.service()
@@ -1085,6 +1301,9 @@ impl pb::realize_server::Realize for Handler {
                         ))
                     })?),
                 };
+                // Only a digest to check makes Finish read the file.
+                let needs = if verified.is_some() { HASH_BUFFERED } else { 0 };
+                let _memory = self.reserve(&call, "a Finish", needs).await?;
                 call.service()
                     .finish(&dir, &path, verified)
                     .await
@@ -1179,5 +1398,36 @@ impl pb::realize_server::Realize for Handler {
                 }))
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamped(size: u64) -> (RelPath, FileStamp) {
+        let path = RelPath::new("f").unwrap_or_else(|e| panic!("{e}"));
+        let stamp = FileStamp {
+            size,
+            mtime_unix_nanos: 0,
+            inode: 1,
+        };
+        (path, stamp)
+    }
+
+    #[test]
+    fn claimed_sizes_that_overflow_are_not_a_small_sum() {
+        // Issue 14: 1023 files of 256 KiB and one of 2^64 - 1023 * 256 KiB
+        // wrapped to 0 with a plain sum.
+        let mut files = vec![stamped(262_144); 1023];
+        files.push(stamped(u64::MAX - 1023 * 262_144 + 1));
+        assert_eq!(claimed_bytes(&files), None);
+        files.pop();
+        assert_eq!(claimed_bytes(&files), Some(1023 * 262_144));
+        assert_eq!(claimed_bytes(&[]), Some(0));
+        assert_eq!(
+            claimed_bytes(&[stamped(u64::MAX), stamped(0)]),
+            Some(u64::MAX)
+        );
     }
 }

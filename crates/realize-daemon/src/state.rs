@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::budget::{Budgets, PeerBudget};
 use crate::config::{Config, Limits, Peer};
 
 /// The part of the config that a reload changes while the daemon runs.
@@ -121,6 +122,8 @@ pub(crate) struct Calls {
     pub cancel: CancellationToken,
     /// Set when shutdown starts: calls from then on are refused as Unavailable.
     shutting_down: AtomicBool,
+    /// What each peer's calls hold in memory, against `max_memory_per_peer`.
+    pub budgets: Budgets,
 }
 
 impl Calls {
@@ -176,6 +179,8 @@ pub(crate) struct ConnectionContext {
     /// Set when the peer already had `max_connections_per_peer` connections open when
     /// this one came: every call on it is refused, so the client learns why.
     pub over_peer_limit: Option<usize>,
+    /// The memory budget of the peer, shared with its other connections.
+    pub budget: Arc<PeerBudget>,
 }
 
 /// The calls running on one connection: counted against `max_calls_per_connection`,

@@ -716,6 +716,26 @@ async fn delete_of_nothing_is_ok() {
 }
 
 #[tokio::test]
+async fn delete_refuses_a_symlink_or_fifo_and_removes_neither_form() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    write_file(root, "target", b"target");
+    symlink(root.join("target"), root.join("link")).unwrap();
+    mkfifo(&root.join("fifo"));
+    // A regular final file beside a FIFO partial file: neither goes.
+    write_file(root, "f", b"final");
+    mkfifo(&root.join(".f.part"));
+    let store = store(root);
+    for path in ["link", "fifo", "f"] {
+        let result = store.delete(&dir(), &rel(path), None).await;
+        assert_eq!(code(result), ErrorCode::FailedPrecondition, "{path}");
+    }
+    for path in ["link", "fifo", "f", ".f.part", "target"] {
+        assert!(exists(root, path), "{path} was removed");
+    }
+}
+
+#[tokio::test]
 async fn delete_with_a_stale_stamp_is_refused_and_deletes_nothing() {
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
@@ -1276,10 +1296,13 @@ async fn a_symlink_as_the_file_itself_is_never_followed() {
     );
     assert_eq!(tree(root), [".g.part", "f"]);
 
-    // Deleting removes the links, not what they point to.
-    store.delete(&d, &f, None).await.unwrap();
-    store.delete(&d, &g, None).await.unwrap();
-    assert!(tree(root).is_empty());
+    // Delete refuses them too, as not regular files: what is not moved is
+    // not removed either.
+    for path in [&f, &g] {
+        let delete = store.delete(&d, path, None).await;
+        assert_eq!(code(delete), ErrorCode::FailedPrecondition, "delete {path}");
+    }
+    assert_eq!(tree(root), [".g.part", "f"]);
     assert_eq!(
         read_file(outside, "target"),
         b"outside, must not be touched"
@@ -1368,4 +1391,60 @@ async fn info_identifies_each_root() {
     assert_eq!(info.dirs[0].identity, id_a);
     assert_eq!(info.dirs[1].identity, id_b);
     assert_eq!(info.version, crate::VERSION);
+}
+
+// ---------------------------------------------------------------- arithmetic
+
+#[test]
+fn offsets_and_lengths_that_overflow_do_not_fit() {
+    use super::fits;
+    assert!(fits(0, 10, 10));
+    assert!(fits(5, 5, 10));
+    assert!(!fits(5, 6, 10));
+    assert!(fits(u64::MAX, 0, u64::MAX));
+    // Would wrap to a small number, and so look within the file.
+    assert!(!fits(u64::MAX, 1, u64::MAX));
+    assert!(!fits(u64::MAX - 5, 10, u64::MAX));
+    assert!(!fits(1, usize::MAX, u64::MAX));
+}
+
+#[tokio::test]
+async fn a_write_at_an_offset_near_u64_max_is_refused_not_wrapped() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let store = store(root);
+    let result = store
+        .write(
+            &dir(),
+            &rel("f"),
+            u64::MAX - 1,
+            u64::MAX,
+            chunks([vec![1; 10]]),
+        )
+        .await;
+    assert_eq!(code(result), ErrorCode::InvalidArgument);
+    assert!(!exists(root, ".f.part"));
+}
+
+#[tokio::test]
+async fn read_files_refuses_a_claimed_size_past_the_whole_file_limit() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    write_file(root, "f", b"data");
+    let store = store(root);
+    let stamp = store
+        .hash(&dir(), &rel("f"), FileKind::Final, None)
+        .await
+        .unwrap()
+        .stamp;
+    let huge = FileStamp {
+        size: u64::MAX,
+        ..stamp
+    };
+    let read = store
+        .read_files(&dir(), &[(rel("f"), huge), (rel("f"), stamp)])
+        .await;
+    assert_eq!(read.len(), 2);
+    assert!(matches!(&read[0], Err(e) if e.code() == ErrorCode::InvalidArgument));
+    assert_eq!(&read[1].as_ref().unwrap().data[..], b"data");
 }

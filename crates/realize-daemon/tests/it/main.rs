@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod exit_status;
+mod hardening;
 mod lifecycle;
 mod moves;
 mod observability;

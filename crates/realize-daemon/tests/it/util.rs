@@ -335,6 +335,11 @@ impl Daemon {
             .map(str::to_string)
     }
 
+    /// The process id of the daemon.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("realized has already exited")
+    }
+
     /// Sends `signal` to the process.
     pub fn signal(&self, signal: rustix::process::Signal) {
         let pid = self.child.id().expect("realized has already exited");
@@ -573,4 +578,16 @@ async fn pump(client: TcpStream, server: TcpStream, sent: Arc<AtomicU64>, limit:
         () = upstream => {}
         _ = downstream => {}
     }
+}
+
+/// The resident memory (VmRSS) of process `pid`, in bytes.
+pub fn vm_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .map(|n| n.trim().parse().unwrap())
+        .expect("no VmRSS in /proc/PID/status");
+    kib * 1024
 }

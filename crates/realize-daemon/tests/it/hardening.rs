@@ -1,0 +1,283 @@
+//! The attacks of issue 14 (arithmetic on client numbers, memory, special
+//! files, deadlines), each performed through the real daemon over TLS.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use realize_net::connection::connect;
+use realize_net::throttle::SendLimit;
+use realize_net::tls::client_config;
+use realize_proto::pb;
+use realize_proto::pb::realize_client::RealizeClient;
+use tempfile::TempDir;
+use tonic::transport::Channel;
+
+use crate::util::*;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest any call of these tests may take before it counts as hung.
+const HUNG: Duration = Duration::from_secs(60);
+/// The largest file ReadFiles reads whole (realize-core's MAX_WHOLE_FILE).
+const WHOLE: usize = 256 * 1024;
+
+async fn api(daemon: &Daemon, client: &KeyFiles) -> RealizeClient<Channel> {
+    let tls = client_config(&client.key, [daemon.key.public_key()]).unwrap();
+    let channel = connect(&daemon.addr, tls, TIMEOUT, SendLimit::new(None))
+        .await
+        .unwrap();
+    RealizeClient::new(channel)
+}
+
+async fn stamp(api: &mut RealizeClient<Channel>, path: &str) -> pb::FileStamp {
+    let hash = api.hash(pb::HashRequest {
+        dir: "d".into(),
+        path: path.into(),
+        range: None,
+        kind: 0,
+    });
+    hash.await.unwrap().into_inner().stamp.unwrap()
+}
+
+fn refs(path: &str, stamp: pb::FileStamp, count: usize) -> Vec<pb::FileRef> {
+    let one = pb::FileRef {
+        path: path.into(),
+        stamp: Some(stamp),
+    };
+    vec![one; count]
+}
+
+fn read_only(config: &mut DaemonConfig) {
+    config
+        .peer_options
+        .push(("client".into(), "access = \"read-only\"".into()));
+}
+
+#[tokio::test]
+async fn read_files_sizes_whose_sum_overflows_are_refused() {
+    let work = TempDir::new().unwrap();
+    let client = KeyFiles::new(work.path(), "client");
+    let root = work.path().join("root");
+    write_file(&root, "f.bin", &pseudo_random(WHOLE, 14));
+    let daemon = Daemon::start_with(work.path(), &[("d", &root)], &client, read_only).await;
+    let mut api = api(&daemon, &client).await;
+    let real = stamp(&mut api, "f.bin").await;
+    // 1023 real refs and one whose size makes the u64 sum wrap to exactly 0.
+    let mut files = refs("f.bin", real, 1023);
+    let wrapping = pb::FileStamp {
+        size: 0u64.wrapping_sub(1023 * WHOLE as u64),
+        ..real
+    };
+    files.extend(refs("f.bin", wrapping, 1));
+    let result = api
+        .read_files(pb::ReadFilesRequest {
+            dir: "d".into(),
+            files,
+        })
+        .await;
+    let status = result.expect_err("the call should have been refused");
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted
+        ),
+        "{status:?}"
+    );
+    assert!(
+        status
+            .message()
+            .contains("more than 2^64 bytes of files in one ReadFiles call"),
+        "{status:?}"
+    );
+    // The daemon serves on.
+    assert_eq!(stamp(&mut api, "f.bin").await, real);
+    daemon.stop().await;
+}
+
+/// What became of one call of the memory attack.
+enum Outcome {
+    /// Served: its stream, of which only the first message was read.
+    Held(Box<tonic::Streaming<pb::ReadFilesResponse>>),
+    Refused(tonic::Status),
+}
+
+#[tokio::test]
+async fn a_peer_cannot_make_the_daemon_hold_more_than_its_memory_budget() {
+    const CALLS: usize = 20;
+    const FILES_PER_CALL: usize = 64; // 16 MiB: the most one ReadFiles call may ask
+    let work = TempDir::new().unwrap();
+    let client = KeyFiles::new(work.path(), "client");
+    let root = work.path().join("root");
+    write_file(&root, "f.bin", &pseudo_random(WHOLE, 15));
+    let daemon = Daemon::start_with(work.path(), &[("d", &root)], &client, read_only).await;
+    let mut api = api(&daemon, &client).await;
+    let real = stamp(&mut api, "f.bin").await;
+
+    // Sampled until the attack is over: the peak is what matters.
+    let (pid, peak, done) = (
+        daemon.pid(),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let sampler = {
+        let (peak, done) = (Arc::clone(&peak), Arc::clone(&done));
+        tokio::spawn(async move {
+            while !done.load(Ordering::SeqCst) {
+                peak.fetch_max(vm_rss(pid), Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let calls: Vec<_> = (0..CALLS)
+        .map(|_| {
+            let mut api = api.clone();
+            let files = refs("f.bin", real, FILES_PER_CALL);
+            tokio::spawn(async move {
+                let request = pb::ReadFilesRequest {
+                    dir: "d".into(),
+                    files,
+                };
+                match api.read_files(request).await {
+                    Ok(response) => {
+                        let mut stream = response.into_inner();
+                        let first = stream.message().await.unwrap().unwrap();
+                        assert_eq!(first.data.len(), WHOLE);
+                        Outcome::Held(Box::new(stream))
+                    }
+                    Err(status) => Outcome::Refused(status),
+                }
+            })
+        })
+        .collect();
+    let mut held = Vec::new();
+    let mut refused = Vec::new();
+    for call in calls {
+        match tokio::time::timeout(HUNG, call).await.unwrap().unwrap() {
+            Outcome::Held(stream) => held.push(stream),
+            Outcome::Refused(status) => refused.push(status),
+        }
+    }
+    done.store(true, Ordering::SeqCst);
+    sampler.await.unwrap();
+    let peak = peak.load(Ordering::SeqCst);
+    eprintln!(
+        "memory attack: {} calls held, {} refused, realized peak VmRSS {} MB",
+        held.len(),
+        refused.len(),
+        peak / 1_000_000
+    );
+    // The default max_memory_per_peer (64 MiB) holds four such calls.
+    assert!((1..=4).contains(&held.len()), "{} calls held", held.len());
+    for status in &refused {
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status.message().contains("max_memory_per_peer"),
+            "{status:?}"
+        );
+    }
+    assert!(peak < 200_000_000, "realized reached {peak} bytes");
+
+    // Once the held calls are gone, their memory is the peer's again.
+    drop(held);
+    let mut again = api
+        .read_files(pb::ReadFilesRequest {
+            dir: "d".into(),
+            files: refs("f.bin", real, FILES_PER_CALL),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut answers = 0;
+    while let Some(answer) = again.message().await.unwrap() {
+        assert_eq!(answer.code, tonic::Code::Ok as i32, "{}", answer.message);
+        answers += 1;
+    }
+    assert_eq!(answers, FILES_PER_CALL);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn delete_refuses_a_symlink_and_a_fifo_and_leaves_them() {
+    let work = TempDir::new().unwrap();
+    let client = KeyFiles::new(work.path(), "client");
+    let root = work.path().join("root");
+    write_file(&root, "target.txt", b"pointed at");
+    std::os::unix::fs::symlink(root.join("target.txt"), root.join("link")).unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(root.join("fifo"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let daemon = Daemon::start(work.path(), &[("d", &root)], &client).await;
+    let mut api = api(&daemon, &client).await;
+    for path in ["link", "fifo"] {
+        let deleted = api
+            .delete(pb::DeleteRequest {
+                dir: "d".into(),
+                path: path.into(),
+                if_stamp: None,
+            })
+            .await;
+        let status = deleted.expect_err("a special file was deleted");
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+        assert!(
+            status.message().contains("not a regular file"),
+            "{status:?}"
+        );
+        assert!(root.join(path).symlink_metadata().is_ok(), "{path} is gone");
+    }
+    assert_eq!(
+        std::fs::read(root.join("target.txt")).unwrap(),
+        b"pointed at"
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn call_timeout_caps_a_longer_client_deadline() {
+    let work = TempDir::new().unwrap();
+    let client = KeyFiles::new(work.path(), "client");
+    let root = work.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let daemon = Daemon::start_with(work.path(), &[("d", &root)], &client, |c| {
+        c.limits.push("call_timeout = \"2s\"".into());
+    })
+    .await;
+    let mut api = api(&daemon, &client).await;
+    // A Write that sends its header and a chunk, then stalls, under a 1 h deadline.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let header = pb::WriteHeader {
+        dir: "d".into(),
+        path: "stalled.bin".into(),
+        offset: 0,
+        file_size: 100,
+        whole_file: false,
+    };
+    tx.send(pb::WriteRequest {
+        message: Some(pb::write_request::Message::Header(header)),
+    })
+    .await
+    .unwrap();
+    tx.send(pb::WriteRequest {
+        message: Some(pb::write_request::Message::Data(Bytes::from(vec![5; 10]))),
+    })
+    .await
+    .unwrap();
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    request.set_timeout(Duration::from_secs(3600));
+    let result = tokio::time::timeout(HUNG, api.write(request))
+        .await
+        .expect("the stalled Write outlived call_timeout");
+    let status = result.expect_err("a stalled Write succeeded");
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "{status:?}"
+    );
+    assert!(status.message().contains("deadline of 2s"), "{status:?}");
+    drop(tx);
+    daemon.stop().await;
+}
