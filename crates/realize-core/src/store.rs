@@ -15,7 +15,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{StreamExt, stream};
 use sha2::{Digest, Sha256};
-use tokio::fs;
 
 use crate::delta::{self, MAX_RANGE};
 use crate::error::{ServiceError, StoreError};
@@ -348,6 +347,48 @@ fn host_identity() -> String {
         .unwrap_or_else(|| "unknown-host".to_string())
 }
 
+/// Who `root` is: host, device and inode of it and of each directory above
+/// it, through symlinks, so two names for one directory are told apart from
+/// two directories. An unreadable root has no identity.
+fn dir_info_blocking(host: &str, id: &DirId, root: &Path) -> DirInfo {
+    let identity = |m: std::fs::Metadata| format!("{host}:{}:{}", m.dev(), m.ino());
+    let Ok(root) = std::fs::canonicalize(root) else {
+        return DirInfo {
+            id: id.clone(),
+            identity: String::new(),
+            ancestors: Vec::new(),
+        };
+    };
+    DirInfo {
+        id: id.clone(),
+        identity: std::fs::metadata(&root).map(identity).unwrap_or_default(),
+        ancestors: root
+            .ancestors()
+            .skip(1)
+            .filter_map(|ancestor| std::fs::metadata(ancestor).ok().map(identity))
+            .collect(),
+    }
+}
+
+/// The first two of `dirs` whose roots are one directory or nest, if any:
+/// the same file under two ids escapes the per-path locks and confuses
+/// whoever lists both. Blocking: it stats every root and its ancestors.
+pub fn overlapping_roots<'a>(
+    dirs: impl IntoIterator<Item = (&'a DirId, &'a Path)>,
+) -> Option<(DirId, DirId)> {
+    let host = host_identity();
+    let infos: Vec<DirInfo> = dirs
+        .into_iter()
+        .map(|(id, root)| dir_info_blocking(&host, id, root))
+        .collect();
+    infos.iter().enumerate().find_map(|(i, a)| {
+        infos[i + 1..]
+            .iter()
+            .find(|b| a.overlaps(b))
+            .map(|b| (a.id.clone(), b.id.clone()))
+    })
+}
+
 impl LocalStore {
     pub fn new(dirs: impl IntoIterator<Item = (DirId, PathBuf)>) -> Self {
         LocalStore {
@@ -583,31 +624,18 @@ fn walk(dir: &DirId, root: &Path, include_partial: bool) -> Result<Vec<Entry>, S
 #[async_trait]
 impl Service for LocalStore {
     async fn info(&self) -> Result<ServiceInfo, ServiceError> {
-        let mut dirs = Vec::new();
-        for (id, root) in &self.inner.dirs {
-            let identity =
-                |m: std::fs::Metadata| format!("{}:{}:{}", self.inner.host, m.dev(), m.ino());
-            // An unreadable root has no identity; listing it will fail anyway.
-            let Ok(root) = fs::canonicalize(root).await else {
-                dirs.push(DirInfo {
-                    id: id.clone(),
-                    identity: String::new(),
-                    ancestors: Vec::new(),
-                });
-                continue;
-            };
-            let mut ancestors = Vec::new();
-            for ancestor in root.ancestors().skip(1) {
-                if let Ok(m) = fs::metadata(ancestor).await {
-                    ancestors.push(identity(m));
-                }
-            }
-            dirs.push(DirInfo {
-                id: id.clone(),
-                identity: fs::metadata(&root).await.map(identity).unwrap_or_default(),
-                ancestors,
-            });
-        }
+        let store = self.clone();
+        let dirs = tokio::task::spawn_blocking(move || {
+            store
+                .dirs()
+                .map(|(id, root)| dir_info_blocking(&store.inner.host, id, root))
+                .collect()
+        })
+        .await
+        .map_err(|source| StoreError::Task {
+            dir: self.dirs().map(|(id, _)| id.as_str()).collect::<Vec<_>>().join(","),
+            source,
+        })?;
         Ok(ServiceInfo {
             version: crate::VERSION.to_string(),
             dirs,

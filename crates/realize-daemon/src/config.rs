@@ -217,6 +217,15 @@ pub enum ConfigError {
     },
     #[error("directory {dir}: root {path} is not a directory")]
     RootNotDir { dir: DirId, path: PathBuf },
+    #[error(
+        "directories {dir} and {other}: roots {path} and {other_path} are the same directory or one contains the other"
+    )]
+    OverlappingRoots {
+        dir: DirId,
+        path: PathBuf,
+        other: DirId,
+        other_path: PathBuf,
+    },
 }
 
 #[derive(Deserialize)]
@@ -381,6 +390,8 @@ impl Config {
 
     /// Every root must exist and be a readable directory; one that is not
     /// writable is only a warning, since a read-only source still serves reads.
+    /// No two roots may be one directory or nest: a file reachable under two
+    /// ids would be written by two calls at once, each locking only its own id.
     pub fn check_roots(&self) -> Result<(), ConfigError> {
         for (dir, root) in &self.dirs {
             let root_error = |source| ConfigError::Root {
@@ -400,7 +411,16 @@ impl Config {
                 tracing::warn!(%dir, root = %root.display(), "root is not writable: moves into it will fail");
             }
         }
-        Ok(())
+        let roots = self.dirs.iter().map(|(id, root)| (id, root.as_path()));
+        match realize_core::store::overlapping_roots(roots) {
+            Some((dir, other)) => Err(ConfigError::OverlappingRoots {
+                path: self.dirs[&dir].clone(),
+                other_path: self.dirs[&other].clone(),
+                dir,
+                other,
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -723,5 +743,41 @@ mod tests {
         );
         let none = parse(&with("dirs = []")).unwrap();
         assert!(!none.peers["p"].may_access(&DirId::new("a").unwrap()));
+    }
+
+    #[test]
+    fn overlapping_roots_are_refused_naming_both_ids() {
+        let work = tempfile::tempdir().unwrap();
+        let (a, b) = (work.path().join("a"), work.path().join("b"));
+        std::fs::create_dir_all(a.join("inner")).unwrap();
+        std::fs::create_dir(&b).unwrap();
+        std::os::unix::fs::symlink(&a, work.path().join("link")).unwrap();
+        let with_dirs = |dirs: &[(&str, PathBuf)]| {
+            let dirs: String = dirs
+                .iter()
+                .map(|(id, root)| format!("{id} = {:?}\n", root.display().to_string()))
+                .collect();
+            parse(&minimal(&format!("[dirs]\n{dirs}"))).unwrap()
+        };
+        with_dirs(&[("x", a.clone()), ("y", b.clone())])
+            .check_roots()
+            .unwrap();
+        for (x, y) in [
+            (a.clone(), a.clone()),
+            (a.clone(), a.join("inner")),
+            (a.join("inner"), a.clone()),
+            (work.path().join("link"), a.clone()),
+            (work.path().join("link/inner"), a.clone()),
+        ] {
+            let config = with_dirs(&[("x", x.clone()), ("y", y.clone()), ("z", b.clone())]);
+            let err = config.check_roots().unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::OverlappingRoots { dir, other, .. }
+                    if dir.as_str() == "x" && other.as_str() == "y"),
+                "{x:?} {y:?}: {err:?}"
+            );
+            let message = err.to_string();
+            assert!(message.contains("directories x and y"), "{message}");
+        }
     }
 }
