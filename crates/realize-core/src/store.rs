@@ -156,26 +156,87 @@ impl Resolved {
         Ok(file)
     }
 
-    /// Opens the partial file for writing, turning the final file into it
-    /// (or creating it) if there is none; emptied first if `truncate`.
-    fn open_partial_for_write(&self, truncate: bool) -> Result<std::fs::File, StoreError> {
-        if self.lstat_blocking(FileKind::Partial)?.is_none() {
-            if let Some(final_meta) = self.lstat_blocking(FileKind::Final)? {
-                std::fs::rename(&self.final_path, &self.partial_path)
-                    .map_err(self.io("rename final to partial"))?;
-                tracing::info!(dir = %self.dir, path = %self.path, size = final_meta.len(), "overwrite: final file turned back into partial file");
-            } else {
-                std::fs::create_dir_all(&self.parent)
-                    .map_err(self.io("create parent directories"))?;
-            }
+    fn busy(&self) -> StoreError {
+        StoreError::Busy {
+            dir: self.dir.clone(),
+            path: self.path.clone(),
         }
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(truncate)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&self.partial_path)
-            .map_err(self.io("open partial file"))
+    }
+
+    /// Takes the write lock of `file`, just opened at `at`, and checks that
+    /// it still is the file there. The lock is the file's, not this store's:
+    /// another directory id on the same files, another daemon or another
+    /// process is refused with [`StoreError::Busy`] rather than waited for.
+    /// It is released when `file` is closed.
+    fn lock_for_write(&self, file: &std::fs::File, at: &Path) -> Result<(), StoreError> {
+        use rustix::fs::{FlockOperation, flock};
+        // flock(2), not fcntl(F_SETLK): its lock belongs to the open file,
+        // so it also stops a second open in this process, and closing another
+        // descriptor of the file (a reader's) does not release it.
+        match flock(file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => self.check_still_at(file, at),
+            Err(rustix::io::Errno::WOULDBLOCK) => Err(self.busy()),
+            Err(e) => Err(self.io("lock")(e.into())),
+        }
+    }
+
+    /// Whether `file` is still the one at `at`: a writer that opened it just
+    /// before another renamed it away must not write into what it became.
+    fn check_still_at(&self, file: &std::fs::File, at: &Path) -> Result<(), StoreError> {
+        let open = file.metadata().map_err(self.io("stat"))?;
+        match std::fs::symlink_metadata(at) {
+            Ok(m) if m.dev() == open.dev() && m.ino() == open.ino() => Ok(()),
+            Ok(_) => Err(self.busy()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(self.busy()),
+            Err(e) => Err(self.io("stat")(e)),
+        }
+    }
+
+    /// Opens the partial file for writing, under its write lock
+    /// ([`Resolved::lock_for_write`]), turning the final file into it (or
+    /// creating it) if there is none; emptied if `truncate`, once locked.
+    fn open_partial_for_write(&self, truncate: bool) -> Result<std::fs::File, StoreError> {
+        let open = |path: &Path, create: bool| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(create)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+        };
+        let file = match self.lstat_blocking(FileKind::Partial)? {
+            Some(_) => None,
+            None => match self.lstat_blocking(FileKind::Final)? {
+                Some(final_meta) => {
+                    // Locked before it is renamed, so a final file another
+                    // writer is still finishing is not turned back.
+                    let file = open(&self.final_path, false).map_err(self.io("open final file"))?;
+                    self.lock_for_write(&file, &self.final_path)?;
+                    std::fs::rename(&self.final_path, &self.partial_path)
+                        .map_err(self.io("rename final to partial"))?;
+                    tracing::info!(dir = %self.dir, path = %self.path, size = final_meta.len(), "overwrite: final file turned back into partial file");
+                    Some(file)
+                }
+                None => {
+                    std::fs::create_dir_all(&self.parent)
+                        .map_err(self.io("create parent directories"))?;
+                    None
+                }
+            },
+        };
+        let file = match file {
+            Some(file) => file,
+            None => {
+                // Never opened with O_TRUNC: that would empty a file another
+                // writer holds before the lock could refuse this one.
+                let file = open(&self.partial_path, true).map_err(self.io("open partial file"))?;
+                self.lock_for_write(&file, &self.partial_path)?;
+                file
+            }
+        };
+        if truncate {
+            file.set_len(0).map_err(self.io("truncate"))?;
+        }
+        Ok(file)
     }
 
     /// fsyncs `file`, the open `kind` form of this path, and renames it to
@@ -190,10 +251,14 @@ impl Resolved {
 
     /// [`Resolved::make_final`] but for the directory's fsync, which the
     /// caller does, once for many files.
+    /// `file` must hold its write lock ([`Resolved::lock_for_write`]).
     fn rename_final(&self, file: &std::fs::File, kind: FileKind) -> Result<u64, StoreError> {
         file.sync_all().map_err(self.io("fsync"))?;
         let size = file.metadata().map_err(self.io("stat"))?.len();
         if kind == FileKind::Partial {
+            // What was written and verified is what gets the final name, even
+            // if another writer replaced or removed the partial file meanwhile.
+            self.check_still_at(file, &self.partial_path)?;
             std::fs::rename(&self.partial_path, &self.final_path)
                 .map_err(self.io("rename partial to final"))?;
         }
@@ -298,16 +363,27 @@ fn read_range(file: &std::fs::File, range: ByteRange, r: &Resolved) -> Result<Ve
 }
 
 /// The working copy's bytes in `range`, as far as it has them: what a
-/// signature is made of and a delta applies to.
-fn working_bytes(r: &Resolved, range: ByteRange) -> Result<Vec<u8>, StoreError> {
-    match r.working_copy()? {
-        Some((kind, len)) if range.start < len => read_range(
-            &r.open_blocking(kind)?,
-            ByteRange::new(range.start, range.end.min(len)),
+/// signature is made of and a delta applies to; with the stamp of the file
+/// they were read from, if there is one.
+fn working_bytes(
+    r: &Resolved,
+    range: ByteRange,
+) -> Result<(Vec<u8>, Option<FileStamp>), StoreError> {
+    let Some((kind, _)) = r.working_copy()? else {
+        return Ok((Vec::new(), None));
+    };
+    let file = r.open_blocking(kind)?;
+    let stamp = stamp_of(&file.metadata().map_err(r.io("stat"))?);
+    let bytes = if range.start < stamp.size {
+        read_range(
+            &file,
+            ByteRange::new(range.start, range.end.min(stamp.size)),
             r,
-        ),
-        _ => Ok(Vec::new()),
-    }
+        )?
+    } else {
+        Vec::new()
+    };
+    Ok((bytes, Some(stamp)))
 }
 
 /// Why a range is refused for a signature, a diff or a delta, if it is.
@@ -633,7 +709,11 @@ impl Service for LocalStore {
         })
         .await
         .map_err(|source| StoreError::Task {
-            dir: self.dirs().map(|(id, _)| id.as_str()).collect::<Vec<_>>().join(","),
+            dir: self
+                .dirs()
+                .map(|(id, _)| id.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
             source,
         })?;
         Ok(ServiceInfo {
@@ -715,7 +795,7 @@ impl Service for LocalStore {
             .on_blocking(dir, path, move |r| {
                 check_range_size(range).map_err(|e| r.invalid(e))?;
                 delta::check_block_size(block_size).map_err(|e| r.invalid(e.to_string()))?;
-                let base = working_bytes(r, range)?;
+                let (base, _) = working_bytes(r, range)?;
                 delta::signature(&base, block_size).map_err(|e| r.invalid(e.to_string()))
             })
             .await?;
@@ -779,10 +859,16 @@ impl Service for LocalStore {
         let _lock = self.exclusive(dir, path).await;
         let written = self
             .on_blocking(dir, path, move |r| {
-                let base = working_bytes(r, range)?;
+                let (base, base_stamp) = working_bytes(r, range)?;
                 let patched =
                     delta::apply(&base, &buf, range.len()).map_err(|e| r.invalid(e.to_string()))?;
                 let file = r.open_partial_for_write(false)?;
+                // The base was read before the lock was taken, so a bad delta
+                // changes nothing on disk; it must still be what is patched.
+                let locked = stamp_of(&file.metadata().map_err(r.io("stat"))?);
+                if base_stamp.map_or(locked.size != 0, |base| base != locked) {
+                    return Err(r.busy());
+                }
                 file.write_all_at(&patched, range.start)
                     .map_err(r.io("write"))?;
                 file.set_len(file_size).map_err(r.io("set length"))?;
@@ -824,9 +910,10 @@ impl Service for LocalStore {
                     });
                 }
             };
-            // Verified and made durable through the same open file, so what
-            // is checked is what is renamed.
+            // Verified and made durable through the same open file, under
+            // its write lock, so what is checked is what is renamed.
             let file = r.open_blocking(kind)?;
+            r.lock_for_write(&file, r.form(kind))?;
             if let Some(expected) = expected {
                 r.check_hash(expected, hash_file(&file, None, r)?.hash)?;
             }
