@@ -5,6 +5,7 @@
 mod lifecycle;
 mod moves;
 mod observability;
+mod overlap;
 mod python;
 mod rejections;
 mod resilience;
