@@ -2,6 +2,7 @@
 //! TLS on loopback, on real files.
 #![allow(clippy::unwrap_used)]
 
+mod audit_log;
 mod lifecycle;
 mod moves;
 mod observability;
