@@ -63,8 +63,8 @@ impl Peer {
 pub struct Limits {
     /// Connections open at once, handshakes included; more are closed at once.
     pub max_connections: usize,
-    /// Authenticated connections one peer may have open; calls on more get
-    /// ResourceExhausted.
+    /// Authenticated connections one peer may have open; one more is closed
+    /// right after its handshake. See [`Limits::peer_share`].
     pub max_connections_per_peer: usize,
     /// Calls one connection may run at once (also advertised as HTTP/2's
     /// SETTINGS_MAX_CONCURRENT_STREAMS, so gRPC clients queue rather than fail).
@@ -79,6 +79,16 @@ pub struct Limits {
     pub call_timeout: Duration,
     /// Largest file size a Write or ApplyDelta may declare.
     pub max_file_size: u64,
+}
+
+impl Limits {
+    /// The connections one peer may have open: `max_connections_per_peer`,
+    /// but never more than half of `max_connections`, so that one peer at its
+    /// limit always leaves room for others.
+    pub fn peer_share(&self) -> usize {
+        self.max_connections_per_peer
+            .min((self.max_connections / 2).max(1))
+    }
 }
 
 impl Default for Limits {
@@ -495,7 +505,7 @@ fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
             reason: "must be at least 1 byte".to_string(),
         });
     }
-    Ok(Limits {
+    let limits = Limits {
         max_connections: at_least_one(
             "max_connections",
             raw.max_connections,
@@ -521,7 +531,16 @@ fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
         idle_timeout: duration("idle_timeout", raw.idle_timeout, default.idle_timeout)?,
         call_timeout: duration("call_timeout", raw.call_timeout, default.call_timeout)?,
         max_file_size,
-    })
+    };
+    if limits.peer_share() < limits.max_connections_per_peer {
+        tracing::warn!(
+            max_connections = limits.max_connections,
+            max_connections_per_peer = limits.max_connections_per_peer,
+            "[limits] max_connections_per_peer is more than half of max_connections: each peer may open {} connections, so that one cannot keep the others out",
+            limits.peer_share()
+        );
+    }
+    Ok(limits)
 }
 
 #[cfg(test)]

@@ -66,7 +66,6 @@ impl Harness {
             },
             cancel: calls.cancel.child_token(),
             active: Arc::new(ActiveCalls::default()),
-            over_peer_limit: None,
         };
         Ok(Harness {
             routes,

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod audit_log;
+mod fairness;
 mod lifecycle;
 mod moves;
 mod observability;
