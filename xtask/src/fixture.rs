@@ -102,8 +102,9 @@ impl Keys {
             self.client_pub
         ));
         // The RPC load test opens one connection per client, up to 32: above
-        // the per-peer default, which is for real peers.
-        config.push_str("[limits]\nmax_connections_per_peer = 64\n");
+        // the per-peer default, which is for real peers; a peer gets at most
+        // half of max_connections.
+        config.push_str("[limits]\nmax_connections = 128\nmax_connections_per_peer = 64\n");
         std::fs::write(path, config).with_context(|| format!("cannot write {}", path.display()))
     }
 

@@ -78,6 +78,10 @@ pub enum StoreError {
         path: String,
         what: &'static str,
     },
+    /// Another writer holds the file's write lock: a call on another
+    /// directory id for the same files, another daemon or another process.
+    #[error("{dir}/{path}: being written by another client")]
+    Busy { dir: String, path: String },
     #[error("{dir}/{path}: SHA-256 is {actual}, expected {expected}")]
     HashMismatch {
         dir: String,
@@ -114,6 +118,8 @@ impl StoreError {
             | StoreError::Changed { .. }
             | StoreError::HashMismatch { .. } => ErrorCode::FailedPrecondition,
             StoreError::OutOfRange { .. } => ErrorCode::OutOfRange,
+            // A conflict that ends when the other writer does: worth a retry.
+            StoreError::Busy { .. } => ErrorCode::Aborted,
             StoreError::RootUnavailable { .. } => ErrorCode::Unavailable,
             StoreError::Io { source, .. } => match source.kind() {
                 io::ErrorKind::NotFound => ErrorCode::NotFound,

@@ -665,11 +665,7 @@ pub async fn check_distinct(
         };
         let src_dir = find(&src_info, Side::Source)?;
         let dst_dir = find(&dst_info, Side::Destination)?;
-        let overlap = !src_dir.identity.is_empty()
-            && (src_dir.identity == dst_dir.identity
-                || src_dir.ancestors.contains(&dst_dir.identity)
-                || dst_dir.ancestors.contains(&src_dir.identity));
-        if overlap {
+        if src_dir.overlaps(&dst_dir) {
             return Err(MoveError::Overlap { dir: dir.clone() });
         }
         for (side, info) in [(Side::Source, &src_dir), (Side::Destination, &dst_dir)] {

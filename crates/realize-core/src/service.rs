@@ -82,6 +82,17 @@ pub struct DirInfo {
     pub read_only: bool,
 }
 
+impl DirInfo {
+    /// Whether the two roots are one directory or one is inside the other,
+    /// as far as their identities tell (an unknown identity overlaps nothing).
+    pub fn overlaps(&self, other: &DirInfo) -> bool {
+        !self.identity.is_empty()
+            && (self.identity == other.identity
+                || self.ancestors.contains(&other.identity)
+                || other.ancestors.contains(&self.identity))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceInfo {
     pub version: String,

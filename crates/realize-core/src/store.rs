@@ -15,7 +15,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{StreamExt, stream};
 use sha2::{Digest, Sha256};
-use tokio::fs;
 
 use crate::delta::{self, MAX_RANGE};
 use crate::error::{ServiceError, StoreError};
@@ -166,26 +165,87 @@ impl Resolved {
         Ok(file)
     }
 
-    /// Opens the partial file for writing, turning the final file into it
-    /// (or creating it) if there is none; emptied first if `truncate`.
-    fn open_partial_for_write(&self, truncate: bool) -> Result<std::fs::File, StoreError> {
-        if self.lstat_blocking(FileKind::Partial)?.is_none() {
-            if let Some(final_meta) = self.lstat_blocking(FileKind::Final)? {
-                std::fs::rename(&self.final_path, &self.partial_path)
-                    .map_err(self.io("rename final to partial"))?;
-                tracing::info!(dir = %self.dir, path = %self.path, size = final_meta.len(), "overwrite: final file turned back into partial file");
-            } else {
-                std::fs::create_dir_all(&self.parent)
-                    .map_err(self.io("create parent directories"))?;
-            }
+    fn busy(&self) -> StoreError {
+        StoreError::Busy {
+            dir: self.dir.clone(),
+            path: self.path.clone(),
         }
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(truncate)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&self.partial_path)
-            .map_err(self.io("open partial file"))
+    }
+
+    /// Takes the write lock of `file`, just opened at `at`, and checks that
+    /// it still is the file there. The lock is the file's, not this store's:
+    /// another directory id on the same files, another daemon or another
+    /// process is refused with [`StoreError::Busy`] rather than waited for.
+    /// It is released when `file` is closed.
+    fn lock_for_write(&self, file: &std::fs::File, at: &Path) -> Result<(), StoreError> {
+        use rustix::fs::{FlockOperation, flock};
+        // flock(2), not fcntl(F_SETLK): its lock belongs to the open file,
+        // so it also stops a second open in this process, and closing another
+        // descriptor of the file (a reader's) does not release it.
+        match flock(file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => self.check_still_at(file, at),
+            Err(rustix::io::Errno::WOULDBLOCK) => Err(self.busy()),
+            Err(e) => Err(self.io("lock")(e.into())),
+        }
+    }
+
+    /// Whether `file` is still the one at `at`: a writer that opened it just
+    /// before another renamed it away must not write into what it became.
+    fn check_still_at(&self, file: &std::fs::File, at: &Path) -> Result<(), StoreError> {
+        let open = file.metadata().map_err(self.io("stat"))?;
+        match std::fs::symlink_metadata(at) {
+            Ok(m) if m.dev() == open.dev() && m.ino() == open.ino() => Ok(()),
+            Ok(_) => Err(self.busy()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(self.busy()),
+            Err(e) => Err(self.io("stat")(e)),
+        }
+    }
+
+    /// Opens the partial file for writing, under its write lock
+    /// ([`Resolved::lock_for_write`]), turning the final file into it (or
+    /// creating it) if there is none; emptied if `truncate`, once locked.
+    fn open_partial_for_write(&self, truncate: bool) -> Result<std::fs::File, StoreError> {
+        let open = |path: &Path, create: bool| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(create)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+        };
+        let file = match self.lstat_blocking(FileKind::Partial)? {
+            Some(_) => None,
+            None => match self.lstat_blocking(FileKind::Final)? {
+                Some(final_meta) => {
+                    // Locked before it is renamed, so a final file another
+                    // writer is still finishing is not turned back.
+                    let file = open(&self.final_path, false).map_err(self.io("open final file"))?;
+                    self.lock_for_write(&file, &self.final_path)?;
+                    std::fs::rename(&self.final_path, &self.partial_path)
+                        .map_err(self.io("rename final to partial"))?;
+                    tracing::info!(dir = %self.dir, path = %self.path, size = final_meta.len(), "overwrite: final file turned back into partial file");
+                    Some(file)
+                }
+                None => {
+                    std::fs::create_dir_all(&self.parent)
+                        .map_err(self.io("create parent directories"))?;
+                    None
+                }
+            },
+        };
+        let file = match file {
+            Some(file) => file,
+            None => {
+                // Never opened with O_TRUNC: that would empty a file another
+                // writer holds before the lock could refuse this one.
+                let file = open(&self.partial_path, true).map_err(self.io("open partial file"))?;
+                self.lock_for_write(&file, &self.partial_path)?;
+                file
+            }
+        };
+        if truncate {
+            file.set_len(0).map_err(self.io("truncate"))?;
+        }
+        Ok(file)
     }
 
     /// fsyncs `file`, the open `kind` form of this path, and renames it to
@@ -200,10 +260,14 @@ impl Resolved {
 
     /// [`Resolved::make_final`] but for the directory's fsync, which the
     /// caller does, once for many files.
+    /// `file` must hold its write lock ([`Resolved::lock_for_write`]).
     fn rename_final(&self, file: &std::fs::File, kind: FileKind) -> Result<u64, StoreError> {
         file.sync_all().map_err(self.io("fsync"))?;
         let size = file.metadata().map_err(self.io("stat"))?.len();
         if kind == FileKind::Partial {
+            // What was written and verified is what gets the final name, even
+            // if another writer replaced or removed the partial file meanwhile.
+            self.check_still_at(file, &self.partial_path)?;
             std::fs::rename(&self.partial_path, &self.final_path)
                 .map_err(self.io("rename partial to final"))?;
         }
@@ -311,16 +375,27 @@ fn read_range(file: &std::fs::File, range: ByteRange, r: &Resolved) -> Result<Ve
 }
 
 /// The working copy's bytes in `range`, as far as it has them: what a
-/// signature is made of and a delta applies to.
-fn working_bytes(r: &Resolved, range: ByteRange) -> Result<Vec<u8>, StoreError> {
-    match r.working_copy()? {
-        Some((kind, len)) if range.start < len => read_range(
-            &r.open_blocking(kind)?,
-            ByteRange::new(range.start, range.end.min(len)),
+/// signature is made of and a delta applies to; with the stamp of the file
+/// they were read from, if there is one.
+fn working_bytes(
+    r: &Resolved,
+    range: ByteRange,
+) -> Result<(Vec<u8>, Option<FileStamp>), StoreError> {
+    let Some((kind, _)) = r.working_copy()? else {
+        return Ok((Vec::new(), None));
+    };
+    let file = r.open_blocking(kind)?;
+    let stamp = stamp_of(&file.metadata().map_err(r.io("stat"))?);
+    let bytes = if range.start < stamp.size {
+        read_range(
+            &file,
+            ByteRange::new(range.start, range.end.min(stamp.size)),
             r,
-        ),
-        _ => Ok(Vec::new()),
-    }
+        )?
+    } else {
+        Vec::new()
+    };
+    Ok((bytes, Some(stamp)))
 }
 
 /// Why a range is refused for a signature, a diff or a delta, if it is.
@@ -360,14 +435,12 @@ fn chunked(data: Vec<u8>) -> ByteStream {
 }
 
 /// The closest directory above `path` that exists, canonicalized.
-async fn nearest_existing_ancestor(path: &Path) -> Option<PathBuf> {
+fn nearest_existing_ancestor(path: &Path) -> Option<PathBuf> {
     let absolute = std::path::absolute(path).ok()?;
-    for ancestor in absolute.ancestors().skip(1) {
-        if let Ok(found) = fs::canonicalize(ancestor).await {
-            return Some(found);
-        }
-    }
-    None
+    absolute
+        .ancestors()
+        .skip(1)
+        .find_map(|ancestor| std::fs::canonicalize(ancestor).ok())
 }
 
 /// Identifies this machine, so two services can tell they share a disk.
@@ -378,6 +451,51 @@ fn host_identity() -> String {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown-host".to_string())
+}
+
+/// Who `root` is: host, device and inode of it and of each directory above
+/// it, through symlinks, so two names for one directory are told apart from
+/// two directories. An unreadable root has no identity.
+fn dir_info_blocking(host: &str, id: &DirId, root: &Path) -> DirInfo {
+    let identity = |m: std::fs::Metadata| format!("{host}:{}:{}", m.dev(), m.ino());
+    // A root not created yet has no identity, but the directories it would
+    // be made in still tell whether it lies inside the other side.
+    let (identity_of_root, above) = match std::fs::canonicalize(root) {
+        Ok(root) => (
+            std::fs::metadata(&root).map(identity).unwrap_or_default(),
+            root.parent().map(Path::to_path_buf),
+        ),
+        Err(_) => (String::new(), nearest_existing_ancestor(root)),
+    };
+    DirInfo {
+        id: id.clone(),
+        identity: identity_of_root,
+        ancestors: above
+            .iter()
+            .flat_map(|above| above.ancestors())
+            .filter_map(|ancestor| std::fs::metadata(ancestor).ok().map(identity))
+            .collect(),
+        read_only: false,
+    }
+}
+
+/// The first two of `dirs` whose roots are one directory or nest, if any:
+/// the same file under two ids escapes the per-path locks and confuses
+/// whoever lists both. Blocking: it stats every root and its ancestors.
+pub fn overlapping_roots<'a>(
+    dirs: impl IntoIterator<Item = (&'a DirId, &'a Path)>,
+) -> Option<(DirId, DirId)> {
+    let host = host_identity();
+    let infos: Vec<DirInfo> = dirs
+        .into_iter()
+        .map(|(id, root)| dir_info_blocking(&host, id, root))
+        .collect();
+    infos.iter().enumerate().find_map(|(i, a)| {
+        infos[i + 1..]
+            .iter()
+            .find(|b| a.overlaps(b))
+            .map(|b| (a.id.clone(), b.id.clone()))
+    })
 }
 
 impl LocalStore {
@@ -615,32 +733,22 @@ fn walk(dir: &DirId, root: &Path, include_partial: bool) -> Result<Vec<Entry>, S
 #[async_trait]
 impl Service for LocalStore {
     async fn info(&self) -> Result<ServiceInfo, ServiceError> {
-        let mut dirs = Vec::new();
-        for (id, root) in &self.inner.dirs {
-            let identity =
-                |m: std::fs::Metadata| format!("{}:{}:{}", self.inner.host, m.dev(), m.ino());
-            // A root not created yet has no identity, but the directories it
-            // would be made in still tell whether it lies inside the other side.
-            let (identity_of_root, above) = match fs::canonicalize(root).await {
-                Ok(root) => (
-                    fs::metadata(&root).await.map(identity).unwrap_or_default(),
-                    root.parent().map(Path::to_path_buf),
-                ),
-                Err(_) => (String::new(), nearest_existing_ancestor(root).await),
-            };
-            let mut ancestors = Vec::new();
-            for ancestor in above.iter().flat_map(|above| above.ancestors()) {
-                if let Ok(m) = fs::metadata(ancestor).await {
-                    ancestors.push(identity(m));
-                }
-            }
-            dirs.push(DirInfo {
-                id: id.clone(),
-                identity: identity_of_root,
-                ancestors,
-                read_only: false,
-            });
-        }
+        let store = self.clone();
+        let dirs = tokio::task::spawn_blocking(move || {
+            store
+                .dirs()
+                .map(|(id, root)| dir_info_blocking(&store.inner.host, id, root))
+                .collect()
+        })
+        .await
+        .map_err(|source| StoreError::Task {
+            dir: self
+                .dirs()
+                .map(|(id, _)| id.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            source,
+        })?;
         Ok(ServiceInfo {
             version: crate::VERSION.to_string(),
             dirs,
@@ -720,7 +828,7 @@ impl Service for LocalStore {
             .on_blocking(dir, path, move |r| {
                 check_range_size(range).map_err(|e| r.invalid(e))?;
                 delta::check_block_size(block_size).map_err(|e| r.invalid(e.to_string()))?;
-                let base = working_bytes(r, range)?;
+                let (base, _) = working_bytes(r, range)?;
                 delta::signature(&base, block_size).map_err(|e| r.invalid(e.to_string()))
             })
             .await?;
@@ -784,10 +892,16 @@ impl Service for LocalStore {
         let _lock = self.exclusive(dir, path).await;
         let written = self
             .on_blocking(dir, path, move |r| {
-                let base = working_bytes(r, range)?;
+                let (base, base_stamp) = working_bytes(r, range)?;
                 let patched =
                     delta::apply(&base, &buf, range.len()).map_err(|e| r.invalid(e.to_string()))?;
                 let file = r.open_partial_for_write(false)?;
+                // The base was read before the lock was taken, so a bad delta
+                // changes nothing on disk; it must still be what is patched.
+                let locked = stamp_of(&file.metadata().map_err(r.io("stat"))?);
+                if base_stamp.map_or(locked.size != 0, |base| base != locked) {
+                    return Err(r.busy());
+                }
                 file.write_all_at(&patched, range.start)
                     .map_err(r.io("write"))?;
                 file.set_len(file_size).map_err(r.io("set length"))?;
@@ -829,9 +943,10 @@ impl Service for LocalStore {
                     });
                 }
             };
-            // Verified and made durable through the same open file, so what
-            // is checked is what is renamed.
+            // Verified and made durable through the same open file, under
+            // its write lock, so what is checked is what is renamed.
             let file = r.open_blocking(kind)?;
+            r.lock_for_write(&file, r.form(kind))?;
             if let Some(expected) = expected {
                 r.check_hash(expected, hash_file(&file, None, r)?.hash)?;
             }

@@ -63,8 +63,8 @@ impl Peer {
 pub struct Limits {
     /// Connections open at once, handshakes included; more are closed at once.
     pub max_connections: usize,
-    /// Authenticated connections one peer may have open; calls on more get
-    /// ResourceExhausted.
+    /// Authenticated connections one peer may have open; one more is closed
+    /// right after its handshake. See [`Limits::peer_share`].
     pub max_connections_per_peer: usize,
     /// Calls one connection may run at once (also advertised as HTTP/2's
     /// SETTINGS_MAX_CONCURRENT_STREAMS, so gRPC clients queue rather than fail).
@@ -82,6 +82,16 @@ pub struct Limits {
     /// Bytes the calls of one peer, all its connections together, may make
     /// the daemon hold at once (see `budget.rs`).
     pub max_memory_per_peer: u64,
+}
+
+impl Limits {
+    /// The connections one peer may have open: `max_connections_per_peer`,
+    /// but never more than half of `max_connections`, so that one peer at its
+    /// limit always leaves room for others.
+    pub fn peer_share(&self) -> usize {
+        self.max_connections_per_peer
+            .min((self.max_connections / 2).max(1))
+    }
 }
 
 impl Default for Limits {
@@ -223,6 +233,15 @@ pub enum ConfigError {
     },
     #[error("directory {dir}: root {path} is not a directory")]
     RootNotDir { dir: DirId, path: PathBuf },
+    #[error(
+        "directories {dir} and {other}: roots {path} and {other_path} are the same directory or one contains the other"
+    )]
+    OverlappingRoots {
+        dir: DirId,
+        path: PathBuf,
+        other: DirId,
+        other_path: PathBuf,
+    },
 }
 
 #[derive(Deserialize)]
@@ -388,6 +407,8 @@ impl Config {
 
     /// Every root must exist and be a readable directory; one that is not
     /// writable is only a warning, since a read-only source still serves reads.
+    /// No two roots may be one directory or nest: a file reachable under two
+    /// ids would be written by two calls at once, each locking only its own id.
     pub fn check_roots(&self) -> Result<(), ConfigError> {
         for (dir, root) in &self.dirs {
             let root_error = |source| ConfigError::Root {
@@ -407,7 +428,16 @@ impl Config {
                 tracing::warn!(%dir, root = %root.display(), "root is not writable: moves into it will fail");
             }
         }
-        Ok(())
+        let roots = self.dirs.iter().map(|(id, root)| (id, root.as_path()));
+        match realize_core::store::overlapping_roots(roots) {
+            Some((dir, other)) => Err(ConfigError::OverlappingRoots {
+                path: self.dirs[&dir].clone(),
+                other_path: self.dirs[&other].clone(),
+                dir,
+                other,
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -494,7 +524,7 @@ fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
             reason: format!("must be at least max_message_size ({max_message_size} bytes)"),
         });
     }
-    Ok(Limits {
+    let limits = Limits {
         max_connections: at_least_one(
             "max_connections",
             raw.max_connections,
@@ -521,7 +551,16 @@ fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
         call_timeout: duration("call_timeout", raw.call_timeout, default.call_timeout)?,
         max_file_size,
         max_memory_per_peer,
-    })
+    };
+    if limits.peer_share() < limits.max_connections_per_peer {
+        tracing::warn!(
+            max_connections = limits.max_connections,
+            max_connections_per_peer = limits.max_connections_per_peer,
+            "[limits] max_connections_per_peer is more than half of max_connections: each peer may open {} connections, so that one cannot keep the others out",
+            limits.peer_share()
+        );
+    }
+    Ok(limits)
 }
 
 #[cfg(test)]
@@ -748,5 +787,41 @@ mod tests {
         );
         let none = parse(&with("dirs = []")).unwrap();
         assert!(!none.peers["p"].may_access(&DirId::new("a").unwrap()));
+    }
+
+    #[test]
+    fn overlapping_roots_are_refused_naming_both_ids() {
+        let work = tempfile::tempdir().unwrap();
+        let (a, b) = (work.path().join("a"), work.path().join("b"));
+        std::fs::create_dir_all(a.join("inner")).unwrap();
+        std::fs::create_dir(&b).unwrap();
+        std::os::unix::fs::symlink(&a, work.path().join("link")).unwrap();
+        let with_dirs = |dirs: &[(&str, PathBuf)]| {
+            let dirs: String = dirs
+                .iter()
+                .map(|(id, root)| format!("{id} = {:?}\n", root.display().to_string()))
+                .collect();
+            parse(&minimal(&format!("[dirs]\n{dirs}"))).unwrap()
+        };
+        with_dirs(&[("x", a.clone()), ("y", b.clone())])
+            .check_roots()
+            .unwrap();
+        for (x, y) in [
+            (a.clone(), a.clone()),
+            (a.clone(), a.join("inner")),
+            (a.join("inner"), a.clone()),
+            (work.path().join("link"), a.clone()),
+            (work.path().join("link/inner"), a.clone()),
+        ] {
+            let config = with_dirs(&[("x", x.clone()), ("y", y.clone()), ("z", b.clone())]);
+            let err = config.check_roots().unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::OverlappingRoots { dir, other, .. }
+                    if dir.as_str() == "x" && other.as_str() == "y"),
+                "{x:?} {y:?}: {err:?}"
+            );
+            let message = err.to_string();
+            assert!(message.contains("directories x and y"), "{message}");
+        }
     }
 }

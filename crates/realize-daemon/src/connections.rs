@@ -85,8 +85,6 @@ struct Open {
     peer: PeerInfo,
     close: CancellationToken,
     cancel_calls: CancellationToken,
-    /// Counts against its peer's `max_connections_per_peer` (it was within it).
-    counted: bool,
 }
 
 /// Removes a connection from the open ones when its task ends, however it ends.
@@ -147,39 +145,20 @@ impl Connections {
         let close = self.close_all.child_token();
         let limits = live.current().limits;
         let cancel = calls.cancel.child_token();
-        let over_peer_limit = {
-            let mut open = self.registry();
-            let same_peer = open
-                .values()
-                .filter(|o| o.counted && o.peer.peer_id == peer.peer_id)
-                .count();
-            let over = same_peer >= limits.max_connections_per_peer;
-            open.insert(
-                id,
-                Open {
-                    peer: peer.clone(),
-                    close: close.clone(),
-                    cancel_calls: cancel.clone(),
-                    counted: !over,
-                },
-            );
-            over.then_some(limits.max_connections_per_peer)
-        };
+        self.registry().insert(
+            id,
+            Open {
+                peer: peer.clone(),
+                close: close.clone(),
+                cancel_calls: cancel.clone(),
+            },
+        );
         let context = ConnectionContext {
             peer: peer.clone(),
             cancel,
             active: Arc::new(ActiveCalls::default()),
-            over_peer_limit,
             budget: calls.budgets.peer(&peer.peer_id),
         };
-        if let Some(max) = over_peer_limit {
-            tracing::warn!(
-                peer = %peer.peer_id,
-                addr = %peer.addr,
-                max_connections_per_peer = max,
-                "peer has too many connections open: the calls on this one are refused"
-            );
-        }
         let registered = Registered {
             connections: Arc::clone(self),
             id,

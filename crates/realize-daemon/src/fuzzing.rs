@@ -66,7 +66,6 @@ impl Harness {
             },
             cancel: calls.cancel.child_token(),
             active: Arc::new(ActiveCalls::default()),
-            over_peer_limit: None,
             budget: calls.budgets.peer("fuzzer"),
         };
         Ok(Harness {

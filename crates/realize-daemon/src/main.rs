@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use realize_daemon::config::ConfigSource;
-use realize_daemon::logging::LogFilter;
+use realize_daemon::logging::{EscapedFields, LogFilter};
 use realize_daemon::{Control, Exit};
 use realize_net::keys::PrivateKey;
 use realize_net::metrics::Exporter;
@@ -89,7 +89,10 @@ fn main() -> ExitCode {
     };
     let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let logs: Box<dyn Layer<_> + Send + Sync> = match args.log_format {
-        LogFormat::Text => Box::new(logs.with_ansi(std::io::stderr().is_terminal())),
+        LogFormat::Text => Box::new(
+            logs.fmt_fields(EscapedFields)
+                .with_ansi(std::io::stderr().is_terminal()),
+        ),
         LogFormat::Json => Box::new(logs.json()),
     };
     let subscriber = tracing_subscriber::registry().with(filter).with(logs);

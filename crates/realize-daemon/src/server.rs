@@ -6,9 +6,8 @@
 //!
 //! Each call is first admitted against the live config and the daemon's state
 //! ([`Handler::admit`]): a peer no longer in the config is refused, and so is
-//! every call once shutdown has started, a call past the connection's
-//! `max_calls_per_connection`, and every call on a connection past its peer's
-//! `max_connections_per_peer`. Once it has decoded the directory, a call is
+//! every call once shutdown has started, and a call past the connection's
+//! `max_calls_per_connection`. Once it has decoded the directory, a call is
 //! authorized against the peer's `dirs` and `access` ([`Admitted::authorize`])
 //! before anything touches the disk. An admitted call runs until its deadline
 //! (the client's `grpc-timeout` or `call_timeout`, whichever is sooner) or until its connection's
@@ -356,10 +355,6 @@ enum CallError {
     NotAllowed { peer: String, dir: DirId },
     #[error("peer {peer} may not change directory {dir}: its access is read-only")]
     ReadOnly { peer: String, dir: DirId },
-    #[error(
-        "peer {peer} already has {max} connections open (max_connections_per_peer): close one and retry"
-    )]
-    TooManyConnections { peer: String, max: usize },
     #[error("{max} calls already run on this connection (max_calls_per_connection)")]
     TooManyCalls { max: u32 },
     #[error(
@@ -392,9 +387,9 @@ impl From<CallError> for Status {
             CallError::NotAllowed { .. } | CallError::ReadOnly { .. } => {
                 Status::permission_denied(message)
             }
-            CallError::TooManyConnections { .. }
-            | CallError::TooManyCalls { .. }
-            | CallError::Memory(_) => Status::resource_exhausted(message),
+            CallError::TooManyCalls { .. } | CallError::Memory(_) => {
+                Status::resource_exhausted(message)
+            }
             CallError::FileTooLarge { .. }
             | CallError::ReadTooLarge { .. }
             | CallError::BadTimeout(_) => Status::invalid_argument(message),
@@ -425,14 +420,6 @@ impl Handler {
         if let Some(refusal) = self.refusal(&live, &connection) {
             tracing::debug!(reason = refusal.message(), "call refused");
             return Err(refusal);
-        }
-        if let Some(max) = connection.over_peer_limit {
-            let refusal = CallError::TooManyConnections {
-                peer: connection.peer.peer_id.clone(),
-                max,
-            };
-            tracing::warn!("call refused: {refusal}");
-            return Err(refusal.into());
         }
         let max = live.limits.max_calls_per_connection;
         let Some(active) = connection.active.try_start(max as usize) else {

@@ -106,6 +106,10 @@ impl ServerPolicy for LiveConfig {
         self.0.borrow().limits.max_connections
     }
 
+    fn max_connections_per_peer(&self) -> usize {
+        self.0.borrow().limits.peer_share()
+    }
+
     fn handshake_timeout(&self) -> Duration {
         self.0.borrow().limits.handshake_timeout
     }
@@ -176,9 +180,6 @@ pub(crate) struct ConnectionContext {
     pub cancel: CancellationToken,
     /// The calls running on this connection.
     pub active: Arc<ActiveCalls>,
-    /// Set when the peer already had `max_connections_per_peer` connections open when
-    /// this one came: every call on it is refused, so the client learns why.
-    pub over_peer_limit: Option<usize>,
     /// The memory budget of the peer, shared with its other connections.
     pub budget: Arc<PeerBudget>,
 }

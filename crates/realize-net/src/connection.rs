@@ -1,5 +1,6 @@
 //! Peer connections: the daemon's stream of authenticated TLS connections and the client channel.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -57,6 +58,10 @@ pub trait ServerPolicy: PeerKeys {
     /// Connections open at once, handshakes included; one more is closed at
     /// once, before any TLS work is spent on it.
     fn max_connections(&self) -> usize;
+    /// Connections one peer may have open at once; one more is closed right
+    /// after the handshake that identifies its peer, so it never holds a
+    /// slot of `max_connections` beyond its handshake.
+    fn max_connections_per_peer(&self) -> usize;
     /// How long a client has to complete its TLS handshake.
     fn handshake_timeout(&self) -> Duration;
 }
@@ -79,6 +84,55 @@ impl Drop for Counted {
     }
 }
 
+/// The authenticated connections open, by peer id.
+#[derive(Debug, Default)]
+struct PeerCounts(std::sync::Mutex<HashMap<String, usize>>);
+
+impl PeerCounts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        // Every update is a single insert or remove: a panic cannot leave one half done.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts one more connection of `peer`, unless it has `max` already.
+    fn try_take(self: &Arc<Self>, peer: &str, max: usize) -> Option<PeerCounted> {
+        let mut counts = self.lock();
+        let count = counts.entry(peer.to_owned()).or_default();
+        if *count >= max {
+            if *count == 0 {
+                counts.remove(peer);
+            }
+            return None;
+        }
+        *count += 1;
+        Some(PeerCounted {
+            counts: Arc::clone(self),
+            peer: peer.to_owned(),
+        })
+    }
+}
+
+/// One connection counted in [`PeerCounts`] until it is dropped, with its connection.
+#[derive(Debug)]
+struct PeerCounted {
+    counts: Arc<PeerCounts>,
+    peer: String,
+}
+
+impl Drop for PeerCounted {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock();
+        if let Some(count) = counts.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.peer);
+            }
+        }
+    }
+}
+
 /// Who is on the other end of a server connection; handlers get it from the request extensions.
 #[derive(Clone, Debug)]
 pub struct PeerInfo {
@@ -97,6 +151,7 @@ pub struct ServerConn<S = Throttled<TcpStream>> {
     info: PeerInfo,
     _open: OpenConnection,
     _counted: Counted,
+    _peer_counted: PeerCounted,
 }
 
 impl<S> ServerConn<S> {
@@ -175,6 +230,8 @@ enum HandshakeError {
     NoCertificate,
     #[error("key {0} was removed from the peers during the handshake")]
     NoPeerId(PublicKey),
+    #[error("peer {peer} already has {max} connections open (max_connections_per_peer)")]
+    TooManyForPeer { peer: String, max: usize },
 }
 
 impl HandshakeError {
@@ -185,6 +242,7 @@ impl HandshakeError {
             HandshakeError::UnknownKey | HandshakeError::NoPeerId(_) => "unknown_key",
             HandshakeError::Timeout(_) => "timeout",
             HandshakeError::NoCertificate => "no_certificate",
+            HandshakeError::TooManyForPeer { .. } => "too_many_connections_per_peer",
         }
     }
 }
@@ -194,7 +252,8 @@ impl HandshakeError {
 ///
 /// Each handshake runs in its own task under the policy's handshake timeout, so a slow
 /// or silent client cannot hold up the others. A connection past the policy's
-/// `max_connections` is closed before its handshake. Refused connections are logged and
+/// `max_connections` is closed before its handshake, one past its peer's
+/// `max_connections_per_peer` right after it. Refused connections are logged and
 /// dropped. `policy` is consulted at each connection, so changes to it apply to the next
 /// one. The background tasks stop once the returned stream is dropped or closed. Must be
 /// called inside a tokio runtime.
@@ -245,6 +304,7 @@ async fn accept_loop(
     tx: mpsc::Sender<Result<ServerConn, io::Error>>,
 ) {
     let open = Arc::new(OpenCount::default());
+    let peers = Arc::new(PeerCounts::default());
     loop {
         let accepted = tokio::select! {
             () = tx.closed() => return,
@@ -286,7 +346,7 @@ async fn accept_loop(
             tcp,
             addr,
             Arc::clone(&policy),
-            counted,
+            (counted, Arc::clone(&peers)),
             tx.clone(),
         );
         tokio::spawn(task.instrument(span));
@@ -298,7 +358,7 @@ async fn accept_one(
     tcp: TcpStream,
     addr: SocketAddr,
     policy: Arc<dyn ServerPolicy>,
-    counted: Counted,
+    counted: (Counted, Arc<PeerCounts>),
     tx: mpsc::Sender<Result<ServerConn, io::Error>>,
 ) {
     let timeout = policy.handshake_timeout();
@@ -315,7 +375,15 @@ async fn accept_one(
             crate::metrics::net()
                 .handshakes_refused
                 .add(1, &[opentelemetry::KeyValue::new("reason", e.reason())]);
-            tracing::warn!(addr = %addr, error = %e, "tls handshake refused");
+            match &e {
+                HandshakeError::TooManyForPeer { peer, max } => tracing::warn!(
+                    peer = %peer,
+                    addr = %addr,
+                    max_connections_per_peer = max,
+                    "connection closed: peer has too many connections open"
+                ),
+                _ => tracing::warn!(addr = %addr, error = %e, "tls handshake refused"),
+            }
         }
     }
 }
@@ -339,7 +407,7 @@ async fn handshake(
     tcp: TcpStream,
     addr: SocketAddr,
     peers: &dyn ServerPolicy,
-    counted: Counted,
+    (counted, peer_counts): (Counted, Arc<PeerCounts>),
 ) -> Result<ServerConn, HandshakeError> {
     if let Err(e) = tcp.set_nodelay(true) {
         // Only a latency cost, not a reason to refuse the peer.
@@ -359,10 +427,19 @@ async fn handshake(
     let peer_id = peers
         .peer_id(&key)
         .ok_or_else(|| HandshakeError::NoPeerId(key.clone()))?;
+    let max = peers.max_connections_per_peer();
+    let Some(peer_counted) = peer_counts.try_take(&peer_id, max) else {
+        // Closed cleanly (close_notify), not with an alert, which is how a
+        // refused key looks to the client: this one may come back later.
+        let mut tls = tls;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+        return Err(HandshakeError::TooManyForPeer { peer: peer_id, max });
+    };
     Ok(ServerConn {
         inner: tls,
         _open: OpenConnection::new(&peer_id),
         _counted: counted,
+        _peer_counted: peer_counted,
         info: PeerInfo {
             peer_id,
             addr,
@@ -500,7 +577,7 @@ async fn dial(
         )),
         Ok(0) => Err(io::Error::new(
             io::ErrorKind::ConnectionAborted,
-            "connection closed right after the TLS handshake",
+            "connection closed right after the TLS handshake (the daemon may have as many connections from us as it allows)",
         )),
         Err(e) => Err(e),
         Ok(n) => {
@@ -648,6 +725,7 @@ mod tests {
     struct Policy {
         peers: HashMap<PublicKey, String>,
         max_connections: usize,
+        max_connections_per_peer: usize,
         handshake_timeout: Duration,
     }
 
@@ -660,6 +738,9 @@ mod tests {
     impl ServerPolicy for Policy {
         fn max_connections(&self) -> usize {
             self.max_connections
+        }
+        fn max_connections_per_peer(&self) -> usize {
+            self.max_connections_per_peer
         }
         fn handshake_timeout(&self) -> Duration {
             self.handshake_timeout
@@ -674,6 +755,7 @@ mod tests {
         Arc::new(Policy {
             peers: HashMap::from([(key.public_key(), "laptop".to_owned())]),
             max_connections,
+            max_connections_per_peer: max_connections,
             handshake_timeout,
         })
     }
@@ -788,6 +870,40 @@ mod tests {
             .await
             .expect("server never closed the silent connection");
         assert!(n.is_err() || buf.is_empty());
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_peer_limit_are_closed_after_their_handshake() {
+        let server_key = PrivateKey::generate().unwrap();
+        let client_key = PrivateKey::generate().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let policy = Arc::new(Policy {
+            max_connections_per_peer: 2,
+            ..Arc::into_inner(policy(&client_key, 64, TIMEOUT)).unwrap()
+        });
+        let tls = server_config(&server_key, policy.clone()).unwrap();
+        let mut conns = Box::pin(incoming(listener, tls, policy));
+        let config = client_config(&client_key, [server_key.public_key()]).unwrap();
+        let _first_client = tls_client(addr, config.clone()).await.unwrap();
+        let first = conns.next().await.unwrap().unwrap();
+        let _second_client = tls_client(addr, config.clone()).await.unwrap();
+        let _second = conns.next().await.unwrap().unwrap();
+
+        // The third completes its handshake, which names its peer, then is
+        // closed cleanly: an end of stream, not the alert of a refused key.
+        let mut third = tls_client(addr, config.clone()).await.unwrap();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(TIMEOUT, third.read_to_end(&mut buf))
+            .await
+            .expect("the third connection was left open");
+        assert!(read.is_ok() && buf.is_empty(), "{read:?}");
+
+        // One closed, one more is let in.
+        drop(first);
+        let _fourth_client = tls_client(addr, config).await.unwrap();
+        let fourth = conns.next().await.unwrap().unwrap();
+        assert_eq!(fourth.peer_info().peer_id, "laptop");
     }
 
     #[tokio::test]

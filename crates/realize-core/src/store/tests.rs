@@ -1355,6 +1355,167 @@ async fn an_unknown_dir_id_is_invalid_argument() {
     assert_eq!(tree(root.path()), ["f"]);
 }
 
+// ---------------------------------------------------------------- write lock
+
+/// Another writer's hold on a file: another process, another daemon or
+/// another directory id on the same files. A lock of the open file, so a
+/// descriptor of this test process conflicts with the store's like another
+/// process's would.
+fn hold_write_lock(path: &Path) -> std::fs::File {
+    let file = std::fs::File::open(path).unwrap();
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+    file
+}
+
+/// The error of a call refused because another writer holds the file.
+fn assert_busy<T: std::fmt::Debug>(result: Result<T, ServiceError>) {
+    let err = result.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Aborted, "{err}");
+    assert!(
+        err.to_string().contains("being written by another client"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_partial_file_held_by_another_writer_is_refused_to_every_writer_and_left_alone() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let held = random_bytes(30, 5000);
+    write_file(root, ".f.part", &held);
+    let holder = hold_write_lock(&root.join(".f.part"));
+    let store = store(root);
+    let (d, f) = (dir(), rel("f"));
+    let data = random_bytes(31, 5000);
+    let hash = Sha256Hash::of(&data);
+
+    assert_busy(
+        store
+            .write_file(&d, &f, 5000, chunks([data.clone()]), expecting(hash))
+            .await,
+    );
+    assert_busy(store.write(&d, &f, 0, 5000, chunks([data.clone()])).await);
+    assert_busy(store.finish(&d, &f, Some(Sha256Hash::of(&held))).await);
+    assert_busy(store.finish(&d, &f, None).await);
+    let range = ByteRange::new(0, 5000);
+    let signature = store.signature(&d, &f, range, 1024).await.unwrap();
+    let delta = {
+        let src_root = tempfile::tempdir().unwrap();
+        write_file(src_root.path(), "f", &data);
+        let src = super::LocalStore::new([(dir(), src_root.path().to_path_buf())]);
+        collect(src.diff(&d, &f, range, signature).await.unwrap())
+            .await
+            .unwrap()
+    };
+    assert_busy(
+        store
+            .apply_delta(&d, &f, range, 5000, chunks([delta.clone()]))
+            .await,
+    );
+    let batch = vec![crate::service::WholeFile {
+        path: f.clone(),
+        data: Bytes::from(data.clone()),
+        sha256: hash,
+    }];
+    let mut results = store.write_files(&d, batch.clone()).await;
+    assert_busy(results.remove(0));
+    assert_eq!(read_file(root, ".f.part"), held, "nothing was written");
+    assert!(!exists(root, "f"), "nothing was renamed");
+
+    // Readers are not writers: they do not wait for the lock.
+    let hashed = store.hash(&d, &f, FileKind::Partial, None).await.unwrap();
+    assert_eq!(hashed.hash, Sha256Hash::of(&held));
+    assert_eq!(
+        list(&store, true).await,
+        [("f".into(), FileKind::Partial, 5000)]
+    );
+
+    drop(holder);
+    store
+        .apply_delta(&d, &f, range, 5000, chunks([delta]))
+        .await
+        .unwrap();
+    store.finish(&d, &f, Some(hash)).await.unwrap();
+    assert_eq!(read_file(root, "f"), data);
+    let mut results = store.write_files(&d, batch).await;
+    assert_eq!(results.remove(0).unwrap(), 5000);
+}
+
+#[tokio::test]
+async fn a_final_file_held_by_another_writer_is_not_turned_back_into_a_partial_file() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let old = random_bytes(32, 3000);
+    write_file(root, "f", &old);
+    let _holder = hold_write_lock(&root.join("f"));
+    let store = store(root);
+    let data = random_bytes(33, 3000);
+    assert_busy(
+        store
+            .write_file(
+                &dir(),
+                &rel("f"),
+                3000,
+                chunks([data.clone()]),
+                expecting(Sha256Hash::of(&data)),
+            )
+            .await,
+    );
+    assert_eq!(tree(root), ["f"]);
+    assert_eq!(read_file(root, "f"), old);
+}
+
+/// Waits until `path` holds `size` bytes: the only sign, outside the
+/// store, that a write has reached the disk.
+async fn wait_for_size(path: &Path, size: u64) {
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while std::fs::metadata(path).map_or(true, |m| m.len() != size) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} never held {size} bytes", path.display()));
+}
+
+#[tokio::test]
+async fn two_ids_on_one_directory_never_interleave_their_writes() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let (x, y) = (DirId::new("x").unwrap(), DirId::new("y").unwrap());
+    let store = LocalStore::new([
+        (x.clone(), root.to_path_buf()),
+        (y.clone(), root.to_path_buf()),
+    ]);
+    let f = rel("mix.bin");
+    let (a, b) = (random_bytes(34, 300_000), random_bytes(35, 300_000));
+    let split = |data: &[u8]| chunks(data.chunks(4096).map(<[u8]>::to_vec).collect::<Vec<_>>());
+
+    // The first write has all its data on disk and waits for its hash, so it
+    // holds the partial file for as long as this test wants.
+    let (send_hash, first_hash) = tokio::sync::oneshot::channel();
+    let first = tokio::spawn({
+        let (store, x, f, data) = (store.clone(), x.clone(), f.clone(), split(&a));
+        async move { store.write_file(&x, &f, 300_000, data, first_hash).await }
+    });
+    wait_for_size(&root.join(".mix.bin.part"), 300_000).await;
+
+    assert_busy(
+        store
+            .write_file(&y, &f, 300_000, split(&b), expecting(Sha256Hash::of(&b)))
+            .await,
+    );
+    assert_busy(store.write(&y, &f, 0, 300_000, split(&b)).await);
+    assert_busy(store.finish(&y, &f, None).await);
+
+    send_hash.send(Sha256Hash::of(&a)).unwrap();
+    assert_eq!(first.await.unwrap().unwrap(), 300_000);
+    assert!(
+        read_file(root, "mix.bin") == a,
+        "the file is the first write's, whole"
+    );
+    assert_eq!(tree(root), ["mix.bin"]);
+}
+
 // ---------------------------------------------------------------- info
 
 #[tokio::test]

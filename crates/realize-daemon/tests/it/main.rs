@@ -2,11 +2,14 @@
 //! TLS on loopback, on real files.
 #![allow(clippy::unwrap_used)]
 
+mod audit_log;
 mod exit_status;
+mod fairness;
 mod hardening;
 mod lifecycle;
 mod moves;
 mod observability;
+mod overlap;
 mod python;
 mod rejections;
 mod resilience;
