@@ -110,14 +110,19 @@ impl Config {
                 return Err(UsageError("give at least one DIR_ID to move".into()));
             }
         }
-        for (flag, endpoint) in [("--src-addr", &self.source), ("--dst-addr", &self.destination)] {
+        for (flag, endpoint) in [
+            ("--src-addr", &self.source),
+            ("--dst-addr", &self.destination),
+        ] {
             if let Endpoint::Remote(addr) = endpoint {
                 check_address(addr)
                     .map_err(|why| UsageError(format!("invalid {flag} {addr:?}: {why}")))?;
             }
         }
         if self.connect_timeout.is_zero() {
-            return Err(UsageError("--connect-timeout must be longer than zero".into()));
+            return Err(UsageError(
+                "--connect-timeout must be longer than zero".into(),
+            ));
         }
         if !source_local || !destination_local {
             if self.privkey.is_none() {
@@ -240,7 +245,12 @@ mod tests {
 
     #[test]
     fn addresses() {
-        for good in ["127.0.0.1:9771", "localhost:1", "host-a.example:65535", "[::1]:9771"] {
+        for good in [
+            "127.0.0.1:9771",
+            "localhost:1",
+            "host-a.example:65535",
+            "[::1]:9771",
+        ] {
             assert_eq!(check_address(good), Ok(()), "{good}");
         }
         for (bad, why) in [

@@ -142,7 +142,11 @@ pub async fn run_move(
                 total.files_interrupted = summary.files_interrupted;
                 total.files_skipped = summary.files_skipped;
                 total.failures = summary.failures;
-                match total.failures.iter().find_map(|f| network_failure(&f.error)) {
+                match total
+                    .failures
+                    .iter()
+                    .find_map(|f| network_failure(&f.error))
+                {
                     Some(failure) => failure,
                     // Interrupted while listing, the try may have seen
                     // only some of the files.
@@ -190,7 +194,11 @@ pub async fn run_move(
             return run(total, Ending::GaveUp(gave_up));
         }
         tracing::info!(tries, ?delay, error = %failure.error, "retrying");
-        let attempt = if reached { retries_after_reaching + 1 } else { tries + 1 };
+        let attempt = if reached {
+            retries_after_reaching + 1
+        } else {
+            tries + 1
+        };
         output.retrying(attempt, of, delay, &failure.error);
         tokio::select! {
             () = tokio::time::sleep(delay) => {}

@@ -114,7 +114,10 @@ impl RelPath {
 
     /// The partial form of this path, in the same directory: `a/.b.part`.
     pub fn partial_path(&self) -> RelPath {
-        let parent = self.0.rsplit_once('/').map(|(parent, _)| RelPath(parent.to_string()));
+        let parent = self
+            .0
+            .rsplit_once('/')
+            .map(|(parent, _)| RelPath(parent.to_string()));
         RelPath::join_unchecked(parent.as_ref(), &self.partial_name())
     }
 
@@ -180,7 +183,10 @@ mod tests {
 
     #[test]
     fn partial_paths() {
-        assert_eq!(RelPath::new("b").unwrap().partial_path().as_str(), ".b.part");
+        assert_eq!(
+            RelPath::new("b").unwrap().partial_path().as_str(),
+            ".b.part"
+        );
         assert_eq!(
             RelPath::new("a/c/b").unwrap().partial_path().as_str(),
             "a/c/.b.part"

@@ -811,7 +811,9 @@ fn whole_file_body(
             let sender = sender?;
             let message = match stream.next().await? {
                 Ok(message) => message.message,
-                Err(status) => return Some((Err(error_from_request_stream(status)), (stream, None))),
+                Err(status) => {
+                    return Some((Err(error_from_request_stream(status)), (stream, None)));
+                }
             };
             let chunk = match message {
                 Some(Message::Data(chunk)) if chunk.len() > MAX_CHUNK => Err(format!(

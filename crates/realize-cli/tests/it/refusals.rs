@@ -28,7 +28,11 @@ fn a_destination_inside_the_source_is_refused_before_it_is_created() {
     let work = TempDir::new().unwrap();
     source(work.path());
     let output = realize(&["--src-path", "src", "--dst-path", "src/new"], work.path());
-    assert_refused(&output, work.path(), "same directory or one contains the other");
+    assert_refused(
+        &output,
+        work.path(),
+        "same directory or one contains the other",
+    );
     assert!(!work.path().join("src/new").exists(), "created src/new");
 }
 
@@ -36,7 +40,10 @@ fn a_destination_inside_the_source_is_refused_before_it_is_created() {
 fn a_destination_whose_parent_is_missing_is_an_error_naming_the_parent() {
     let work = TempDir::new().unwrap();
     source(work.path());
-    let output = realize(&["--src-path", "src", "--dst-path", "typo/x/dst"], work.path());
+    let output = realize(
+        &["--src-path", "src", "--dst-path", "typo/x/dst"],
+        work.path(),
+    );
     assert_refused(
         &output,
         work.path(),
@@ -58,7 +65,11 @@ fn a_destination_that_is_a_file_is_not_a_directory() {
     source(work.path());
     write_file(work.path(), "dst", b"a file");
     let output = realize(&["--src-path", "src", "--dst-path", "dst"], work.path());
-    assert_refused(&output, work.path(), "the destination dst is not a directory");
+    assert_refused(
+        &output,
+        work.path(),
+        "the destination dst is not a directory",
+    );
     assert_eq!(std::fs::read(work.path().join("dst")).unwrap(), b"a file");
 }
 

@@ -911,6 +911,9 @@ async fn a_destination_not_created_yet_inside_the_source_is_refused() {
     write_file(root.path(), "f", b"kept");
     let (src, dst) = (store(root.path()), store(&root.path().join("new/deeper")));
     let refused = super::check_distinct(&src, &dst, &[dir()]).await;
-    assert!(matches!(refused, Err(MoveError::Overlap { .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(MoveError::Overlap { .. })),
+        "{refused:?}"
+    );
     assert!(!exists(root.path(), "new"));
 }

@@ -68,7 +68,14 @@ impl Setup {
         dst: Side<'_>,
         extra: &[&str],
     ) -> std::process::Output {
-        let mut args = move_args(src, dst, &["d"], &self.client, &[daemon_key], self.work.path());
+        let mut args = move_args(
+            src,
+            dst,
+            &["d"],
+            &self.client,
+            &[daemon_key],
+            self.work.path(),
+        );
         args.extend(["--connect-timeout", "1s"].map(Into::into));
         args.extend(extra.iter().map(Into::into));
         realize(&os(&args)).await

@@ -838,7 +838,11 @@ fn a_start_up_error_is_said_once() {
     KeyFiles::new(work.path(), "daemon");
     let missing_root = work.path().join("no-such-root");
     let configs = [
-        ("bad.toml", "privkey = \"daemon.key\"\n[dirs]\nbad".to_string(), "TOML parse error"),
+        (
+            "bad.toml",
+            "privkey = \"daemon.key\"\n[dirs]\nbad".to_string(),
+            "TOML parse error",
+        ),
         (
             "missing.toml",
             format!(

@@ -110,9 +110,8 @@ async fn deadline_while_the_daemon_is_unreachable() {
     assert_eq!(output.status.code(), Some(11), "{}", stderr(&output));
     let err = stderr(&output);
     assert!(
-        err.lines()
-            .any(|l| l.starts_with("RETRY     try 2 in ")
-                && l.contains(&format!("cannot connect to {addr}"))),
+        err.lines().any(|l| l.starts_with("RETRY     try 2 in ")
+            && l.contains(&format!("cannot connect to {addr}"))),
         "{err}"
     );
     assert_eq!(last_line(&err), "INTERRUPTED 0 moved, 0 interrupted");
@@ -220,7 +219,10 @@ async fn a_cut_connection_is_retried_and_resent_bytes_are_bounded() {
     for line in out.lines().filter(|l| l.starts_with('[')) {
         let counter = &line[1..line.find(']').unwrap()];
         let (n, total) = counter.split_once('/').unwrap();
-        assert!(n.parse::<u64>().unwrap() <= total.parse().unwrap(), "{line}");
+        assert!(
+            n.parse::<u64>().unwrap() <= total.parse().unwrap(),
+            "{line}"
+        );
     }
     assert_eq!(
         std::fs::read(s.dst.join("big.bin")).unwrap(),

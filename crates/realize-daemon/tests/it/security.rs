@@ -225,7 +225,14 @@ async fn a_read_only_peer_reads_but_changes_nothing() {
             "destination gives read-only access to d: no file could be written to it",
         ),
     ] {
-        let args = move_args(from, to, &["d"], &client, &[&daemon.key.public], work.path());
+        let args = move_args(
+            from,
+            to,
+            &["d"],
+            &client,
+            &[&daemon.key.public],
+            work.path(),
+        );
         let output = realize(&os(&args)).await;
         assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
         assert!(stderr(&output).contains(refusal), "{}", stderr(&output));
