@@ -176,8 +176,14 @@ impl Connections {
         let routes = services.health.clone().add_service(realize).prepare();
         let max_message = limits.max_message_size;
         let active = Arc::clone(&context.active);
+        let budget_live = Arc::clone(live);
+        let max_memory: Arc<dyn Fn() -> u64 + Send + Sync> =
+            Arc::new(move || budget_live.current().limits.max_memory_per_peer);
         let service = routes.map_request(move |request: http::Request<Incoming>| {
-            let mut request = request.map(|body| MessageLimit::new(body, max_message));
+            let mut request = request.map(|body| {
+                MessageLimit::new(body, max_message)
+                    .budgeted(Arc::clone(&context.budget), Arc::clone(&max_memory))
+            });
             request.extensions_mut().insert(context.clone());
             request
         });

@@ -1,6 +1,10 @@
-//! Wire-level limits applied before tonic sees a request: the size of each gRPC message, and the deadline a call carries.
+//! Wire-level limits applied before tonic sees a request: the size of each
+//! gRPC message, the peer's memory budget while a message arrives, and the
+//! deadline a call carries.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -8,19 +12,36 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tonic::Status;
 
+use crate::budget::{BUDGET_WAIT, BudgetError, PeerBudget, Reservation};
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Reserving = Pin<Box<dyn Future<Output = Result<Reservation, BudgetError>> + Send>>;
 
 /// A request body that fails with ResourceExhausted as soon as a gRPC message's
 /// 5-byte prefix declares more than `max` bytes, before anything buffers it.
 ///
 /// tonic has its own limit, but it answers OutOfRange, which gRPC reserves for
 /// ranges; this one answers what gRPC says a message too large is.
-#[derive(Debug)]
 pub(crate) struct MessageLimit<B> {
     inner: B,
     max: usize,
     frames: FrameReader,
     failed: bool,
+    budget: Option<MessageBudget>,
+}
+
+/// Counts the message being received in its peer's memory budget: tonic
+/// gathers a whole message before decoding it, so without this, calls whose
+/// messages all arrive slowly would hold up to `max_message_size` each.
+struct MessageBudget {
+    peer: Arc<PeerBudget>,
+    max: Arc<dyn Fn() -> u64 + Send + Sync>,
+    /// The message in progress (its number in the stream) and its bytes,
+    /// given back once its last byte has gone to tonic, which decodes it then.
+    held: Option<(u64, Reservation)>,
+    /// A frame that starts a message, held back until that message has room:
+    /// holding it stops this stream's HTTP/2 window, so the client waits too.
+    waiting: Option<(Frame<Bytes>, u64, Reserving)>,
 }
 
 impl<B> MessageLimit<B> {
@@ -30,7 +51,42 @@ impl<B> MessageLimit<B> {
             max,
             frames: FrameReader::default(),
             failed: false,
+            budget: None,
         }
+    }
+
+    /// Counts each message in `peer`'s budget (of `max` bytes, read at each
+    /// message) while it arrives.
+    pub fn budgeted(
+        mut self,
+        peer: Arc<PeerBudget>,
+        max: Arc<dyn Fn() -> u64 + Send + Sync>,
+    ) -> Self {
+        self.budget = Some(MessageBudget {
+            peer,
+            max,
+            held: None,
+            waiting: None,
+        });
+        self
+    }
+
+    fn fail(&mut self, status: Status) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.failed = true;
+        if let Some(budget) = &mut self.budget {
+            budget.held = None;
+            budget.waiting = None;
+        }
+        Poll::Ready(Some(Err(Box::new(status))))
+    }
+}
+
+impl<B> std::fmt::Debug for MessageLimit<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageLimit")
+            .field("max", &self.max)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
     }
 }
 
@@ -49,6 +105,23 @@ where
         if self.failed {
             return Poll::Ready(None);
         }
+        if let Some(budget) = &mut self.budget
+            && let Some((_, number, reserving)) = &mut budget.waiting
+        {
+            let reserved = ready!(reserving.as_mut().poll(cx));
+            let number = *number;
+            return match (reserved, budget.waiting.take()) {
+                (Ok(reservation), Some((frame, ..))) => {
+                    budget.held = Some((number, reservation));
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                (Err(e), _) => {
+                    tracing::warn!(error = %e, "message refused: no room in the peer's memory budget");
+                    self.fail(Status::resource_exhausted(e.to_string()))
+                }
+                (Ok(_), None) => Poll::Ready(None),
+            };
+        }
         let frame = match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
             Some(Ok(frame)) => frame,
             Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
@@ -57,16 +130,33 @@ where
         if let Some(data) = frame.data_ref() {
             let max = self.max;
             if let Err(len) = self.frames.feed(data, max) {
-                self.failed = true;
                 tracing::warn!(
                     size = len,
                     max_message_size = max,
                     "message refused: larger than max_message_size"
                 );
-                let status = Status::resource_exhausted(format!(
+                return self.fail(Status::resource_exhausted(format!(
                     "message of {len} bytes is larger than the daemon's max_message_size ({max} bytes)"
-                ));
-                return Poll::Ready(Some(Err(Box::new(status))));
+                )));
+            }
+            let in_progress = self.frames.in_progress();
+            if let Some(budget) = &mut self.budget {
+                match in_progress {
+                    None => budget.held = None,
+                    Some((number, _))
+                        if budget.held.as_ref().is_some_and(|(n, _)| *n == number) => {}
+                    Some((number, len)) => {
+                        budget.held = None;
+                        let (peer, max) = (Arc::clone(&budget.peer), Arc::clone(&budget.max));
+                        let reserving: Reserving = Box::pin(async move {
+                            peer.reserve("a request message", len, || max(), BUDGET_WAIT)
+                                .await
+                        });
+                        budget.waiting = Some((frame, number, reserving));
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                }
             }
         }
         Poll::Ready(Some(Ok(frame)))
@@ -89,9 +179,19 @@ struct FrameReader {
     prefix_len: usize,
     /// Bytes of the current message still to come.
     remaining: u64,
+    /// Messages whose prefix has been read, the current one included.
+    started: u64,
+    /// The declared length of the current message.
+    current_len: u64,
 }
 
 impl FrameReader {
+    /// The message whose bytes are still arriving, if any: its number in the
+    /// stream and its declared length.
+    fn in_progress(&self) -> Option<(u64, u64)> {
+        (self.remaining > 0).then_some((self.started, self.current_len))
+    }
+
     /// Takes the next bytes of the stream; `Err` with the declared length if a
     /// message is longer than `max`.
     fn feed(&mut self, mut data: &[u8], max: usize) -> Result<(), u64> {
@@ -116,6 +216,8 @@ impl FrameReader {
                     return Err(len);
                 }
                 self.remaining = len;
+                self.started += 1;
+                self.current_len = len;
             }
         }
         Ok(())

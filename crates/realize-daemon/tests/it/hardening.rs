@@ -289,3 +289,120 @@ async fn call_timeout_caps_a_longer_client_deadline() {
     drop(tx);
     daemon.stop().await;
 }
+
+/// A gRPC request body that declares one message of `len` bytes, sends all
+/// but the last 64 KiB of it, then stalls: tonic gathers a message whole
+/// before decoding it, so each such call used to hold up to
+/// `max_message_size` in the daemon.
+struct StalledMessage {
+    len: u32,
+    sent: u32,
+    zeros: Bytes,
+}
+
+impl http_body::Body for StalledMessage {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let data = if self.sent == 0 {
+            let mut prefix = vec![0];
+            prefix.extend_from_slice(&self.len.to_be_bytes());
+            Bytes::from(prefix)
+        } else if self.sent + 2 * self.zeros.len() as u32 <= self.len {
+            self.zeros.clone()
+        } else {
+            // Never woken: the message never ends.
+            return std::task::Poll::Pending;
+        };
+        self.sent += data.len() as u32;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(data))))
+    }
+}
+
+#[tokio::test]
+async fn messages_still_arriving_count_in_the_peers_memory_budget() {
+    const CONNECTIONS: usize = 8;
+    const CALLS_PER_CONNECTION: usize = 32;
+    const MESSAGE: u32 = (4 << 20) - 64; // just under the default max_message_size
+    let work = TempDir::new().unwrap();
+    let client = KeyFiles::new(work.path(), "client");
+    let root = work.path().join("root");
+    write_file(&root, "f.bin", b"signed");
+    let daemon = Daemon::start_with(work.path(), &[("d", &root)], &client, read_only).await;
+    let zeros = Bytes::from(vec![0u8; 64 * 1024]);
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..CONNECTIONS {
+        let tls = client_config(&client.key, [daemon.key.public_key()]).unwrap();
+        let channel = connect(&daemon.addr, tls, TIMEOUT, SendLimit::new(None))
+            .await
+            .unwrap();
+        for _ in 0..CALLS_PER_CONNECTION {
+            let body = StalledMessage {
+                len: MESSAGE,
+                sent: 0,
+                zeros: zeros.clone(),
+            };
+            let request = http::Request::post("http://realize/realize.v1.Realize/Diff")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(tonic::body::Body::new(body))
+                .unwrap();
+            let channel = channel.clone();
+            calls.spawn(async move {
+                use tower::ServiceExt;
+                let response = channel.oneshot(request).await.unwrap();
+                let header = |name| {
+                    response
+                        .headers()
+                        .get(name)
+                        .map(|v| v.to_str().unwrap().to_string())
+                };
+                (header("grpc-status"), header("grpc-message"))
+            });
+        }
+    }
+    // Every call that finds no room is refused after the budget's wait; the
+    // ones that fit stay stalled, holding their messages.
+    let pid = daemon.pid();
+    let mut peak = 0;
+    let mut refused = 0;
+    let deadline = tokio::time::Instant::now() + HUNG;
+    while refused < CONNECTIONS * CALLS_PER_CONNECTION - 16 {
+        // Memory is sampled while the calls are waited for: the peak is what matters.
+        let rss = vm_rss(pid);
+        peak = peak.max(rss);
+        assert!(
+            rss < 200_000_000,
+            "realized reached {rss} bytes, {refused} calls refused"
+        );
+        let Ok(next) = tokio::time::timeout(Duration::from_millis(50), calls.join_next()).await
+        else {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "calls neither served nor refused"
+            );
+            continue;
+        };
+        let (status, message) = next.unwrap().unwrap();
+        assert_eq!(status.as_deref(), Some("8"), "{message:?}"); // RESOURCE_EXHAUSTED
+        assert!(
+            message.is_some_and(|m| m.contains("max_memory_per_peer")),
+            "refused for another reason"
+        );
+        refused += 1;
+    }
+    peak = peak.max(vm_rss(pid));
+    eprintln!(
+        "messages in transit: {refused} calls refused, realized peak VmRSS {} MB",
+        peak / 1_000_000
+    );
+    // 64 MiB of messages, what the HTTP/2 windows of 8 connections may hold,
+    // and the daemon itself; without the budget, 256 calls held ~1 GiB.
+    assert!(peak < 200_000_000, "realized reached {peak} bytes");
+    calls.abort_all();
+    daemon.stop().await;
+}
