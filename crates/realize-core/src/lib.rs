@@ -36,7 +36,7 @@ pub use service::{
     HashResult, MAX_WHOLE_FILE, Service, ServiceInfo, WholeFile,
 };
 pub use stop::Stop;
-pub use store::LocalStore;
+pub use store::{LocalStore, PathLocks};
 
 /// The version every realize binary and daemon reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -55,11 +55,25 @@ pub struct LocalStore {
 struct Inner {
     dirs: BTreeMap<DirId, PathBuf>,
     host: String,
-    /// Paths being changed, each with the lock its calls queue on.
-    locks: std::sync::Mutex<HashMap<(DirId, RelPath), PathMutex>>,
+    locks: PathLocks,
 }
 
 type PathMutex = Arc<tokio::sync::Mutex<()>>;
+
+/// The paths being changed, each with the lock its calls queue on, keyed by
+/// root and path. A daemon shares one table between the stores it builds on
+/// each reload, so a call admitted before a reload and one admitted after it
+/// still queue on the same path.
+#[derive(Clone, Debug, Default)]
+pub struct PathLocks(Arc<std::sync::Mutex<HashMap<(PathBuf, RelPath), PathMutex>>>);
+
+impl PathLocks {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<(PathBuf, RelPath), PathMutex>> {
+        // Only lookups, inserts and removals happen under the lock: a panic
+        // cannot leave the map half-updated.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 /// Where the two forms of a path live on disk.
 #[derive(Clone, Debug)]
@@ -500,11 +514,17 @@ pub fn overlapping_roots<'a>(
 
 impl LocalStore {
     pub fn new(dirs: impl IntoIterator<Item = (DirId, PathBuf)>) -> Self {
+        Self::with_locks(dirs, PathLocks::default())
+    }
+
+    /// A store whose calls queue on `locks`, shared with other stores of
+    /// the same directories (see [`PathLocks`]).
+    pub fn with_locks(dirs: impl IntoIterator<Item = (DirId, PathBuf)>, locks: PathLocks) -> Self {
         LocalStore {
             inner: Arc::new(Inner {
                 dirs: dirs.into_iter().collect(),
                 host: host_identity(),
-                locks: Default::default(),
+                locks,
             }),
         }
     }
@@ -556,14 +576,17 @@ impl LocalStore {
     /// Waits until no other call of this store changes `path`'s files, so
     /// what one call wrote and hashed is what it renames.
     async fn exclusive(&self, dir: &DirId, path: &RelPath) -> PathLock {
-        let key = (dir.clone(), path.clone());
-        let lock = {
-            let mut locks = self.inner.locks.lock().unwrap_or_else(|e| e.into_inner());
-            Arc::clone(locks.entry(key.clone()).or_default())
-        };
+        // An unknown directory fails its call once resolved; its key only
+        // has to differ from every served root's.
+        let root = self
+            .root(dir)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|_| PathBuf::from(format!("unknown directory {dir}")));
+        let key = (root, path.clone());
+        let lock = Arc::clone(self.inner.locks.table().entry(key.clone()).or_default());
         let guard = lock.lock_owned().await;
         PathLock {
-            store: Arc::clone(&self.inner),
+            locks: self.inner.locks.clone(),
             key,
             _guard: guard,
         }
@@ -572,14 +595,14 @@ impl LocalStore {
 
 /// Held while a call changes a path's files; see [`LocalStore::exclusive`].
 struct PathLock {
-    store: Arc<Inner>,
-    key: (DirId, RelPath),
+    locks: PathLocks,
+    key: (PathBuf, RelPath),
     _guard: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl Drop for PathLock {
     fn drop(&mut self) {
-        let mut locks = self.store.locks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut locks = self.locks.table();
         // The map holds one reference and this guard another: nobody else
         // waits, so the entry goes and the map stays as small as the calls in flight.
         if locks

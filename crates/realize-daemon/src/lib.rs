@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::{FutureExt, Stream};
-use realize_core::Service;
+use realize_core::{PathLocks, Service};
 use realize_net::keys::{KeyError, PrivateKey, PublicKey};
 use realize_net::tls::TlsError;
 use tokio::net::TcpListener;
@@ -83,7 +83,12 @@ pub async fn run(
                 address: config.address.clone(),
                 source,
             })?;
-    let server = Server::start(listener, &key, Live::from_config(&config)).await?;
+    let server = Server::start(
+        listener,
+        &key,
+        Live::from_config(&config, PathLocks::default()),
+    )
+    .await?;
     let mut controls = Controls::new(controls);
     while let Some(Control::Reload) = controls.next().await {
         server.reload(&source, &mut config, log.as_ref());

@@ -208,7 +208,8 @@ impl Server {
             new.privkey = current.privkey.clone();
         }
 
-        self.live.replace(Live::from_config(&new));
+        let locks = self.live.current().locks.clone();
+        self.live.replace(Live::from_config(&new, locks));
         if let (Some(log), Some(filter)) = (log, filter)
             && let Err(e) = log.apply(filter)
         {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use realize_core::{DirId, LocalStore, Service};
+use realize_core::{DirId, LocalStore, PathLocks, Service};
 use realize_net::connection::{PeerInfo, ServerPolicy};
 use realize_net::keys::PublicKey;
 use realize_net::tls::PeerKeys;
@@ -35,6 +35,8 @@ pub(crate) struct Live {
     /// How long calls may run on after a shutdown request.
     pub grace_period: Duration,
     pub limits: Limits,
+    /// The path locks of the store, carried over to the next version.
+    pub locks: PathLocks,
 }
 
 impl Live {
@@ -55,18 +57,25 @@ impl Live {
             service,
             grace_period,
             limits,
+            locks: PathLocks::default(),
         }
     }
 
-    pub fn from_config(config: &Config) -> Live {
-        let store = LocalStore::new(config.dirs.clone());
-        Live::new(
-            config.peers.clone(),
-            config.dirs.keys().cloned().collect(),
-            Arc::new(store),
-            config.grace_period,
-            config.limits,
-        )
+    /// The live state of `config`, whose store queues calls on `locks`: the
+    /// same table for every reload, so calls on one path queue together
+    /// whichever version of the config admitted them.
+    pub fn from_config(config: &Config, locks: PathLocks) -> Live {
+        let store = LocalStore::with_locks(config.dirs.clone(), locks.clone());
+        Live {
+            locks,
+            ..Live::new(
+                config.peers.clone(),
+                config.dirs.keys().cloned().collect(),
+                Arc::new(store),
+                config.grace_period,
+                config.limits,
+            )
+        }
     }
 
     /// Whether `peer` still connects with the key it authenticated with: a peer

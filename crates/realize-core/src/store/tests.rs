@@ -1609,3 +1609,40 @@ async fn read_files_refuses_a_claimed_size_past_the_whole_file_limit() {
     assert!(matches!(&read[0], Err(e) if e.code() == ErrorCode::InvalidArgument));
     assert_eq!(&read[1].as_ref().unwrap().data[..], b"data");
 }
+
+/// A daemon builds a new store on each reload: with the path locks shared,
+/// a Finish admitted after the reload waits for a Write admitted before it,
+/// instead of finding the partial file taken.
+#[tokio::test]
+async fn stores_sharing_path_locks_queue_calls_on_one_path() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let locks = super::PathLocks::default();
+    let before = LocalStore::with_locks([(dir(), root.to_path_buf())], locks.clone());
+    let after = LocalStore::with_locks([(dir(), root.to_path_buf())], locks);
+    let (send, receive) = tokio::sync::mpsc::channel::<Result<Bytes, ServiceError>>(1);
+    let data: ByteStream =
+        stream::unfold(
+            receive,
+            |mut r| async move { r.recv().await.map(|c| (c, r)) },
+        )
+        .boxed();
+    let writing = tokio::spawn(async move { before.write(&dir(), &rel("f"), 0, 10, data).await });
+    send.send(Ok(Bytes::from_static(b"01234"))).await.unwrap();
+    // The write holds the path once its first bytes are on disk.
+    while std::fs::metadata(root.join(".f.part")).map_or(0, |m| m.len()) < 5 {
+        tokio::task::yield_now().await;
+    }
+    let mut finishing = tokio::spawn(async move { after.finish(&dir(), &rel("f"), None).await });
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(200), &mut finishing)
+            .await
+            .is_err(),
+        "the finish did not wait for the write"
+    );
+    send.send(Ok(Bytes::from_static(b"56789"))).await.unwrap();
+    drop(send);
+    assert_eq!(writing.await.unwrap().unwrap(), 10);
+    finishing.await.unwrap().unwrap();
+    assert_eq!(read_file(root, "f"), b"0123456789");
+}
