@@ -652,7 +652,14 @@ fn doc(report: &str) -> String {
          After the fault the suite checks that every file still has an intact copy (source or destination) with its original SHA-256 and that no final file is corrupt; then it runs the plain move until it succeeds (at most {COMPLETION_RUNS} runs) and checks that every file is on the destination only, intact, with no partial file left.\n\
          A fault that comes after the move has ended counts as too late; the checks run all the same.\n\n\
          {report}\n\
-         Reproduce with `cargo xtask chaos --iterations N --seed S`; CI runs `cargo xtask chaos --iterations 5`.\n",
+         Reproduce with `cargo xtask chaos --iterations N --seed S`; CI runs `cargo xtask chaos --iterations 5`.\n\n\
+         ## Races the test suite reproduces\n\
+         \n\
+         Beyond the chaos run, these races run in `cargo test --workspace` through the real binaries or the store:\n\
+         \n\
+         - A SIGHUP storm (every 50 ms) while two `realize` clients move the same paths into one daemon: every file ends whole, once, with one client's content, and both sources are emptied. The daemon keeps one table of path locks for its whole life (`PathLocks`), so a call admitted before a reload and one admitted after it queue on the same path.\n\
+         - Another client finishing or removing a destination file under a move: the move lists the destination again (at most 3 times) and goes on from what is there, instead of failing the file with `not found`.\n\
+         - Two daemons, or two directory ids, on one directory: each partial file is written under an exclusive lock of its open file (`flock`), so a second writer gets `ABORTED` (`being written by another client`, retried by `realize`) and never interleaves; a daemon refuses a config whose roots are one directory or nest.\n",
         cores = std::thread::available_parallelism().map_or(0, |n| n.get()),
         cpu = crate::cpu_model(),
     )

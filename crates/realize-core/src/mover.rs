@@ -680,6 +680,35 @@ pub async fn check_distinct(
     Ok(())
 }
 
+/// How many times a file's destination is listed again when another client
+/// changes it under the move (see [`move_file`]).
+const DESTINATION_LOOKS: u32 = 3;
+
+/// What the destination has at `path` now.
+async fn destination_state(
+    dst: &dyn Service,
+    dir: &DirId,
+    path: &RelPath,
+) -> Result<DestinationState, MoveError> {
+    let entries = async { dst.list(dir, true).await?.try_collect::<Vec<_>>().await }
+        .await
+        .map_err(MoveError::destination)?;
+    Ok(destination_states(entries).remove(path).unwrap_or_default())
+}
+
+/// The forms of each path of a destination's listing.
+fn destination_states(entries: Vec<Entry>) -> HashMap<RelPath, DestinationState> {
+    let mut destination: HashMap<RelPath, DestinationState> = HashMap::new();
+    for entry in entries {
+        let state = destination.entry(entry.path).or_default();
+        match entry.kind {
+            FileKind::Final => state.final_stamp = Some(entry.stamp),
+            FileKind::Partial => state.partial_stamp = Some(entry.stamp),
+        }
+    }
+    destination
+}
+
 /// The forms of a path present on the destination.
 #[derive(Clone, Copy, Debug, Default)]
 struct DestinationState {
@@ -710,14 +739,7 @@ async fn list_dir<'a>(
             .map_err(MoveError::destination),
     )
     .await?;
-    let mut destination: HashMap<RelPath, DestinationState> = HashMap::new();
-    for entry in dst_entries {
-        let state = destination.entry(entry.path).or_default();
-        match entry.kind {
-            FileKind::Final => state.final_stamp = Some(entry.stamp),
-            FileKind::Partial => state.partial_stamp = Some(entry.stamp),
-        }
-    }
+    let mut destination = destination_states(dst_entries);
     let (finals, partials): (Vec<_>, Vec<_>) = src_entries
         .into_iter()
         .partition(|e| e.kind == FileKind::Final);
@@ -755,10 +777,27 @@ async fn move_file(
         options,
         file,
     };
-    let (source_hash, sent) = if state.partial_stamp.is_none() && state.final_stamp.is_none() {
-        transfer.whole_file(entry.stamp).await?
-    } else {
-        transfer.resume(entry, state).await?
+    let mut state = state;
+    let mut looks = 0;
+    let (source_hash, sent) = loop {
+        let transferred = if state.partial_stamp.is_none() && state.final_stamp.is_none() {
+            transfer.whole_file(entry.stamp).await
+        } else {
+            transfer.resume(entry, state).await
+        };
+        match transferred {
+            // Another client finished or removed the form listed: look again
+            // and start from what is there now.
+            Err(MoveError::Service {
+                side: Side::Destination,
+                source,
+            }) if source.code() == ErrorCode::NotFound && looks < DESTINATION_LOOKS => {
+                looks += 1;
+                tracing::info!(error = %ErrorChain(&source), "destination changed while being moved, looking again");
+                state = destination_state(dst, dir, path).await?;
+            }
+            transferred => break transferred?,
+        }
     };
     file.phase(Phase::Deleting);
     src.delete(dir, path, Some(entry.stamp))

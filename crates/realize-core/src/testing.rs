@@ -31,6 +31,9 @@ pub(crate) enum Fault {
     HardStopOnWrite,
     /// Stops the move softly at the first write, which then goes on.
     SoftStopOnWrite,
+    /// Renames the partial file to its final name just before it is first
+    /// hashed: another client finishing it under the move.
+    FinishedByAnotherClient,
 }
 
 /// A local store with a fault injected, delegating everything else.
@@ -194,6 +197,13 @@ impl Service for Faulty {
     ) -> Result<HashResult, ServiceError> {
         if kind == FileKind::Final && range.is_none() {
             self.trigger(Fault::ChangeBeforeRead, path);
+        }
+        if kind == FileKind::Partial
+            && self.fault == Fault::FinishedByAnotherClient
+            && self.armed.swap(false, Ordering::SeqCst)
+        {
+            let partial = self.root.join(path.partial_path().as_str());
+            std::fs::rename(partial, self.root.join(path.as_str())).unwrap();
         }
         self.inner.hash(dir, path, kind, range).await
     }

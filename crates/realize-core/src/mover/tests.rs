@@ -917,3 +917,21 @@ async fn a_destination_not_created_yet_inside_the_source_is_refused() {
     );
     assert!(!exists(root.path(), "new"));
 }
+
+#[tokio::test]
+async fn a_partial_file_another_client_finishes_under_the_move_is_looked_at_again() {
+    let sides = Sides::new();
+    let data = random_bytes(31, 2 * MIB);
+    write_file(sides.src(), "f", &data);
+    // Another client's half-written version, which it finishes under us.
+    write_file(sides.dst(), ".f.part", &random_bytes(32, MIB));
+    let src = store(sides.src());
+    let dst = Faulty::new(sides.dst(), Fault::FinishedByAnotherClient);
+    let summary = move_files(&src, &dst, &[dir()], &options(), &NoProgress, &Stop::new())
+        .await
+        .unwrap();
+    assert_all_moved(&summary, 1);
+    assert_eq!(read_file(sides.dst(), "f"), data);
+    assert!(!exists(sides.dst(), ".f.part"));
+    assert!(!exists(sides.src(), "f"));
+}

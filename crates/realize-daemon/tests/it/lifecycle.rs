@@ -875,3 +875,80 @@ fn a_start_up_error_is_said_once() {
         }
     }
 }
+
+/// Two clients move the same paths into one daemon while SIGHUP reloads it
+/// every 50 ms: every file ends whole, once, with one client's content, and
+/// both sources are emptied.
+#[tokio::test]
+async fn a_sighup_storm_during_concurrent_writes_of_the_same_paths_loses_nothing() {
+    let s = Setup::new();
+    let dst = s.dir("dst");
+    let sources: Vec<PathBuf> = (1..=2u64)
+        .map(|client| {
+            let src = s.dir(&format!("src{client}"));
+            for i in 0..12u64 {
+                let size = 1000 + (i as usize) * 150_000;
+                write_file(
+                    &src,
+                    &format!("f{i}.bin"),
+                    &pseudo_random(size, client * 100 + i),
+                );
+            }
+            src
+        })
+        .collect();
+    let versions: Vec<_> = sources.iter().map(|src| tree(src)).collect();
+    let daemon = Daemon::start(s.work.path(), &[("d", &dst)], &s.client).await;
+    let storm = tokio_util::sync::CancellationToken::new();
+    let reloads = {
+        let (storm, pid) = (storm.clone(), daemon.pid());
+        tokio::spawn(async move {
+            let mut sent = 0;
+            while !storm.is_cancelled() {
+                let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
+                rustix::process::kill_process(pid, Signal::HUP).unwrap();
+                sent += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            sent
+        })
+    };
+    let moves: Vec<_> = sources
+        .iter()
+        .map(|src| {
+            let args = move_args(
+                Side::Path(src),
+                Side::Addr(&daemon.addr),
+                &["d"],
+                &s.client,
+                &[&daemon.key.public],
+                s.work.path(),
+            );
+            tokio::spawn(async move { realize(&os(&args)).await })
+        })
+        .collect();
+    for moved in moves {
+        let output = moved.await.unwrap();
+        assert!(
+            output.status.success(),
+            "{}\ndaemon log:\n{}",
+            stderr(&output),
+            daemon.log()
+        );
+    }
+    storm.cancel();
+    let sent = reloads.await.unwrap();
+    assert!(sent > 1, "only {sent} reloads");
+    for src in &sources {
+        assert!(tree(src).is_empty(), "{:?}", tree(src));
+    }
+    let landed = tree(&dst);
+    assert_eq!(landed.len(), 12, "{landed:?}");
+    for (path, digest) in &landed {
+        assert!(
+            versions.iter().any(|v| v.get(path) == Some(digest)),
+            "{path} holds neither client's content"
+        );
+    }
+    daemon.stop().await;
+}
