@@ -659,7 +659,8 @@ fn doc(report: &str) -> String {
          \n\
          - A SIGHUP storm (every 50 ms) while two `realize` clients move the same paths into one daemon: every file ends whole, once, with one client's content, and both sources are emptied. The daemon keeps one table of path locks for its whole life (`PathLocks`), so a call admitted before a reload and one admitted after it queue on the same path.\n\
          - Another client finishing or removing a destination file under a move: the move lists the destination again (at most 3 times) and goes on from what is there, instead of failing the file with `not found`.\n\
-         - Two daemons, or two directory ids, on one directory: each partial file is written under an exclusive lock of its open file (`flock`), so a second writer gets `ABORTED` (`being written by another client`, retried by `realize`) and never interleaves; a daemon refuses a config whose roots are one directory or nest.\n",
+         - Two daemons, or two directory ids, on one directory: each partial file is written under an exclusive lock of its open file (`flock`), so a second writer gets `ABORTED` (`being written by another client`, retried by `realize`) and never interleaves; a daemon refuses a config whose roots are one directory or nest.\n\
+         - A panic inside a call (a bug in a handler or a store, or in a response stream): the call ends with `INTERNAL` (`METHOD failed: internal error in the daemon (MESSAGE)`), the panic is logged at ERROR in the call's span and counted in `realize_rpc_panics_total{method}`, and the daemon serves on; the test runs a daemon over a store whose every call panics.\n",
         cores = std::thread::available_parallelism().map_or(0, |n| n.get()),
         cpu = crate::cpu_model(),
     )

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::BoxStream;
-use futures::{StreamExt, TryStreamExt, stream};
+use futures::{FutureExt, StreamExt, TryStreamExt, stream};
 use opentelemetry::KeyValue;
 use realize_core::delta::{MAX_RANGE, MIN_BLOCK_SIZE, max_delta_len};
 use realize_core::store::{CHUNK_SIZE, HASH_BUFFERED, READ_BUFFERED};
@@ -62,6 +62,7 @@ pub struct Handler {
 
 /// A call that may run: the config as it was when it started, and its connection.
 struct Admitted {
+    method: &'static str,
     live: Arc<Live>,
     connection: ConnectionContext,
     /// Fired at the call's deadline, or when its connection's token fires.
@@ -410,7 +411,7 @@ impl Handler {
     }
 
     /// Lets a call in, or says why not.
-    fn admit<T>(&self, request: &Request<T>) -> Result<Admitted, Status> {
+    fn admit<T>(&self, request: &Request<T>, method: &'static str) -> Result<Admitted, Status> {
         let connection = request
             .extensions()
             .get::<ConnectionContext>()
@@ -452,6 +453,7 @@ impl Handler {
         tracing::debug!("call started");
         Ok(Admitted {
             _timer: cancel.clone().drop_guard(),
+            method,
             live,
             connection,
             cancel,
@@ -518,6 +520,15 @@ impl Handler {
         stream: ServerStream<T>,
     ) -> ServerStream<T> {
         let handler = self.clone();
+        let (method, span) = (call.method, tracing::Span::current());
+        // A panic while the stream is polled ends it with INTERNAL, like one
+        // in the handler (see `Observed::run`).
+        let stream = std::panic::AssertUnwindSafe(stream)
+            .catch_unwind()
+            .map(move |item| {
+                item.unwrap_or_else(|panic| Err(span.in_scope(|| panicked(method, &*panic))))
+            })
+            .boxed();
         futures::stream::unfold(Some((stream, call)), move |state| {
             let handler = handler.clone();
             async move {
@@ -719,15 +730,44 @@ fn observe<T>(method: &'static str, request: &Request<T>) -> Observed {
 }
 
 impl Observed {
+    /// Runs a handler in the call's span, measured; a panic in it is the
+    /// call's `INTERNAL` error rather than a stream reset the client cannot read.
     async fn run<T>(self, handler: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
         let measured = RpcCall::start(RpcSide::Server, self.method);
-        let result = handler.instrument(self.span).await;
+        let (method, span) = (self.method, self.span.clone());
+        let result = std::panic::AssertUnwindSafe(handler.instrument(self.span))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(span.in_scope(|| panicked(method, &*panic))));
         measured.finish(match &result {
             Ok(_) => tonic::Code::Ok,
             Err(status) => status.code(),
         });
         result
     }
+}
+
+/// Logs and counts a panic of a call, and makes it the call's status.
+fn panicked(method: &'static str, panic: &(dyn std::any::Any + Send)) -> Status {
+    let what = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message");
+    tracing::error!(panic = what, "call panicked; the daemon serves on");
+    static PANICS: std::sync::OnceLock<opentelemetry::metrics::Counter<u64>> =
+        std::sync::OnceLock::new();
+    PANICS
+        .get_or_init(|| {
+            opentelemetry::global::meter("realize")
+                .u64_counter("realize.rpc.panics")
+                .with_description("gRPC calls whose handler panicked, by method")
+                .build()
+        })
+        .add(1, &[opentelemetry::KeyValue::new("method", method)]);
+    Status::internal(format!(
+        "{method} failed: internal error in the daemon ({what})"
+    ))
 }
 
 /// A send limit for people: `unlimited` or bytes per second.
@@ -870,9 +910,10 @@ impl pb::realize_server::Realize for Handler {
         request: Request<pb::ListRequest>,
     ) -> Result<Response<Self::ListStream>, Status> {
         let observed = observe("List", &request);
+        let method = observed.method;
         observed
             .run(async {
-                let call = self.admit(&request)?;
+                let call = self.admit(&request, method)?;
                 let request = request.into_inner();
                 let dir = realize_proto::dir_id(&request.dir).map_err(invalid)?;
                 call.authorize(&dir, Need::Read)?;
@@ -895,9 +936,10 @@ impl pb::realize_server::Realize for Handler {
         request: Request<pb::ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
         let observed = observe("Read", &request);
+        let method = observed.method;
         observed
             .run(async {
-                let call = self.admit(&request)?;
+                let call = self.admit(&request, method)?;
                 let request = request.into_inner();
                 let (dir, path) = target(&request.dir, &request.path)?;
                 call.authorize(&dir, Need::Read)?;
@@ -932,9 +974,10 @@ impl pb::realize_server::Realize for Handler {
     ) -> Result<Response<pb::WriteResponse>, Status> {
         use pb::write_request::Message;
         let observed = observe("Write", &request);
+        let method = observed.method;
         observed
             .run(async {
-                let call = self.admit(&request)?;
+                let call = self.admit(&request, method)?;
                 let mut stream = request.into_inner();
                 let header = self
                     .cancellable(
@@ -991,9 +1034,10 @@ impl pb::realize_server::Realize for Handler {
         request: Request<Streaming<pb::WriteFilesRequest>>,
     ) -> Result<Response<Self::WriteFilesStream>, Status> {
         let observed = observe("WriteFiles", &request);
+        let method = observed.method;
         observed
             .run(async {
-                let call = self.admit(&request)?;
+                let call = self.admit(&request, method)?;
                 let peer_id = call.connection.peer.peer_id.clone();
                 let (handler, span) = (self.clone(), tracing::Span::current());
                 let (budget, live) = (Arc::clone(&call.connection.budget), Arc::clone(&self.live));
@@ -1058,9 +1102,10 @@ impl pb::realize_server::Realize for Handler {
         request: Request<pb::ReadFilesRequest>,
     ) -> Result<Response<Self::ReadFilesStream>, Status> {
         let observed = observe("ReadFiles", &request);
+        let method = observed.method;
         observed
             .run(async {
-                let call = self.admit(&request)?;
+                let call = self.admit(&request, method)?;
                 let request = request.into_inner();
                 let (dir, files) = file_refs(&request.dir, request.files)?;
                 call.authorize(&dir, Need::Read)?;
@@ -1109,9 +1154,10 @@ impl pb::realize_server::Realize for Handler {
         request: Request<pb::DeleteFilesRequest>,
     ) -> Result<Response<pb::DeleteFilesResponse>, Status> {
         let observed = observe("DeleteFiles", &request);
+        let method = observed.method;
         observed
             .run(async {
-                let call = self.admit(&request)?;
+                let call = self.admit(&request, method)?;
                 let request = request.into_inner();
                 let (dir, files) = file_refs(&request.dir, request.files)?;
                 call.authorize(&dir, Need::Write)?;
@@ -1140,9 +1186,10 @@ impl pb::realize_server::Realize for Handler {
         request: Request<pb::SignatureRequest>,
     ) -> Result<Response<pb::SignatureResponse>, Status> {
         let observed = observe("Signature", &request);
+        let method = observed.method;
         observed
             .run(async {
-                let call = self.admit(&request)?;
+                let call = self.admit(&request, method)?;
                 let request = request.into_inner();
                 let (dir, path) = target(&request.dir, &request.path)?;
                 call.authorize(&dir, Need::Read)?;
@@ -1172,9 +1219,10 @@ impl pb::realize_server::Realize for Handler {
         request: Request<pb::DiffRequest>,
     ) -> Result<Response<Self::DiffStream>, Status> {
         let observed = observe("Diff", &request);
+        let method = observed.method;
         observed
             .run(async {
-                let call = self.admit(&request)?;
+                let call = self.admit(&request, method)?;
                 let request = request.into_inner();
                 let (dir, path) = target(&request.dir, &request.path)?;
                 call.authorize(&dir, Need::Read)?;
@@ -1204,8 +1252,9 @@ impl pb::realize_server::Realize for Handler {
     ) -> Result<Response<pb::ApplyDeltaResponse>, Status> {
         use pb::apply_delta_request::Message;
         let observed = observe("ApplyDelta", &request);
+        let method = observed.method;
         observed.run(async {
-            let call = self.admit(&request)?;
+            let call = self.admit(&request, method)?;
             let mut stream = request.into_inner();
             let header = self
                 .cancellable(
@@ -1249,9 +1298,10 @@ impl pb::realize_server::Realize for Handler {
         request: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
         let observed = observe("Hash", &request);
+        let method = observed.method;
         observed
             .run(async {
-                let call = self.admit(&request)?;
+                let call = self.admit(&request, method)?;
                 let request = request.into_inner();
                 let (dir, path) = target(&request.dir, &request.path)?;
                 call.authorize(&dir, Need::Read)?;
@@ -1275,9 +1325,10 @@ impl pb::realize_server::Realize for Handler {
         request: Request<pb::FinishRequest>,
     ) -> Result<Response<pb::FinishResponse>, Status> {
         let observed = observe("Finish", &request);
+        let method = observed.method;
         observed
             .run(async {
-                let call = self.admit(&request)?;
+                let call = self.admit(&request, method)?;
                 let request = request.into_inner();
                 let (dir, path) = target(&request.dir, &request.path)?;
                 call.authorize(&dir, Need::Write)?;
@@ -1307,9 +1358,10 @@ impl pb::realize_server::Realize for Handler {
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let observed = observe("Delete", &request);
+        let method = observed.method;
         observed
             .run(async {
-                let call = self.admit(&request)?;
+                let call = self.admit(&request, method)?;
                 let request = request.into_inner();
                 let (dir, path) = target(&request.dir, &request.path)?;
                 call.authorize(&dir, Need::Write)?;
@@ -1327,9 +1379,10 @@ impl pb::realize_server::Realize for Handler {
         request: Request<pb::InfoRequest>,
     ) -> Result<Response<pb::InfoResponse>, Status> {
         let observed = observe("Info", &request);
+        let method = observed.method;
         observed
             .run(async {
-                let call = self.admit(&request)?;
+                let call = self.admit(&request, method)?;
                 let mut info = self
                     .cancellable(&call, async {
                         call.service().info().await.map_err(|e| status(&e))
@@ -1355,9 +1408,10 @@ impl pb::realize_server::Realize for Handler {
         request: Request<pb::ConfigureRequest>,
     ) -> Result<Response<pb::ConfigureResponse>, Status> {
         let observed = observe("Configure", &request);
+        let method = observed.method;
         observed
             .run(async {
-                let call = self.admit(&request)?;
+                let call = self.admit(&request, method)?;
                 let peer = &call.connection.peer;
                 let limit = request
                     .into_inner()

@@ -394,3 +394,156 @@ async fn moving_a_directory_onto_itself_is_refused() {
     assert_eq!(tree(&root), before);
     daemon.stop().await;
 }
+
+/// A service whose every call panics, or whose data stream does.
+#[derive(Debug)]
+struct Panicking;
+
+#[async_trait]
+impl Service for Panicking {
+    async fn info(&self) -> Result<ServiceInfo, ServiceError> {
+        panic!("info exploded")
+    }
+    async fn list(&self, _: &DirId, _: bool) -> Result<EntryStream, ServiceError> {
+        panic!("list exploded")
+    }
+    async fn read(
+        &self,
+        _: &DirId,
+        _: &RelPath,
+        _: u64,
+        _: Option<u64>,
+        _: Option<FileStamp>,
+    ) -> Result<ByteStream, ServiceError> {
+        Ok(futures::stream::poll_fn(|_| panic!("read stream exploded")).boxed())
+    }
+    async fn write(
+        &self,
+        _: &DirId,
+        _: &RelPath,
+        _: u64,
+        _: u64,
+        _: ByteStream,
+    ) -> Result<u64, ServiceError> {
+        panic!("write exploded")
+    }
+    async fn write_file(
+        &self,
+        _: &DirId,
+        _: &RelPath,
+        _: u64,
+        _: ByteStream,
+        _: ExpectedHash,
+    ) -> Result<u64, ServiceError> {
+        panic!("write_file exploded")
+    }
+    async fn signature(
+        &self,
+        _: &DirId,
+        _: &RelPath,
+        _: ByteRange,
+        _: u32,
+    ) -> Result<Bytes, ServiceError> {
+        panic!("signature exploded")
+    }
+    async fn diff(
+        &self,
+        _: &DirId,
+        _: &RelPath,
+        _: ByteRange,
+        _: Bytes,
+    ) -> Result<ByteStream, ServiceError> {
+        panic!("diff exploded")
+    }
+    async fn apply_delta(
+        &self,
+        _: &DirId,
+        _: &RelPath,
+        _: ByteRange,
+        _: u64,
+        _: ByteStream,
+    ) -> Result<u64, ServiceError> {
+        panic!("apply_delta exploded")
+    }
+    async fn hash(
+        &self,
+        _: &DirId,
+        _: &RelPath,
+        _: FileKind,
+        _: Option<ByteRange>,
+    ) -> Result<HashResult, ServiceError> {
+        panic!("hash exploded")
+    }
+    async fn finish(
+        &self,
+        _: &DirId,
+        _: &RelPath,
+        _: Option<Sha256Hash>,
+    ) -> Result<(), ServiceError> {
+        panic!("finish exploded")
+    }
+    async fn delete(
+        &self,
+        _: &DirId,
+        _: &RelPath,
+        _: Option<FileStamp>,
+    ) -> Result<(), ServiceError> {
+        panic!("delete exploded")
+    }
+}
+
+/// A panic inside a call is that call's INTERNAL error, whether it happens
+/// in the handler or while its response streams, and the daemon serves on.
+#[tokio::test]
+async fn a_panic_in_a_call_is_internal_and_the_daemon_serves_on() {
+    let work = TempDir::new().unwrap();
+    let client = KeyFiles::new(work.path(), "client");
+    let daemon = InProcessDaemon::start(work.path(), Arc::new(Panicking), &client).await;
+    let tls = client_config(&client.key, [daemon.key.public_key()]).unwrap();
+    let channel = connect(
+        &daemon.addr,
+        tls,
+        std::time::Duration::from_secs(10),
+        realize_net::throttle::SendLimit::new(None),
+    )
+    .await
+    .unwrap();
+    let mut api = pb::realize_client::RealizeClient::new(channel);
+    let hash = || pb::HashRequest {
+        dir: "d".into(),
+        path: "f".into(),
+        range: None,
+        kind: 0,
+    };
+    for _ in 0..2 {
+        let status = api.hash(hash()).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+        assert!(
+            status
+                .message()
+                .contains("Hash failed: internal error in the daemon (hash exploded)"),
+            "{status:?}"
+        );
+    }
+    let mut read = api
+        .read(pb::ReadRequest {
+            dir: "d".into(),
+            path: "f".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let status = read.message().await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    assert!(
+        status.message().contains("read stream exploded"),
+        "{status:?}"
+    );
+    // And the same connection still answers.
+    assert_eq!(
+        api.hash(hash()).await.unwrap_err().code(),
+        tonic::Code::Internal
+    );
+    daemon.stop().await;
+}
