@@ -50,6 +50,9 @@ pub struct Config {
     pub retries: u32,
     /// How long to keep trying a daemon never reached in this run.
     pub connect_timeout: Duration,
+    /// A data stream from a daemon that brings nothing for this long fails
+    /// like a cut connection (and is retried).
+    pub stall_timeout: Duration,
 }
 
 /// Bandwidth limits in bytes per second; `None` is unlimited.
@@ -122,6 +125,11 @@ impl Config {
         if self.connect_timeout.is_zero() {
             return Err(UsageError(
                 "--connect-timeout must be longer than zero".into(),
+            ));
+        }
+        if self.stall_timeout.is_zero() {
+            return Err(UsageError(
+                "--stall-timeout must be longer than zero".into(),
             ));
         }
         if !source_local || !destination_local {

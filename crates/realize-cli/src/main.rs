@@ -102,6 +102,10 @@ struct Cli {
     /// 2m (exit 10).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "30s")]
     connect_timeout: Duration,
+    /// A data stream from a daemon that brings no byte for this long fails
+    /// like a cut connection, and is retried, e.g. 30s, 5m.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "2m")]
+    stall_timeout: Duration,
     /// Files in flight at once.
     #[arg(long, value_name = "N", default_value_t = 4)]
     parallel: usize,
@@ -282,6 +286,7 @@ fn main() -> ExitCode {
         },
         retries: cli.retries,
         connect_timeout: cli.connect_timeout,
+        stall_timeout: cli.stall_timeout,
     };
     let config = match config.validate() {
         Ok(config) => config,

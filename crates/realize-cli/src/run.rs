@@ -403,7 +403,8 @@ impl Sides {
                         .await
                         .map_err(|source| AttemptError::Connect { side, source })?;
                 self.reached[side as usize].store(true, Ordering::Relaxed);
-                let mut remote = RemoteService::new(channel);
+                let mut remote =
+                    RemoteService::new(channel).with_stall_timeout(config.stall_timeout);
                 if let Some(deadline) = self.rpc_deadline {
                     remote = remote.with_deadline(deadline.into());
                 }

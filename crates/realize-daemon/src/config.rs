@@ -77,6 +77,10 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Deadline of a call whose client set none.
     pub call_timeout: Duration,
+    /// A call waiting on its client's data (the rest of a message, or the
+    /// next chunk of a Write or ApplyDelta) that gets no byte for this long
+    /// ends with DEADLINE_EXCEEDED.
+    pub stall_timeout: Duration,
     /// Largest file size a Write or ApplyDelta may declare.
     pub max_file_size: u64,
     /// Bytes the calls of one peer, all its connections together, may make
@@ -108,6 +112,9 @@ impl Default for Limits {
             // A whole-file Read or Write of a large file over a slow link is one
             // call, so this only bounds calls that would otherwise never end.
             call_timeout: Duration::from_secs(24 * 3600),
+            // rsync's --timeout and rclone's --timeout are of this order: a
+            // link that moves no byte for minutes is gone.
+            stall_timeout: Duration::from_secs(120),
             max_file_size: 1 << 40,
             // Four ReadFiles calls of 16 MiB, or one delta of the largest
             // range and a few Writes: what a move with --parallel 4 needs.
@@ -268,6 +275,7 @@ struct RawLimits {
     handshake_timeout: Option<String>,
     idle_timeout: Option<String>,
     call_timeout: Option<String>,
+    stall_timeout: Option<String>,
     max_file_size: Option<String>,
     max_memory_per_peer: Option<String>,
 }
@@ -549,6 +557,7 @@ fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
         )?,
         idle_timeout: duration("idle_timeout", raw.idle_timeout, default.idle_timeout)?,
         call_timeout: duration("call_timeout", raw.call_timeout, default.call_timeout)?,
+        stall_timeout: duration("stall_timeout", raw.stall_timeout, default.stall_timeout)?,
         max_file_size,
         max_memory_per_peer,
     };
@@ -708,6 +717,7 @@ mod tests {
                 handshake_timeout: Duration::from_secs(2),
                 idle_timeout: Duration::from_secs(60),
                 call_timeout: Duration::from_secs(3600),
+                stall_timeout: Duration::from_secs(120),
                 max_file_size: 10_000_000_000,
                 max_memory_per_peer: 256 << 20,
             }

@@ -29,6 +29,7 @@ use tracing::Instrument;
 
 use crate::limits::MessageLimit;
 use crate::server::Handler;
+use crate::stall::Activity;
 use crate::state::{ActiveCalls, CallExecutor, Calls, ConnectionContext, Live, LiveConfig};
 
 /// How long a connection asked to close may take to do it cleanly, before its calls
@@ -180,11 +181,14 @@ impl Connections {
         let max_memory: Arc<dyn Fn() -> u64 + Send + Sync> =
             Arc::new(move || budget_live.current().limits.max_memory_per_peer);
         let service = routes.map_request(move |request: http::Request<Incoming>| {
+            let activity = Activity::default();
             let mut request = request.map(|body| {
                 MessageLimit::new(body, max_message)
                     .budgeted(Arc::clone(&context.budget), Arc::clone(&max_memory))
+                    .watched(activity.clone())
             });
             request.extensions_mut().insert(context.clone());
+            request.extensions_mut().insert(activity);
             request
         });
         let reset = CancellationToken::new();

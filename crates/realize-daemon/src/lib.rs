@@ -21,6 +21,7 @@ pub mod lifecycle;
 mod limits;
 pub mod logging;
 pub mod server;
+mod stall;
 mod state;
 
 use std::collections::BTreeMap;

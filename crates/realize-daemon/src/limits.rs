@@ -13,6 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use tonic::Status;
 
 use crate::budget::{BUDGET_WAIT, BudgetError, PeerBudget, Reservation};
+use crate::stall::Activity;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Reserving = Pin<Box<dyn Future<Output = Result<Reservation, BudgetError>> + Send>>;
@@ -28,6 +29,10 @@ pub(crate) struct MessageLimit<B> {
     frames: FrameReader,
     failed: bool,
     budget: Option<MessageBudget>,
+    /// Told of every byte that arrives, and while a message is partly received.
+    activity: Option<Activity>,
+    /// Whether `activity` was last told a message is partly received.
+    told_mid_message: bool,
 }
 
 /// Counts the message being received in its peer's memory budget: tonic
@@ -52,7 +57,16 @@ impl<B> MessageLimit<B> {
             frames: FrameReader::default(),
             failed: false,
             budget: None,
+            activity: None,
+            told_mid_message: false,
         }
+    }
+
+    /// Tells `activity` when bytes arrive and while a message is partly
+    /// received, for the call's `stall_timeout`.
+    pub fn watched(mut self, activity: Activity) -> Self {
+        self.activity = Some(activity);
+        self
     }
 
     /// Counts each message in `peer`'s budget (of `max` bytes, read at each
@@ -71,13 +85,30 @@ impl<B> MessageLimit<B> {
         self
     }
 
+    fn tell_mid_message(&mut self, mid_message: bool) {
+        if let Some(activity) = &self.activity
+            && mid_message != self.told_mid_message
+        {
+            activity.mid_message(mid_message, self.told_mid_message);
+            self.told_mid_message = mid_message;
+        }
+    }
+
     fn fail(&mut self, status: Status) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.failed = true;
+        self.tell_mid_message(false);
         if let Some(budget) = &mut self.budget {
             budget.held = None;
             budget.waiting = None;
         }
         Poll::Ready(Some(Err(Box::new(status))))
+    }
+}
+
+impl<B> Drop for MessageLimit<B> {
+    fn drop(&mut self) {
+        // A message cut off is no longer waited for.
+        self.tell_mid_message(false);
     }
 }
 
@@ -129,7 +160,13 @@ where
         };
         if let Some(data) = frame.data_ref() {
             let max = self.max;
-            if let Err(len) = self.frames.feed(data, max) {
+            let fed = self.frames.feed(data, max);
+            if let Some(activity) = &self.activity {
+                activity.touch();
+            }
+            let mid_message = self.frames.in_progress().is_some();
+            self.tell_mid_message(mid_message);
+            if let Err(len) = fed {
                 tracing::warn!(
                     size = len,
                     max_message_size = max,

@@ -39,6 +39,7 @@ use tracing::Instrument;
 use crate::budget::{BUDGET_WAIT, BudgetError, PeerBudget, Reservation};
 use crate::config::Access;
 use crate::limits::grpc_timeout;
+use crate::stall::{Activity, FromClient};
 use crate::state::{ActiveCall, Calls, ConnectionContext, Live, LiveConfig};
 
 /// The largest data chunk a Write or ApplyDelta may carry (SPEC §4: chunks are
@@ -63,6 +64,8 @@ pub struct Handler {
 /// A call that may run: the config as it was when it started, and its connection.
 struct Admitted {
     method: &'static str,
+    /// What the call's client sends, for `stall_timeout`.
+    activity: Activity,
     live: Arc<Live>,
     connection: ConnectionContext,
     /// Fired at the call's deadline, or when its connection's token fires.
@@ -376,6 +379,8 @@ enum CallError {
     BadTimeout(String),
     #[error("call exceeded its deadline of {}", humantime::format_duration(*.0))]
     Deadline(Duration),
+    #[error("no data from the client for {} (stall_timeout)", humantime::format_duration(*.0))]
+    Stalled(Duration),
     #[error(transparent)]
     Memory(#[from] BudgetError),
 }
@@ -394,7 +399,7 @@ impl From<CallError> for Status {
             CallError::FileTooLarge { .. }
             | CallError::ReadTooLarge { .. }
             | CallError::BadTimeout(_) => Status::invalid_argument(message),
-            CallError::Deadline(_) => Status::deadline_exceeded(message),
+            CallError::Deadline(_) | CallError::Stalled(_) => Status::deadline_exceeded(message),
         }
     }
 }
@@ -441,18 +446,24 @@ impl Handler {
         };
         let deadline = Instant::now() + timeout;
         let cancel = connection.cancel.child_token();
-        let timer = cancel.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = tokio::time::sleep_until(deadline) => timer.cancel(),
-                () = timer.cancelled() => {}
-            }
-        });
+        // Set by the connection for each request; a harness without one
+        // gets an activity nothing reports to, which never stalls.
+        let activity = request
+            .extensions()
+            .get::<Activity>()
+            .cloned()
+            .unwrap_or_default();
+        tokio::spawn(
+            activity
+                .clone()
+                .watch(deadline, live.limits.stall_timeout, cancel.clone()),
+        );
         // With "call refused" and "call cancelled", this shows at debug level what
         // each call became; tests wait for it to know a call is in flight.
         tracing::debug!("call started");
         Ok(Admitted {
             _timer: cancel.clone().drop_guard(),
+            activity,
             method,
             live,
             connection,
@@ -482,7 +493,9 @@ impl Handler {
         let status = self
             .refusal(&self.live.current(), &call.connection)
             .unwrap_or_else(|| {
-                if Instant::now() >= call.deadline {
+                if call.activity.stalled() {
+                    CallError::Stalled(self.live.current().limits.stall_timeout).into()
+                } else if Instant::now() >= call.deadline {
                     CallError::Deadline(call.timeout).into()
                 } else {
                     Status::unavailable("connection closing")
@@ -670,7 +683,10 @@ fn holding<T: Send + 'static>(
 /// A client stream's data that fails once the call is cancelled: the store then aborts
 /// the write, keeping in the partial file what was written, and never truncates or
 /// extends it as if the data were complete.
-fn cancellable_body(body: ByteStream, cancel: CancellationToken) -> ByteStream {
+fn cancellable_body(body: ByteStream, call: &Admitted) -> ByteStream {
+    // The data comes from the client: waiting for it counts toward a stall.
+    let body = FromClient::new(body, call.activity.clone()).boxed();
+    let cancel = call.cancel().clone();
     futures::stream::unfold(Some((body, cancel)), |state| async move {
         let (mut body, cancel) = state?;
         tokio::select! {
@@ -982,10 +998,11 @@ impl pb::realize_server::Realize for Handler {
                 let header = self
                     .cancellable(
                         &call,
-                        header(&mut stream, |m| match m.message {
-                            Some(Message::Header(h)) => Some(h),
-                            _ => None,
-                        }),
+                        call.activity
+                            .awaiting_client(header(&mut stream, |m| match m.message {
+                                Some(Message::Header(h)) => Some(h),
+                                _ => None,
+                            })),
                     )
                     .await?;
                 let (dir, path) = target(&header.dir, &header.path)?;
@@ -1001,7 +1018,7 @@ impl pb::realize_server::Realize for Handler {
                     let (data, expected) = whole_file_body(stream, &dir, &path);
                     let data =
                         budgeted_body(data, &call.connection.budget, &self.live, WRITE_CHUNK);
-                    let data = cancellable_body(data, call.cancel().clone());
+                    let data = cancellable_body(data, &call);
                     call.service()
                         .write_file(&dir, &path, header.file_size, data, expected)
                         .await
@@ -1017,7 +1034,7 @@ impl pb::realize_server::Realize for Handler {
                     );
                     let data =
                         budgeted_body(data, &call.connection.budget, &self.live, WRITE_CHUNK);
-                    let data = cancellable_body(data, call.cancel().clone());
+                    let data = cancellable_body(data, &call);
                     call.service()
                         .write(&dir, &path, header.offset, header.file_size, data)
                         .await
@@ -1259,10 +1276,10 @@ impl pb::realize_server::Realize for Handler {
             let header = self
                 .cancellable(
                     &call,
-                    header(&mut stream, |m| match m.message {
+                    call.activity.awaiting_client(header(&mut stream, |m| match m.message {
                         Some(Message::Header(h)) => Some(h),
                         _ => None,
-                    }),
+                    })),
                 )
                 .await?;
             let (dir, path) = target(&header.dir, &header.path)?;
@@ -1281,7 +1298,7 @@ impl pb::realize_server::Realize for Handler {
                 &dir,
                 &path,
             );
-            let delta = cancellable_body(delta, call.cancel().clone());
+            let delta = cancellable_body(delta, &call);
             let result = call
                 .service()
                 .apply_delta(&dir, &path, range, header.file_size, delta)

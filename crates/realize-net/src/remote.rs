@@ -14,6 +14,7 @@ use realize_proto::{error_from_status, pb};
 use crate::metrics::{RpcCall, RpcSide};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
@@ -26,6 +27,9 @@ type Client = pb::realize_client::RealizeClient<Channel>;
 pub struct RemoteService {
     client: Client,
     deadline: Option<Instant>,
+    /// A data stream from the daemon with no message for this long fails
+    /// as a cut connection would (see [`RemoteService::with_stall_timeout`]).
+    stall_timeout: Option<Duration>,
     /// Small files' WriteFiles call, shared by clones.
     batch: std::sync::Arc<batch::Batch>,
 }
@@ -35,6 +39,7 @@ impl RemoteService {
         RemoteService {
             client: Client::new(channel),
             deadline: None,
+            stall_timeout: None,
             batch: Default::default(),
         }
     }
@@ -44,6 +49,33 @@ impl RemoteService {
     pub fn with_deadline(mut self, deadline: Instant) -> Self {
         self.deadline = Some(deadline);
         self
+    }
+
+    /// A Read, Diff or ReadFiles stream that brings nothing for `stall` while
+    /// it is waited on fails with a transport error, which a caller retries
+    /// like a cut connection. Time the caller spends elsewhere never counts,
+    /// nor does a listing, which a large directory can make slow to start.
+    pub fn with_stall_timeout(mut self, stall: Duration) -> Self {
+        self.stall_timeout = Some(stall);
+        self
+    }
+
+    /// `stream`, failing when its next item takes longer than the stall timeout.
+    fn stall_guarded<T: Send + 'static>(
+        &self,
+        stream: BoxStream<'static, Result<T, ServiceError>>,
+    ) -> BoxStream<'static, Result<T, ServiceError>> {
+        let Some(stall) = self.stall_timeout else {
+            return stream;
+        };
+        stream::unfold(Some(stream), move |state| async move {
+            let mut stream = state?;
+            match tokio::time::timeout(stall, stream.next()).await {
+                Ok(item) => item.map(|item| (item, Some(stream))),
+                Err(_) => Some((Err(stalled(stall)), None)),
+            }
+        })
+        .boxed()
     }
 
     fn client(&self) -> Client {
@@ -95,6 +127,18 @@ fn protocol(error: realize_proto::WireError) -> ServiceError {
 }
 
 /// Maps a server stream of messages into a stream of core values.
+/// The error of a stream that brought nothing for `stall`.
+fn stalled(stall: Duration) -> ServiceError {
+    let why = format!(
+        "no data from the daemon for {} (--stall-timeout)",
+        humantime::format_duration(stall)
+    );
+    ServiceError::Transport {
+        context: "stream stalled".to_string(),
+        source: Box::new(std::io::Error::new(std::io::ErrorKind::TimedOut, why)),
+    }
+}
+
 fn map_stream<M, T>(
     messages: tonic::Streaming<M>,
     convert: impl Fn(M) -> Result<T, ServiceError> + Send + 'static,
@@ -232,7 +276,7 @@ impl Service for RemoteService {
                 }))
                 .await
                 .map_err(error_from_status)?;
-            Ok(map_stream(response.into_inner(), |m| Ok(m.data)))
+            Ok(self.stall_guarded(map_stream(response.into_inner(), |m| Ok(m.data))))
         })
         .await
     }
@@ -340,7 +384,7 @@ impl Service for RemoteService {
                 }))
                 .await
                 .map_err(error_from_status)?;
-            Ok(map_stream(response.into_inner(), |m| Ok(m.delta)))
+            Ok(self.stall_guarded(map_stream(response.into_inner(), |m| Ok(m.delta))))
         })
         .await
     }

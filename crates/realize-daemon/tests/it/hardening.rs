@@ -406,3 +406,88 @@ async fn messages_still_arriving_count_in_the_peers_memory_budget() {
     calls.abort_all();
     daemon.stop().await;
 }
+
+fn short_stall(config: &mut DaemonConfig) {
+    config.limits.push("stall_timeout = \"1s\"".into());
+}
+
+/// A Write whose client stops sending mid-stream ends at `stall_timeout`
+/// with DEADLINE_EXCEEDED, keeping what it wrote for a resume.
+#[tokio::test]
+async fn a_write_whose_client_goes_silent_ends_at_the_stall_timeout() {
+    let work = TempDir::new().unwrap();
+    let client = KeyFiles::new(work.path(), "client");
+    let root = work.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let daemon = Daemon::start_with(work.path(), &[("d", &root)], &client, short_stall).await;
+    let mut api = api(&daemon, &client).await;
+    let header = pb::WriteRequest {
+        message: Some(pb::write_request::Message::Header(pb::WriteHeader {
+            dir: "d".into(),
+            path: "f.bin".into(),
+            offset: 0,
+            file_size: 1 << 20,
+            whole_file: false,
+        })),
+    };
+    let chunk = pb::WriteRequest {
+        message: Some(pb::write_request::Message::Data(Bytes::from(vec![7; 1000]))),
+    };
+    // Two messages, then silence with the stream still open.
+    let stream = futures::StreamExt::chain(
+        futures::stream::iter([header, chunk]),
+        futures::stream::pending(),
+    );
+    let status = tokio::time::timeout(HUNG, api.write(stream))
+        .await
+        .expect("the stalled Write was never ended")
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("no data from the client for 1s (stall_timeout)"),
+        "{status:?}"
+    );
+    assert_eq!(
+        std::fs::read(root.join(".f.bin.part")).unwrap(),
+        vec![7; 1000]
+    );
+    daemon.stop().await;
+}
+
+/// A WriteFiles call idle between files is not stalled: `realize` keeps one
+/// open for a whole move, whatever the large files in between take.
+#[tokio::test]
+async fn a_write_files_call_idle_between_files_is_not_stalled() {
+    let work = TempDir::new().unwrap();
+    let client = KeyFiles::new(work.path(), "client");
+    let root = work.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let daemon = Daemon::start_with(work.path(), &[("d", &root)], &client, short_stall).await;
+    let mut api = api(&daemon, &client).await;
+    let (files, receive) = tokio::sync::mpsc::channel(1);
+    let mut answers = api
+        .write_files(tokio_stream::wrappers::ReceiverStream::new(receive))
+        .await
+        .unwrap()
+        .into_inner();
+    for name in ["a", "b"] {
+        let data = name.as_bytes();
+        files
+            .send(pb::WriteFilesRequest {
+                dir: "d".into(),
+                path: name.into(),
+                data: Bytes::copy_from_slice(data),
+                sha256: Bytes::copy_from_slice(&realize_core::Sha256Hash::of(data).0),
+            })
+            .await
+            .unwrap();
+        let answer = answers.message().await.unwrap().unwrap();
+        assert_eq!(answer.code, 0, "{}", answer.message);
+        // Idle for longer than stall_timeout: the point of the test.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    }
+    assert_eq!(std::fs::read(root.join("b")).unwrap(), b"b");
+    daemon.stop().await;
+}

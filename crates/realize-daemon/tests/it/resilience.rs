@@ -237,3 +237,147 @@ async fn a_cut_connection_is_retried_and_resent_bytes_are_bounded() {
     );
     daemon.stop().await;
 }
+
+/// A source whose reads send one chunk and then nothing: a daemon stuck on
+/// a dead disk, or a link that stopped carrying data without closing.
+#[derive(Debug)]
+struct StallingReads(realize_core::LocalStore);
+
+#[async_trait::async_trait]
+impl realize_core::Service for StallingReads {
+    async fn info(&self) -> Result<realize_core::ServiceInfo, realize_core::ServiceError> {
+        self.0.info().await
+    }
+    async fn list(
+        &self,
+        dir: &realize_core::DirId,
+        include_partial: bool,
+    ) -> Result<realize_core::EntryStream, realize_core::ServiceError> {
+        self.0.list(dir, include_partial).await
+    }
+    async fn read(
+        &self,
+        dir: &realize_core::DirId,
+        path: &realize_core::RelPath,
+        offset: u64,
+        length: Option<u64>,
+        if_stamp: Option<realize_core::FileStamp>,
+    ) -> Result<realize_core::ByteStream, realize_core::ServiceError> {
+        use futures::StreamExt;
+        let data = self.0.read(dir, path, offset, length, if_stamp).await?;
+        Ok(data.take(1).chain(futures::stream::pending()).boxed())
+    }
+    async fn write(
+        &self,
+        _: &realize_core::DirId,
+        _: &realize_core::RelPath,
+        _: u64,
+        _: u64,
+        _: realize_core::ByteStream,
+    ) -> Result<u64, realize_core::ServiceError> {
+        unreachable!("a source is never written")
+    }
+    async fn write_file(
+        &self,
+        _: &realize_core::DirId,
+        _: &realize_core::RelPath,
+        _: u64,
+        _: realize_core::ByteStream,
+        _: realize_core::ExpectedHash,
+    ) -> Result<u64, realize_core::ServiceError> {
+        unreachable!("a source is never written")
+    }
+    async fn signature(
+        &self,
+        _: &realize_core::DirId,
+        _: &realize_core::RelPath,
+        _: realize_core::ByteRange,
+        _: u32,
+    ) -> Result<bytes::Bytes, realize_core::ServiceError> {
+        unreachable!("a new file needs no signature")
+    }
+    async fn diff(
+        &self,
+        _: &realize_core::DirId,
+        _: &realize_core::RelPath,
+        _: realize_core::ByteRange,
+        _: bytes::Bytes,
+    ) -> Result<realize_core::ByteStream, realize_core::ServiceError> {
+        unreachable!("a new file needs no delta")
+    }
+    async fn apply_delta(
+        &self,
+        _: &realize_core::DirId,
+        _: &realize_core::RelPath,
+        _: realize_core::ByteRange,
+        _: u64,
+        _: realize_core::ByteStream,
+    ) -> Result<u64, realize_core::ServiceError> {
+        unreachable!("a source is never written")
+    }
+    async fn hash(
+        &self,
+        dir: &realize_core::DirId,
+        path: &realize_core::RelPath,
+        kind: realize_core::FileKind,
+        range: Option<realize_core::ByteRange>,
+    ) -> Result<realize_core::HashResult, realize_core::ServiceError> {
+        self.0.hash(dir, path, kind, range).await
+    }
+    async fn finish(
+        &self,
+        _: &realize_core::DirId,
+        _: &realize_core::RelPath,
+        _: Option<realize_core::Sha256Hash>,
+    ) -> Result<(), realize_core::ServiceError> {
+        unreachable!("a source is never finished")
+    }
+    async fn delete(
+        &self,
+        dir: &realize_core::DirId,
+        path: &realize_core::RelPath,
+        if_stamp: Option<realize_core::FileStamp>,
+    ) -> Result<(), realize_core::ServiceError> {
+        self.0.delete(dir, path, if_stamp).await
+    }
+}
+
+/// A daemon whose data stops coming fails the stream at `--stall-timeout`,
+/// as a cut connection: retried, then given up (exit 10), the source kept.
+#[tokio::test]
+async fn a_source_whose_data_stops_fails_at_the_stall_timeout() {
+    let work = TempDir::new().unwrap();
+    let client = KeyFiles::new(work.path(), "client");
+    let (root, dst) = (work.path().join("root"), work.path().join("dst"));
+    let big = pseudo_random(SIZE, 12);
+    write_file(&root, "big.bin", &big);
+    let store = realize_core::LocalStore::new([(dir_id("d"), root.clone())]);
+    let daemon = InProcessDaemon::start(
+        work.path(),
+        std::sync::Arc::new(StallingReads(store)),
+        &client,
+    )
+    .await;
+    let mut args = move_args(
+        Side::Addr(&daemon.addr),
+        Side::Path(&dst),
+        &["d"],
+        &client,
+        &[&daemon.key.public],
+        work.path(),
+    );
+    args.extend(["--stall-timeout", "1s", "--retries", "0"].map(Into::into));
+    let output = realize(&os(&args)).await;
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(10), "{err}");
+    assert!(
+        last_line(&err).starts_with(&format!(
+            "realize: lost the connection to the source daemon at {}: no data from the daemon for 1s (--stall-timeout) (1 try in ",
+            daemon.addr
+        )),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(root.join("big.bin")).unwrap(), big);
+    assert!(!dst.join("big.bin").exists());
+    daemon.stop().await;
+}

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use realize_core::{
     ByteStream, DirId, ErrorCode, ExpectedHash, FileStamp, RelPath, ServiceError, Sha256Hash,
     StoreError, WholeFile,
@@ -132,17 +132,15 @@ impl RemoteService {
         };
         let answered = self
             .observed("ReadFiles", async {
-                let mut answers = self
+                let answers = self
                     .client()
                     .read_files(self.request(request))
                     .await
                     .map_err(error_from_status)?
-                    .into_inner();
-                let mut read = Vec::with_capacity(files.len());
-                while let Some(answer) = answers.message().await.map_err(error_from_status)? {
-                    read.push(answer);
-                }
-                Ok(read)
+                    .into_inner()
+                    .map_err(error_from_status)
+                    .boxed();
+                self.stall_guarded(answers).try_collect::<Vec<_>>().await
             })
             .await;
         answers_for(
