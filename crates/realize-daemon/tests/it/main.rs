@@ -10,6 +10,7 @@ mod hardening;
 mod lifecycle;
 mod moves;
 mod observability;
+mod otlp_metrics;
 mod overlap;
 mod python;
 mod rejections;
