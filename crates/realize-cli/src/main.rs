@@ -12,7 +12,7 @@ use realize_cli::stopping::{Reason, StopReason, watch_deadline, watch_signals};
 use realize_cli::{Config, CutoffMode, Ending, Endpoint, Limits, UsageError};
 use realize_core::DirId;
 use realize_core::Stop;
-use realize_net::metrics::Exporter;
+use realize_net::metrics::{Build, Exporter};
 use realize_net::throttle::parse_rate;
 use realize_net::traces::TraceExport;
 use tokio_util::sync::CancellationToken;
@@ -128,8 +128,8 @@ struct Cli {
     /// The `instance` label of pushed metrics (default: this host's name).
     #[arg(long, value_name = "NAME")]
     metrics_instance: Option<String>,
-    /// Export traces to this OpenTelemetry collector (OTLP over gRPC, e.g.
-    /// http://localhost:4317); the daemons' spans join the same trace.
+    /// Export traces and metrics to this OpenTelemetry collector (OTLP over
+    /// gRPC, e.g. http://localhost:4317); the daemons' spans join the same trace.
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
     /// Log format on stderr: `text` for people, `json` (one object per line) for machines.
@@ -299,8 +299,17 @@ fn main() -> ExitCode {
         stop = stop.with_predicted_deadline(deadline);
     }
     let reason = Reason::default();
-    let exporter = if cli.metrics_addr.is_some() || cli.metrics_pushgateway.is_some() {
-        match Exporter::install() {
+    let exporter = if cli.metrics_addr.is_some()
+        || cli.metrics_pushgateway.is_some()
+        || cli.otlp_endpoint.is_some()
+    {
+        // The OTLP exporter's connection is made on this runtime.
+        let _runtime = runtime.enter();
+        let build = Build {
+            binary: "realize",
+            version: env!("CARGO_PKG_VERSION"),
+        };
+        match Exporter::install(build, cli.otlp_endpoint.as_deref()) {
             Ok(exporter) => Some(exporter),
             Err(e) => return usage_or_failure(EXIT_FAILED, format_args!("{e}")),
         }
@@ -339,10 +348,16 @@ fn main() -> ExitCode {
             }
             _ => Ok(()),
         };
-        if let Some(traces) = traces {
-            // Blocking, and the export needs this runtime: on a blocking thread.
-            let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
-        }
+        // Blocking, and the exports need this runtime: on a blocking thread.
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(exporter) = exporter {
+                exporter.shutdown();
+            }
+            if let Some(traces) = traces {
+                traces.shutdown();
+            }
+        })
+        .await;
         run.map(|run| (run, pushed))
     });
     // Whatever is still running (a blocking read, a listing) must not hold
@@ -365,9 +380,6 @@ fn main() -> ExitCode {
                 if code == 0 {
                     return ExitCode::from(EXIT_METRICS_PUSH);
                 }
-            }
-            if let Some(exporter) = &exporter {
-                exporter.shutdown();
             }
             ExitCode::from(code)
         }

@@ -283,6 +283,17 @@ pub async fn move_files(
         .buffer_unordered(options.files_in_flight())
         .flat_map(stream::iter);
     let recorded = metrics();
+    // Each outcome is reported from the start, at 0 until it happens, so a
+    // run without failures still says so and a first failure is an increase.
+    for counter in [
+        &recorded.files_moved,
+        &recorded.files_failed,
+        &recorded.files_interrupted,
+        &recorded.bytes_moved,
+        &recorded.delta_saved,
+    ] {
+        counter.add(0, &[]);
+    }
     while let Some((job, outcome)) = results.next().await {
         match outcome {
             Outcome::Moved(sent) => {

@@ -125,6 +125,8 @@ impl Server {
             .map_err(DaemonError::LocalAddr)?
             .to_string();
         let peers = live.peers.len();
+        // The reload series start at 0 now rather than at the first reload.
+        reloads();
         let live = Arc::new(LiveConfig::new(live));
         let tls = realize_net::tls::server_config(key, live.clone())?;
         let incoming = realize_net::connection::incoming(listener, tls, live.clone());
@@ -344,9 +346,15 @@ async fn accept(
 fn reloads() -> &'static Counter<u64> {
     static RELOADS: OnceLock<Counter<u64>> = OnceLock::new();
     RELOADS.get_or_init(|| {
-        opentelemetry::global::meter("realize")
+        let reloads = opentelemetry::global::meter("realize")
             .u64_counter("realize.config.reloads")
             .with_description("config reloads (SIGHUP), by outcome")
-            .build()
+            .build();
+        // Both series exist from the start at 0, so that the first rejected
+        // reload is an increase Prometheus (and the alert on it) can see.
+        for outcome in ["applied", "rejected"] {
+            reloads.add(0, &[KeyValue::new("outcome", outcome)]);
+        }
+        reloads
     })
 }

@@ -11,7 +11,7 @@ use realize_daemon::config::ConfigSource;
 use realize_daemon::logging::{EscapedFields, LogFilter};
 use realize_daemon::{Control, Exit};
 use realize_net::keys::PrivateKey;
-use realize_net::metrics::Exporter;
+use realize_net::metrics::{Build, Exporter};
 use realize_net::traces::TraceExport;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -49,8 +49,9 @@ struct Args {
     /// Serve Prometheus metrics on http://HOST:PORT/metrics.
     #[arg(long, value_name = "HOST:PORT")]
     metrics_addr: Option<String>,
-    /// Export traces to this OpenTelemetry collector (OTLP over gRPC, e.g.
-    /// http://localhost:4317); calls join the trace of the `realize` run that made them.
+    /// Export traces and metrics to this OpenTelemetry collector (OTLP over
+    /// gRPC, e.g. http://localhost:4317); calls join the trace of the
+    /// `realize` run that made them.
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
     /// Log format on stderr: `text` for people, `json` (one object per line) for machines.
@@ -146,9 +147,16 @@ fn run(
         print!("{}", key.certificate_pem()?);
         return Ok(ExitCode::SUCCESS);
     }
-    let exporter = match args.metrics_addr {
-        Some(_) => Some(Exporter::install()?),
-        None => None,
+    let exporter = if args.metrics_addr.is_some() || args.otlp_endpoint.is_some() {
+        // The OTLP exporter's connection is made on this runtime.
+        let _runtime = runtime.enter();
+        let build = Build {
+            binary: "realized",
+            version: env!("CARGO_PKG_VERSION"),
+        };
+        Some(Exporter::install(build, args.otlp_endpoint.as_deref())?)
+    } else {
+        None
     };
     let exit = runtime.block_on(async {
         let controls = signals()?;
@@ -164,15 +172,21 @@ fn run(
         }
         let exit = realize_daemon::run(source, Some(log), controls).await;
         metrics_stop.cancel();
-        if let Some(traces) = traces {
-            // Blocking, and the export needs this runtime: on a blocking thread.
-            let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+        // A forced exit waits for nothing, not even a collector.
+        if !matches!(exit, Ok(Exit::Forced)) {
+            // Blocking, and the exports need this runtime: on a blocking thread.
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Some(exporter) = exporter {
+                    exporter.shutdown();
+                }
+                if let Some(traces) = traces {
+                    traces.shutdown();
+                }
+            })
+            .await;
         }
         anyhow::Ok(exit?)
     })?;
-    if let Some(exporter) = &exporter {
-        exporter.shutdown();
-    }
     let code = match exit {
         // "At once": not even waiting for blocking work; a write cut here only
         // leaves a shorter partial file, which the next run resumes.

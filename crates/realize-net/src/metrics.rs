@@ -1,5 +1,6 @@
-//! Metrics: the transport's instruments, process metrics, and their export
-//! in Prometheus text format (served on `/metrics`, or pushed to a Pushgateway).
+//! Metrics: the transport's instruments, build info, the standard process
+//! metrics, and their export in Prometheus text format (served on `/metrics`,
+//! or pushed to a Pushgateway) and over OTLP.
 //!
 //! Instruments are made from OpenTelemetry's global meter, so libraries
 //! record without knowing whether anything exports: until a binary calls
@@ -15,7 +16,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, UpDownCounter};
-use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use prometheus::{Encoder, TextEncoder};
 use tokio::net::TcpListener;
 
@@ -172,53 +175,46 @@ pub fn record_limit(limit: Option<u64>, labels: &[KeyValue]) {
     net().throttle_limit.record(limit.unwrap_or(0), labels);
 }
 
-/// Registers CPU time, resident memory and open files of this process,
-/// read from /proc when the metrics are collected.
-fn register_process_metrics(meter: &Meter) {
+/// What `realize_build_info` says about this program, and the service name
+/// its metrics carry over OTLP.
+#[derive(Clone, Copy, Debug)]
+pub struct Build {
+    /// `realize` or `realized`.
+    pub binary: &'static str,
+    /// The binary's version (its `CARGO_PKG_VERSION`).
+    pub version: &'static str,
+}
+
+/// Registers `realize_build_info{version, binary} 1`, the Prometheus
+/// convention for joining a version onto other series.
+fn register_build_info(meter: &Meter, build: Build) {
+    let labels = [
+        KeyValue::new("version", build.version),
+        KeyValue::new("binary", build.binary),
+    ];
     meter
-        .f64_observable_counter("realize.process.cpu")
-        .with_unit("s")
-        .with_description("CPU time of this process, user and system")
-        .with_callback(|observer| {
-            if let Some(seconds) = process_cpu_seconds() {
-                observer.observe(seconds, &[]);
-            }
-        })
-        .build();
-    meter
-        .u64_observable_gauge("realize.process.memory")
-        .with_unit("By")
-        .with_description("resident memory of this process")
-        .with_callback(|observer| {
-            if let Some(bytes) = process_status_kib("VmRSS:") {
-                observer.observe(bytes * 1024, &[]);
-            }
-        })
-        .build();
-    meter
-        .u64_observable_gauge("realize.process.open_files")
-        .with_description("file descriptors open in this process")
-        .with_callback(|observer| {
-            if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-                observer.observe(fds.count() as u64, &[]);
-            }
-        })
+        .u64_observable_gauge("realize.build_info")
+        .with_description("always 1; the labels say which binary and version this is")
+        .with_callback(move |observer| observer.observe(1, &labels))
         .build();
 }
 
-fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let per_second = rustix::param::clock_ticks_per_second();
-    Some(ticks as f64 / per_second as f64)
+/// Registers the standard `process_*` metrics every Prometheus client
+/// exports (CPU, memory, file descriptors, start time, threads), under their
+/// standard names so community dashboards and alerts work on them.
+#[cfg(target_os = "linux")]
+fn register_process_metrics(registry: &prometheus::Registry) -> Result<(), MetricsError> {
+    registry
+        .register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .map_err(MetricsError::Process)
 }
 
-fn process_status_kib(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+/// The prometheus crate reads these from /proc, which only Linux has.
+#[cfg(not(target_os = "linux"))]
+fn register_process_metrics(_: &prometheus::Registry) -> Result<(), MetricsError> {
+    Ok(())
 }
 
 /// Why metrics could not be set up, served or pushed.
@@ -227,6 +223,14 @@ fn process_status_kib(field: &str) -> Option<u64> {
 pub enum MetricsError {
     #[error("cannot set up the Prometheus exporter")]
     Exporter(#[source] opentelemetry_sdk::error::OTelSdkError),
+    #[error("cannot register the process metrics")]
+    Process(#[source] prometheus::Error),
+    #[error("cannot export metrics to {endpoint}")]
+    Otlp {
+        endpoint: String,
+        #[source]
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
     #[error("cannot encode metrics")]
     Encode(#[source] prometheus::Error),
     #[error("invalid Pushgateway URL {url:?}: {reason}")]
@@ -249,18 +253,37 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    /// Installs the global meter provider; call once, before anything is measured.
-    pub fn install() -> Result<Self, MetricsError> {
+    /// Installs the global meter provider; call once, before anything is
+    /// measured. With `otlp_endpoint` (an OTLP/gRPC collector), the same
+    /// instruments are also exported there periodically (every 60 s, or
+    /// `OTEL_METRIC_EXPORT_INTERVAL` milliseconds) and at [`Exporter::shutdown`];
+    /// that needs a tokio runtime entered, which must outlive the exporter.
+    pub fn install(build: Build, otlp_endpoint: Option<&str>) -> Result<Self, MetricsError> {
         let registry = prometheus::Registry::new();
+        register_process_metrics(&registry)?;
         let reader = opentelemetry_prometheus::exporter()
             .with_registry(registry.clone())
             .without_target_info()
             .scope_info_enabled(false)
             .build()
             .map_err(MetricsError::Exporter)?;
-        let provider = SdkMeterProvider::builder().with_reader(reader).build();
+        let mut provider = SdkMeterProvider::builder()
+            .with_reader(reader)
+            .with_resource(Resource::builder().with_service_name(build.binary).build());
+        if let Some(endpoint) = otlp_endpoint {
+            let exporter = opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()
+                .map_err(|source| MetricsError::Otlp {
+                    endpoint: endpoint.to_string(),
+                    source,
+                })?;
+            provider = provider.with_reader(PeriodicReader::builder(exporter).build());
+        }
+        let provider = provider.build();
         opentelemetry::global::set_meter_provider(provider.clone());
-        register_process_metrics(&meter());
+        register_build_info(&meter(), build);
         Ok(Exporter { registry, provider })
     }
 
@@ -273,7 +296,9 @@ impl Exporter {
         Ok(String::from_utf8_lossy(&text).into_owned())
     }
 
-    /// Flushes and stops the provider, so nothing is lost at exit.
+    /// Flushes and stops the provider, so nothing is lost at exit; with OTLP
+    /// this blocks on the last export, so call it from a blocking thread
+    /// while the runtime still runs.
     pub fn shutdown(&self) {
         if let Err(e) = self.provider.shutdown() {
             tracing::warn!(error = %e, "cannot shut the metrics provider down");

@@ -3,12 +3,14 @@
 #![allow(clippy::unwrap_used)]
 
 mod audit_log;
+mod dist;
 mod exit_status;
 mod fairness;
 mod hardening;
 mod lifecycle;
 mod moves;
 mod observability;
+mod otlp_metrics;
 mod overlap;
 mod python;
 mod rejections;

@@ -13,10 +13,10 @@ use tokio::process::{Child, Command};
 
 use crate::util::*;
 
-const TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A free loopback port for a program that wants one on its command line.
-async fn free_port() -> u16 {
+pub(crate) async fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap()
@@ -26,7 +26,7 @@ async fn free_port() -> u16 {
 }
 
 /// A minimal HTTP/1.0 GET; returns the status code and body.
-async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+pub(crate) async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(addr).await.ok()?;
     stream
         .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
@@ -41,7 +41,7 @@ async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 
 /// Polls `probe` until it returns a value: Prometheus and the Pushgateway
 /// offer no readiness signal to await, only their HTTP answers.
-async fn eventually<T, F: Future<Output = Option<T>>>(
+pub(crate) async fn eventually<T, F: Future<Output = Option<T>>>(
     what: &str,
     mut probe: impl FnMut() -> F,
 ) -> T {
@@ -57,7 +57,7 @@ async fn eventually<T, F: Future<Output = Option<T>>>(
     .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
-fn spawn(program: &str, args: &[String], dir: &Path) -> Child {
+pub(crate) fn spawn(program: &str, args: &[String], dir: &Path) -> Child {
     Command::new(program)
         .args(args)
         .current_dir(dir)
@@ -71,7 +71,7 @@ fn spawn(program: &str, args: &[String], dir: &Path) -> Child {
 }
 
 /// The value of a Prometheus query with a single result.
-async fn query(prometheus: &str, expr: &str) -> Option<f64> {
+pub(crate) async fn query(prometheus: &str, expr: &str) -> Option<f64> {
     let path = format!("/api/v1/query?query={}", encode(expr));
     let (status, body) = http_get(prometheus, &path).await?;
     if status != 200 {
@@ -81,13 +81,27 @@ async fn query(prometheus: &str, expr: &str) -> Option<f64> {
     json["data"]["result"][0]["value"][1].as_str()?.parse().ok()
 }
 
-fn encode(text: &str) -> String {
+pub(crate) fn encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// The address a daemon started with `--metrics-addr 127.0.0.1:0` serves
+/// metrics on, from its log.
+pub(crate) async fn metrics_addr(daemon: &Daemon) -> String {
+    assert!(daemon.wait_for_log("serving metrics").await);
+    daemon
+        .log()
+        .lines()
+        .find(|l| l.contains("serving metrics"))
+        .and_then(|l| l.split("addr=").nth(1))
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 #[tokio::test]
@@ -105,15 +119,7 @@ async fn prometheus_scrapes_what_the_daemon_wrote() {
         config.args = vec!["--metrics-addr".into(), "127.0.0.1:0".into()];
     })
     .await;
-    assert!(daemon.wait_for_log("serving metrics").await);
-    let metrics_addr = daemon
-        .log()
-        .lines()
-        .find(|l| l.contains("serving metrics"))
-        .and_then(|l| l.split("addr=").nth(1))
-        .unwrap()
-        .trim()
-        .to_string();
+    let metrics_addr = metrics_addr(&daemon).await;
     // Anything but GET /metrics is refused.
     assert_eq!(http_get(&metrics_addr, "/other").await.unwrap().0, 404);
 
@@ -188,7 +194,7 @@ async fn prometheus_scrapes_what_the_daemon_wrote() {
         "{received} bytes on the wire for {total}"
     );
     assert!(
-        query(&prometheus_addr, "realize_process_memory_bytes")
+        query(&prometheus_addr, "process_resident_memory_bytes")
             .await
             .unwrap()
             > 0.0

@@ -62,6 +62,7 @@ async fn start_refused(work: &Path, client: &KeyFiles, dirs: &[(&str, &Path)]) -
         log_level: None,
         rust_log: "info".into(),
         args: Vec::new(),
+        env: Vec::new(),
     };
     let path = work.join("refused.toml");
     std::fs::write(&path, config.render()).unwrap();

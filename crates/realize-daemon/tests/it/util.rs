@@ -139,6 +139,8 @@ pub struct DaemonConfig {
     pub rust_log: String,
     /// More flags for `realized`.
     pub args: Vec<String>,
+    /// More environment variables for the process.
+    pub env: Vec<(String, String)>,
 }
 
 impl DaemonConfig {
@@ -215,6 +217,7 @@ impl Daemon {
             log_level: None,
             rust_log: "info".to_string(),
             args: Vec::new(),
+            env: Vec::new(),
         };
         adjust(&mut config);
         let config_path = work.join(format!("{name}.toml"));
@@ -249,6 +252,7 @@ impl Daemon {
             .args(&config.args)
             .args(args)
             .env("RUST_LOG", &config.rust_log)
+            .envs(config.env.iter().map(|(k, v)| (k, v)))
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
