@@ -180,6 +180,14 @@ impl Output {
                 "bytes_sent": summary.bytes_sent,
                 "duration_ms": elapsed.as_millis() as u64,
             });
+            if !run.partial_files_left.is_empty() {
+                value["partial_files_left"] = run
+                    .partial_files_left
+                    .iter()
+                    .map(|(dir, n)| (dir.to_string(), json!(n)))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into();
+            }
             if let Some(gave_up) = gave_up {
                 value["error"] = json!({
                     "kind": if gave_up.reached { "connection_lost" } else { "unreachable" },
@@ -193,6 +201,23 @@ impl Output {
             }
             print_json(value);
             return;
+        }
+        if !run.partial_files_left.is_empty() {
+            let total: u64 = run.partial_files_left.iter().map(|(_, n)| n).sum();
+            let dirs: Vec<String> = run
+                .partial_files_left
+                .iter()
+                .map(|(dir, n)| format!("{dir}: {n}"))
+                .collect();
+            let noun = if total == 1 {
+                "partial file"
+            } else {
+                "partial files"
+            };
+            self.line_err(&format!(
+                "{total} {noun} left at the destination ({}): the next run resumes them",
+                dirs.join(", ")
+            ));
         }
         if let Some(gave_up) = gave_up {
             if failed + summary.files_moved > 0 {

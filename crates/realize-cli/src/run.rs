@@ -6,10 +6,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures::TryStreamExt;
 use opentelemetry::KeyValue;
 use realize_core::mover::ErrorChain;
 use realize_core::{
-    LocalStore, MoveError, MoveOptions, MoveSummary, Service, ServiceError, Side, Stop,
+    DirId, FileKind, LocalStore, MoveError, MoveOptions, MoveSummary, Service, ServiceError, Side,
+    Stop,
 };
 use realize_net::connection::ConnectError;
 use realize_net::metrics::record_limit;
@@ -30,6 +32,9 @@ const MIN_DIAL_TIMEOUT: Duration = Duration::from_millis(100);
 pub struct Run {
     pub summary: MoveSummary,
     pub ending: Ending,
+    /// Partial files the last try left at the destination, by directory:
+    /// what the next run resumes (or the daemon removes once stale).
+    pub partial_files_left: Vec<(DirId, u64)>,
 }
 
 /// How a run ended.
@@ -127,11 +132,19 @@ pub async fn run_move(
     let mut total = MoveSummary::default();
     let mut backoff = Backoff::new();
     let (mut tries, mut retries_after_reaching) = (0, 0);
-    let run = |summary, ending| Ok(Run { summary, ending });
+    let mut partial_files_left = Vec::new();
+    let run = |summary, partial_files_left, ending| {
+        Ok(Run {
+            summary,
+            ending,
+            partial_files_left,
+        })
+    };
     loop {
         tries += 1;
         let failure = match sides.attempt(config, output, stop).await {
-            Ok(summary) => {
+            Ok((summary, partials)) => {
+                partial_files_left = partials;
                 if summary.files_moved > 0 {
                     backoff.reset();
                 }
@@ -150,18 +163,40 @@ pub async fn run_move(
                     Some(failure) => failure,
                     // Interrupted while listing, the try may have seen
                     // only some of the files.
-                    None if stop.is_interrupted() => return run(total, Ending::CutShort),
-                    None => return run(total, Ending::Finished),
+                    None if stop.is_interrupted() => {
+                        return run(
+                            total,
+                            std::mem::take(&mut partial_files_left),
+                            Ending::CutShort,
+                        );
+                    }
+                    None => {
+                        return run(
+                            total,
+                            std::mem::take(&mut partial_files_left),
+                            Ending::Finished,
+                        );
+                    }
                 }
             }
-            Err(AttemptError::Move(MoveError::Cancelled)) => return run(total, Ending::CutShort),
+            Err(AttemptError::Move(MoveError::Cancelled)) => {
+                return run(
+                    total,
+                    std::mem::take(&mut partial_files_left),
+                    Ending::CutShort,
+                );
+            }
             Err(error) => match error.network_failure() {
                 Some(failure) => failure,
                 None => return Err(error.into()),
             },
         };
         if stop.is_stopping() {
-            return run(total, Ending::CutShort);
+            return run(
+                total,
+                std::mem::take(&mut partial_files_left),
+                Ending::CutShort,
+            );
         }
         let reached = sides.reached(failure.side);
         let elapsed = started.elapsed();
@@ -191,7 +226,11 @@ pub async fn run_move(
                 tries,
                 elapsed,
             };
-            return run(total, Ending::GaveUp(gave_up));
+            return run(
+                total,
+                std::mem::take(&mut partial_files_left),
+                Ending::GaveUp(gave_up),
+            );
         }
         tracing::info!(tries, ?delay, error = %failure.error, "retrying");
         let attempt = if reached {
@@ -202,7 +241,7 @@ pub async fn run_move(
         output.retrying(attempt, of, delay, &failure.error);
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            () = stop.stopping() => return run(total, Ending::CutShort),
+            () = stop.stopping() => return run(total, std::mem::take(&mut partial_files_left), Ending::CutShort),
         }
     }
 }
@@ -329,7 +368,7 @@ impl Sides {
         config: &Config,
         output: &Output,
         stop: &Stop,
-    ) -> Result<MoveSummary, AttemptError> {
+    ) -> Result<(MoveSummary, Vec<(DirId, u64)>), AttemptError> {
         // move_files stops by itself, and counts what it interrupts; the
         // steps before it must stop too.
         let opened = tokio::select! {
@@ -367,7 +406,7 @@ impl Sides {
             parallel: config.parallel,
             ..MoveOptions::default()
         };
-        Ok(realize_core::move_files(
+        let summary = realize_core::move_files(
             &*source,
             &*destination,
             &config.dirs,
@@ -375,7 +414,13 @@ impl Sides {
             output,
             stop,
         )
-        .await?)
+        .await?;
+        let partials = if summary.files_failed + summary.files_interrupted > 0 {
+            partial_files(&*destination, &config.dirs).await
+        } else {
+            Vec::new()
+        };
+        Ok((summary, partials))
     }
 
     async fn open(&self, config: &Config, side: Side) -> Result<Arc<dyn Service>, AttemptError> {
@@ -423,6 +468,35 @@ impl Sides {
             }
         }
     }
+}
+
+/// How long counting the partial files left may delay the summary: an
+/// interrupted run must still exit promptly.
+const PARTIALS_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The partial files `destination` holds in each of `dirs` that has any;
+/// a directory that cannot be listed in time is left out.
+async fn partial_files(destination: &dyn Service, dirs: &[DirId]) -> Vec<(DirId, u64)> {
+    let mut found = Vec::new();
+    for dir in dirs {
+        let listing = async {
+            destination
+                .list(dir, true)
+                .await?
+                .try_collect::<Vec<_>>()
+                .await
+        };
+        if let Ok(Ok(entries)) = tokio::time::timeout(PARTIALS_TIMEOUT, listing).await {
+            let partials = entries
+                .iter()
+                .filter(|e| e.kind == FileKind::Partial)
+                .count() as u64;
+            if partials > 0 {
+                found.push((dir.clone(), partials));
+            }
+        }
+    }
+    found
 }
 
 /// A local side must be a directory; a destination may also not exist yet

@@ -1438,5 +1438,6 @@ impl Resolved {
     }
 }
 
+mod stale;
 #[cfg(test)]
 mod tests;

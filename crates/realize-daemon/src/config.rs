@@ -81,6 +81,9 @@ pub struct Limits {
     /// next chunk of a Write or ApplyDelta) that gets no byte for this long
     /// ends with DEADLINE_EXCEEDED.
     pub stall_timeout: Duration,
+    /// Partial files nobody has written for this long are removed (at start
+    /// and then periodically); `None` (configured as 0) keeps them forever.
+    pub partial_max_age: Option<Duration>,
     /// Largest file size a Write or ApplyDelta may declare.
     pub max_file_size: u64,
     /// Bytes the calls of one peer, all its connections together, may make
@@ -115,6 +118,8 @@ impl Default for Limits {
             // rsync's --timeout and rclone's --timeout are of this order: a
             // link that moves no byte for minutes is gone.
             stall_timeout: Duration::from_secs(120),
+            // Long enough for anyone to re-run a move they care about.
+            partial_max_age: Some(Duration::from_secs(7 * 24 * 3600)),
             max_file_size: 1 << 40,
             // Four ReadFiles calls of 16 MiB, or one delta of the largest
             // range and a few Writes: what a move with --parallel 4 needs.
@@ -276,6 +281,7 @@ struct RawLimits {
     idle_timeout: Option<String>,
     call_timeout: Option<String>,
     stall_timeout: Option<String>,
+    partial_max_age: Option<String>,
     max_file_size: Option<String>,
     max_memory_per_peer: Option<String>,
 }
@@ -558,6 +564,15 @@ fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
         idle_timeout: duration("idle_timeout", raw.idle_timeout, default.idle_timeout)?,
         call_timeout: duration("call_timeout", raw.call_timeout, default.call_timeout)?,
         stall_timeout: duration("stall_timeout", raw.stall_timeout, default.stall_timeout)?,
+        partial_max_age: match raw.partial_max_age.as_deref().map(str::trim) {
+            // 0 switches the cleaning off; anything else is a duration.
+            Some("0") => None,
+            _ => Some(duration(
+                "partial_max_age",
+                raw.partial_max_age,
+                default.partial_max_age.unwrap_or_default(),
+            )?),
+        },
         max_file_size,
         max_memory_per_peer,
     };
@@ -718,6 +733,7 @@ mod tests {
                 idle_timeout: Duration::from_secs(60),
                 call_timeout: Duration::from_secs(3600),
                 stall_timeout: Duration::from_secs(120),
+                partial_max_age: Some(Duration::from_secs(7 * 24 * 3600)),
                 max_file_size: 10_000_000_000,
                 max_memory_per_peer: 256 << 20,
             }

@@ -111,6 +111,8 @@ pub(crate) struct Server {
     health: HealthReporter,
     stop_accepting: CancellationToken,
     accept: JoinHandle<Incoming>,
+    /// Removes stale partial files; stopped with the server.
+    _cleaning: tokio_util::task::AbortOnDropHandle<()>,
 }
 
 impl Server {
@@ -149,6 +151,9 @@ impl Server {
         ));
         // Tests and scripts wait for this line: the port is bound and serving.
         tracing::info!(addr = %listening_on, peers, "listening on {listening_on}");
+        let cleaning = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+            remove_stale_partials(Arc::clone(&live)),
+        ));
         Ok(Server {
             listening_on,
             live,
@@ -157,6 +162,7 @@ impl Server {
             health,
             stop_accepting,
             accept,
+            _cleaning: cleaning,
         })
     }
 
@@ -357,4 +363,28 @@ fn reloads() -> &'static Counter<u64> {
         }
         reloads
     })
+}
+
+/// Removes the partial files of the live config's directories that nobody
+/// has written for `partial_max_age`: at start, then every
+/// `partial_max_age` (at least a minute apart, at most an hour), reading the
+/// limit again each time so a reload applies.
+async fn remove_stale_partials(live: Arc<LiveConfig>) {
+    const MIN_PERIOD: Duration = Duration::from_secs(60);
+    const MAX_PERIOD: Duration = Duration::from_secs(3600);
+    loop {
+        let current = live.current();
+        let period = match (&current.store, current.limits.partial_max_age) {
+            (Some(store), Some(max_age)) => {
+                let removed = store.remove_stale_partials(max_age).await;
+                if removed > 0 {
+                    tracing::info!(removed, "stale partial files removed");
+                }
+                max_age.clamp(MIN_PERIOD, MAX_PERIOD)
+            }
+            _ => MAX_PERIOD,
+        };
+        drop(current);
+        tokio::time::sleep(period).await;
+    }
 }

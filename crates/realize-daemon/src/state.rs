@@ -37,6 +37,9 @@ pub(crate) struct Live {
     pub limits: Limits,
     /// The path locks of the store, carried over to the next version.
     pub locks: PathLocks,
+    /// The store of the configured directories, for the stale partial files'
+    /// cleaning; `None` when the daemon serves another `Service`.
+    pub store: Option<LocalStore>,
 }
 
 impl Live {
@@ -58,6 +61,7 @@ impl Live {
             grace_period,
             limits,
             locks: PathLocks::default(),
+            store: None,
         }
     }
 
@@ -68,6 +72,7 @@ impl Live {
         let store = LocalStore::with_locks(config.dirs.clone(), locks.clone());
         Live {
             locks,
+            store: Some(store.clone()),
             ..Live::new(
                 config.peers.clone(),
                 config.dirs.keys().cloned().collect(),

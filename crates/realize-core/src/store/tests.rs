@@ -1646,3 +1646,37 @@ async fn stores_sharing_path_locks_queue_calls_on_one_path() {
     finishing.await.unwrap().unwrap();
     assert_eq!(read_file(root, "f"), b"0123456789");
 }
+
+#[tokio::test]
+async fn stale_partial_files_are_removed_unless_fresh_or_being_written() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    for name in ["a/.old.part", ".written.part"] {
+        write_file(root, name, b"left by a failed move");
+        let file = std::fs::File::options()
+            .write(true)
+            .open(root.join(name))
+            .unwrap();
+        file.set_modified(two_hours_ago).unwrap();
+    }
+    write_file(root, "a/.fresh.part", b"being resumed");
+    write_file(root, "a/old", b"a final file, however old, stays");
+    std::fs::File::options()
+        .write(true)
+        .open(root.join("a/old"))
+        .unwrap()
+        .set_modified(two_hours_ago)
+        .unwrap();
+    // A writer holds this one's lock.
+    let writer = std::fs::File::open(root.join(".written.part")).unwrap();
+    rustix::fs::flock(&writer, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let removed = store(root)
+        .remove_stale_partials(std::time::Duration::from_secs(3600))
+        .await;
+    assert_eq!(removed, 1);
+    assert!(!exists(root, "a/.old.part"));
+    assert!(exists(root, "a/.fresh.part"));
+    assert!(exists(root, ".written.part"));
+    assert!(exists(root, "a/old"));
+}

@@ -952,3 +952,37 @@ async fn a_sighup_storm_during_concurrent_writes_of_the_same_paths_loses_nothing
     }
     daemon.stop().await;
 }
+
+/// Partial files nobody wrote for `partial_max_age` go at start, each with
+/// an audit line; fresh ones stay for the next run to resume.
+#[tokio::test]
+async fn stale_partial_files_are_removed_at_start() {
+    let s = Setup::new();
+    let root = s.dir("root");
+    write_file(
+        &root,
+        "a/.stale.bin.part",
+        b"left by a move that never came back",
+    );
+    write_file(&root, "a/.fresh.bin.part", b"a move resumes it soon");
+    std::fs::File::options()
+        .write(true)
+        .open(root.join("a/.stale.bin.part"))
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200))
+        .unwrap();
+    let daemon = Daemon::start_with(s.work.path(), &[("d", &root)], &s.client, |c| {
+        c.limits.push("partial_max_age = \"1h\"".into());
+    })
+    .await;
+    assert!(
+        daemon
+            .wait_for_line(&["INFO", "stale partial file removed", "dir=d", "a/stale.bin"])
+            .await,
+        "{}",
+        daemon.log()
+    );
+    assert!(!root.join("a/.stale.bin.part").exists());
+    assert!(root.join("a/.fresh.bin.part").exists());
+    daemon.stop().await;
+}

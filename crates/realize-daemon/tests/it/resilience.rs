@@ -94,6 +94,13 @@ async fn deadline_during_a_transfer_interrupts_it_resumably() {
         last_line(&stderr(&output)),
         "INTERRUPTED 0 moved, 1 interrupted"
     );
+    // And where the work left is, for whoever reads the log.
+    assert!(
+        stderr(&output)
+            .contains("1 partial file left at the destination (d: 1): the next run resumes them"),
+        "{}",
+        stderr(&output)
+    );
     s.assert_interrupted();
     s.assert_rerun_finishes(&daemon).await;
     daemon.stop().await;

@@ -1,0 +1,98 @@
+//! Partial files left behind by moves that failed or were abandoned: a
+//! daemon removes them once nobody has written them for `partial_max_age`,
+//! so a disk filled by a failed move does not stay full.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::time::{Duration, SystemTime};
+
+use rustix::fs::{FlockOperation, flock};
+
+use super::{LocalStore, Resolved, walk};
+use crate::error::StoreError;
+use crate::path::{DirId, RelPath};
+use crate::service::FileKind;
+
+impl LocalStore {
+    /// Removes every partial file not modified for `max_age`, each under
+    /// its path's lock, and logs each removal as an audit event. A partial
+    /// file being written (its write lock taken) is left. Returns how many
+    /// were removed; a directory that cannot be walked is logged and skipped.
+    pub async fn remove_stale_partials(&self, max_age: Duration) -> usize {
+        let dirs: Vec<(DirId, std::path::PathBuf)> = self
+            .dirs()
+            .map(|(id, root)| (id.clone(), root.to_path_buf()))
+            .collect();
+        let mut removed = 0;
+        for (dir, root) in dirs {
+            let task_dir = dir.clone();
+            let walked = tokio::task::spawn_blocking(move || walk(&task_dir, &root, true))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|walked| walked.map_err(|e| e.to_string()));
+            let entries = match walked {
+                Ok(entries) => entries,
+                Err(error) => {
+                    tracing::warn!(%dir, %error, "cannot look for stale partial files");
+                    continue;
+                }
+            };
+            for entry in entries.into_iter().filter(|e| e.kind == FileKind::Partial) {
+                if self.remove_if_stale(&dir, &entry.path, max_age).await {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
+    async fn remove_if_stale(&self, dir: &DirId, path: &RelPath, max_age: Duration) -> bool {
+        let _lock = self.exclusive(dir, path).await;
+        let removed = self
+            .on_blocking(dir, path, move |r| r.remove_partial_if_stale(max_age))
+            .await;
+        match removed {
+            Ok(removed) => removed,
+            Err(e) => {
+                tracing::warn!(%dir, %path, error = %e, "cannot remove a stale partial file");
+                false
+            }
+        }
+    }
+}
+
+impl Resolved {
+    fn remove_partial_if_stale(&self, max_age: Duration) -> Result<bool, StoreError> {
+        let Some(meta) = self.lstat_blocking(FileKind::Partial)? else {
+            return Ok(false);
+        };
+        let modified = meta.modified().map_err(self.io("stat"))?;
+        let age = SystemTime::now()
+            .duration_since(modified)
+            .unwrap_or_default();
+        if age < max_age {
+            return Ok(false);
+        }
+        // A writer holds the file's lock for as long as it writes: a file
+        // idle that long but locked is resumed by someone right now.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&self.partial_path)
+            .map_err(self.io("open"))?;
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => return Ok(false),
+            Err(e) => return Err(self.io("lock")(e.into())),
+        }
+        self.check_still_at(&file, &self.partial_path)?;
+        std::fs::remove_file(&self.partial_path).map_err(self.io("remove stale partial file"))?;
+        tracing::info!(
+            dir = %self.dir,
+            path = %self.path,
+            size = meta.len(),
+            idle_secs = age.as_secs(),
+            "stale partial file removed"
+        );
+        Ok(true)
+    }
+}
