@@ -410,7 +410,10 @@ pub fn chaos(root: &Path, options: &Options) -> anyhow::Result<()> {
         clear_dir(&chaos.src)?;
         clear_dir(&chaos.dst)?;
         let (manifest, total) = generate(&chaos.src, options.seed.wrapping_add(u64::from(i)))?;
-        let at = span.mul_f64(rng.unit());
+        // Within the first two thirds of a clean move's span: a moment near
+        // its end often comes after a faster move has ended, and a short
+        // run must still strike with every kind of fault.
+        let at = span.mul_f64(0.05 + 0.6 * rng.unit());
         let (hit, moment) = inject(&mut chaos, &mut tally, &label, fault, at, total, &mut rng)?;
         chaos.check_daemon(&mut tally, &label)?;
         *if hit {
@@ -461,6 +464,16 @@ pub fn chaos(root: &Path, options: &Options) -> anyhow::Result<()> {
         std::fs::write(&path, doc(&report))
             .with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("wrote {}", path.display());
+    }
+    // Every kind had its turn: one that never struck tested nothing.
+    if options.iterations as usize >= faults.len()
+        && let Some(fault) = faults.iter().find(|f| !tally.injected.contains_key(f))
+    {
+        bail!(
+            "no fault of kind \"{}\" struck a move in flight in {} iterations",
+            fault.describe(),
+            options.iterations
+        );
     }
     if tally.failed() {
         chaos.keep_work = true;
@@ -644,13 +657,13 @@ fn doc(report: &str) -> String {
     format!(
         "# Reliability\n\n\
          Written by `cargo xtask chaos --doc` on {cores} cores ({cpu}), files on tmpfs, loopback only.\n\n\
-         Each iteration makes a fresh set of {FILES} files ({MIN_SIZE} B to {MAX_SIZE} B, log-uniform sizes, some in nested directories), moves it from a local directory into a `realized` (debug build) with `realize`, and injects one fault, the kinds in turn, at a moment drawn uniformly within the duration of a clean move:\n\n\
+         Each iteration makes a fresh set of {FILES} files ({MIN_SIZE} B to {MAX_SIZE} B, log-uniform sizes, some in nested directories), moves it from a local directory into a `realized` (debug build) with `realize`, and injects one fault, the kinds in turn, at a moment drawn uniformly between 5% and 65% of the duration of a clean move:\n\n\
          - kill -9 of `realize`;\n\
          - kill -9 of `realized`, restarted at once on the same address (`realized --config F --address HOST:PORT`); `realize` retries by itself;\n\
          - every connection cut by a TCP proxy between the two; `realize` retries by itself;\n\
          - the destination, a tmpfs, shrunk to hold 10% to 90% of the set before the move, and grown back after it.\n\n\
          After the fault the suite checks that every file still has an intact copy (source or destination) with its original SHA-256 and that no final file is corrupt; then it runs the plain move until it succeeds (at most {COMPLETION_RUNS} runs) and checks that every file is on the destination only, intact, with no partial file left.\n\
-         A fault that comes after the move has ended counts as too late; the checks run all the same.\n\n\
+         A fault that comes after the move has ended counts as too late; the checks run all the same. A run of at least as many iterations as there are kinds of fault fails if some kind never struck a move in flight.\n\n\
          {report}\n\
          Reproduce with `cargo xtask chaos --iterations N --seed S`; CI runs `cargo xtask chaos --iterations 5`.\n\n\
          ## Races the test suite reproduces\n\
