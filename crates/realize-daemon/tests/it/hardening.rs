@@ -491,3 +491,71 @@ async fn a_write_files_call_idle_between_files_is_not_stalled() {
     assert_eq!(std::fs::read(root.join("b")).unwrap(), b"b");
     daemon.stop().await;
 }
+
+/// The WriteFiles call a client keeps for small files ends once no file
+/// has come for a moment: it no longer holds one of the connection's calls
+/// for as long as the client lives, and the next file opens a new one.
+#[tokio::test]
+async fn an_idle_write_files_call_ends_and_the_next_file_opens_another() {
+    use realize_core::Service;
+    let work = TempDir::new().unwrap();
+    let client = KeyFiles::new(work.path(), "client");
+    let root = work.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let daemon = Daemon::start_with(work.path(), &[("d", &root)], &client, |c| {
+        c.limits.push("max_calls_per_connection = 1".into());
+    })
+    .await;
+    let tls = client_config(&client.key, [daemon.key.public_key()]).unwrap();
+    let channel = connect(&daemon.addr, tls, TIMEOUT, SendLimit::new(None))
+        .await
+        .unwrap();
+    let remote = realize_net::remote::RemoteService::new(channel);
+    let dir = dir_id("d");
+    let small = |name: &str| {
+        let data = Bytes::from(name.as_bytes().to_vec());
+        let (send, expected) = tokio::sync::oneshot::channel();
+        send.send(realize_core::Sha256Hash::of(&data)).unwrap();
+        let path: realize_core::RelPath = name.parse().unwrap();
+        (
+            path,
+            data.len() as u64,
+            futures::StreamExt::boxed(futures::stream::iter([Ok(data)])),
+            expected,
+        )
+    };
+    let (path, size, data, expected) = small("first");
+    assert_eq!(
+        remote
+            .write_file(&dir, &path, size, data, expected)
+            .await
+            .unwrap(),
+        5
+    );
+    // The connection's only call is free again once the WriteFiles call ends.
+    let hashed = tokio::time::timeout(HUNG, async {
+        loop {
+            match remote
+                .hash(&dir, &path, realize_core::FileKind::Final, None)
+                .await
+            {
+                Ok(result) => break result,
+                Err(e) => assert_eq!(e.code(), realize_core::ErrorCode::ResourceExhausted, "{e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the WriteFiles call never ended");
+    assert_eq!(hashed.hash, realize_core::Sha256Hash::of(b"first"));
+    let (path, size, data, expected) = small("second");
+    assert_eq!(
+        remote
+            .write_file(&dir, &path, size, data, expected)
+            .await
+            .unwrap(),
+        6
+    );
+    assert_eq!(std::fs::read(root.join("second")).unwrap(), b"second");
+    daemon.stop().await;
+}

@@ -20,6 +20,11 @@ use crate::metrics::{RpcCall, RpcSide};
 /// Files waiting for the call to take them.
 const QUEUE: usize = 32;
 
+/// A WriteFiles call that has had no file for this long ends: it would
+/// otherwise hold one of the daemon's calls per connection, and keep the
+/// connection from ever being idle, for as long as the service lives.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 type Reply = oneshot::Sender<Result<u64, ServiceError>>;
 
 /// The WriteFiles call in progress, if any, shared by clones of a [`RemoteService`].
@@ -84,10 +89,7 @@ impl RemoteService {
             sha256: Bytes::copy_from_slice(&hash.0),
         };
         let (reply, answer) = oneshot::channel();
-        self.batch_queue()
-            .send((request, reply))
-            .await
-            .map_err(|_| call_ended())?;
+        self.enqueue((request, reply)).await?;
         answer.await.map_err(|_| call_ended())?
     }
 
@@ -98,7 +100,6 @@ impl RemoteService {
         dir: &DirId,
         files: Vec<WholeFile>,
     ) -> Vec<Result<u64, ServiceError>> {
-        let queue = self.batch_queue();
         let mut answers = Vec::with_capacity(files.len());
         for file in files {
             let request = pb::WriteFilesRequest {
@@ -108,8 +109,8 @@ impl RemoteService {
                 sha256: Bytes::copy_from_slice(&file.sha256.0),
             };
             let (reply, answer) = oneshot::channel();
-            // A queue closed under us drops the reply: that file fails below.
-            let _ = queue.send((request, reply)).await;
+            // A file that finds no call drops its reply: it fails below.
+            let _ = self.enqueue((request, reply)).await;
             answers.push(answer);
         }
         futures::future::join_all(
@@ -188,6 +189,19 @@ impl RemoteService {
         })
     }
 
+    /// Queues a file on the WriteFiles call in progress, or on a new one if
+    /// that call has just ended for being idle.
+    async fn enqueue(&self, file: (pb::WriteFilesRequest, Reply)) -> Result<(), ServiceError> {
+        let mut file = file;
+        for _ in 0..2 {
+            match self.batch_queue().send(file).await {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::SendError(back)) => file = back,
+            }
+        }
+        Err(call_ended())
+    }
+
     /// The queue of the WriteFiles call in progress, started if there is none
     /// or the last one has ended.
     fn batch_queue(&self) -> mpsc::Sender<(pb::WriteFilesRequest, Reply)> {
@@ -203,7 +217,16 @@ impl RemoteService {
         let requests = futures::stream::unfold(
             (taken, Arc::clone(&waiting)),
             |(mut taken, waiting)| async move {
-                let (request, reply) = taken.recv().await?;
+                let next = match tokio::time::timeout(IDLE, taken.recv()).await {
+                    Ok(next) => next,
+                    // Closed first, so a file queued meanwhile still goes
+                    // on this call and every later one finds the queue shut.
+                    Err(_) => {
+                        taken.close();
+                        taken.recv().await
+                    }
+                };
+                let (request, reply) = next?;
                 // Answers come in the order the files were sent.
                 waiting
                     .lock()
