@@ -1478,14 +1478,15 @@ async fn wait_for_size(path: &Path, size: u64) {
 }
 
 #[tokio::test]
-async fn two_ids_on_one_directory_never_interleave_their_writes() {
+async fn two_stores_on_one_directory_never_interleave_their_writes() {
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
     let (x, y) = (DirId::new("x").unwrap(), DirId::new("y").unwrap());
-    let store = LocalStore::new([
-        (x.clone(), root.to_path_buf()),
-        (y.clone(), root.to_path_buf()),
-    ]);
+    // Two stores, as two daemons would be: within one store, calls on a
+    // path queue on its lock whatever the id; across stores only the file's
+    // write lock stands between them.
+    let store = LocalStore::new([(x.clone(), root.to_path_buf())]);
+    let other = LocalStore::new([(y.clone(), root.to_path_buf())]);
     let f = rel("mix.bin");
     let (a, b) = (random_bytes(34, 300_000), random_bytes(35, 300_000));
     let split = |data: &[u8]| chunks(data.chunks(4096).map(<[u8]>::to_vec).collect::<Vec<_>>());
@@ -1500,12 +1501,12 @@ async fn two_ids_on_one_directory_never_interleave_their_writes() {
     wait_for_size(&root.join(".mix.bin.part"), 300_000).await;
 
     assert_busy(
-        store
+        other
             .write_file(&y, &f, 300_000, split(&b), expecting(Sha256Hash::of(&b)))
             .await,
     );
-    assert_busy(store.write(&y, &f, 0, 300_000, split(&b)).await);
-    assert_busy(store.finish(&y, &f, None).await);
+    assert_busy(other.write(&y, &f, 0, 300_000, split(&b)).await);
+    assert_busy(other.finish(&y, &f, None).await);
 
     send_hash.send(Sha256Hash::of(&a)).unwrap();
     assert_eq!(first.await.unwrap().unwrap(), 300_000);
