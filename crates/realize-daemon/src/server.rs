@@ -710,7 +710,9 @@ fn observe<T>(method: &'static str, request: &Request<T>) -> Observed {
     let span = match request.extensions().get::<ConnectionContext>() {
         Some(connection) => {
             let peer = &connection.peer;
-            tracing::info_span!("rpc", method, peer = %peer.peer_id, addr = %peer.addr)
+            // The key says which of the peer's keys made the call (several while
+            // one is replaced), so the audit trail can tell them apart.
+            tracing::info_span!("rpc", method, peer = %peer.peer_id, addr = %peer.addr, key = %peer.key)
         }
         None => tracing::info_span!("rpc", method),
     };
