@@ -19,6 +19,7 @@ mod connections;
 pub mod fuzzing;
 pub mod lifecycle;
 mod limits;
+mod rate;
 pub mod logging;
 pub mod server;
 mod state;

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::budget::{Budgets, PeerBudget};
+use crate::rate::CallRates;
 use crate::config::{Config, Limits, Peer};
 
 /// The part of the config that a reload changes while the daemon runs.
@@ -140,6 +141,8 @@ pub(crate) struct Calls {
     shutting_down: AtomicBool,
     /// What each peer's calls hold in memory, against `max_memory_per_peer`.
     pub budgets: Budgets,
+    /// How many calls each rate-limited peer may still start.
+    pub rates: CallRates,
 }
 
 impl Calls {
