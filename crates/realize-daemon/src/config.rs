@@ -415,8 +415,7 @@ fn rate_defaults(raw: &mut RawLimits) -> Result<RateDefaults, ConfigError> {
     let per_second = match raw.calls_per_second_per_peer.take() {
         Some(value) => peer::calls_per_second(value, || ConfigError::LimitRange {
             field: "calls_per_second_per_peer",
-            reason: "must be a number of calls per second from 0 (unlimited) to 1000000"
-                .to_owned(),
+            reason: "must be a number of calls per second from 0 (unlimited) to 1000000".to_owned(),
         })?,
         None => 0.0,
     };

@@ -19,8 +19,8 @@ mod connections;
 pub mod fuzzing;
 pub mod lifecycle;
 mod limits;
-mod rate;
 pub mod logging;
+mod rate;
 pub mod server;
 mod state;
 

@@ -16,8 +16,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::budget::{Budgets, PeerBudget};
-use crate::rate::CallRates;
 use crate::config::{Config, Limits, Peer};
+use crate::rate::CallRates;
 
 /// The part of the config that a reload changes while the daemon runs.
 ///

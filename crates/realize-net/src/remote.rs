@@ -237,7 +237,10 @@ impl Service for RemoteService {
     async fn info(&self) -> Result<ServiceInfo, ServiceError> {
         self.observed("Info", async {
             let response = self
-                .call(pb::InfoRequest {}, |mut c, r| async move { c.info(r).await })
+                .call(
+                    pb::InfoRequest {},
+                    |mut c, r| async move { c.info(r).await },
+                )
                 .await?;
             ServiceInfo::try_from(response).map_err(protocol)
         })
@@ -253,9 +256,7 @@ impl Service for RemoteService {
             let response = self
                 .call(request, |mut c, r| async move { c.list(r).await })
                 .await?;
-            Ok(map_stream(response, |m| {
-                m.try_into().map_err(protocol)
-            }))
+            Ok(map_stream(response, |m| m.try_into().map_err(protocol)))
         })
         .await
     }
@@ -412,9 +413,7 @@ impl Service for RemoteService {
                 client_stream(header, delta, |chunk| pb::ApplyDeltaRequest {
                     message: Some(Message::Delta(chunk)),
                 });
-            let call = self.stream_call(outgoing, |mut c, r| async move {
-                c.apply_delta(r).await
-            });
+            let call = self.stream_call(outgoing, |mut c, r| async move { c.apply_delta(r).await });
             tokio::select! {
                 response = call => Ok(response?.bytes_written),
                 Ok(error) = delta_error => Err(error),

@@ -71,7 +71,13 @@ pub fn pushback(status: &tonic::Status) -> Option<Duration> {
     if status.code() != tonic::Code::ResourceExhausted {
         return None;
     }
-    let ms = status.metadata().get(PUSHBACK)?.to_str().ok()?.parse().ok()?;
+    let ms = status
+        .metadata()
+        .get(PUSHBACK)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
     Some(Duration::from_millis(ms))
 }
 

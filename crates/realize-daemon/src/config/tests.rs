@@ -312,7 +312,10 @@ fn several_keys_per_peer() {
         None,
     )
     .unwrap_err();
-    assert!(err.to_string().contains("[peers.p]: bad public key"), "{err}");
+    assert!(
+        err.to_string().contains("[peers.p]: bad public key"),
+        "{err}"
+    );
     check_refused(
         &peer_with(&key_pem(), "public_keys = [\"garbage\"]"),
         "[peers.p]: bad public key",
@@ -409,11 +412,23 @@ fn call_rates() {
             "calls_per_second = -1",
             "[peers.p] calls_per_second: must be a number of calls per second from 0 (unlimited) to 1000000",
         ),
-        ("calls_per_second = nan", "[peers.p] calls_per_second: must be"),
-        ("calls_per_second = inf", "[peers.p] calls_per_second: must be"),
-        ("calls_per_second = 1e9", "[peers.p] calls_per_second: must be"),
+        (
+            "calls_per_second = nan",
+            "[peers.p] calls_per_second: must be",
+        ),
+        (
+            "calls_per_second = inf",
+            "[peers.p] calls_per_second: must be",
+        ),
+        (
+            "calls_per_second = 1e9",
+            "[peers.p] calls_per_second: must be",
+        ),
         ("calls_per_second = \"5/s\"", "invalid type: string"),
-        ("calls_per_second = 5\nburst = 0", "[peers.p] burst: must be at least 1"),
+        (
+            "calls_per_second = 5\nburst = 0",
+            "[peers.p] burst: must be at least 1",
+        ),
         ("burst = -1", "invalid value"),
     ] {
         check_refused(&peer_with(&pem, peer), expected);

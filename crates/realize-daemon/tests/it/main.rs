@@ -10,6 +10,7 @@ mod lifecycle;
 mod moves;
 mod observability;
 mod overlap;
+mod peers;
 mod python;
 mod rejections;
 mod resilience;

@@ -14,8 +14,8 @@ use realize_core::{
 use realize_proto::{error_code, error_from_status, pb};
 use tokio::sync::{mpsc, oneshot};
 
-use super::pacing::{Pacing, Replay};
 use super::RemoteService;
+use super::pacing::{Pacing, Replay};
 use crate::metrics::{RpcCall, RpcSide};
 
 /// Files waiting for the call to take them.

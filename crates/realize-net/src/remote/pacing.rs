@@ -9,7 +9,6 @@
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
@@ -74,7 +73,8 @@ impl Pacing {
             }
             tracing::info!(
                 wait_ms = wait.as_millis(),
-                "the daemon asks us to slow down: {}", status.message()
+                "the daemon asks us to slow down: {}",
+                status.message()
             );
             if let Some(until) = until {
                 self.push(until);
@@ -196,6 +196,8 @@ impl<M: prost::Message + Clone> Stream for Attempt<M> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use realize_proto::pb;
 
