@@ -1,61 +1,23 @@
 //! The daemon's TOML configuration, parsed and validated whole before use.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use realize_core::DirId;
 use realize_core::path::InvalidDirId;
-use realize_net::keys::{KeyError, PublicKey};
+use realize_net::keys::KeyError;
 use serde::Deserialize;
+
+mod peer;
+
+pub use peer::{Access, CallRate, MAX_CALLS_PER_SECOND, Peer};
+use peer::{RateDefaults, RawPeer};
 
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:9771";
 
 /// How long calls in flight may run on after a shutdown request.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
-
-/// What a peer may do in the directories it may access.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Access {
-    /// List, Read, Signature, Diff, Hash.
-    ReadOnly,
-    /// Everything, including Write, ApplyDelta, Finish and Delete.
-    ReadWrite,
-}
-
-impl std::fmt::Display for Access {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Access::ReadOnly => "read-only",
-            Access::ReadWrite => "read-write",
-        })
-    }
-}
-
-/// A peer allowed to connect, and what it may do once connected.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Peer {
-    pub key: PublicKey,
-    /// `dirs`: the directories it may access; `None` for all of them.
-    pub dirs: Option<BTreeSet<DirId>>,
-    pub access: Access,
-}
-
-impl Peer {
-    /// A peer that may do everything in every directory (the default in a config file).
-    pub fn full(key: PublicKey) -> Self {
-        Peer {
-            key,
-            dirs: None,
-            access: Access::ReadWrite,
-        }
-    }
-
-    pub fn may_access(&self, dir: &DirId) -> bool {
-        self.dirs.as_ref().is_none_or(|dirs| dirs.contains(dir))
-    }
-}
 
 /// `[limits]`: what one connection, peer or call may use, so no client can
 /// exhaust the daemon. All of them reload live.
@@ -197,8 +159,8 @@ pub enum ConfigError {
     DirId(#[from] InvalidDirId),
     #[error("[peers.{peer}]: invalid peer id: must be 1 to 64 characters from A-Z a-z 0-9 . _ -")]
     PeerId { peer: String },
-    #[error("[peers.{peer}]: set exactly one of public_key and public_key_file")]
-    PeerKeyChoice { peer: String },
+    #[error("[peers.{peer}]: no key: set public_key, public_keys or public_key_file")]
+    PeerNoKey { peer: String },
     #[error("[peers.{peer}]: bad public key")]
     PeerKey {
         peer: String,
@@ -209,6 +171,16 @@ pub enum ConfigError {
     DuplicateKey { peer: String, other: String },
     #[error("[peers.{peer}] dirs: unknown directory {dir:?}")]
     PeerDir { peer: String, dir: String },
+    #[error(
+        "[peers.{peer}] allowed_networks: invalid network {value:?} (examples: \"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\")"
+    )]
+    PeerNetwork { peer: String, value: String },
+    #[error("[peers.{peer}] {field}: {reason}")]
+    PeerField {
+        peer: String,
+        field: &'static str,
+        reason: String,
+    },
     #[error("[limits] {field}: invalid duration {value:?} (examples: \"10s\", \"5m\")")]
     LimitDuration {
         field: &'static str,
@@ -284,21 +256,14 @@ struct RawLimits {
     partial_max_age: Option<String>,
     max_file_size: Option<String>,
     max_memory_per_peer: Option<String>,
+    calls_per_second_per_peer: Option<f64>,
+    burst_per_peer: Option<u32>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawShutdown {
     grace_period: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPeer {
-    public_key: Option<String>,
-    public_key_file: Option<PathBuf>,
-    dirs: Option<Vec<String>>,
-    access: Option<Access>,
 }
 
 impl Config {
@@ -338,54 +303,9 @@ impl Config {
             .into_iter()
             .map(|(id, root)| Ok((DirId::new(&id)?, base.join(root))))
             .collect::<Result<BTreeMap<_, _>, ConfigError>>()?;
-        let mut peers = BTreeMap::new();
-        let mut seen: HashMap<PublicKey, String> = HashMap::new();
-        for (peer, raw_peer) in raw.peers {
-            if DirId::new(&peer).is_err() {
-                return Err(ConfigError::PeerId { peer });
-            }
-            let key = match (raw_peer.public_key, raw_peer.public_key_file) {
-                (Some(pem), None) => PublicKey::from_pem(&pem),
-                (None, Some(file)) => {
-                    PublicKey::load_all(&base.join(file)).and_then(|mut keys| match keys.len() {
-                        1 => Ok(keys.remove(0)),
-                        n => Err(KeyError::NotOnePublicKey(n)),
-                    })
-                }
-                _ => return Err(ConfigError::PeerKeyChoice { peer }),
-            }
-            .map_err(|source| ConfigError::PeerKey {
-                peer: peer.clone(),
-                source,
-            })?;
-            if let Some(other) = seen.insert(key.clone(), peer.clone()) {
-                return Err(ConfigError::DuplicateKey { peer, other });
-            }
-            let allowed = match raw_peer.dirs {
-                None => None,
-                Some(ids) => Some(
-                    ids.into_iter()
-                        .map(|id| match DirId::new(&id) {
-                            // A typo in an allowlist would silently deny; refuse it instead.
-                            Ok(dir) if dirs.contains_key(&dir) => Ok(dir),
-                            _ => Err(ConfigError::PeerDir {
-                                peer: peer.clone(),
-                                dir: id,
-                            }),
-                        })
-                        .collect::<Result<BTreeSet<_>, _>>()?,
-                ),
-            };
-            let access = raw_peer.access.unwrap_or(Access::ReadWrite);
-            peers.insert(
-                peer,
-                Peer {
-                    key,
-                    dirs: allowed,
-                    access,
-                },
-            );
-        }
+        let mut raw_limits = raw.limits.unwrap_or_default();
+        let defaults = rate_defaults(&mut raw_limits)?;
+        let peers = peer::peers(raw.peers, &dirs, base, defaults)?;
         let privkey = privkey_override
             .or_else(|| raw.privkey.map(|p| base.join(p)))
             .ok_or(ConfigError::NoPrivkey)?;
@@ -397,7 +317,7 @@ impl Config {
                 .map_err(|source| ConfigError::GracePeriod { value, source })?,
             None => DEFAULT_GRACE_PERIOD,
         };
-        let limits = limits(raw.limits.unwrap_or_default())?;
+        let limits = limits(raw_limits)?;
         if let Some(value) = &raw.log_level {
             // Parsed here so a bad filter rejects the whole file; the daemon builds
             // its own filter from the string when it applies it.
@@ -503,6 +423,26 @@ fn at_least_one<T: PartialOrd + From<u8>>(
     }
 }
 
+/// `[limits] calls_per_second_per_peer` and `burst_per_peer`, taken out of
+/// `raw`: they are the peers' defaults rather than limits of their own.
+fn rate_defaults(raw: &mut RawLimits) -> Result<RateDefaults, ConfigError> {
+    let per_second = match raw.calls_per_second_per_peer.take() {
+        Some(value) => peer::calls_per_second(value, || ConfigError::LimitRange {
+            field: "calls_per_second_per_peer",
+            reason: "must be a number of calls per second from 0 (unlimited) to 1000000".to_owned(),
+        })?,
+        None => 0.0,
+    };
+    let burst = raw.burst_per_peer.take();
+    if burst == Some(0) {
+        return Err(ConfigError::LimitRange {
+            field: "burst_per_peer",
+            reason: "must be at least 1".to_owned(),
+        });
+    }
+    Ok(RateDefaults { per_second, burst })
+}
+
 /// `[limits]`, each field checked, with the defaults of [`Limits::default`].
 fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
     let default = Limits::default();
@@ -588,266 +528,4 @@ fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use realize_net::keys::PrivateKey;
-
-    fn parse(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: "test.toml".into(),
-            source,
-        })?;
-        Config::from_raw(raw, Path::new("/etc/realize"), None)
-    }
-
-    fn key_pem() -> String {
-        PrivateKey::generate().unwrap().public_key().to_pem()
-    }
-
-    /// A minimal valid config: a key and one peer, followed by `rest`.
-    fn minimal(rest: &str) -> String {
-        format!(
-            "privkey = \"k\"\n{rest}\n[peers.p]\npublic_key = \"\"\"{}\"\"\"\n",
-            key_pem()
-        )
-    }
-
-    /// `text` is refused with a message containing `expected`.
-    fn check_refused(text: &str, expected: &str) {
-        let message = match parse(text) {
-            Ok(_) => panic!("accepted {text:?}"),
-            Err(e) => realize_core::mover::ErrorChain(&e).to_string(),
-        };
-        assert!(message.contains(expected), "{message:?} lacks {expected:?}");
-    }
-
-    #[test]
-    fn full_config() {
-        let config = parse(&format!(
-            "address = \"0.0.0.0:1234\"\nprivkey = \"b.key\"\nlog_level = \"info,realize_daemon=debug\"\n[dirs]\nphotos = \"/srv/photos\"\nrel = \"data\"\n[peers.laptop]\npublic_key = \"\"\"{}\"\"\"\n[shutdown]\ngrace_period = \"1m 30s\"\n",
-            key_pem()
-        ))
-        .unwrap();
-        assert_eq!(config.address, "0.0.0.0:1234");
-        assert_eq!(config.privkey, Path::new("/etc/realize/b.key"));
-        let photos = DirId::new("photos").unwrap();
-        assert_eq!(config.dirs[&photos], Path::new("/srv/photos"));
-        assert_eq!(
-            config.dirs[&DirId::new("rel").unwrap()],
-            Path::new("/etc/realize/data")
-        );
-        assert!(config.peers.contains_key("laptop"));
-        assert_eq!(config.grace_period, Duration::from_secs(90));
-        assert_eq!(
-            config.log_level.as_deref(),
-            Some("info,realize_daemon=debug")
-        );
-    }
-
-    #[test]
-    fn defaults() {
-        let config = parse(&minimal("")).unwrap();
-        assert_eq!(config.address, DEFAULT_ADDRESS);
-        assert_eq!(config.grace_period, DEFAULT_GRACE_PERIOD);
-        assert_eq!(config.log_level, None);
-        assert_eq!(config.limits, Limits::default());
-        assert_eq!(config.peers["p"].dirs, None);
-        assert_eq!(config.peers["p"].access, Access::ReadWrite);
-        let config = parse(&minimal("[shutdown]")).unwrap();
-        assert_eq!(config.grace_period, DEFAULT_GRACE_PERIOD);
-    }
-
-    #[test]
-    fn grace_period() {
-        for (text, expected) in [
-            ("10s", Duration::from_secs(10)),
-            ("0s", Duration::ZERO),
-            ("500ms", Duration::from_millis(500)),
-            ("2m", Duration::from_secs(120)),
-            ("1h 5s", Duration::from_secs(3605)),
-        ] {
-            let config = parse(&minimal(&format!("[shutdown]\ngrace_period = {text:?}"))).unwrap();
-            assert_eq!(config.grace_period, expected, "{text}");
-        }
-        for bad in ["10", "ten seconds", "-1s", ""] {
-            check_refused(
-                &minimal(&format!("[shutdown]\ngrace_period = {bad:?}")),
-                &format!("[shutdown] grace_period: invalid duration {bad:?}"),
-            );
-        }
-        check_refused(
-            &minimal("[shutdown]\ngrace_period = 10"),
-            "invalid type: integer",
-        );
-        check_refused(
-            &minimal("[shutdown]\ngrace = \"1s\""),
-            "unknown field `grace`",
-        );
-    }
-
-    #[test]
-    fn errors() {
-        check_refused("", "no privkey");
-        check_refused(
-            "privkey = \"k\"",
-            "no [peers]: every connection would be refused",
-        );
-        check_refused(&minimal("[dirs]\n\"a/b\" = \"/x\""), "invalid directory id");
-        check_refused(&minimal("bogus = 1"), "unknown field");
-        check_refused(
-            &minimal("[limits]\nmax_sockets = 1"),
-            "unknown field `max_sockets`",
-        );
-        check_refused(
-            &minimal("log_level = \"realize=loud\""),
-            "log_level: invalid filter \"realize=loud\"",
-        );
-        check_refused("privkey = \"k\"\n[peers.p]\n", "exactly one of public_key");
-        check_refused(
-            "privkey = \"k\"\n[peers.p]\npublic_key = \"garbage\"",
-            "[peers.p]: bad public key",
-        );
-        let pem = key_pem();
-        check_refused(
-            &format!(
-                "privkey = \"k\"\n[peers.a]\npublic_key = \"\"\"{pem}\"\"\"\n[peers.b]\npublic_key = \"\"\"{pem}\"\"\"\n"
-            ),
-            "same public key",
-        );
-    }
-
-    #[test]
-    fn limits() {
-        let config = parse(&minimal(
-            "[limits]\nmax_connections = 5\nmax_connections_per_peer = 2\nmax_calls_per_connection = 3\nmax_message_size = \"8 MiB\"\nhandshake_timeout = \"2s\"\nidle_timeout = \"1m\"\ncall_timeout = \"1h\"\nmax_file_size = \"10GB\"\nmax_memory_per_peer = \"256 MiB\"",
-        ))
-        .unwrap();
-        assert_eq!(
-            config.limits,
-            Limits {
-                max_connections: 5,
-                max_connections_per_peer: 2,
-                max_calls_per_connection: 3,
-                max_message_size: 8 << 20,
-                handshake_timeout: Duration::from_secs(2),
-                idle_timeout: Duration::from_secs(60),
-                call_timeout: Duration::from_secs(3600),
-                stall_timeout: Duration::from_secs(120),
-                partial_max_age: Some(Duration::from_secs(7 * 24 * 3600)),
-                max_file_size: 10_000_000_000,
-                max_memory_per_peer: 256 << 20,
-            }
-        );
-        for (line, expected) in [
-            (
-                "max_connections = 0",
-                "[limits] max_connections: must be at least 1",
-            ),
-            ("max_connections = -1", "invalid value"),
-            (
-                "max_calls_per_connection = 0",
-                "[limits] max_calls_per_connection: must be at least 1",
-            ),
-            (
-                "max_message_size = \"1KiB\"",
-                "[limits] max_message_size: must be between",
-            ),
-            (
-                "max_message_size = \"1GiB\"",
-                "[limits] max_message_size: must be between",
-            ),
-            (
-                "max_message_size = \"lots\"",
-                "[limits] max_message_size: invalid size \"lots\"",
-            ),
-            (
-                "max_file_size = \"0\"",
-                "[limits] max_file_size: must be at least 1 byte",
-            ),
-            (
-                "max_memory_per_peer = \"1MiB\"",
-                "[limits] max_memory_per_peer: must be at least max_message_size (4194304 bytes)",
-            ),
-            (
-                "idle_timeout = \"0s\"",
-                "[limits] idle_timeout: must be longer than 0s",
-            ),
-            (
-                "call_timeout = \"10\"",
-                "[limits] call_timeout: invalid duration \"10\"",
-            ),
-            ("handshake_timeout = 10", "invalid type: integer"),
-        ] {
-            check_refused(&minimal(&format!("[limits]\n{line}")), expected);
-        }
-    }
-
-    #[test]
-    fn peer_permissions() {
-        let config = parse(&format!(
-            "privkey = \"k\"\n[dirs]\na = \"/a\"\nb = \"/b\"\n[peers.p]\npublic_key = \"\"\"{}\"\"\"\ndirs = [\"a\"]\naccess = \"read-only\"\n",
-            key_pem()
-        ))
-        .unwrap();
-        let peer = &config.peers["p"];
-        assert_eq!(peer.access, Access::ReadOnly);
-        assert!(peer.may_access(&DirId::new("a").unwrap()));
-        assert!(!peer.may_access(&DirId::new("b").unwrap()));
-        let with = |line: &str| {
-            format!(
-                "privkey = \"k\"\n[dirs]\na = \"/a\"\n[peers.p]\npublic_key = \"\"\"{}\"\"\"\n{line}\n",
-                key_pem()
-            )
-        };
-        check_refused(
-            &with("dirs = [\"c\"]"),
-            "[peers.p] dirs: unknown directory \"c\"",
-        );
-        check_refused(
-            &with("dirs = [\"../a\"]"),
-            "[peers.p] dirs: unknown directory \"../a\"",
-        );
-        check_refused(
-            &with("access = \"write-only\""),
-            "unknown variant `write-only`",
-        );
-        let none = parse(&with("dirs = []")).unwrap();
-        assert!(!none.peers["p"].may_access(&DirId::new("a").unwrap()));
-    }
-
-    #[test]
-    fn overlapping_roots_are_refused_naming_both_ids() {
-        let work = tempfile::tempdir().unwrap();
-        let (a, b) = (work.path().join("a"), work.path().join("b"));
-        std::fs::create_dir_all(a.join("inner")).unwrap();
-        std::fs::create_dir(&b).unwrap();
-        std::os::unix::fs::symlink(&a, work.path().join("link")).unwrap();
-        let with_dirs = |dirs: &[(&str, PathBuf)]| {
-            let dirs: String = dirs
-                .iter()
-                .map(|(id, root)| format!("{id} = {:?}\n", root.display().to_string()))
-                .collect();
-            parse(&minimal(&format!("[dirs]\n{dirs}"))).unwrap()
-        };
-        with_dirs(&[("x", a.clone()), ("y", b.clone())])
-            .check_roots()
-            .unwrap();
-        for (x, y) in [
-            (a.clone(), a.clone()),
-            (a.clone(), a.join("inner")),
-            (a.join("inner"), a.clone()),
-            (work.path().join("link"), a.clone()),
-            (work.path().join("link/inner"), a.clone()),
-        ] {
-            let config = with_dirs(&[("x", x.clone()), ("y", y.clone()), ("z", b.clone())]);
-            let err = config.check_roots().unwrap_err();
-            assert!(
-                matches!(&err, ConfigError::OverlappingRoots { dir, other, .. }
-                    if dir.as_str() == "x" && other.as_str() == "y"),
-                "{x:?} {y:?}: {err:?}"
-            );
-            let message = err.to_string();
-            assert!(message.contains("directories x and y"), "{message}");
-        }
-    }
-}
+mod tests;

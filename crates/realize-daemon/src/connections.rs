@@ -167,7 +167,7 @@ impl Connections {
         // A reload may have removed the peer since its handshake. Checked after
         // registering: a reload that swaps the config later also finds it here.
         if !live.current().allows(&peer) {
-            tracing::info!(peer = %peer.peer_id, addr = %peer.addr, "closing connection: peer removed from the config");
+            tracing::info!(peer = %peer.peer_id, addr = %peer.addr, "closing connection: the config no longer allows its peer, key or address");
             context.cancel.cancel();
             close.cancel();
         }
@@ -268,7 +268,7 @@ impl Connections {
         let open = self.registry();
         let mut closed = 0;
         for conn in open.values().filter(|conn| !live.allows(&conn.peer)) {
-            tracing::info!(peer = %conn.peer.peer_id, addr = %conn.peer.addr, "closing connection: peer removed from the config");
+            tracing::info!(peer = %conn.peer.peer_id, addr = %conn.peer.addr, "closing connection: the config no longer allows its peer, key or address");
             conn.cancel_calls.cancel();
             conn.close.cancel();
             closed += 1;

@@ -38,9 +38,8 @@ impl Harness {
         let key = PrivateKey::generate()?.public_key();
         let dir = DirId::new(DIR).unwrap_or_else(|_| unreachable!("\"d\" is a valid id"));
         let peer = Peer {
-            key: key.clone(),
-            dirs: None,
             access,
+            ..Peer::full(key.clone())
         };
         let live = Arc::new(LiveConfig::new(Live::new(
             BTreeMap::from([("fuzzer".to_string(), peer)]),

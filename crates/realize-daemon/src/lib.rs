@@ -20,6 +20,7 @@ pub mod fuzzing;
 pub mod lifecycle;
 mod limits;
 pub mod logging;
+mod rate;
 pub mod server;
 mod stall;
 mod state;

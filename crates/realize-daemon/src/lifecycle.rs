@@ -130,7 +130,7 @@ impl Server {
         // The reload series start at 0 now rather than at the first reload.
         reloads();
         let live = Arc::new(LiveConfig::new(live));
-        let tls = realize_net::tls::server_config(key, live.clone())?;
+        let tls = realize_net::tls::ServerTls::new(key, live.clone())?;
         let incoming = realize_net::connection::incoming(listener, tls, live.clone());
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<RealizeServer<Handler>>().await;

@@ -33,11 +33,12 @@ use realize_net::throttle::check_rate;
 use realize_proto::{WireError, error_from_request_stream, pb};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::budget::{BUDGET_WAIT, BudgetError, PeerBudget, Reservation};
-use crate::config::Access;
+use crate::config::{Access, CallRate};
 use crate::limits::grpc_timeout;
 use crate::stall::{Activity, FromClient};
 use crate::state::{ActiveCall, Calls, ConnectionContext, Live, LiveConfig};
@@ -383,6 +384,15 @@ enum CallError {
     Stalled(Duration),
     #[error(transparent)]
     Memory(#[from] BudgetError),
+    #[error(
+        "peer {peer} is limited to {rate}: retry in {}",
+        humantime::format_duration(Duration::from_millis(*pushback_ms))
+    )]
+    RateLimited {
+        peer: String,
+        rate: CallRate,
+        pushback_ms: u64,
+    },
 }
 
 /// The one place where the daemon's own refusals become statuses.
@@ -400,6 +410,13 @@ impl From<CallError> for Status {
             | CallError::ReadTooLarge { .. }
             | CallError::BadTimeout(_) => Status::invalid_argument(message),
             CallError::Deadline(_) | CallError::Stalled(_) => Status::deadline_exceeded(message),
+            CallError::RateLimited { pushback_ms, .. } => {
+                // gRPC's standard way to say when to try again (gRFC A6), which
+                // gRPC clients with a retry policy honour, as realize does.
+                let mut trailers = MetadataMap::new();
+                trailers.insert(realize_net::retry::PUSHBACK, pushback_ms.into());
+                Status::with_metadata(tonic::Code::ResourceExhausted, message, trailers)
+            }
         }
     }
 }
@@ -433,6 +450,7 @@ impl Handler {
             tracing::warn!("call refused: {refusal}");
             return Err(refusal.into());
         };
+        self.check_rate(&live, &connection.peer.peer_id)?;
         // call_timeout bounds every call: a client's longer deadline would
         // let it hold the call (and what it buffers) for as long as it likes.
         let timeout = match request.metadata().get("grpc-timeout") {
@@ -472,6 +490,26 @@ impl Handler {
             timeout,
             _active: active,
         })
+    }
+
+    /// Counts the call against its peer's `calls_per_second`; a call over it is
+    /// refused with the time until the next may start. A stream is one call,
+    /// however many messages it carries.
+    fn check_rate(&self, live: &Live, peer_id: &str) -> Result<(), Status> {
+        let Some(rate) = live.peers.get(peer_id).and_then(|peer| peer.rate) else {
+            return Ok(());
+        };
+        let Err(wait) = self.calls.rates.take(peer_id, rate, Instant::now()) else {
+            return Ok(());
+        };
+        crate::rate::record_refusal(peer_id);
+        let refusal = CallError::RateLimited {
+            peer: peer_id.to_owned(),
+            rate,
+            pushback_ms: crate::rate::pushback_ms(wait),
+        };
+        tracing::warn!("call refused: {refusal}");
+        Err(refusal.into())
     }
 
     /// Why calls on this connection may not run (any more), if they may not.
@@ -737,7 +775,9 @@ fn observe<T>(method: &'static str, request: &Request<T>) -> Observed {
     let span = match request.extensions().get::<ConnectionContext>() {
         Some(connection) => {
             let peer = &connection.peer;
-            tracing::info_span!("rpc", method, peer = %peer.peer_id, addr = %peer.addr)
+            // The key says which of the peer's keys made the call (several while
+            // one is replaced), so the audit trail can tell them apart.
+            tracing::info_span!("rpc", method, peer = %peer.peer_id, addr = %peer.addr, key = %peer.key)
         }
         None => tracing::info_span!("rpc", method),
     };

@@ -1,6 +1,7 @@
 //! What every call and handshake consults: the live part of the config, and the calls in flight.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use realize_core::{DirId, LocalStore, PathLocks, Service};
 use realize_net::connection::{PeerInfo, ServerPolicy};
 use realize_net::keys::PublicKey;
-use realize_net::tls::PeerKeys;
+use realize_net::tls::{PeerKeys, Refusal};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -16,6 +17,7 @@ use tracing::Instrument;
 
 use crate::budget::{Budgets, PeerBudget};
 use crate::config::{Config, Limits, Peer};
+use crate::rate::CallRates;
 
 /// The part of the config that a reload changes while the daemon runs.
 ///
@@ -53,7 +55,7 @@ impl Live {
         Live {
             keys: peers
                 .iter()
-                .map(|(id, peer)| (peer.key.clone(), id.clone()))
+                .flat_map(|(id, peer)| peer.keys.iter().map(move |key| (key.clone(), id.clone())))
                 .collect(),
             peers,
             dirs,
@@ -83,10 +85,21 @@ impl Live {
         }
     }
 
-    /// Whether `peer` still connects with the key it authenticated with: a peer
-    /// removed from the config, or given another key, is not.
+    /// Whether `peer` still connects with the key it authenticated with, from an
+    /// address it may connect from: a peer removed from the config, or whose key was
+    /// removed, or whose networks no longer hold its address, is not.
     pub fn allows(&self, peer: &PeerInfo) -> bool {
-        self.keys.get(&peer.key) == Some(&peer.peer_id)
+        self.admit(&peer.key, peer.addr.ip()).as_ref() == Ok(&peer.peer_id)
+    }
+
+    /// The peer id of `key`, if that key may connect from `addr`.
+    fn admit(&self, key: &PublicKey, addr: IpAddr) -> Result<String, Refusal> {
+        let id = self.keys.get(key).ok_or(Refusal::UnknownKey)?;
+        match self.peers.get(id) {
+            Some(peer) if peer.may_connect_from(addr) => Ok(id.clone()),
+            Some(_) => Err(Refusal::Network { peer: id.clone() }),
+            None => Err(Refusal::UnknownKey),
+        }
     }
 }
 
@@ -110,8 +123,8 @@ impl LiveConfig {
 }
 
 impl PeerKeys for LiveConfig {
-    fn peer_id(&self, key: &PublicKey) -> Option<String> {
-        self.0.borrow().keys.get(key).cloned()
+    fn admit(&self, key: &PublicKey, addr: IpAddr) -> Result<String, Refusal> {
+        self.0.borrow().admit(key, addr)
     }
 }
 
@@ -142,6 +155,8 @@ pub(crate) struct Calls {
     shutting_down: AtomicBool,
     /// What each peer's calls hold in memory, against `max_memory_per_peer`.
     pub budgets: Budgets,
+    /// How many calls each rate-limited peer may still start.
+    pub rates: CallRates,
 }
 
 impl Calls {

@@ -25,7 +25,7 @@ use tracing::Instrument;
 use crate::keys::PublicKey;
 use crate::metrics::OpenConnection;
 use crate::throttle::{SendLimit, Throttled};
-use crate::tls::{PeerKeys, SERVER_NAME};
+use crate::tls::{Refusal, SERVER_NAME, ServerTls, TlsError};
 
 /// HTTP/2 settings of the daemon, the receiving end of bulk data.
 ///
@@ -54,7 +54,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// What the accept loop asks of the server at each connection, so a changed
 /// config (a reload) applies from the next connection on.
-pub trait ServerPolicy: PeerKeys {
+pub trait ServerPolicy: Send + Sync + std::fmt::Debug {
     /// Connections open at once, handshakes included; one more is closed at
     /// once, before any TLS work is spent on it.
     fn max_connections(&self) -> usize;
@@ -228,8 +228,10 @@ enum HandshakeError {
     Timeout(Duration),
     #[error("peer sent no usable certificate")]
     NoCertificate,
-    #[error("key {0} was removed from the peers during the handshake")]
-    NoPeerId(PublicKey),
+    #[error("peer {peer} (key {key}) may not connect from this address (allowed_networks)")]
+    Network { peer: String, key: PublicKey },
+    #[error("cannot set up TLS for the connection")]
+    Settings(#[source] TlsError),
     #[error("peer {peer} already has {max} connections open (max_connections_per_peer)")]
     TooManyForPeer { peer: String, max: usize },
 }
@@ -239,9 +241,11 @@ impl HandshakeError {
     fn reason(&self) -> &'static str {
         match self {
             HandshakeError::Tls(_) => "tls",
-            HandshakeError::UnknownKey | HandshakeError::NoPeerId(_) => "unknown_key",
+            HandshakeError::UnknownKey => "unknown_key",
             HandshakeError::Timeout(_) => "timeout",
             HandshakeError::NoCertificate => "no_certificate",
+            HandshakeError::Network { .. } => "network",
+            HandshakeError::Settings(_) => "tls",
             HandshakeError::TooManyForPeer { .. } => "too_many_connections_per_peer",
         }
     }
@@ -257,14 +261,9 @@ impl HandshakeError {
 /// dropped. `policy` is consulted at each connection, so changes to it apply to the next
 /// one. The background tasks stop once the returned stream is dropped or closed. Must be
 /// called inside a tokio runtime.
-pub fn incoming(
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    policy: Arc<dyn ServerPolicy>,
-) -> Incoming {
+pub fn incoming(listener: TcpListener, tls: ServerTls, policy: Arc<dyn ServerPolicy>) -> Incoming {
     let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
-    let acceptor = TlsAcceptor::from(tls);
-    let accept = tokio::spawn(accept_loop(listener, acceptor, policy, tx));
+    let accept = tokio::spawn(accept_loop(listener, tls, policy, tx));
     Incoming {
         conns: ReceiverStream::new(rx),
         accept,
@@ -299,7 +298,7 @@ impl Stream for Incoming {
 
 async fn accept_loop(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: ServerTls,
     policy: Arc<dyn ServerPolicy>,
     tx: mpsc::Sender<Result<ServerConn, io::Error>>,
 ) {
@@ -342,7 +341,7 @@ async fn accept_loop(
         let counted = Counted(Arc::clone(&open));
         let span = tracing::info_span!("accept", addr = %addr);
         let task = accept_one(
-            acceptor.clone(),
+            tls.clone(),
             tcp,
             addr,
             Arc::clone(&policy),
@@ -354,7 +353,7 @@ async fn accept_loop(
 }
 
 async fn accept_one(
-    acceptor: TlsAcceptor,
+    tls: ServerTls,
     tcp: TcpStream,
     addr: SocketAddr,
     policy: Arc<dyn ServerPolicy>,
@@ -362,12 +361,14 @@ async fn accept_one(
     tx: mpsc::Sender<Result<ServerConn, io::Error>>,
 ) {
     let timeout = policy.handshake_timeout();
-    let result = tokio::time::timeout(timeout, handshake(&acceptor, tcp, addr, &*policy, counted))
+    let result = tokio::time::timeout(timeout, handshake(&tls, tcp, addr, &*policy, counted))
         .await
         .unwrap_or(Err(HandshakeError::Timeout(timeout)));
     match result {
         Ok(conn) => {
-            tracing::info!(peer = %conn.info.peer_id, addr = %addr, "connection accepted");
+            // The key names which of the peer's keys it used, so a rotation can be
+            // followed in the log.
+            tracing::info!(peer = %conn.info.peer_id, addr = %addr, key = %conn.info.key, "connection accepted");
             // Fails only when the server is gone; the connection is then dropped.
             let _ = tx.send(Ok(conn)).await;
         }
@@ -381,6 +382,12 @@ async fn accept_one(
                     addr = %addr,
                     max_connections_per_peer = max,
                     "connection closed: peer has too many connections open"
+                ),
+                HandshakeError::Network { peer, key } => tracing::warn!(
+                    peer = %peer,
+                    addr = %addr,
+                    key = %key,
+                    "tls handshake refused: {e}"
                 ),
                 _ => tracing::warn!(addr = %addr, error = %e, "tls handshake refused"),
             }
@@ -403,7 +410,7 @@ fn is_connection_error(e: &io::Error) -> bool {
 /// The server's TCP → TLS step; anything wrapping the raw stream (such as a rate limit)
 /// belongs here.
 async fn handshake(
-    acceptor: &TlsAcceptor,
+    tls: &ServerTls,
     tcp: TcpStream,
     addr: SocketAddr,
     peers: &dyn ServerPolicy,
@@ -414,19 +421,24 @@ async fn handshake(
         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
     let send_limit = SendLimit::new(None);
-    let tls = acceptor.accept(send_limit.wrap(tcp)).await.map_err(|e| {
-        if is_unpinned_key(&e) {
-            HandshakeError::UnknownKey
-        } else {
-            HandshakeError::Tls(e)
+    let (config, verdict) = tls
+        .for_client(addr.ip())
+        .map_err(HandshakeError::Settings)?;
+    let accepted = TlsAcceptor::from(config).accept(send_limit.wrap(tcp)).await;
+    // The verifier's decision, taken from the peers as they were at that moment,
+    // names the peer; looking it up again could see a reloaded config.
+    let (tls, key, peer_id) = match (accepted, verdict.get()) {
+        (Ok(tls), Some((key, Ok(peer_id)))) => (tls, key.clone(), peer_id.clone()),
+        (Ok(_), _) => return Err(HandshakeError::NoCertificate),
+        (Err(_), Some((key, Err(Refusal::Network { peer })))) => {
+            return Err(HandshakeError::Network {
+                peer: peer.clone(),
+                key: key.clone(),
+            });
         }
-    })?;
-    let key = crate::tls::peer_public_key(tls.get_ref().1).ok_or(HandshakeError::NoCertificate)?;
-    // The verifier accepted the key a moment ago; it is gone only if the peer set
-    // changed in between.
-    let peer_id = peers
-        .peer_id(&key)
-        .ok_or_else(|| HandshakeError::NoPeerId(key.clone()))?;
+        (Err(e), _) if is_unpinned_key(&e) => return Err(HandshakeError::UnknownKey),
+        (Err(e), _) => return Err(HandshakeError::Tls(e)),
+    };
     let max = peers.max_connections_per_peer();
     let Some(peer_counted) = peer_counts.try_take(&peer_id, max) else {
         // Closed cleanly (close_notify), not with an alert, which is how a
@@ -709,7 +721,7 @@ mod tests {
 
     use super::*;
     use crate::keys::PrivateKey;
-    use crate::tls::{client_config, server_config};
+    use crate::tls::{PeerKeys, client_config};
 
     const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -730,8 +742,8 @@ mod tests {
     }
 
     impl PeerKeys for Policy {
-        fn peer_id(&self, key: &PublicKey) -> Option<String> {
-            self.peers.peer_id(key)
+        fn admit(&self, key: &PublicKey, addr: std::net::IpAddr) -> Result<String, Refusal> {
+            self.peers.admit(key, addr)
         }
     }
 
@@ -766,7 +778,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let policy = policy(&client_key, 64, TIMEOUT);
-        let tls = server_config(&server_key, policy.clone()).unwrap();
+        let tls = ServerTls::new(&server_key, policy.clone()).unwrap();
         let conns = Box::pin(incoming(listener, tls, policy));
         Setup {
             addr,
@@ -853,7 +865,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let policy = policy(&client_key, 64, Duration::from_millis(200));
-        let tls = server_config(&server_key, policy.clone()).unwrap();
+        let tls = ServerTls::new(&server_key, policy.clone()).unwrap();
         let mut conns = Box::pin(incoming(listener, tls, policy));
         let mut silent = TcpStream::connect(addr).await.unwrap();
 
@@ -882,7 +894,7 @@ mod tests {
             max_connections_per_peer: 2,
             ..Arc::into_inner(policy(&client_key, 64, TIMEOUT)).unwrap()
         });
-        let tls = server_config(&server_key, policy.clone()).unwrap();
+        let tls = ServerTls::new(&server_key, policy.clone()).unwrap();
         let mut conns = Box::pin(incoming(listener, tls, policy));
         let config = client_config(&client_key, [server_key.public_key()]).unwrap();
         let _first_client = tls_client(addr, config.clone()).await.unwrap();
@@ -913,7 +925,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let policy = policy(&client_key, 1, TIMEOUT);
-        let tls = server_config(&server_key, policy.clone()).unwrap();
+        let tls = ServerTls::new(&server_key, policy.clone()).unwrap();
         let mut conns = Box::pin(incoming(listener, tls, policy));
         let config = client_config(&client_key, [server_key.public_key()]).unwrap();
         let first_client = tls_client(addr, config.clone()).await.unwrap();

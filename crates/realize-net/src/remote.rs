@@ -19,6 +19,9 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 mod batch;
+mod pacing;
+
+use pacing::{Pacing, Replay};
 
 type Client = pb::realize_client::RealizeClient<Channel>;
 
@@ -26,7 +29,8 @@ type Client = pb::realize_client::RealizeClient<Channel>;
 #[derive(Clone, Debug)]
 pub struct RemoteService {
     client: Client,
-    deadline: Option<Instant>,
+    /// The daemon's pushback, shared by clones, and the calls' deadline.
+    pacing: Pacing,
     /// A data stream from the daemon with no message for this long fails
     /// as a cut connection would (see [`RemoteService::with_stall_timeout`]).
     stall_timeout: Option<Duration>,
@@ -38,7 +42,7 @@ impl RemoteService {
     pub fn new(channel: Channel) -> Self {
         RemoteService {
             client: Client::new(channel),
-            deadline: None,
+            pacing: Pacing::default(),
             stall_timeout: None,
             batch: Default::default(),
         }
@@ -47,7 +51,7 @@ impl RemoteService {
     /// Every call carries what is left until `deadline` as its gRPC
     /// timeout, so the daemon gives up on it too.
     pub fn with_deadline(mut self, deadline: Instant) -> Self {
-        self.deadline = Some(deadline);
+        self.pacing.deadline = Some(deadline);
         self
     }
 
@@ -98,13 +102,48 @@ impl RemoteService {
     }
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        crate::traces::inject(request.metadata_mut());
-        if let Some(deadline) = self.deadline {
-            // A zero timeout fails the call at once, which is what a passed deadline means.
-            request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        }
-        request
+        request(message, self.pacing.deadline)
+    }
+
+    /// A call whose request is one message, made again after a pushback.
+    async fn call<M: Clone, R, Fut>(
+        &self,
+        message: M,
+        call: impl Fn(Client, tonic::Request<M>) -> Fut,
+    ) -> Result<R, ServiceError>
+    where
+        Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        self.pacing
+            .paced(
+                || true,
+                || call(self.client(), self.request(message.clone())),
+            )
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(error_from_status)
+    }
+
+    /// A call whose request is a stream of `messages`, made again after a
+    /// pushback as long as what it sent is kept.
+    async fn stream_call<M, R, Fut>(
+        &self,
+        messages: impl Stream<Item = M> + Send + 'static,
+        call: impl Fn(Client, tonic::Request<pacing::Attempt<M>>) -> Fut,
+    ) -> Result<R, ServiceError>
+    where
+        M: prost::Message + Clone + Send + 'static,
+        Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        let replay = Replay::new(messages);
+        self.pacing
+            .paced(
+                || replay.replayable(),
+                || call(self.client(), self.request(replay.attempt())),
+            )
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(error_from_status)
     }
 
     /// Sets (or with `None` clears) the limit on what the daemon sends on
@@ -112,14 +151,26 @@ impl RemoteService {
     pub async fn configure(&self, send_limit: Option<u64>) -> Result<Option<u64>, ServiceError> {
         self.observed("Configure", async {
             let response = self
-                .client()
-                .configure(self.request(pb::ConfigureRequest { send_limit }))
-                .await
-                .map_err(error_from_status)?;
-            Ok(response.into_inner().send_limit)
+                .call(pb::ConfigureRequest { send_limit }, |mut c, r| async move {
+                    c.configure(r).await
+                })
+                .await?;
+            Ok(response.send_limit)
         })
         .await
     }
+}
+
+/// A request carrying the trace context and, with a `deadline`, what is left
+/// until it as its gRPC timeout.
+fn request<T>(message: T, deadline: Option<Instant>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    crate::traces::inject(request.metadata_mut());
+    if let Some(deadline) = deadline {
+        // A zero timeout fails the call at once, which is what a passed deadline means.
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+    }
+    request
 }
 
 fn protocol(error: realize_proto::WireError) -> ServiceError {
@@ -215,11 +266,11 @@ impl RemoteService {
         let (outgoing, data_error) = client_stream(header, data, |chunk| pb::WriteRequest {
             message: Some(pb::write_request::Message::Data(chunk)),
         });
-        let mut client = self.client();
+        let call = self.stream_call(outgoing.chain(trailer), |mut c, r| async move {
+            c.write(r).await
+        });
         tokio::select! {
-            response = client.write(self.request(outgoing.chain(trailer))) => {
-                Ok(response.map_err(error_from_status)?.into_inner().bytes_written)
-            }
+            response = call => Ok(response?.bytes_written),
             Ok(error) = data_error => Err(error),
         }
     }
@@ -230,28 +281,26 @@ impl Service for RemoteService {
     async fn info(&self) -> Result<ServiceInfo, ServiceError> {
         self.observed("Info", async {
             let response = self
-                .client()
-                .info(self.request(pb::InfoRequest {}))
-                .await
-                .map_err(error_from_status)?;
-            ServiceInfo::try_from(response.into_inner()).map_err(protocol)
+                .call(
+                    pb::InfoRequest {},
+                    |mut c, r| async move { c.info(r).await },
+                )
+                .await?;
+            ServiceInfo::try_from(response).map_err(protocol)
         })
         .await
     }
 
     async fn list(&self, dir: &DirId, include_partial: bool) -> Result<EntryStream, ServiceError> {
         self.observed("List", async {
+            let request = pb::ListRequest {
+                dir: dir.to_string(),
+                include_partial,
+            };
             let response = self
-                .client()
-                .list(self.request(pb::ListRequest {
-                    dir: dir.to_string(),
-                    include_partial,
-                }))
-                .await
-                .map_err(error_from_status)?;
-            Ok(map_stream(response.into_inner(), |m| {
-                m.try_into().map_err(protocol)
-            }))
+                .call(request, |mut c, r| async move { c.list(r).await })
+                .await?;
+            Ok(map_stream(response, |m| m.try_into().map_err(protocol)))
         })
         .await
     }
@@ -265,18 +314,17 @@ impl Service for RemoteService {
         if_stamp: Option<FileStamp>,
     ) -> Result<ByteStream, ServiceError> {
         self.observed("Read", async {
+            let request = pb::ReadRequest {
+                dir: dir.to_string(),
+                path: path.to_string(),
+                offset,
+                length,
+                if_stamp: if_stamp.map(Into::into),
+            };
             let response = self
-                .client()
-                .read(self.request(pb::ReadRequest {
-                    dir: dir.to_string(),
-                    path: path.to_string(),
-                    offset,
-                    length,
-                    if_stamp: if_stamp.map(Into::into),
-                }))
-                .await
-                .map_err(error_from_status)?;
-            Ok(self.stall_guarded(map_stream(response.into_inner(), |m| Ok(m.data))))
+                .call(request, |mut c, r| async move { c.read(r).await })
+                .await?;
+            Ok(self.stall_guarded(map_stream(response, |m| Ok(m.data))))
         })
         .await
     }
@@ -351,17 +399,16 @@ impl Service for RemoteService {
         block_size: u32,
     ) -> Result<Bytes, ServiceError> {
         self.observed("Signature", async {
+            let request = pb::SignatureRequest {
+                dir: dir.to_string(),
+                path: path.to_string(),
+                range: Some(range.into()),
+                block_size,
+            };
             let response = self
-                .client()
-                .signature(self.request(pb::SignatureRequest {
-                    dir: dir.to_string(),
-                    path: path.to_string(),
-                    range: Some(range.into()),
-                    block_size,
-                }))
-                .await
-                .map_err(error_from_status)?;
-            Ok(response.into_inner().signature)
+                .call(request, |mut c, r| async move { c.signature(r).await })
+                .await?;
+            Ok(response.signature)
         })
         .await
     }
@@ -374,17 +421,16 @@ impl Service for RemoteService {
         signature: Bytes,
     ) -> Result<ByteStream, ServiceError> {
         self.observed("Diff", async {
+            let request = pb::DiffRequest {
+                dir: dir.to_string(),
+                path: path.to_string(),
+                range: Some(range.into()),
+                signature,
+            };
             let response = self
-                .client()
-                .diff(self.request(pb::DiffRequest {
-                    dir: dir.to_string(),
-                    path: path.to_string(),
-                    range: Some(range.into()),
-                    signature,
-                }))
-                .await
-                .map_err(error_from_status)?;
-            Ok(self.stall_guarded(map_stream(response.into_inner(), |m| Ok(m.delta))))
+                .call(request, |mut c, r| async move { c.diff(r).await })
+                .await?;
+            Ok(self.stall_guarded(map_stream(response, |m| Ok(m.delta))))
         })
         .await
     }
@@ -411,11 +457,9 @@ impl Service for RemoteService {
                 client_stream(header, delta, |chunk| pb::ApplyDeltaRequest {
                     message: Some(Message::Delta(chunk)),
                 });
-            let mut client = self.client();
+            let call = self.stream_call(outgoing, |mut c, r| async move { c.apply_delta(r).await });
             tokio::select! {
-                response = client.apply_delta(self.request(outgoing)) => {
-                    Ok(response.map_err(error_from_status)?.into_inner().bytes_written)
-                }
+                response = call => Ok(response?.bytes_written),
                 Ok(error) = delta_error => Err(error),
             }
         })
@@ -430,17 +474,16 @@ impl Service for RemoteService {
         range: Option<ByteRange>,
     ) -> Result<HashResult, ServiceError> {
         self.observed("Hash", async {
+            let request = pb::HashRequest {
+                dir: dir.to_string(),
+                path: path.to_string(),
+                range: range.map(Into::into),
+                kind: pb::FileKind::from(kind).into(),
+            };
             let response = self
-                .client()
-                .hash(self.request(pb::HashRequest {
-                    dir: dir.to_string(),
-                    path: path.to_string(),
-                    range: range.map(Into::into),
-                    kind: pb::FileKind::from(kind).into(),
-                }))
-                .await
-                .map_err(error_from_status)?;
-            HashResult::try_from(response.into_inner()).map_err(protocol)
+                .call(request, |mut c, r| async move { c.hash(r).await })
+                .await?;
+            HashResult::try_from(response).map_err(protocol)
         })
         .await
     }
@@ -452,14 +495,13 @@ impl Service for RemoteService {
         verified: Option<Sha256Hash>,
     ) -> Result<(), ServiceError> {
         self.observed("Finish", async {
-            self.client()
-                .finish(self.request(pb::FinishRequest {
-                    dir: dir.to_string(),
-                    path: path.to_string(),
-                    sha256: verified.map(|h| h.0.to_vec().into()).unwrap_or_default(),
-                }))
-                .await
-                .map_err(error_from_status)?;
+            let request = pb::FinishRequest {
+                dir: dir.to_string(),
+                path: path.to_string(),
+                sha256: verified.map(|h| h.0.to_vec().into()).unwrap_or_default(),
+            };
+            self.call(request, |mut c, r| async move { c.finish(r).await })
+                .await?;
             Ok(())
         })
         .await
@@ -472,14 +514,13 @@ impl Service for RemoteService {
         if_stamp: Option<FileStamp>,
     ) -> Result<(), ServiceError> {
         self.observed("Delete", async {
-            self.client()
-                .delete(self.request(pb::DeleteRequest {
-                    dir: dir.to_string(),
-                    path: path.to_string(),
-                    if_stamp: if_stamp.map(Into::into),
-                }))
-                .await
-                .map_err(error_from_status)?;
+            let request = pb::DeleteRequest {
+                dir: dir.to_string(),
+                path: path.to_string(),
+                if_stamp: if_stamp.map(Into::into),
+            };
+            self.call(request, |mut c, r| async move { c.delete(r).await })
+                .await?;
             Ok(())
         })
         .await

@@ -7,6 +7,10 @@ use realize_core::{ErrorCode, ServiceError};
 
 use crate::connection::ConnectError;
 
+/// The trailer in which a daemon that refuses a call for its rate says, in
+/// milliseconds, when to call again (gRPC's standard name, gRFC A6).
+pub const PUSHBACK: &str = "grpc-retry-pushback-ms";
+
 const FIRST_DELAY: Duration = Duration::from_secs(1);
 const MAX_DELAY: Duration = Duration::from_secs(60);
 
@@ -60,6 +64,23 @@ pub fn is_retryable(error: &ServiceError) -> bool {
     }
 }
 
+/// How long a daemon asked us to wait before calling again: a RESOURCE_EXHAUSTED
+/// status with a [`PUSHBACK`] of whole milliseconds. A pushback that is not
+/// such a number means "do not retry", as gRFC A6 says.
+pub fn pushback(status: &tonic::Status) -> Option<Duration> {
+    if status.code() != tonic::Code::ResourceExhausted {
+        return None;
+    }
+    let ms = status
+        .metadata()
+        .get(PUSHBACK)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(Duration::from_millis(ms))
+}
+
 impl ConnectError {
     /// A daemon that cannot be reached may come back; one that refuses our
     /// key, or that we do not trust, will not.
@@ -88,6 +109,24 @@ mod tests {
         }
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(1200));
+    }
+
+    #[test]
+    fn pushback_is_read_from_a_resource_exhausted_status() {
+        let with = |code, value: &str| {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            metadata.insert(PUSHBACK, value.parse().unwrap());
+            tonic::Status::with_metadata(code, "", metadata)
+        };
+        let exhausted = tonic::Code::ResourceExhausted;
+        assert_eq!(
+            pushback(&with(exhausted, "250")),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(pushback(&with(exhausted, "-1")), None);
+        assert_eq!(pushback(&with(exhausted, "1.5")), None);
+        assert_eq!(pushback(&with(tonic::Code::Unavailable, "250")), None);
+        assert_eq!(pushback(&tonic::Status::resource_exhausted("full")), None);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -31,35 +32,70 @@ pub enum TlsError {
     NoPeers,
 }
 
-/// The peers a daemon accepts, by key, with their peer ids.
+/// The peers a daemon accepts, by key and address, with their peer ids.
 ///
-/// The TLS verifier and the handshake consult it for every new connection, so an
-/// implementation whose content changes (a reloaded config) applies from the next
-/// connection on, and both always see the same version.
+/// The TLS verifier consults it at every handshake, so an implementation whose
+/// content changes (a reloaded config) applies from the next connection on.
 pub trait PeerKeys: Send + Sync + fmt::Debug {
-    /// The peer id of `key`, if that key may connect.
-    fn peer_id(&self, key: &PublicKey) -> Option<String>;
+    /// The peer id of `key`, if that key may connect from `addr`.
+    fn admit(&self, key: &PublicKey, addr: IpAddr) -> Result<String, Refusal>;
 }
 
-/// A fixed set of peers.
+/// A fixed set of peers, each allowed from anywhere.
 impl PeerKeys for HashMap<PublicKey, String> {
-    fn peer_id(&self, key: &PublicKey) -> Option<String> {
-        self.get(key).cloned()
+    fn admit(&self, key: &PublicKey, _addr: IpAddr) -> Result<String, Refusal> {
+        self.get(key).cloned().ok_or(Refusal::UnknownKey)
+    }
+}
+
+/// Why [`PeerKeys::admit`] refused a key. The client cannot tell these apart: both
+/// fail its handshake the same way, so a key outside its networks learns nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No peer has this key.
+    UnknownKey,
+    /// The key is `peer`'s, but the address is outside the networks it may connect from.
+    Network { peer: String },
+}
+
+/// What the daemon's verifier decided about one connection's client key; the
+/// handshake reads it to name the peer, or to log why it was refused.
+#[derive(Clone, Debug, Default)]
+pub struct Verdict(Arc<OnceLock<(PublicKey, Result<String, Refusal>)>>);
+
+impl Verdict {
+    /// The client's key and its peer id or refusal, once its certificate was checked.
+    pub fn get(&self) -> Option<&(PublicKey, Result<String, Refusal>)> {
+        self.0.get()
     }
 }
 
 /// The keys a verifier accepts: fixed (the servers a client trusts) or the daemon's
-/// current peers.
+/// current peers, for a client at `addr`.
 enum Pins {
     Fixed(HashSet<PublicKey>),
-    Peers(Arc<dyn PeerKeys>),
+    Peers {
+        peers: Arc<dyn PeerKeys>,
+        addr: IpAddr,
+        verdict: Verdict,
+    },
 }
 
 impl Pins {
     fn contains(&self, key: &PublicKey) -> bool {
         match self {
             Pins::Fixed(keys) => keys.contains(key),
-            Pins::Peers(peers) => peers.peer_id(key).is_some(),
+            Pins::Peers {
+                peers,
+                addr,
+                verdict,
+            } => {
+                let admitted = peers.admit(key, *addr);
+                let ok = admitted.is_ok();
+                // One certificate per handshake: a second check cannot happen.
+                let _ = verdict.0.set((key.clone(), admitted));
+                ok
+            }
         }
     }
 }
@@ -68,7 +104,11 @@ impl fmt::Debug for Pins {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Pins::Fixed(keys) => f.debug_tuple("Fixed").field(keys).finish(),
-            Pins::Peers(peers) => f.debug_tuple("Peers").field(peers).finish(),
+            Pins::Peers { peers, addr, .. } => f
+                .debug_struct("Peers")
+                .field("peers", peers)
+                .field("addr", addr)
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -90,10 +130,20 @@ impl PinnedKeys {
         }
     }
 
-    /// Pins whatever `peers` holds at the time of each handshake.
-    pub fn peers(peers: Arc<dyn PeerKeys>, provider: &CryptoProvider) -> Self {
+    /// Pins whatever `peers` allows from `addr` at the time of the handshake, and
+    /// leaves its decision in `verdict`.
+    fn peers(
+        peers: Arc<dyn PeerKeys>,
+        addr: IpAddr,
+        verdict: Verdict,
+        provider: &CryptoProvider,
+    ) -> Self {
         Self {
-            keys: Pins::Peers(peers),
+            keys: Pins::Peers {
+                peers,
+                addr,
+                verdict,
+            },
             algorithms: provider.signature_verification_algorithms,
         }
     }
@@ -215,40 +265,67 @@ impl ServerCertVerifier for PinnedKeys {
     }
 }
 
-/// TLS settings for a daemon that accepts only the clients in `peers`, as they are at
-/// each handshake.
+/// The daemon's TLS: its certificates, and the peers it accepts as they are at each
+/// handshake.
 ///
-/// An empty set is not refused here, because a live set may be empty for a moment; the
-/// daemon's config validation refuses a config without peers.
-pub fn server_config(
-    key: &PrivateKey,
+/// Each connection gets settings of its own ([`ServerTls::for_client`]), because
+/// whether a key may connect depends on the address it connects from, and a
+/// certificate verifier only sees the certificate.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    provider: Arc<CryptoProvider>,
+    identity: Arc<ServerIdentity>,
     peers: Arc<dyn PeerKeys>,
-) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(PinnedKeys::peers(peers, &provider));
-    let (leaf, leaf_key) = key.delegated_p256_certificate()?;
-    let identity = Arc::new(ServerIdentity {
-        ed25519: identity(key, &provider)?,
-        p256: Arc::new(CertifiedKey::from_der(
-            vec![
-                CertificateDer::from(leaf),
-                CertificateDer::from(key.certificate_der()?),
-            ],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key)),
-            &provider,
-        )?),
-    });
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(identity);
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    // A resumed TLS 1.3 session skips the client certificate check, so a peer removed
-    // from `peers` could come back with an old ticket; every connection does a full
-    // handshake instead (one ed25519 signature each way).
-    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    config.send_tls13_tickets = 0;
-    Ok(Arc::new(config))
+}
+
+impl ServerTls {
+    /// A daemon with `key` that accepts the clients `peers` admits.
+    ///
+    /// An empty set is not refused here, because a live set may be empty for a moment;
+    /// the daemon's config validation refuses a config without peers.
+    pub fn new(key: &PrivateKey, peers: Arc<dyn PeerKeys>) -> Result<ServerTls, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let (leaf, leaf_key) = key.delegated_p256_certificate()?;
+        let identity = Arc::new(ServerIdentity {
+            ed25519: identity(key, &provider)?,
+            p256: Arc::new(CertifiedKey::from_der(
+                vec![
+                    CertificateDer::from(leaf),
+                    CertificateDer::from(key.certificate_der()?),
+                ],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key)),
+                &provider,
+            )?),
+        });
+        Ok(ServerTls {
+            provider,
+            identity,
+            peers,
+        })
+    }
+
+    /// TLS settings for one connection from `addr`, and where its verifier leaves
+    /// what it decided about the client's key.
+    pub fn for_client(&self, addr: IpAddr) -> Result<(Arc<ServerConfig>, Verdict), TlsError> {
+        let verdict = Verdict::default();
+        let verifier = Arc::new(PinnedKeys::peers(
+            Arc::clone(&self.peers),
+            addr,
+            verdict.clone(),
+            &self.provider,
+        ));
+        let mut config = ServerConfig::builder_with_provider(Arc::clone(&self.provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(Arc::clone(&self.identity) as Arc<dyn ResolvesServerCert>);
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        // A resumed TLS 1.3 session skips the client certificate check, so a peer removed
+        // from `peers` could come back with an old ticket; every connection does a full
+        // handshake instead (one ed25519 signature each way).
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+        Ok((Arc::new(config), verdict))
+    }
 }
 
 /// The daemon's certificates: its ed25519 identity for clients that can verify
@@ -360,9 +437,33 @@ mod tests {
     struct Swappable(std::sync::RwLock<HashMap<PublicKey, String>>);
 
     impl PeerKeys for Swappable {
-        fn peer_id(&self, key: &PublicKey) -> Option<String> {
-            self.0.read().unwrap().get(key).cloned()
+        fn admit(&self, key: &PublicKey, addr: IpAddr) -> Result<String, Refusal> {
+            self.0.read().unwrap().admit(key, addr)
         }
+    }
+
+    /// Peers that may connect only from 192.0.2.0/24, which no test connects from.
+    #[derive(Debug)]
+    struct Elsewhere(HashMap<PublicKey, String>);
+
+    impl PeerKeys for Elsewhere {
+        fn admit(&self, key: &PublicKey, addr: IpAddr) -> Result<String, Refusal> {
+            let peer = self.0.admit(key, addr)?;
+            match addr {
+                IpAddr::V4(v4) if v4.octets()[..3] == [192, 0, 2] => Ok(peer),
+                _ => Err(Refusal::Network { peer }),
+            }
+        }
+    }
+
+    const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    /// The settings of a connection from localhost.
+    fn server_config(
+        key: &PrivateKey,
+        peers: Arc<dyn PeerKeys>,
+    ) -> Result<Arc<ServerConfig>, TlsError> {
+        Ok(ServerTls::new(key, peers)?.for_client(LOCALHOST)?.0)
     }
 
     /// Runs one handshake over an in-memory pipe and returns both sides' outcome,
@@ -462,6 +563,53 @@ mod tests {
         let (s, c) = handshake(server, other).await;
         assert_eq!(s.unwrap(), Some(newcomer.public_key()));
         c.unwrap();
+    }
+
+    #[tokio::test]
+    async fn key_outside_its_networks_fails_like_an_unknown_key() {
+        let p = pair();
+        let stranger = PrivateKey::generate().unwrap();
+        let client = client_config(&p.client, [p.server.public_key()]).unwrap();
+        let unknown = client_config(&stranger, [p.server.public_key()]).unwrap();
+        let tls = ServerTls::new(
+            &p.server,
+            Arc::new(Elsewhere(HashMap::from([(
+                p.client.public_key(),
+                "laptop".to_owned(),
+            )]))),
+        )
+        .unwrap();
+
+        let (config, verdict) = tls.for_client(LOCALHOST).unwrap();
+        let (s, outside) = handshake(config, client.clone()).await;
+        assert!(s.unwrap_err().contains("ApplicationVerificationFailure"));
+        assert_eq!(
+            verdict.get(),
+            Some(&(
+                p.client.public_key(),
+                Err(Refusal::Network {
+                    peer: "laptop".into()
+                })
+            ))
+        );
+        let (config, verdict) = tls.for_client(LOCALHOST).unwrap();
+        let (_, stranger_result) = handshake(config, unknown).await;
+        assert_eq!(
+            verdict.get(),
+            Some(&(stranger.public_key(), Err(Refusal::UnknownKey)))
+        );
+        // The client sees the same failure either way.
+        assert_eq!(outside.unwrap_err(), stranger_result.unwrap_err());
+
+        let inside = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
+        let (config, verdict) = tls.for_client(inside).unwrap();
+        let (s, c) = handshake(config, client).await;
+        assert_eq!(s.unwrap(), Some(p.client.public_key()));
+        c.unwrap();
+        assert_eq!(
+            verdict.get(),
+            Some(&(p.client.public_key(), Ok("laptop".into())))
+        );
     }
 
     #[test]

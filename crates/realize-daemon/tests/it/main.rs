@@ -12,6 +12,7 @@ mod moves;
 mod observability;
 mod otlp_metrics;
 mod overlap;
+mod peers;
 mod python;
 mod rejections;
 mod resilience;

@@ -372,6 +372,24 @@ impl Daemon {
     pub async fn stop(mut self) {
         self.child.kill().await.unwrap();
     }
+
+    /// Stops the daemon gracefully (SIGTERM) and starts it again on the same
+    /// address with `key` as its private key, as an operator rotating the
+    /// daemon's key does.
+    pub async fn restart_with_key(mut self, key: KeyFiles) -> Daemon {
+        let mut config = self.config.clone();
+        config.privkey = key.private.clone();
+        self.write_config(config);
+        self.signal(rustix::process::Signal::TERM);
+        assert!(self.wait_exit().await.success(), "{}", self.log());
+        let Daemon {
+            addr,
+            config,
+            config_path,
+            ..
+        } = self;
+        Self::spawn(config_path, key, config, &["--address", &addr]).await
+    }
 }
 
 /// Runs `realize` with `args` and returns its output.

@@ -15,6 +15,7 @@ use realize_proto::{error_code, error_from_status, pb};
 use tokio::sync::{mpsc, oneshot};
 
 use super::RemoteService;
+use super::pacing::{Pacing, Replay};
 use crate::metrics::{RpcCall, RpcSide};
 
 /// Files waiting for the call to take them.
@@ -134,11 +135,8 @@ impl RemoteService {
         let answered = self
             .observed("ReadFiles", async {
                 let answers = self
-                    .client()
-                    .read_files(self.request(request))
-                    .await
-                    .map_err(error_from_status)?
-                    .into_inner()
+                    .call(request, |mut c, r| async move { c.read_files(r).await })
+                    .await?
                     .map_err(error_from_status)
                     .boxed();
                 self.stall_guarded(answers).try_collect::<Vec<_>>().await
@@ -177,11 +175,9 @@ impl RemoteService {
         let answered = self
             .observed("DeleteFiles", async {
                 let response = self
-                    .client()
-                    .delete_files(self.request(request))
-                    .await
-                    .map_err(error_from_status)?;
-                Ok(response.into_inner().results)
+                    .call(request, |mut c, r| async move { c.delete_files(r).await })
+                    .await?;
+                Ok(response.results)
             })
             .await;
         answers_for(files, answered, |_, result: pb::FileResult| {
@@ -235,23 +231,37 @@ impl RemoteService {
                 Some((request, (taken, waiting)))
             },
         );
-        tokio::spawn(run_batch(self.client(), self.request(requests), waiting));
+        tokio::spawn(run_batch(
+            self.client(),
+            self.pacing.clone(),
+            Replay::new(requests),
+            waiting,
+        ));
         queue
     }
 }
 
 /// Runs one WriteFiles call and hands each file its answer.
-async fn run_batch<S>(
-    mut client: super::Client,
-    request: tonic::Request<S>,
+///
+/// A call refused for the peer's rate is made again once the daemon's wait is
+/// over, with the files it had sent (their replies wait in `waiting` already).
+async fn run_batch(
+    client: super::Client,
+    pacing: Pacing,
+    requests: Replay<pb::WriteFilesRequest>,
     waiting: Arc<Mutex<VecDeque<Reply>>>,
-) where
-    S: futures::Stream<Item = pb::WriteFilesRequest> + Send + 'static,
-{
+) {
     let measured = RpcCall::start(RpcSide::Client, "WriteFiles");
     let answered = async {
-        let mut answers = client
-            .write_files(request)
+        let mut answers = pacing
+            .paced(
+                || requests.replayable(),
+                || {
+                    let mut client = client.clone();
+                    let request = super::request(requests.attempt(), pacing.deadline);
+                    async move { client.write_files(request).await }
+                },
+            )
             .await
             .map_err(error_from_status)?
             .into_inner();
