@@ -356,13 +356,17 @@ async fn destination_that_does_not_match_keeps_the_source() {
     assert_eq!(output.status.code(), Some(1));
     let err = stderr(&output);
     let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 2, "{err}");
+    assert_eq!(lines.len(), 3, "{err}");
     assert!(
         lines[0].starts_with("[1/1] ERROR     d/victim.bin: destination hash ")
             && lines[0].ends_with(", source kept"),
         "{err}"
     );
-    assert_eq!(lines[1], "ERROR 1 failed, 0 moved");
+    assert_eq!(
+        lines[1],
+        "1 partial file left at the destination (d: 1): the next run resumes them"
+    );
+    assert_eq!(lines[2], "ERROR 1 failed, 0 moved");
     assert_eq!(tree(&src), before, "source must be kept");
     assert!(!dst.join("victim.bin").exists(), "no final file may appear");
     daemon.stop().await;
