@@ -22,14 +22,6 @@ const HUNG: Duration = Duration::from_secs(60);
 /// The largest file ReadFiles reads whole (realize-core's MAX_WHOLE_FILE).
 const WHOLE: usize = 256 * 1024;
 
-async fn api(daemon: &Daemon, client: &KeyFiles) -> RealizeClient<Channel> {
-    let tls = client_config(&client.key, [daemon.key.public_key()]).unwrap();
-    let channel = connect(&daemon.addr, tls, TIMEOUT, SendLimit::new(None))
-        .await
-        .unwrap();
-    RealizeClient::new(channel)
-}
-
 async fn stamp(api: &mut RealizeClient<Channel>, path: &str) -> pb::FileStamp {
     let hash = api.hash(pb::HashRequest {
         dir: "d".into(),

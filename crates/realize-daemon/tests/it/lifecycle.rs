@@ -6,8 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use realize_net::connection::{ConnectError, connect};
-use realize_net::throttle::SendLimit;
+use realize_net::connection::ConnectError;
 use realize_net::tls::{SERVER_NAME, client_config};
 use realize_proto::pb;
 use realize_proto::pb::realize_client::RealizeClient;
@@ -24,7 +23,6 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::util::*;
 
-const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Shows each call's start, which the tests wait for before signalling.
 const DEBUG_LOG: &str = "info,realize_daemon=debug";
 const CHUNK: usize = 256 * 1024;
@@ -60,20 +58,11 @@ impl Setup {
     }
 }
 
-async fn channel_as(daemon: &Daemon, client: &KeyFiles) -> Result<Channel, ConnectError> {
-    let tls = client_config(&client.key, [daemon.key.public_key()]).unwrap();
-    connect(&daemon.addr, tls, TIMEOUT, SendLimit::new(None)).await
-}
-
 async fn api_as(
     daemon: &Daemon,
     client: &KeyFiles,
 ) -> Result<RealizeClient<Channel>, ConnectError> {
-    Ok(RealizeClient::new(channel_as(daemon, client).await?))
-}
-
-async fn api(daemon: &Daemon, client: &KeyFiles) -> RealizeClient<Channel> {
-    api_as(daemon, client).await.unwrap()
+    Ok(RealizeClient::new(channel(daemon, client).await?))
 }
 
 async fn info(api: &mut RealizeClient<Channel>) -> Result<pb::InfoResponse, tonic::Status> {
@@ -299,7 +288,7 @@ async fn sigterm_during_a_write_lets_it_finish_within_the_grace_period() {
         c.rust_log = DEBUG_LOG.into();
     })
     .await;
-    let channel = channel_as(&daemon, &s.client).await.unwrap();
+    let channel = channel(&daemon, &s.client).await.unwrap();
     let mut api = RealizeClient::new(channel.clone());
     let mut health = HealthClient::new(channel);
     let write = OpenWrite::start(&api, "d", "big.bin", data.len() as u64);

@@ -8,9 +8,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use realize_core::Sha256Hash;
-use realize_net::connection::connect;
-use realize_net::throttle::SendLimit;
-use realize_net::tls::client_config;
 use realize_proto::pb;
 use realize_proto::pb::realize_client::RealizeClient;
 use rustix::process::Signal;
@@ -18,16 +15,6 @@ use tempfile::TempDir;
 use tonic::transport::Channel;
 
 use crate::util::*;
-
-const TIMEOUT: Duration = Duration::from_secs(10);
-
-async fn api(daemon: &Daemon, client: &KeyFiles) -> RealizeClient<Channel> {
-    let tls = client_config(&client.key, [daemon.key.public_key()]).unwrap();
-    let channel = connect(&daemon.addr, tls, TIMEOUT, SendLimit::new(None))
-        .await
-        .unwrap();
-    RealizeClient::new(channel)
-}
 
 async fn list(api: &mut RealizeClient<Channel>, dir: &str) -> Result<Vec<String>, tonic::Status> {
     let mut entries = api

@@ -4,9 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use realize_net::connection::{ConnectError, connect};
-use realize_net::throttle::SendLimit;
-use realize_net::tls::client_config;
+use realize_net::connection::ConnectError;
 use realize_proto::pb;
 use realize_proto::pb::realize_client::RealizeClient;
 use tempfile::TempDir;
@@ -14,17 +12,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
 use crate::util::*;
-
-const TIMEOUT: Duration = Duration::from_secs(10);
-
-async fn channel(daemon: &Daemon, client: &KeyFiles) -> Result<Channel, ConnectError> {
-    let tls = client_config(&client.key, [daemon.key.public_key()]).unwrap();
-    connect(&daemon.addr, tls, TIMEOUT, SendLimit::new(None)).await
-}
-
-async fn api(daemon: &Daemon, client: &KeyFiles) -> RealizeClient<Channel> {
-    RealizeClient::new(channel(daemon, client).await.unwrap())
-}
 
 async fn info(api: &mut RealizeClient<Channel>) -> Result<pb::InfoResponse, tonic::Status> {
     Ok(api.info(pb::InfoRequest {}).await?.into_inner())

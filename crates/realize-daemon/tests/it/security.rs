@@ -5,9 +5,6 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use realize_net::connection::{ConnectError, connect};
-use realize_net::throttle::SendLimit;
-use realize_net::tls::client_config;
 use realize_proto::pb;
 use realize_proto::pb::realize_client::RealizeClient;
 use tempfile::TempDir;
@@ -17,15 +14,6 @@ use tonic::transport::Channel;
 use crate::util::*;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-async fn channel(daemon: &Daemon, client: &KeyFiles) -> Result<Channel, ConnectError> {
-    let tls = client_config(&client.key, [daemon.key.public_key()]).unwrap();
-    connect(&daemon.addr, tls, TIMEOUT, SendLimit::new(None)).await
-}
-
-async fn api(daemon: &Daemon, client: &KeyFiles) -> RealizeClient<Channel> {
-    RealizeClient::new(channel(daemon, client).await.unwrap())
-}
 
 async fn info_dirs(api: &mut RealizeClient<Channel>) -> Result<Vec<String>, tonic::Status> {
     let info = api.info(pb::InfoRequest {}).await?.into_inner();

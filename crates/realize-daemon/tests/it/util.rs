@@ -613,3 +613,26 @@ pub fn vm_rss(pid: u32) -> u64 {
         .expect("no VmRSS in /proc/PID/status");
     kib * 1024
 }
+
+/// A gRPC channel to `daemon` as `client`, over mutual TLS.
+pub async fn channel(
+    daemon: &Daemon,
+    client: &KeyFiles,
+) -> Result<tonic::transport::Channel, realize_net::connection::ConnectError> {
+    let tls = realize_net::tls::client_config(&client.key, [daemon.key.public_key()]).unwrap();
+    realize_net::connection::connect(
+        &daemon.addr,
+        tls,
+        Duration::from_secs(10),
+        realize_net::throttle::SendLimit::new(None),
+    )
+    .await
+}
+
+/// The realize.v1 API of `daemon`, as `client`.
+pub async fn api(
+    daemon: &Daemon,
+    client: &KeyFiles,
+) -> realize_proto::pb::realize_client::RealizeClient<tonic::transport::Channel> {
+    realize_proto::pb::realize_client::RealizeClient::new(channel(daemon, client).await.unwrap())
+}
