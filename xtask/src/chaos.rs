@@ -1,5 +1,8 @@
 //! `cargo xtask chaos`: moves a mixed set into a daemon again and again, injects a fault at a random moment of each move, and checks the invariant of SPEC §2 after the fault and after the move is finished.
 
+mod files;
+pub mod load;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -8,16 +11,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::fixture::{
-    Binaries, Daemon, Keys, Rng, Sha256Sum, clear_dir, list_files, scratch, sha256_file,
-    write_random,
-};
+use crate::fixture::{Binaries, Daemon, Keys, Rng, clear_dir, scratch};
 use crate::proxy::Proxy;
+use files::{Checks, SetShape, check, generate};
 
 /// Files in each iteration's set, and their size range (log-uniform).
 const FILES: usize = 40;
 const MIN_SIZE: u64 = 1024;
 const MAX_SIZE: u64 = 8 << 20;
+const SET: SetShape = SetShape {
+    files: FILES,
+    min_size: MIN_SIZE,
+    max_size: MAX_SIZE,
+};
 
 /// Longest a `realize` run may take before it counts as hung (it retries
 /// network failures itself, with backoff from 1 s).
@@ -61,12 +67,7 @@ struct Tally {
     injected: BTreeMap<Fault, u32>,
     /// Faults whose moment came after the move had already ended.
     missed: BTreeMap<Fault, u32>,
-    file_checks: u64,
-    lost: u64,
-    corrupt: u64,
-    stray_partials: u64,
-    /// Files left on the source, or unexpected on the destination, after the completing run.
-    misplaced: u64,
+    checks: Checks,
     unfinished: u32,
     /// Times the daemon exited without being killed by the suite.
     daemon_exits: u32,
@@ -74,19 +75,15 @@ struct Tally {
     recovered: u32,
     /// Why realize gave up after the others, by iteration.
     not_recovered: Vec<String>,
-    /// One line per violation, with the iteration and seed to reproduce it.
-    findings: Vec<String>,
 }
 
 impl Tally {
     fn failed(&self) -> bool {
-        self.lost + self.corrupt + self.stray_partials + self.misplaced > 0
-            || self.unfinished + self.daemon_exits > 0
+        self.checks.broken() || self.unfinished + self.daemon_exits > 0
     }
 
     fn finding(&mut self, what: String) {
-        eprintln!("  FINDING {what}");
-        self.findings.push(what);
+        self.checks.finding(what);
     }
 }
 
@@ -248,91 +245,6 @@ fn still_running_at(child: &mut Child, started: Instant, at: Duration) -> anyhow
     Ok(child.try_wait()?.is_none())
 }
 
-/// A fresh set of `FILES` files under `root`, some nested; returns each
-/// file's SHA-256 and the total size.
-fn generate(root: &Path, seed: u64) -> anyhow::Result<(BTreeMap<String, Sha256Sum>, u64)> {
-    let mut rng = Rng::new(seed);
-    let mut total = 0;
-    let mut manifest = BTreeMap::new();
-    for i in 0..FILES {
-        let rel = match rng.below(3) {
-            0 => format!("f{i:03}.bin"),
-            1 => format!("d{}/f{i:03}.bin", rng.below(4)),
-            _ => format!("d{}/e{}/f{i:03}.bin", rng.below(4), rng.below(3)),
-        };
-        let size = rng.log_uniform(MIN_SIZE, MAX_SIZE);
-        let path = root.join(&rel);
-        write_random(&path, size, &mut rng)?;
-        manifest.insert(rel, sha256_file(&path)?);
-        total += size;
-    }
-    Ok((manifest, total))
-}
-
-/// Checks every file of `manifest` on both sides. `finished` says the move
-/// has completed: then each file must be on the destination only, and no
-/// partial file may remain.
-fn check(
-    tally: &mut Tally,
-    label: &str,
-    src: &Path,
-    dst: &Path,
-    manifest: &BTreeMap<String, Sha256Sum>,
-    finished: bool,
-) -> anyhow::Result<()> {
-    let (src_files, dst_files) = (list_files(src)?, list_files(dst)?);
-    let finding = |tally: &mut Tally, what: String| tally.finding(format!("{label}: {what}"));
-    for (rel, expected) in manifest {
-        tally.file_checks += 1;
-        let mut intact = 0;
-        for (side, root, files) in [
-            ("source", src, &src_files),
-            ("destination", dst, &dst_files),
-        ] {
-            if !files.contains_key(rel) {
-                continue;
-            }
-            if sha256_file(&root.join(rel))? == *expected {
-                intact += 1;
-            } else {
-                tally.corrupt += 1;
-                finding(tally, format!("{side} file {rel} is corrupt"));
-            }
-        }
-        if intact == 0 {
-            tally.lost += 1;
-            finding(tally, format!("{rel} has no intact copy left"));
-        } else if finished && !dst_files.contains_key(rel) {
-            tally.misplaced += 1;
-            finding(tally, format!("{rel} was not moved"));
-        } else if finished && src_files.contains_key(rel) {
-            tally.misplaced += 1;
-            finding(
-                tally,
-                format!("{rel} is still on the source after the move"),
-            );
-        }
-    }
-    for (side, files) in [("source", &src_files), ("destination", &dst_files)] {
-        for rel in files.keys().filter(|rel| !manifest.contains_key(*rel)) {
-            let name = rel.rsplit('/').next().unwrap_or(rel);
-            let partial = name.starts_with('.') && name.ends_with(".part");
-            if partial && side == "source" {
-                // realize writes only to the destination.
-                tally.stray_partials += 1;
-                finding(tally, format!("partial file {rel} on the source"));
-            } else if partial && finished {
-                tally.stray_partials += 1;
-                finding(tally, format!("stray partial file {rel} after the move"));
-            } else if !partial {
-                tally.misplaced += 1;
-                finding(tally, format!("unexpected {side} file {rel}"));
-            }
-        }
-    }
-    Ok(())
-}
-
 pub fn chaos(root: &Path, options: &Options) -> anyhow::Result<()> {
     let started = Instant::now();
     // Debug binaries are enough: what is tested is correctness, not speed.
@@ -372,7 +284,7 @@ pub fn chaos(root: &Path, options: &Options) -> anyhow::Result<()> {
 
     // A clean move first: it must work, and its duration bounds the moments
     // at which faults are injected.
-    let (manifest, _) = generate(&chaos.src, options.seed ^ 0x5EED)?;
+    let (manifest, _) = generate(&chaos.src, options.seed ^ 0x5EED, SET)?;
     let calibration_start = Instant::now();
     let mut tally = Tally::default();
     let calibration = chaos.complete(&mut tally, "clean move")?;
@@ -381,7 +293,7 @@ pub fn chaos(root: &Path, options: &Options) -> anyhow::Result<()> {
         bail!("the clean move before the faults failed: {error}");
     }
     check(
-        &mut tally,
+        &mut tally.checks,
         "clean move",
         &chaos.src,
         &chaos.dst,
@@ -389,7 +301,10 @@ pub fn chaos(root: &Path, options: &Options) -> anyhow::Result<()> {
         true,
     )?;
     if tally.failed() {
-        bail!("the clean move broke the invariant: {:?}", tally.findings);
+        bail!(
+            "the clean move broke the invariant: {:?}",
+            tally.checks.findings
+        );
     }
     tally = Tally::default();
     eprintln!("a clean move takes {span:.2?}; faults strike within that span");
@@ -409,7 +324,7 @@ pub fn chaos(root: &Path, options: &Options) -> anyhow::Result<()> {
         );
         clear_dir(&chaos.src)?;
         clear_dir(&chaos.dst)?;
-        let (manifest, total) = generate(&chaos.src, options.seed.wrapping_add(u64::from(i)))?;
+        let (manifest, total) = generate(&chaos.src, options.seed.wrapping_add(u64::from(i)), SET)?;
         // Within the first two thirds of a clean move's span: a moment near
         // its end often comes after a faster move has ended, and a short
         // run must still strike with every kind of fault.
@@ -422,7 +337,7 @@ pub fn chaos(root: &Path, options: &Options) -> anyhow::Result<()> {
             tally.missed.entry(fault).or_default()
         } += 1;
         check(
-            &mut tally,
+            &mut tally.checks,
             &format!("{label}, after the fault"),
             &chaos.src,
             &chaos.dst,
@@ -432,7 +347,7 @@ pub fn chaos(root: &Path, options: &Options) -> anyhow::Result<()> {
         match chaos.complete(&mut tally, &label)? {
             Ok(runs) => {
                 check(
-                    &mut tally,
+                    &mut tally.checks,
                     &format!("{label}, after the completing run"),
                     &chaos.src,
                     &chaos.dst,
@@ -460,10 +375,7 @@ pub fn chaos(root: &Path, options: &Options) -> anyhow::Result<()> {
     let report = report(&tally, options, started.elapsed(), chaos.small_fs.is_some());
     println!("{report}");
     if options.write_doc {
-        let path = root.join("docs/reliability.md");
-        std::fs::write(&path, doc(&report))
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
+        write_doc(root, Some(&doc(&report)), None)?;
     }
     // Every kind had its turn: one that never struck tested nothing.
     if options.iterations as usize >= faults.len()
@@ -612,19 +524,19 @@ fn report(tally: &Tally, options: &Options, elapsed: Duration, disk_full: bool) 
     let _ = writeln!(
         out,
         "| file checks (after each fault and after each completing run) | {} |",
-        tally.file_checks
+        tally.checks.file_checks
     );
-    let _ = writeln!(out, "| files lost | {} |", tally.lost);
-    let _ = writeln!(out, "| corrupt files | {} |", tally.corrupt);
+    let _ = writeln!(out, "| files lost | {} |", tally.checks.lost);
+    let _ = writeln!(out, "| corrupt files | {} |", tally.checks.corrupt);
     let _ = writeln!(
         out,
         "| stray partial files after a completed move | {} |",
-        tally.stray_partials
+        tally.checks.stray_partials
     );
     let _ = writeln!(
         out,
         "| files misplaced after a completed move | {} |",
-        tally.misplaced
+        tally.checks.misplaced
     );
     let _ = writeln!(
         out,
@@ -647,10 +559,41 @@ fn report(tally: &Tally, options: &Options, elapsed: Duration, disk_full: bool) 
             let _ = writeln!(out, "- {note}");
         }
     }
-    for finding in &tally.findings {
+    for finding in &tally.checks.findings {
         let _ = writeln!(out, "\nFINDING {finding}");
     }
     out
+}
+
+/// The heading of the soak's section of docs/reliability.md, the file's last:
+/// the fault runs' `--doc` keeps it as it is, the soak's `--doc` replaces it.
+const SOAK_HEADING: &str = "## Soak under load";
+
+/// Writes docs/reliability.md from its two parts: `faults`, everything
+/// before the soak's section, and `soak`, that section; a part not given is
+/// kept as the file has it.
+fn write_doc(root: &Path, faults: Option<&str>, soak: Option<&str>) -> anyhow::Result<()> {
+    let path = root.join("docs/reliability.md");
+    let current = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let (old_faults, old_soak) = match current.find(&format!("\n{SOAK_HEADING}\n")) {
+        Some(at) => current.split_at(at + 1),
+        None => (current.as_str(), ""),
+    };
+    let mut text = faults.unwrap_or(old_faults).trim_end().to_string();
+    text.push('\n');
+    let soak = soak.unwrap_or(old_soak).trim_end();
+    if !soak.is_empty() {
+        text.push('\n');
+        text.push_str(soak);
+        text.push('\n');
+    }
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
 }
 
 fn doc(report: &str) -> String {
@@ -680,4 +623,31 @@ fn doc(report: &str) -> String {
         cores = std::thread::available_parallelism().map_or(0, |n| n.get()),
         cpu = crate::cpu_model(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each `--doc` replaces its own part of docs/reliability.md and keeps the other.
+    #[test]
+    fn doc_parts() -> anyhow::Result<()> {
+        let root = std::env::temp_dir().join(format!("xtask-doc-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("docs"))?;
+        let read = || std::fs::read_to_string(root.join("docs/reliability.md"));
+        let soak = format!("{SOAK_HEADING}\n\nsoak 1\n");
+        write_doc(&root, Some("# Reliability\n\nfaults 1\n"), None)?;
+        assert_eq!(read()?, "# Reliability\n\nfaults 1\n");
+        write_doc(&root, None, Some(&soak))?;
+        assert_eq!(read()?, format!("# Reliability\n\nfaults 1\n\n{soak}"));
+        write_doc(&root, Some("# Reliability\n\nfaults 2\n"), None)?;
+        assert_eq!(read()?, format!("# Reliability\n\nfaults 2\n\n{soak}"));
+        write_doc(&root, None, Some(&format!("{SOAK_HEADING}\n\nsoak 2\n")))?;
+        assert_eq!(
+            read()?,
+            format!("# Reliability\n\nfaults 2\n\n{SOAK_HEADING}\n\nsoak 2\n")
+        );
+        std::fs::remove_dir_all(&root)?;
+        Ok(())
+    }
 }

@@ -70,15 +70,7 @@ pub struct Keys {
 impl Keys {
     pub fn generate(bins: &Binaries, work: &Path) -> anyhow::Result<Self> {
         for name in ["client", "daemon"] {
-            let status = Command::new(&bins.realize)
-                .args(["keygen", "--out"])
-                .arg(work.join(name))
-                .stdout(Stdio::null())
-                .status()
-                .context("cannot run realize keygen")?;
-            if !status.success() {
-                bail!("realize keygen failed: {status}");
-            }
+            keygen(bins, &work.join(name))?;
         }
         Ok(Keys {
             client_key: work.join("client.key"),
@@ -110,19 +102,46 @@ impl Keys {
 
     /// `realize` moving the local `src` into the daemon's directory `dir` at `addr`.
     pub fn move_command(&self, bins: &Binaries, src: &Path, addr: &str, dir: &str) -> Command {
-        let mut command = Command::new(&bins.realize);
-        command
-            .arg("--src-path")
-            .arg(src)
-            .args(["--dst-addr", addr])
-            .arg("--privkey")
-            .arg(&self.client_key)
-            .arg("--peers")
-            .arg(&self.daemon_pub)
-            .arg(dir)
-            .stdin(Stdio::null());
-        command
+        move_command(bins, &self.client_key, &self.daemon_pub, src, addr, dir)
     }
+}
+
+/// `realize keygen --out PREFIX`: PREFIX.key, PREFIX.pub.pem and PREFIX.crt.
+pub fn keygen(bins: &Binaries, prefix: &Path) -> anyhow::Result<()> {
+    let status = Command::new(&bins.realize)
+        .args(["keygen", "--out"])
+        .arg(prefix)
+        .stdout(Stdio::null())
+        .status()
+        .context("cannot run realize keygen")?;
+    if !status.success() {
+        bail!("realize keygen failed: {status}");
+    }
+    Ok(())
+}
+
+/// `realize` with the private key `privkey`, trusting the daemon keys in
+/// `peers`, moving the local `src` into the daemon's directory `dir` at `addr`.
+pub fn move_command(
+    bins: &Binaries,
+    privkey: &Path,
+    peers: &Path,
+    src: &Path,
+    addr: &str,
+    dir: &str,
+) -> Command {
+    let mut command = Command::new(&bins.realize);
+    command
+        .arg("--src-path")
+        .arg(src)
+        .args(["--dst-addr", addr])
+        .arg("--privkey")
+        .arg(privkey)
+        .arg("--peers")
+        .arg(peers)
+        .arg(dir)
+        .stdin(Stdio::null());
+    command
 }
 
 /// A `realized` process; killed when dropped.

@@ -8,7 +8,9 @@
 //!   memory and RPC latency, written to docs/benchmarks.md and its chart.
 //! - `cargo xtask bench throttle`: how closely moves keep to `--throttle-up`
 //!   and `--throttle-down`, written to docs/bench-throttle.md.
-//! - `cargo xtask chaos`: moves under injected faults, checking the invariant.
+//! - `cargo xtask chaos`: moves under injected faults, checking the invariant;
+//!   `cargo xtask chaos --load [--duration 2m]`: the soak, sixteen clients
+//!   into one daemon under reloads, cut connections and kills (not in `ci`).
 //! - `cargo xtask fuzz [--seconds N]`: each fuzz target in `fuzz/` for N
 //!   seconds (default 60), with the executions and crashes of each (needs
 //!   nightly and cargo-fuzz; not part of `ci`).
@@ -55,9 +57,20 @@ enum Task {
         /// Seed of the data and of the fault moments, to reproduce a run.
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Write the figures to docs/reliability.md.
+        /// Write the figures to docs/reliability.md (with --load, its
+        /// "Soak under load" section only).
         #[arg(long)]
         doc: bool,
+        /// The soak instead: concurrent clients moving into one daemon under
+        /// reloads, cuts and kills for --duration.
+        #[arg(long, conflicts_with = "iterations")]
+        load: bool,
+        /// How long the soak injects faults and starts moves, e.g. 90s, 2m.
+        #[arg(long, requires = "load", value_parser = chaos::load::parse_duration, default_value = "2m")]
+        duration: std::time::Duration,
+        /// Concurrent clients of the soak, each with its own key.
+        #[arg(long, requires = "load", default_value_t = chaos::load::CLIENTS)]
+        clients: usize,
     },
 }
 
@@ -69,9 +82,26 @@ fn main() -> anyhow::Result<()> {
         Task::Fuzz { seconds } => fuzz::fuzz(&root, seconds),
         Task::Bench(options) => bench::bench(&root, &options),
         Task::Chaos {
+            load: true,
+            duration,
+            clients,
+            seed,
+            doc,
+            ..
+        } => chaos::load::load(
+            &root,
+            &chaos::load::Options {
+                duration,
+                clients,
+                seed,
+                write_doc: doc,
+            },
+        ),
+        Task::Chaos {
             iterations,
             seed,
             doc,
+            ..
         } => chaos::chaos(
             &root,
             &chaos::Options {

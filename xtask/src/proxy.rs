@@ -52,6 +52,15 @@ impl Proxy {
         self.state.sent.load(Ordering::Relaxed)
     }
 
+    /// Connections open through the proxy now.
+    pub fn live(&self) -> usize {
+        self.state
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
     /// Shuts down every live connection in both directions; returns how many.
     pub fn cut(&self) -> usize {
         let live = self
