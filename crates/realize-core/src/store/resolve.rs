@@ -284,3 +284,6 @@ impl Resolved {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
