@@ -5,15 +5,19 @@
 //! read, written or deleted. Writes only ever touch the partial form of a file;
 //! the final form appears only through [`Service::finish`]'s atomic rename.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{StreamExt, stream};
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, fstat, fsync, openat, renameat, unlinkat};
+use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
 use crate::delta::{self, MAX_RANGE};
@@ -26,6 +30,7 @@ use crate::service::{
     ByteRange, ByteStream, DirInfo, Entry, EntryStream, ExpectedHash, FileKind, FileStamp,
     HashResult, MAX_WHOLE_FILE, Service, ServiceInfo, WholeFile,
 };
+use resolve::resolve_blocking;
 
 /// Size of the chunks Read and Diff stream out.
 pub const CHUNK_SIZE: usize = 256 * 1024;
@@ -75,15 +80,19 @@ impl PathLocks {
     }
 }
 
-/// Where the two forms of a path live on disk.
-#[derive(Clone, Debug)]
+/// A path resolved beneath its root: the root and the parent directory held
+/// open, and the names of the two forms in it (see [`resolve`]).
+#[derive(Debug)]
 struct Resolved {
     dir: String,
     path: String,
-    root: PathBuf,
-    parent: PathBuf,
-    final_path: PathBuf,
-    partial_path: PathBuf,
+    root: OwnedFd,
+    /// The components of the parent directory, beneath the root.
+    parents: Vec<String>,
+    /// The parent directory, once it exists.
+    parent: OnceCell<OwnedFd>,
+    final_name: String,
+    partial_name: String,
 }
 
 impl Resolved {
@@ -122,31 +131,38 @@ impl Resolved {
         }
     }
 
-    fn form(&self, kind: FileKind) -> &Path {
-        match kind {
-            FileKind::Final => &self.final_path,
-            FileKind::Partial => &self.partial_path,
+    fn not_a_file(&self) -> StoreError {
+        StoreError::NotAFile {
+            dir: self.dir.clone(),
+            path: self.path.clone(),
         }
     }
 
-    /// The metadata of a form if it exists; an error if it is not a regular file.
-    fn lstat_blocking(&self, kind: FileKind) -> Result<Option<std::fs::Metadata>, StoreError> {
-        match std::fs::symlink_metadata(self.form(kind)) {
-            Ok(m) if m.is_file() => Ok(Some(m)),
-            Ok(_) => Err(StoreError::NotAFile {
-                dir: self.dir.clone(),
-                path: self.path.clone(),
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.io("stat")(e)),
+    fn name(&self, kind: FileKind) -> &str {
+        match kind {
+            FileKind::Final => &self.final_name,
+            FileKind::Partial => &self.partial_name,
+        }
+    }
+
+    /// The stamp of a form if it exists; an error if it is not a regular file.
+    fn lstat_blocking(&self, kind: FileKind) -> Result<Option<FileStamp>, StoreError> {
+        let Some(parent) = self.parent.get() else {
+            return Ok(None);
+        };
+        match resolve::lstat_at(parent.as_fd(), self.name(kind)) {
+            Ok(st) if resolve::is_file(&st) => Ok(Some(resolve::stamp_of_stat(&st))),
+            Ok(_) => Err(self.not_a_file()),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(self.io("stat")(e.into())),
         }
     }
 
     /// The form that writes and deltas apply to: partial if present, else final.
-    fn working_copy(&self) -> Result<Option<(FileKind, u64)>, StoreError> {
+    fn working_copy(&self) -> Result<Option<FileKind>, StoreError> {
         for kind in [FileKind::Partial, FileKind::Final] {
-            if let Some(m) = self.lstat_blocking(kind)? {
-                return Ok(Some((kind, m.len())));
+            if self.lstat_blocking(kind)?.is_some() {
+                return Ok(Some(kind));
             }
         }
         Ok(None)
@@ -156,27 +172,43 @@ impl Resolved {
     /// FIFO from blocking the open (it changes nothing for regular files), and
     /// O_NOFOLLOW refuses a symlink.
     fn open_blocking(&self, kind: FileKind) -> Result<std::fs::File, StoreError> {
-        let not_a_file = || StoreError::NotAFile {
-            dir: self.dir.clone(),
-            path: self.path.clone(),
-        };
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(self.form(kind))
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::NotFound => StoreError::NotFound {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let file = openat(self.parent_dir()?, self.name(kind), flags, Mode::empty())
+            .map(std::fs::File::from)
+            .map_err(|e| match e {
+                Errno::NOENT => StoreError::NotFound {
                     dir: self.dir.clone(),
                     path: self.path.clone(),
                 },
-                _ if e.raw_os_error() == Some(libc::ELOOP) => not_a_file(),
-                _ => self.io("open")(e),
+                Errno::LOOP => self.not_a_file(),
+                e => self.io("open")(e.into()),
             })?;
         let meta = file.metadata().map_err(self.io("stat"))?;
         if !meta.is_file() {
-            return Err(not_a_file());
+            return Err(self.not_a_file());
         }
         Ok(file)
+    }
+
+    /// Opens a form for writing, never through a symlink; with `create`, the
+    /// parent directories are created first if missing.
+    fn open_for_write(&self, kind: FileKind, create: bool) -> Result<std::fs::File, StoreError> {
+        let (parent, flags, op) = if create {
+            let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            (self.parent_dir_or_create()?, flags, "open partial file")
+        } else {
+            let flags = OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            (self.parent_dir()?, flags, "open final file")
+        };
+        openat(parent, self.name(kind), flags, Mode::from(0o666))
+            .map(std::fs::File::from)
+            .map_err(|e| self.io(op)(e.into()))
+    }
+
+    /// Renames one form to the other, within the parent directory.
+    fn rename(&self, from: FileKind, to: FileKind, op: &'static str) -> Result<(), StoreError> {
+        let parent = self.parent_dir()?;
+        renameat(parent, self.name(from), parent, self.name(to)).map_err(|e| self.io(op)(e.into()))
     }
 
     fn busy(&self) -> StoreError {
@@ -186,32 +218,31 @@ impl Resolved {
         }
     }
 
-    /// Takes the write lock of `file`, just opened at `at`, and checks that
-    /// it still is the file there. The lock is the file's, not this store's:
-    /// another directory id on the same files, another daemon or another
-    /// process is refused with [`StoreError::Busy`] rather than waited for.
-    /// It is released when `file` is closed.
-    fn lock_for_write(&self, file: &std::fs::File, at: &Path) -> Result<(), StoreError> {
+    /// Takes the write lock of `file`, just opened as the `kind` form, and
+    /// checks that it still is the file there. The lock is the file's, not
+    /// this store's: another directory id on the same files, another daemon
+    /// or another process is refused with [`StoreError::Busy`] rather than
+    /// waited for. It is released when `file` is closed.
+    fn lock_for_write(&self, file: &std::fs::File, kind: FileKind) -> Result<(), StoreError> {
         use rustix::fs::{FlockOperation, flock};
         // flock(2), not fcntl(F_SETLK): its lock belongs to the open file,
         // so it also stops a second open in this process, and closing another
         // descriptor of the file (a reader's) does not release it.
         match flock(file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => self.check_still_at(file, at),
-            Err(rustix::io::Errno::WOULDBLOCK) => Err(self.busy()),
+            Ok(()) => self.check_still_at(file, kind),
+            Err(Errno::WOULDBLOCK) => Err(self.busy()),
             Err(e) => Err(self.io("lock")(e.into())),
         }
     }
 
-    /// Whether `file` is still the one at `at`: a writer that opened it just
+    /// Whether `file` is still the `kind` form: a writer that opened it just
     /// before another renamed it away must not write into what it became.
-    fn check_still_at(&self, file: &std::fs::File, at: &Path) -> Result<(), StoreError> {
+    fn check_still_at(&self, file: &std::fs::File, kind: FileKind) -> Result<(), StoreError> {
         let open = file.metadata().map_err(self.io("stat"))?;
-        match std::fs::symlink_metadata(at) {
-            Ok(m) if m.dev() == open.dev() && m.ino() == open.ino() => Ok(()),
-            Ok(_) => Err(self.busy()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(self.busy()),
-            Err(e) => Err(self.io("stat")(e)),
+        match resolve::lstat_at(self.parent_dir()?, self.name(kind)) {
+            Ok(st) if st.st_dev == open.dev() && st.st_ino == open.ino() => Ok(()),
+            Ok(_) | Err(Errno::NOENT) => Err(self.busy()),
+            Err(e) => Err(self.io("stat")(e.into())),
         }
     }
 
@@ -219,31 +250,23 @@ impl Resolved {
     /// ([`Resolved::lock_for_write`]), turning the final file into it (or
     /// creating it) if there is none; emptied if `truncate`, once locked.
     fn open_partial_for_write(&self, truncate: bool) -> Result<std::fs::File, StoreError> {
-        let open = |path: &Path, create: bool| {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(create)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(path)
-        };
         let file = match self.lstat_blocking(FileKind::Partial)? {
             Some(_) => None,
             None => match self.lstat_blocking(FileKind::Final)? {
-                Some(final_meta) => {
+                Some(final_stamp) => {
                     // Locked before it is renamed, so a final file another
                     // writer is still finishing is not turned back.
-                    let file = open(&self.final_path, false).map_err(self.io("open final file"))?;
-                    self.lock_for_write(&file, &self.final_path)?;
-                    std::fs::rename(&self.final_path, &self.partial_path)
-                        .map_err(self.io("rename final to partial"))?;
-                    tracing::info!(dir = %self.dir, path = %self.path, size = final_meta.len(), "overwrite: final file turned back into partial file");
+                    let file = self.open_for_write(FileKind::Final, false)?;
+                    self.lock_for_write(&file, FileKind::Final)?;
+                    self.rename(
+                        FileKind::Final,
+                        FileKind::Partial,
+                        "rename final to partial",
+                    )?;
+                    tracing::info!(dir = %self.dir, path = %self.path, size = final_stamp.size, "overwrite: final file turned back into partial file");
                     Some(file)
                 }
-                None => {
-                    std::fs::create_dir_all(&self.parent)
-                        .map_err(self.io("create parent directories"))?;
-                    None
-                }
+                None => None,
             },
         };
         let file = match file {
@@ -251,8 +274,8 @@ impl Resolved {
             None => {
                 // Never opened with O_TRUNC: that would empty a file another
                 // writer holds before the lock could refuse this one.
-                let file = open(&self.partial_path, true).map_err(self.io("open partial file"))?;
-                self.lock_for_write(&file, &self.partial_path)?;
+                let file = self.open_for_write(FileKind::Partial, true)?;
+                self.lock_for_write(&file, FileKind::Partial)?;
                 file
             }
         };
@@ -281,18 +304,32 @@ impl Resolved {
         if kind == FileKind::Partial {
             // What was written and verified is what gets the final name, even
             // if another writer replaced or removed the partial file meanwhile.
-            self.check_still_at(file, &self.partial_path)?;
-            std::fs::rename(&self.partial_path, &self.final_path)
-                .map_err(self.io("rename partial to final"))?;
+            self.check_still_at(file, FileKind::Partial)?;
+            self.rename(
+                FileKind::Partial,
+                FileKind::Final,
+                "rename partial to final",
+            )?;
         }
         Ok(size)
     }
 
     /// A rename is only durable once the directory itself is synced.
     fn sync_parent(&self) -> Result<(), StoreError> {
-        std::fs::File::open(&self.parent)
-            .and_then(|d| d.sync_all())
-            .map_err(self.io("fsync parent directory"))
+        // The descriptor the rename went through is O_PATH, which fsync
+        // refuses: the directory is opened again, through it, not by name.
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        openat(self.parent_dir()?, ".", flags, Mode::empty())
+            .and_then(fsync)
+            .map_err(|e| self.io("fsync parent directory")(e.into()))
+    }
+
+    /// Device and inode of the parent directory: what tells two paths'
+    /// parents apart, whatever names led to them.
+    fn parent_identity(&self) -> Result<(u64, u64), StoreError> {
+        let st =
+            fstat(self.parent_dir()?).map_err(|e| self.io("stat parent directory")(e.into()))?;
+        Ok((st.st_dev, st.st_ino))
     }
 
     /// Checks that `actual`, the SHA-256 of the file about to be finished, is `expected`.
@@ -308,12 +345,12 @@ impl Resolved {
             })
         }
     }
+}
 
-    fn log_finished(&self, size: u64, sha256: Option<Sha256Hash>) {
-        let sha256 = sha256.map(|h| h.to_hex()).unwrap_or_default();
-        tracing::info!(dir = %self.dir, path = %self.path, size, %sha256, "finished");
-        metrics().store_finished.add(1, &[]);
-    }
+fn log_finished(dir: &str, path: &str, size: u64, sha256: Option<Sha256Hash>) {
+    let sha256 = sha256.map(|h| h.to_hex()).unwrap_or_default();
+    tracing::info!(%dir, %path, size, %sha256, "finished");
+    metrics().store_finished.add(1, &[]);
 }
 
 fn stamp_of(m: &std::fs::Metadata) -> FileStamp {
@@ -395,7 +432,7 @@ fn working_bytes(
     r: &Resolved,
     range: ByteRange,
 ) -> Result<(Vec<u8>, Option<FileStamp>), StoreError> {
-    let Some((kind, _)) = r.working_copy()? else {
+    let Some(kind) = r.working_copy()? else {
         return Ok((Vec::new(), None));
     };
     let file = r.open_blocking(kind)?;
@@ -562,7 +599,7 @@ impl LocalStore {
         let task = self.root(&dir).map(|root| {
             let root = root.to_path_buf();
             tokio::task::spawn_blocking(move || {
-                span.in_scope(|| op(&resolve_blocking(root, &dir, &path)?))
+                span.in_scope(|| op(&resolve_blocking(&root, &dir, &path)?))
             })
         });
         async move {
@@ -614,92 +651,35 @@ impl Drop for PathLock {
     }
 }
 
-/// See [`LocalStore::resolve`].
-fn resolve_blocking(root: PathBuf, dir: &DirId, path: &RelPath) -> Result<Resolved, StoreError> {
-    // A vanished root (an unmounted disk, say) must not be recreated by a
-    // write: that would put files where nobody expects them.
-    match std::fs::metadata(&root) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return Err(StoreError::RootUnavailable {
-                dir: dir.to_string(),
-                source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
-            });
-        }
-        Err(source) => {
-            return Err(StoreError::RootUnavailable {
-                dir: dir.to_string(),
-                source,
-            });
-        }
-    }
-    let mut parent = root.clone();
-    let components: Vec<&str> = path.components().collect();
-    let (name, parents) = components
-        .split_last()
-        .ok_or_else(|| StoreError::InvalidRequest {
-            dir: dir.to_string(),
-            path: path.to_string(),
-            reason: "empty path".into(),
-        })?;
-    let mut missing = false;
-    for component in parents {
-        parent.push(component);
-        if missing {
-            continue;
-        }
-        match std::fs::symlink_metadata(&parent) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(StoreError::NotBeneathRoot {
-                    dir: dir.to_string(),
-                    path: path.to_string(),
-                    component: component.to_string(),
-                });
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => missing = true,
-            Err(source) => {
-                return Err(StoreError::Io {
-                    dir: dir.to_string(),
-                    path: path.to_string(),
-                    op: "stat parent directory",
-                    source,
-                });
-            }
-        }
-    }
-    Ok(Resolved {
-        dir: dir.to_string(),
-        path: path.to_string(),
-        root,
-        final_path: parent.join(name),
-        partial_path: parent.join(path.partial_name()),
-        parent,
-    })
-}
-
 /// Walks a root without following symlinks; what is not a regular file or a
-/// directory is skipped with a warning.
+/// directory is skipped with a warning. Each directory is opened beneath the
+/// root as a path's parent is ([`resolve::open_dir`]) and its entries are
+/// looked at through it, so a directory swapped for a symlink meanwhile is
+/// skipped, never listed.
 fn walk(dir: &DirId, root: &Path, include_partial: bool) -> Result<Vec<Entry>, StoreError> {
+    let list_root = |source: io::Error| StoreError::Io {
+        dir: dir.to_string(),
+        path: String::new(),
+        op: "list root",
+        source,
+    };
+    let root = resolve::open_root(root).map_err(list_root)?;
     let mut entries = Vec::new();
-    let mut pending: Vec<(PathBuf, Option<RelPath>)> = vec![(root.to_path_buf(), None)];
-    while let Some((fs_dir, rel)) = pending.pop() {
-        let read_dir = match std::fs::read_dir(&fs_dir) {
-            Ok(rd) => rd,
-            Err(source) if rel.is_none() => {
-                return Err(StoreError::Io {
-                    dir: dir.to_string(),
-                    path: String::new(),
-                    op: "list root",
-                    source,
-                });
-            }
+    let mut pending: Vec<Option<RelPath>> = vec![None];
+    while let Some(rel) = pending.pop() {
+        let components: Vec<&str> = rel.iter().flat_map(RelPath::components).collect();
+        let listing = resolve::open_dir(root.as_fd(), &components, OFlags::RDONLY)
+            .map_err(io::Error::from)
+            .and_then(|fd| Ok(Dir::new(fd)?));
+        let mut listing = match listing {
+            Ok(listing) => listing,
+            Err(source) if rel.is_none() => return Err(list_root(source)),
             Err(e) => {
                 tracing::warn!(%dir, path = %rel.as_ref().map(RelPath::as_str).unwrap_or(""), error = %e, "cannot list directory, skipped");
                 continue;
             }
         };
-        for item in read_dir {
+        while let Some(item) = listing.read() {
             let item = match item {
                 Ok(item) => item,
                 Err(e) => {
@@ -707,23 +687,20 @@ fn walk(dir: &DirId, root: &Path, include_partial: bool) -> Result<Vec<Entry>, S
                     continue;
                 }
             };
-            let file_name = item.file_name();
-            let Some(name) = file_name.to_str() else {
-                tracing::warn!(%dir, name = ?file_name, "file name is not UTF-8, skipped");
+            let Ok(name) = item.file_name().to_str() else {
+                tracing::warn!(%dir, name = ?item.file_name(), "file name is not UTF-8, skipped");
                 continue;
             };
-            let Ok(file_type) = item.file_type() else {
+            if name == "." || name == ".." {
+                continue;
+            }
+            let Ok(st) = listing.fd().and_then(|fd| resolve::lstat_at(fd, name)) else {
                 continue;
             };
-            if file_type.is_dir() {
-                pending.push((
-                    item.path(),
-                    Some(RelPath::join_unchecked(rel.as_ref(), name)),
-                ));
-            } else if file_type.is_file() {
-                let Ok(meta) = item.metadata() else {
-                    continue;
-                };
+            let file_type = FileType::from_raw_mode(st.st_mode);
+            if file_type == FileType::Directory {
+                pending.push(Some(RelPath::join_unchecked(rel.as_ref(), name)));
+            } else if file_type == FileType::RegularFile {
                 let (kind, name) = match partial_target(name) {
                     Some(target) if include_partial => (FileKind::Partial, target),
                     Some(_) => continue,
@@ -732,11 +709,11 @@ fn walk(dir: &DirId, root: &Path, include_partial: bool) -> Result<Vec<Entry>, S
                 entries.push(Entry {
                     path: RelPath::join_unchecked(rel.as_ref(), name),
                     kind,
-                    stamp: stamp_of(&meta),
+                    stamp: resolve::stamp_of_stat(&st),
                 });
             } else {
                 let path = RelPath::join_unchecked(rel.as_ref(), name);
-                let what = if file_type.is_symlink() {
+                let what = if file_type == FileType::Symlink {
                     "symlink"
                 } else {
                     "special file"
@@ -958,7 +935,7 @@ impl Service for LocalStore {
         let _lock = self.exclusive(dir, path).await;
         self.on_blocking(dir, path, move |r| {
             let kind = match r.working_copy()? {
-                Some((kind, _)) => kind,
+                Some(kind) => kind,
                 None => {
                     return Err(StoreError::NotFound {
                         dir: r.dir.clone(),
@@ -969,13 +946,13 @@ impl Service for LocalStore {
             // Verified and made durable through the same open file, under
             // its write lock, so what is checked is what is renamed.
             let file = r.open_blocking(kind)?;
-            r.lock_for_write(&file, r.form(kind))?;
+            r.lock_for_write(&file, kind)?;
             if let Some(expected) = expected {
                 r.check_hash(expected, hash_file(&file, None, r)?.hash)?;
             }
             let size = r.make_final(&file, kind)?;
             if kind == FileKind::Partial {
-                r.log_finished(size, expected);
+                log_finished(&r.dir, &r.path, size, expected);
             }
             Ok(())
         })
@@ -1168,7 +1145,7 @@ impl LocalStore {
                 items
                     .into_iter()
                     .map(|(path, item)| {
-                        resolve_blocking(root.clone(), &dir, &path).and_then(|r| op(&r, item))
+                        resolve_blocking(&root, &dir, &path).and_then(|r| op(&r, item))
                     })
                     .collect::<Vec<_>>()
             })
@@ -1233,28 +1210,40 @@ fn write_whole_files(
     dir: &DirId,
     files: Vec<WholeFile>,
 ) -> Vec<Result<u64, StoreError>> {
-    let mut renamed: Vec<(usize, Resolved, u64, Sha256Hash)> = Vec::new();
+    // One resolution is kept per directory, with its descriptors, for the
+    // fsync; the others are closed once their file is written, so a batch
+    // holds no more descriptors than it has directories.
+    let mut parents: Vec<Resolved> = Vec::new();
+    let mut parent_index: HashMap<(u64, u64), usize> = HashMap::new();
+    let mut renamed: Vec<(usize, RelPath, usize, u64, Sha256Hash)> = Vec::new();
     let mut results: Vec<Result<u64, StoreError>> = files
         .into_iter()
         .enumerate()
         .map(|(index, file)| {
-            let r = resolve_blocking(root.to_path_buf(), dir, &file.path)?;
+            let r = resolve_blocking(root, dir, &file.path)?;
             let size = write_whole(&r, &file.data, file.sha256)?;
-            renamed.push((index, r, size, file.sha256));
+            let parent = *parent_index.entry(r.parent_identity()?).or_insert_with(|| {
+                parents.push(r);
+                parents.len() - 1
+            });
+            renamed.push((index, file.path, parent, size, file.sha256));
             Ok(size)
         })
         .collect();
-    let mut synced: HashMap<PathBuf, Result<(), String>> = HashMap::new();
-    for (index, r, size, sha256) in renamed {
-        let sync = synced
-            .entry(r.parent.clone())
-            .or_insert_with(|| r.sync_parent().map_err(|e| ErrorChain(&e).to_string()));
-        match sync {
-            Ok(()) => r.log_finished(size, Some(sha256)),
+    let synced: Vec<Result<(), String>> = parents
+        .iter()
+        .map(|r| r.sync_parent().map_err(|e| ErrorChain(&e).to_string()))
+        .collect();
+    for (index, path, parent, size, sha256) in renamed {
+        match &synced[parent] {
+            Ok(()) => log_finished(dir.as_str(), path.as_str(), size, Some(sha256)),
             Err(cause) => {
-                results[index] = Err(r.io("fsync parent directory")(io::Error::other(
-                    cause.clone(),
-                )))
+                results[index] = Err(StoreError::Io {
+                    dir: dir.to_string(),
+                    path: path.to_string(),
+                    op: "fsync parent directory",
+                    source: io::Error::other(cause.clone()),
+                })
             }
         }
     }
@@ -1344,7 +1333,7 @@ impl LocalStore {
                             r.check_hash(expected, Sha256Hash::from_hasher(hasher))?;
                         }
                         let size = r.make_final(&file, FileKind::Partial)?;
-                        r.log_finished(size, Some(expected));
+                        log_finished(&r.dir, &r.path, size, Some(expected));
                         break;
                     }
                 }
@@ -1401,8 +1390,7 @@ impl Resolved {
             None => self.lstat_blocking(FileKind::Partial)?,
         };
         if let Some(expected) = if_stamp
-            && let Some(meta) = &final_meta
-            && stamp_of(meta) != expected
+            && final_meta.is_some_and(|stamp| stamp != expected)
         {
             return Err(self.changed("differs from the version that was verified"));
         }
@@ -1411,33 +1399,24 @@ impl Resolved {
             (FileKind::Partial, partial_meta),
         ] {
             let Some(meta) = meta else { continue };
-            let size = meta.len();
-            match std::fs::remove_file(self.form(kind)) {
+            let size = meta.size;
+            match unlinkat(self.parent_dir()?, self.name(kind), AtFlags::empty()) {
                 Ok(()) => {
                     tracing::info!(dir = %self.dir, path = %self.path, ?kind, size, "deleted");
                     if kind == FileKind::Final {
                         metrics().store_deleted.add(1, &[]);
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(self.io("remove file")(e)),
+                Err(Errno::NOENT) => {}
+                Err(e) => return Err(self.io("remove file")(e.into())),
             }
         }
-        let mut dir_path = self.parent.as_path();
-        while dir_path != self.root && dir_path.starts_with(&self.root) {
-            // Fails on the first directory that is not empty, which is the point.
-            if std::fs::remove_dir(dir_path).is_err() {
-                break;
-            }
-            match dir_path.parent() {
-                Some(parent) => dir_path = parent,
-                None => break,
-            }
-        }
+        self.remove_empty_parents();
         Ok(())
     }
 }
 
+mod resolve;
 mod stale;
 #[cfg(test)]
 mod tests;

@@ -2,10 +2,10 @@
 //! daemon removes them once nobody has written them for `partial_max_age`,
 //! so a disk filled by a failed move does not stay full.
 
-use std::os::unix::fs::OpenOptionsExt;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rustix::fs::{FlockOperation, flock};
+use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags, flock, openat, unlinkat};
+use rustix::io::Errno;
 
 use super::{LocalStore, Resolved, walk};
 use crate::error::StoreError;
@@ -62,10 +62,12 @@ impl LocalStore {
 
 impl Resolved {
     fn remove_partial_if_stale(&self, max_age: Duration) -> Result<bool, StoreError> {
-        let Some(meta) = self.lstat_blocking(FileKind::Partial)? else {
+        let Some(stamp) = self.lstat_blocking(FileKind::Partial)? else {
             return Ok(false);
         };
-        let modified = meta.modified().map_err(self.io("stat"))?;
+        // A modification time before 1970 counts as 1970: long ago either way.
+        let modified =
+            UNIX_EPOCH + Duration::from_nanos(u64::try_from(stamp.mtime_unix_nanos).unwrap_or(0));
         let age = SystemTime::now()
             .duration_since(modified)
             .unwrap_or_default();
@@ -74,22 +76,23 @@ impl Resolved {
         }
         // A writer holds the file's lock for as long as it writes: a file
         // idle that long but locked is resumed by someone right now.
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&self.partial_path)
-            .map_err(self.io("open"))?;
+        let parent = self.parent_dir()?;
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let file = openat(parent, &self.partial_name, flags, Mode::empty())
+            .map(std::fs::File::from)
+            .map_err(|e| self.io("open")(e.into()))?;
         match flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
-            Err(rustix::io::Errno::WOULDBLOCK) => return Ok(false),
+            Err(Errno::WOULDBLOCK) => return Ok(false),
             Err(e) => return Err(self.io("lock")(e.into())),
         }
-        self.check_still_at(&file, &self.partial_path)?;
-        std::fs::remove_file(&self.partial_path).map_err(self.io("remove stale partial file"))?;
+        self.check_still_at(&file, FileKind::Partial)?;
+        unlinkat(parent, &self.partial_name, AtFlags::empty())
+            .map_err(|e| self.io("remove stale partial file")(e.into()))?;
         tracing::info!(
             dir = %self.dir,
             path = %self.path,
-            size = meta.len(),
+            size = stamp.size,
             idle_secs = age.as_secs(),
             "stale partial file removed"
         );

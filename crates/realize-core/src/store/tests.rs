@@ -1681,3 +1681,5 @@ async fn stale_partial_files_are_removed_unless_fresh_or_being_written() {
     assert!(exists(root, ".written.part"));
     assert!(exists(root, "a/old"));
 }
+
+mod race;

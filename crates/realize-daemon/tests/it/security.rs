@@ -547,6 +547,110 @@ async fn a_symlinked_directory_pointing_outside_is_never_followed() {
     daemon.stop().await;
 }
 
+/// Every name directly in `dir`, sorted: a directory created through a
+/// symlink would show here, where [`tree`] lists only files.
+fn names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A local user swaps a directory inside the root with a symlink to
+/// outside it, atomically and over and over, while a client reads, writes
+/// and deletes through it: each call meets the directory or is refused,
+/// and the daemon never reads, writes, creates or deletes anything outside.
+#[tokio::test]
+async fn a_directory_swapped_for_a_symlink_during_calls_is_never_followed() {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let work = TempDir::new().unwrap();
+    let client = KeyFiles::new(work.path(), "client");
+    let (root, outside) = (work.path().join("root"), work.path().join("outside"));
+    write_file(&root, "d/secret.txt", b"inside\n");
+    write_file(&outside, "secret.txt", b"secret\n");
+    write_file(&outside, "victim.txt", b"victim\n");
+    std::os::unix::fs::symlink(&outside, root.join("d.link")).unwrap();
+    let (before, names_before) = (tree(&outside), names(&outside));
+    let daemon = Daemon::start(work.path(), &[("d", &root)], &client).await;
+    let mut api = api(&daemon, &client).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (stop, d, link) = (stop.clone(), root.join("d"), root.join("d.link"));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                renameat_with(CWD, &d, CWD, &link, RenameFlags::EXCHANGE).unwrap();
+                std::thread::yield_now();
+            }
+        })
+    };
+    let (mut followed, mut refused) = (0, 0);
+    let mut tally = |call: &str, result: Result<(), tonic::Status>| match result {
+        Ok(()) => followed += 1,
+        Err(status) => {
+            assert_eq!(
+                status.code(),
+                tonic::Code::InvalidArgument,
+                "{call}: {status:?}"
+            );
+            refused += 1;
+        }
+    };
+    let started = Instant::now();
+    for _ in 0..300 {
+        if started.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+        let read = async {
+            let mut data = api
+                .read(pb::ReadRequest {
+                    dir: "d".into(),
+                    path: "d/secret.txt".into(),
+                    offset: 0,
+                    length: None,
+                    if_stamp: None,
+                })
+                .await?
+                .into_inner();
+            let mut read = Vec::new();
+            while let Some(chunk) = data.message().await? {
+                read.extend_from_slice(&chunk.data);
+            }
+            Ok(read)
+        };
+        let read: Result<Vec<u8>, tonic::Status> = read.await;
+        if let Ok(read) = &read {
+            assert_eq!(read, b"inside\n");
+        }
+        tally("read", read.map(drop));
+        let planted = write(&mut api, "d", "d/new/planted.txt", b"x".to_vec()).await;
+        tally("write", planted.map(drop));
+        for path in ["d/victim.txt", "d/new/planted.txt"] {
+            let delete = api.delete(pb::DeleteRequest {
+                dir: "d".into(),
+                path: path.into(),
+                if_stamp: None,
+            });
+            tally("delete", delete.await.map(drop));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    swapper.join().unwrap();
+    assert_eq!(tree(&outside), before);
+    assert_eq!(names(&outside), names_before);
+    // The race ran: calls met both the directory and the symlink.
+    assert!(
+        followed > 0 && refused > 0,
+        "{followed} went through, {refused} refused"
+    );
+    daemon.stop().await;
+}
+
 #[tokio::test]
 async fn bad_numbers_are_refused_and_change_nothing() {
     let work = TempDir::new().unwrap();
