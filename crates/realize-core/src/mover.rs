@@ -327,6 +327,11 @@ enum Work<'a> {
     Batch(Vec<Job<'a>>),
 }
 
+/// How long a hard stop waits for a batch the destination is writing: a
+/// batch is at most [`BATCH_BYTES`], and an interrupted run must still end
+/// within about two seconds.
+const BATCH_GRACE: std::time::Duration = std::time::Duration::from_millis(700);
+
 /// Files in a batch at most, and their bytes together.
 const BATCH_FILES: usize = 64;
 const BATCH_BYTES: u64 = 4 * 1024 * 1024;
@@ -492,11 +497,21 @@ async fn move_batch<'a>(
         }
         written_index
     };
-    let written = tokio::select! {
-        written = copying => written,
-        // Nothing was deleted: the files finished at the destination are
-        // found identical, and only deleted at the source, by the next run.
-        () = stop.interrupted() => Vec::new(),
+    let written = {
+        // Pinned here, so the borrows it holds end with this block.
+        tokio::pin!(copying);
+        tokio::select! {
+            written = &mut copying => written,
+            // The destination goes on with a batch it has taken whatever the
+            // move does (its blocking task, or the daemon's call): its answer,
+            // if it comes soon, says which files are complete there, so they
+            // are reported, and their sources deleted, as moved. Past the grace,
+            // nothing is deleted: the next run finds those files identical at
+            // the destination and only deletes their sources.
+            () = stop.interrupted() => tokio::time::timeout(BATCH_GRACE, copying)
+                .await
+                .unwrap_or_default(),
+        }
     };
     let deleting: Vec<(RelPath, FileStamp)> = written
         .iter()

@@ -31,6 +31,9 @@ pub(crate) enum Fault {
     HardStopOnWrite,
     /// Stops the move softly at the first write, which then goes on.
     SoftStopOnWrite,
+    /// Stops the move hard at the first write, which then goes on: a
+    /// destination that finishes what it had taken when the user pressed Ctrl-C.
+    HardStopOnWriteThatFinishes,
     /// Renames the partial file to its final name just before it is first
     /// hashed: another client finishing it under the move.
     FinishedByAnotherClient,
@@ -83,6 +86,7 @@ impl Faulty {
                 std::future::pending().await
             }
             Fault::SoftStopOnWrite => self.stop.soft(),
+            Fault::HardStopOnWriteThatFinishes => self.stop.hard(),
             _ => {}
         }
     }

@@ -935,3 +935,35 @@ async fn a_partial_file_another_client_finishes_under_the_move_is_looked_at_agai
     assert!(!exists(sides.dst(), ".f.part"));
     assert!(!exists(sides.src(), "f"));
 }
+
+/// A batch the destination finishes although the move was stopped hard
+/// meanwhile is reported as it is on disk: moved, its sources deleted.
+#[tokio::test]
+async fn a_batch_the_destination_finishes_after_a_hard_stop_is_reported_moved() {
+    let sides = Sides::new();
+    let data: Vec<Vec<u8>> = (0..3).map(|i| random_bytes(60 + i, 5000)).collect();
+    for (i, bytes) in data.iter().enumerate() {
+        write_file(sides.src(), &format!("f{i}"), bytes);
+    }
+    let stop = Stop::new();
+    let dst = Faulty::stopping(
+        sides.dst(),
+        Fault::HardStopOnWriteThatFinishes,
+        stop.clone(),
+    );
+    let summary = move_files(
+        &store(sides.src()),
+        &dst,
+        &[dir()],
+        &options(),
+        &NoProgress,
+        &stop,
+    )
+    .await
+    .unwrap();
+    assert_eq!((summary.files_moved, summary.files_interrupted), (3, 0));
+    for (i, bytes) in data.iter().enumerate() {
+        assert!(read_file(sides.dst(), &format!("f{i}")) == *bytes);
+        assert!(!exists(sides.src(), &format!("f{i}")));
+    }
+}
