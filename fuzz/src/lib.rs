@@ -49,9 +49,10 @@ const BIG_SIZE: usize = 256 * 1024;
 /// Operations of one input that are run; the rest are ignored, so that an input's
 /// cost stays bounded.
 const MAX_OPS: usize = 8;
-/// File references of a ReadFiles or DeleteFiles call: twice what the daemon takes,
-/// so that its refusal of too many is reached.
-const MAX_REFS: usize = 2048;
+/// File references of a ReadFiles or DeleteFiles call: one more than the daemon
+/// takes, so that its refusal of too many is reached, and no more, since every
+/// reference is encoded, decoded and looked up.
+const MAX_REFS: usize = 1025;
 /// Files of a WriteFiles call.
 const MAX_WRITE_FILES: usize = 16;
 /// The most any call may answer with: the 16 MiB a ReadFiles call or a Diff range may
@@ -146,12 +147,13 @@ impl DigestChoice {
     }
 }
 
-/// `repeat` copies of one file reference: many references cost the fuzzer 3 bytes.
+/// `repeat` copies of one file reference, so that many references cost the fuzzer a
+/// few bytes; a byte, so that most calls name few files, as most real ones do.
 #[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
 pub struct FileRef {
     pub path: PathChoice,
     pub stamp: StampChoice,
-    pub repeat: u16,
+    pub repeat: u8,
 }
 
 #[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
@@ -553,6 +555,9 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<Node>) {
 
 /// The root every input starts from, and the directory outside it.
 struct Fixture {
+    /// The content of [`BIG`], made once: the root is rebuilt after most inputs
+    /// that write.
+    big: Vec<u8>,
     work: PathBuf,
     root: PathBuf,
     outside: PathBuf,
@@ -583,7 +588,8 @@ impl Fixture {
         let (root, outside) = (work.join("root"), work.join("outside"));
         std::fs::create_dir_all(&outside).expect("mkdir");
         std::fs::write(outside.join("secret"), b"secret").expect("write");
-        build_root(&root, &outside);
+        let big: Vec<u8> = (0..BIG_SIZE).map(|i| (i % 251) as u8).collect();
+        build_root(&root, &outside, &big);
         let limits = Limits {
             max_message_size: MIN_MESSAGE_SIZE,
             // Keeps files small enough to hash at fuzzing speed.
@@ -600,6 +606,7 @@ impl Fixture {
                 .enable_all()
                 .build()
                 .expect("runtime"),
+            big,
             work,
             root,
             outside,
@@ -637,7 +644,7 @@ impl Fixture {
         if tree(&self.root) != self.root_tree {
             assert!(!input.read_only, "a read-only peer changed the root");
             std::fs::remove_dir_all(&self.root).expect("rm root");
-            build_root(&self.root, &self.outside);
+            build_root(&self.root, &self.outside, &self.big);
             self.root_tree = tree(&self.root);
         }
     }
@@ -656,12 +663,11 @@ impl Drop for Fixture {
     }
 }
 
-fn build_root(root: &Path, outside: &Path) {
+fn build_root(root: &Path, outside: &Path, big: &[u8]) {
     std::fs::create_dir_all(root.join("a/b")).expect("mkdir");
     std::fs::write(root.join("f"), b"final file").expect("write");
     std::fs::write(root.join("a/g"), vec![7u8; 5000]).expect("write");
     std::fs::write(root.join("a/.g.part"), b"partial").expect("write");
-    let big: Vec<u8> = (0..BIG_SIZE).map(|i| (i % 251) as u8).collect();
     std::fs::write(root.join(BIG), big).expect("write");
     std::os::unix::fs::symlink(outside, root.join("link")).expect("symlink");
     std::os::unix::fs::symlink("../f", root.join("a/ln")).expect("symlink");

@@ -455,7 +455,11 @@ pub fn seeds() -> Vec<(&'static str, Input)> {
             rw(vec![Op::ReadFiles {
                 dir: served(),
                 files: vec![
-                    refs(BIG, StampChoice::Real, 1023),
+                    refs(BIG, StampChoice::Real, 255),
+                    refs(BIG, StampChoice::Real, 255),
+                    refs(BIG, StampChoice::Real, 255),
+                    refs(BIG, StampChoice::Real, 255),
+                    refs(BIG, StampChoice::Real, 3),
                     refs(
                         BIG,
                         StampChoice::Size(0u64.wrapping_sub(1023 * BIG_SIZE as u64)),
@@ -468,7 +472,13 @@ pub fn seeds() -> Vec<(&'static str, Input)> {
             "read-files-too-many",
             rw(vec![Op::ReadFiles {
                 dir: served(),
-                files: vec![refs("f", StampChoice::Real, 1025)],
+                files: vec![
+                    refs("f", StampChoice::Real, 255),
+                    refs("a/g", StampChoice::Real, 255),
+                    refs("f", StampChoice::Real, 255),
+                    refs("a/g", StampChoice::Real, 255),
+                    refs("f", StampChoice::Real, 5),
+                ],
             }]),
         ),
         (
