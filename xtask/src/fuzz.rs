@@ -52,6 +52,9 @@ pub fn fuzz(root: &Path, seconds: u64) -> anyhow::Result<()> {
                 &format!("-max_total_time={seconds}"),
                 "-print_final_stats=1",
                 "-rss_limit_mb=4096",
+                // An input that runs this long is a hang (as a WriteFiles call cut
+                // in a message prefix once was in the harness): report it as found.
+                "-timeout=30",
             ])
             .current_dir(&fuzz_dir)
             .output()
