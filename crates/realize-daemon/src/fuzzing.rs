@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use realize_core::{DirId, LocalStore};
 use realize_net::connection::PeerInfo;
-use realize_net::keys::{KeyError, PrivateKey};
+use realize_net::keys::{KeyError, PrivateKey, PublicKey};
 use realize_net::throttle::SendLimit;
 use realize_proto::pb::realize_server::RealizeServer;
 use tonic::service::Routes;
@@ -29,8 +29,18 @@ pub const DIR: &str = "d";
 #[derive(Debug)]
 pub struct Harness {
     routes: Routes,
+    calls: Arc<Calls>,
     context: ConnectionContext,
     limits: Limits,
+}
+
+/// How a call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// The grpc-status, 0 for OK; `None` if the response carried none.
+    pub status: Option<i32>,
+    /// Bytes of the response body: what the daemon had to produce for the call.
+    pub body_len: usize,
 }
 
 impl Harness {
@@ -56,27 +66,28 @@ impl Harness {
                 .max_encoding_message_size(limits.max_message_size),
         )
         .prepare();
-        let context = ConnectionContext {
-            peer: PeerInfo {
-                peer_id: "fuzzer".to_string(),
-                addr: ([127, 0, 0, 1], 1).into(),
-                send_limit: SendLimit::new(None),
-                key,
-            },
-            cancel: calls.cancel.child_token(),
-            active: Arc::new(ActiveCalls::default()),
-            budget: calls.budgets.peer("fuzzer"),
-        };
+        let context = connection(&calls, key);
         Ok(Harness {
             routes,
+            calls,
             context,
             limits,
         })
     }
 
+    /// Starts a new connection for the calls that follow, so that what earlier calls
+    /// set on theirs (Configure's send limit) does not carry over.
+    pub fn reconnect(&mut self) {
+        self.context = connection(&self.calls, self.context.peer.key.clone());
+    }
+
     /// Calls `method` (such as `Write`) with `body`, gRPC-framed messages or any bytes,
-    /// reads the whole response, and returns its grpc-status (0 for OK).
-    pub async fn call(&self, method: &str, body: Bytes) -> Option<i32> {
+    /// and reads the whole response.
+    pub async fn call(&self, method: &str, body: Bytes) -> Reply {
+        let failed = Reply {
+            status: None,
+            body_len: 0,
+        };
         let request = http::Request::builder()
             .method("POST")
             .uri(format!("http://realize/realize.v1.Realize/{method}"))
@@ -85,11 +96,12 @@ impl Harness {
             .body(MessageLimit::new(
                 Full::new(body),
                 self.limits.max_message_size,
-            ))
-            .ok()?;
-        let mut request = request;
+            ));
+        let Ok(mut request) = request else {
+            return failed;
+        };
         request.extensions_mut().insert(self.context.clone());
-        let response = self.routes.clone().oneshot(request).await.ok()?;
+        let Ok(response) = self.routes.clone().oneshot(request).await;
         let code = |headers: &http::HeaderMap| {
             headers
                 .get("grpc-status")
@@ -97,10 +109,44 @@ impl Harness {
                 .and_then(|v| v.parse().ok())
         };
         if let Some(status) = code(response.headers()) {
-            return Some(status);
+            return Reply {
+                status: Some(status),
+                body_len: 0,
+            };
         }
-        let collected = response.into_body().collect().await.ok()?;
-        collected.trailers().and_then(code)
+        // Stops at the trailers as hyper does: a response stream may go on after
+        // them (tonic's request stream repeats its error at a cut message forever).
+        let mut body = response.into_body();
+        let mut body_len = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            match frame.into_data() {
+                Ok(data) => body_len += data.len(),
+                Err(frame) => {
+                    return Reply {
+                        status: frame.trailers_ref().and_then(code),
+                        body_len,
+                    };
+                }
+            }
+        }
+        Reply {
+            status: None,
+            body_len,
+        }
+    }
+}
+
+fn connection(calls: &Calls, key: PublicKey) -> ConnectionContext {
+    ConnectionContext {
+        peer: PeerInfo {
+            peer_id: "fuzzer".to_string(),
+            addr: ([127, 0, 0, 1], 1).into(),
+            send_limit: SendLimit::new(None),
+            key,
+        },
+        cancel: calls.cancel.child_token(),
+        active: Arc::new(ActiveCalls::default()),
+        budget: calls.budgets.peer("fuzzer"),
     }
 }
 
@@ -143,7 +189,7 @@ mod tests {
             message: Some(pb::write_request::Message::Data(Bytes::from_static(b"abc"))),
         };
         let body = frame(&[header.encode_to_vec(), data.encode_to_vec()]);
-        assert_eq!(harness.call("Write", body).await, Some(0));
+        assert_eq!(harness.call("Write", body).await.status, Some(0));
         assert_eq!(
             std::fs::read(root.path().join("a/.f.part")).unwrap(),
             b"abc"
@@ -154,7 +200,7 @@ mod tests {
             sha256: Bytes::new(),
         };
         let finish = frame(&[finish.encode_to_vec()]);
-        assert_eq!(harness.call("Finish", finish).await, Some(0));
+        assert_eq!(harness.call("Finish", finish).await.status, Some(0));
         assert_eq!(std::fs::read(root.path().join("a/f")).unwrap(), b"abc");
         let read = pb::ReadRequest {
             dir: DIR.into(),
@@ -165,17 +211,24 @@ mod tests {
         };
         let read = frame(&[read.encode_to_vec()]);
         assert_eq!(
-            harness.call("Read", read).await,
+            harness.call("Read", read).await.status,
             Some(tonic::Code::InvalidArgument as i32)
         );
         let huge = Bytes::from_static(&[0, 0xff, 0xff, 0xff, 0xff]);
         assert_eq!(
-            harness.call("Hash", huge).await,
+            harness.call("Hash", huge).await.status,
             Some(tonic::Code::ResourceExhausted as i32)
         );
         let garbage = Bytes::from_static(b"\x00\x00\x00\x00\x03\xff\xff\xff");
         assert_eq!(
-            harness.call("Delete", garbage).await,
+            harness.call("Delete", garbage).await.status,
+            Some(tonic::Code::Internal as i32)
+        );
+        // Cut inside a message's prefix: the request stream fails at its end again
+        // at every poll, and the answer still ends.
+        let cut = Bytes::from_static(b"\xff\xff\xff");
+        assert_eq!(
+            harness.call("WriteFiles", cut).await.status,
             Some(tonic::Code::Internal as i32)
         );
     }
