@@ -1,0 +1,127 @@
+//! What both sides serve and hold: the checks that can refuse a move, and
+//! each directory's listing paired with what the destination has.
+
+use std::collections::HashMap;
+
+use super::*;
+
+/// Refuses to move a directory onto itself, which would delete the only
+/// copy, or into or out of a directory it contains, where files would land
+/// on source files not yet moved; and a directory either side lacks.
+///
+/// [`move_files`] runs it before anything else; a caller that must prepare
+/// a side first (create a local destination) runs it before that, so a
+/// refused move changes nothing.
+pub async fn check_distinct(
+    src: &dyn Service,
+    dst: &dyn Service,
+    dirs: &[DirId],
+) -> Result<(), MoveError> {
+    let (src_info, dst_info) = future::try_join(
+        src.info().map_err(MoveError::source),
+        dst.info().map_err(MoveError::destination),
+    )
+    .await?;
+    for dir in dirs {
+        let find = |info: &crate::ServiceInfo, side| {
+            info.dirs
+                .iter()
+                .find(|d| &d.id == dir)
+                .cloned()
+                .ok_or_else(|| MoveError::MissingDir {
+                    side,
+                    dir: dir.clone(),
+                })
+        };
+        let src_dir = find(&src_info, Side::Source)?;
+        let dst_dir = find(&dst_info, Side::Destination)?;
+        if src_dir.overlaps(&dst_dir) {
+            return Err(MoveError::Overlap { dir: dir.clone() });
+        }
+        for (side, info) in [(Side::Source, &src_dir), (Side::Destination, &dst_dir)] {
+            if info.read_only {
+                return Err(MoveError::ReadOnly {
+                    side,
+                    dir: dir.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How many times a file's destination is listed again when another client
+/// changes it under the move (see [`move_file`]).
+pub(super) const DESTINATION_LOOKS: u32 = 3;
+
+/// What the destination has at `path` now.
+pub(super) async fn destination_state(
+    dst: &dyn Service,
+    dir: &DirId,
+    path: &RelPath,
+) -> Result<DestinationState, MoveError> {
+    let entries = async { dst.list(dir, true).await?.try_collect::<Vec<_>>().await }
+        .await
+        .map_err(MoveError::destination)?;
+    Ok(destination_states(entries).remove(path).unwrap_or_default())
+}
+
+/// The forms of each path of a destination's listing.
+fn destination_states(entries: Vec<Entry>) -> HashMap<RelPath, DestinationState> {
+    let mut destination: HashMap<RelPath, DestinationState> = HashMap::new();
+    for entry in entries {
+        let state = destination.entry(entry.path).or_default();
+        match entry.kind {
+            FileKind::Final => state.final_stamp = Some(entry.stamp),
+            FileKind::Partial => state.partial_stamp = Some(entry.stamp),
+        }
+    }
+    destination
+}
+
+/// The forms of a path present on the destination.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct DestinationState {
+    pub(super) final_stamp: Option<FileStamp>,
+    pub(super) partial_stamp: Option<FileStamp>,
+}
+
+/// What a directory's listing gives the move.
+pub(super) struct Listed<'a> {
+    pub(super) jobs: Vec<Job<'a>>,
+    /// Source files named like partial files, as they are named on disk.
+    pub(super) skipped: Vec<RelPath>,
+}
+
+/// Lists a directory on both sides and pairs each source file with what
+/// the destination has at its path.
+pub(super) async fn list_dir<'a>(
+    src: &dyn Service,
+    dst: &dyn Service,
+    dir: &'a DirId,
+) -> Result<Listed<'a>, MoveError> {
+    // The source's partial files are listed only to be reported: a file
+    // that silently stays behind would look moved to whoever ran the move.
+    let (src_entries, dst_entries) = future::try_join(
+        async { src.list(dir, true).await?.try_collect::<Vec<_>>().await }
+            .map_err(MoveError::source),
+        async { dst.list(dir, true).await?.try_collect::<Vec<_>>().await }
+            .map_err(MoveError::destination),
+    )
+    .await?;
+    let mut destination = destination_states(dst_entries);
+    let (finals, partials): (Vec<_>, Vec<_>) = src_entries
+        .into_iter()
+        .partition(|e| e.kind == FileKind::Final);
+    Ok(Listed {
+        jobs: finals
+            .into_iter()
+            .map(|entry| Job {
+                dir,
+                state: destination.remove(&entry.path).unwrap_or_default(),
+                entry,
+            })
+            .collect(),
+        skipped: partials.iter().map(|e| e.path.partial_path()).collect(),
+    })
+}
