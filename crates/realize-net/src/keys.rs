@@ -8,7 +8,9 @@ use rustls_pki_types::PrivatePkcs8KeyDer;
 use rustls_pki_types::pem::{PemObject, SectionKind};
 use sha2::{Digest, Sha256};
 
-use crate::tls::SERVER_NAME;
+/// The name clients expect and every certificate carries, so standard gRPC clients can
+/// connect with a fixed target-name override instead of skipping verification.
+pub const SERVER_NAME: &str = "realize";
 
 /// DER prefix of every ed25519 SubjectPublicKeyInfo (RFC 8410); DER is canonical, so
 /// prefix plus 32 key bytes is the whole encoding.

@@ -18,10 +18,6 @@ use rustls::{
 
 use crate::keys::{KeyError, PrivateKey, PublicKey};
 
-/// The name clients expect and every certificate carries, so standard gRPC clients can
-/// connect with a fixed target-name override instead of skipping verification.
-pub const SERVER_NAME: &str = "realize";
-
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot make our certificate")]
@@ -408,6 +404,7 @@ mod tests {
     use tokio_rustls::{TlsAcceptor, TlsConnector};
 
     use super::*;
+    use crate::keys::SERVER_NAME;
 
     struct Pair {
         server: PrivateKey,

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use realize_net::connection::ConnectError;
-use realize_net::tls::{SERVER_NAME, client_config};
+use realize_net::keys::SERVER_NAME;
+use realize_net::tls::client_config;
 use realize_proto::pb;
 use realize_proto::pb::realize_client::RealizeClient;
 use rustix::process::Signal;
