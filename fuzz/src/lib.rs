@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use arbitrary::Arbitrary;
 use bytes::Bytes;
 use prost::Message;
-use realize_daemon::config::{Access, Limits, MIN_MESSAGE_SIZE};
+use realize_daemon::config::{Access, DaemonLimits, MIN_MESSAGE_SIZE};
 use realize_daemon::fuzzing::{DIR, Harness, frame};
 use realize_proto::pb;
 use sha2::{Digest, Sha256};
@@ -590,11 +590,11 @@ impl Fixture {
         std::fs::write(outside.join("secret"), b"secret").expect("write");
         let big: Vec<u8> = (0..BIG_SIZE).map(|i| (i % 251) as u8).collect();
         build_root(&root, &outside, &big);
-        let limits = Limits {
+        let limits = DaemonLimits {
             max_message_size: MIN_MESSAGE_SIZE,
             // Keeps files small enough to hash at fuzzing speed.
             max_file_size: 1 << 20,
-            ..Limits::default()
+            ..DaemonLimits::default()
         };
         let harness = |access| Harness::new(&root, access, limits).expect("harness");
         Fixture {

@@ -42,7 +42,7 @@ pub struct Config {
     pub privkey: Option<PathBuf>,
     pub peers: Option<PathBuf>,
     pub parallel: usize,
-    pub limits: Limits,
+    pub limits: BandwidthLimits,
     /// Wall-clock budget of the whole run.
     pub max_duration: Option<Duration>,
     pub cutoff: CutoffMode,
@@ -57,7 +57,7 @@ pub struct Config {
 
 /// Bandwidth limits in bytes per second; `None` is unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Limits {
+pub struct BandwidthLimits {
     /// What this command sends.
     pub upload: Option<u64>,
     /// What daemons send to this command.

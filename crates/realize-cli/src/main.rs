@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{ArgGroup, Parser, Subcommand};
 use realize_cli::output::{Format, Output};
 use realize_cli::stopping::{Reason, StopReason, watch_deadline, watch_signals};
-use realize_cli::{Config, CutoffMode, Ending, Endpoint, Limits, UsageError};
+use realize_cli::{BandwidthLimits, Config, CutoffMode, Ending, Endpoint, UsageError};
 use realize_core::DirId;
 use realize_core::Stop;
 use realize_net::metrics::{Build, Exporter};
@@ -274,7 +274,7 @@ fn main() -> ExitCode {
         privkey: cli.privkey,
         peers: cli.peers,
         parallel: cli.parallel,
-        limits: Limits {
+        limits: BandwidthLimits {
             upload: cli.throttle.or(cli.throttle_up),
             download: cli.throttle.or(cli.throttle_down),
         },

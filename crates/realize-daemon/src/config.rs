@@ -22,11 +22,11 @@ pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
 /// `[limits]`: what one connection, peer or call may use, so no client can
 /// exhaust the daemon. All of them reload live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
+pub struct DaemonLimits {
     /// Connections open at once, handshakes included; more are closed at once.
     pub max_connections: usize,
     /// Authenticated connections one peer may have open; one more is closed
-    /// right after its handshake. See [`Limits::peer_share`].
+    /// right after its handshake. See [`DaemonLimits::peer_share`].
     pub max_connections_per_peer: usize,
     /// Calls one connection may run at once (also advertised as HTTP/2's
     /// SETTINGS_MAX_CONCURRENT_STREAMS, so gRPC clients queue rather than fail).
@@ -53,7 +53,7 @@ pub struct Limits {
     pub max_memory_per_peer: u64,
 }
 
-impl Limits {
+impl DaemonLimits {
     /// The connections one peer may have open: `max_connections_per_peer`,
     /// but never more than half of `max_connections`, so that one peer at its
     /// limit always leaves room for others.
@@ -63,9 +63,9 @@ impl Limits {
     }
 }
 
-impl Default for Limits {
+impl Default for DaemonLimits {
     fn default() -> Self {
-        Limits {
+        DaemonLimits {
             max_connections: 64,
             max_connections_per_peer: 16,
             max_calls_per_connection: 32,
@@ -131,7 +131,7 @@ pub struct Config {
     /// Peer id → key and permissions; only these peers may connect.
     pub peers: BTreeMap<String, Peer>,
     /// `[limits]`.
-    pub limits: Limits,
+    pub limits: DaemonLimits,
     /// `[shutdown] grace_period`: how long calls in flight may run on after a
     /// shutdown request before they are cancelled.
     pub grace_period: Duration,
@@ -443,9 +443,9 @@ fn rate_defaults(raw: &mut RawLimits) -> Result<RateDefaults, ConfigError> {
     Ok(RateDefaults { per_second, burst })
 }
 
-/// `[limits]`, each field checked, with the defaults of [`Limits::default`].
-fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
-    let default = Limits::default();
+/// `[limits]`, each field checked, with the defaults of [`DaemonLimits::default`].
+fn limits(raw: RawLimits) -> Result<DaemonLimits, ConfigError> {
+    let default = DaemonLimits::default();
     let max_message_size = size(
         "max_message_size",
         raw.max_message_size,
@@ -478,7 +478,7 @@ fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
             reason: format!("must be at least max_message_size ({max_message_size} bytes)"),
         });
     }
-    let limits = Limits {
+    let limits = DaemonLimits {
         max_connections: at_least_one(
             "max_connections",
             raw.max_connections,

@@ -16,7 +16,7 @@ use realize_proto::pb::realize_server::RealizeServer;
 use tonic::service::Routes;
 use tower::ServiceExt;
 
-use crate::config::{Access, Limits, Peer};
+use crate::config::{Access, DaemonLimits, Peer};
 use crate::limits::MessageLimit;
 use crate::server::Handler;
 use crate::state::{ActiveCalls, Calls, ConnectionContext, Live, LiveConfig};
@@ -31,7 +31,7 @@ pub struct Harness {
     routes: Routes,
     calls: Arc<Calls>,
     context: ConnectionContext,
-    limits: Limits,
+    limits: DaemonLimits,
 }
 
 /// How a call ended.
@@ -44,7 +44,7 @@ pub struct Reply {
 }
 
 impl Harness {
-    pub fn new(root: &Path, access: Access, limits: Limits) -> Result<Self, KeyError> {
+    pub fn new(root: &Path, access: Access, limits: DaemonLimits) -> Result<Self, KeyError> {
         let key = PrivateKey::generate()?.public_key();
         let dir = DirId::new(DIR).unwrap_or_else(|_| unreachable!("\"d\" is a valid id"));
         let peer = Peer {
@@ -171,9 +171,9 @@ mod tests {
     #[tokio::test]
     async fn calls_reach_the_store_and_refusals_come_back_as_statuses() {
         let root = tempfile::tempdir().unwrap();
-        let limits = Limits {
+        let limits = DaemonLimits {
             max_message_size: crate::config::MIN_MESSAGE_SIZE,
-            ..Limits::default()
+            ..DaemonLimits::default()
         };
         let harness = Harness::new(root.path(), Access::ReadWrite, limits).unwrap();
         let header = pb::WriteRequest {

@@ -34,7 +34,7 @@ use realize_net::keys::{KeyError, PrivateKey, PublicKey};
 use realize_net::tls::TlsError;
 use tokio::net::TcpListener;
 
-use crate::config::{ConfigError, ConfigSource, DEFAULT_GRACE_PERIOD, Limits, Peer};
+use crate::config::{ConfigError, ConfigSource, DEFAULT_GRACE_PERIOD, DaemonLimits, Peer};
 pub use crate::lifecycle::{Control, Exit};
 use crate::lifecycle::{Controls, Server};
 use crate::logging::{LogFilter, LogFilterError};
@@ -118,7 +118,7 @@ pub async fn serve(
         Default::default(),
         service,
         DEFAULT_GRACE_PERIOD,
-        Limits::default(),
+        DaemonLimits::default(),
     );
     let server = Server::start(listener, key, live).await?;
     let mut controls = Controls::new(shutdown.map(|()| Control::Shutdown).into_stream());

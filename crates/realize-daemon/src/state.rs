@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::budget::{Budgets, PeerBudget};
-use crate::config::{Config, Limits, Peer};
+use crate::config::{Config, DaemonLimits, Peer};
 use crate::rate::CallRates;
 
 /// The part of the config that a reload changes while the daemon runs.
@@ -36,7 +36,7 @@ pub(crate) struct Live {
     pub service: Arc<dyn Service>,
     /// How long calls may run on after a shutdown request.
     pub grace_period: Duration,
-    pub limits: Limits,
+    pub limits: DaemonLimits,
     /// The path locks of the store, carried over to the next version.
     pub locks: PathLocks,
     /// The store of the configured directories, for the stale partial files'
@@ -50,7 +50,7 @@ impl Live {
         dirs: BTreeSet<DirId>,
         service: Arc<dyn Service>,
         grace_period: Duration,
-        limits: Limits,
+        limits: DaemonLimits,
     ) -> Live {
         Live {
             keys: peers

@@ -61,7 +61,7 @@ fn defaults() {
     assert_eq!(config.address, DEFAULT_ADDRESS);
     assert_eq!(config.grace_period, DEFAULT_GRACE_PERIOD);
     assert_eq!(config.log_level, None);
-    assert_eq!(config.limits, Limits::default());
+    assert_eq!(config.limits, DaemonLimits::default());
     assert_eq!(config.peers["p"].dirs, None);
     assert_eq!(config.peers["p"].access, Access::ReadWrite);
     let config = parse(&minimal("[shutdown]")).unwrap();
@@ -138,7 +138,7 @@ fn limits() {
     .unwrap();
     assert_eq!(
         config.limits,
-        Limits {
+        DaemonLimits {
             max_connections: 5,
             max_connections_per_peer: 2,
             max_calls_per_connection: 3,
