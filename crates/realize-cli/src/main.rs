@@ -5,21 +5,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::{ArgGroup, Parser, Subcommand};
 use realize_cli::output::{Format, Output};
 use realize_cli::stopping::{Reason, StopReason, watch_deadline, watch_signals};
 use realize_cli::{BandwidthLimits, Config, CutoffMode, Ending, Endpoint, UsageError};
 use realize_core::DirId;
 use realize_core::Stop;
-use realize_net::metrics::{Build, Exporter};
+use realize_net::telemetry::{self, Build, Pushgateway, Settings};
 use realize_net::throttle::parse_rate;
-use realize_net::traces::TraceExport;
-use tokio_util::sync::CancellationToken;
 use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::fmt::format::DefaultFields;
 use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer, Registry};
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// Exit codes of SPEC §5.
 const EXIT_FAILED: u8 = 1;
@@ -32,8 +29,6 @@ const EXIT_STOPPED: u8 = 11;
 
 /// Moved, but the metrics push failed.
 const EXIT_METRICS_PUSH: u8 = 12;
-/// How long the Pushgateway has to take the metrics.
-const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long after --max-duration a call to a daemon times out.
 const RPC_DEADLINE_GRACE: Duration = Duration::from_secs(1);
@@ -210,31 +205,30 @@ fn main() -> ExitCode {
         }
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let logs = tracing_subscriber::fmt::layer().with_writer(output.log_writer());
-    let logs: Box<dyn Layer<Registry> + Send + Sync> = match cli.log_format {
-        LogFormat::Text => Box::new(
-            logs.with_ansi(std::io::stderr().is_terminal())
-                .with_filter(filter),
-        ),
-        LogFormat::Json => Box::new(logs.json().with_filter(filter)),
+    let log_format = match cli.log_format {
+        LogFormat::Text => telemetry::LogFormat::Text,
+        LogFormat::Json => telemetry::LogFormat::Json,
     };
-    let subscriber = tracing_subscriber::registry().with(logs);
-    let traces = match &cli.otlp_endpoint {
-        Some(endpoint) => {
-            let _runtime = runtime.enter();
-            match TraceExport::otlp(endpoint, "realize") {
-                // Spans are traced from INFO whatever the log filter says.
-                Ok((layer, export)) => {
-                    subscriber.with(layer.with_filter(LevelFilter::INFO)).init();
-                    Some(export)
-                }
-                Err(e) => return usage_or_failure(EXIT_FAILED, format_args!("{e}")),
-            }
-        }
-        None => {
-            subscriber.init();
-            None
-        }
+    let logs = telemetry::log_layer(log_format, output.log_writer(), DefaultFields::new());
+    let subscriber = tracing_subscriber::registry().with(logs.with_filter(filter));
+    let settings = Settings {
+        build: Build {
+            binary: "realize",
+            version: env!("CARGO_PKG_VERSION"),
+        },
+        metrics_addr: cli.metrics_addr,
+        pushgateway: cli.metrics_pushgateway.map(|url| Pushgateway {
+            url,
+            job: cli.metrics_job,
+            instance: cli.metrics_instance,
+        }),
+        otlp_endpoint: cli.otlp_endpoint,
+        // Spans are traced from INFO whatever the log filter says.
+        trace_level: Some(LevelFilter::INFO),
+    };
+    let mut telemetry = match telemetry::init(settings, subscriber, runtime.handle()) {
+        Ok(telemetry) => telemetry,
+        Err(e) => return usage_or_failure(EXIT_FAILED, format_args!("{e}")),
     };
     if let Some(Command::Keygen {
         out,
@@ -299,35 +293,9 @@ fn main() -> ExitCode {
         stop = stop.with_predicted_deadline(deadline);
     }
     let reason = Reason::default();
-    let exporter = if cli.metrics_addr.is_some()
-        || cli.metrics_pushgateway.is_some()
-        || cli.otlp_endpoint.is_some()
-    {
-        // The OTLP exporter's connection is made on this runtime.
-        let _runtime = runtime.enter();
-        let build = Build {
-            binary: "realize",
-            version: env!("CARGO_PKG_VERSION"),
-        };
-        match Exporter::install(build, cli.otlp_endpoint.as_deref()) {
-            Ok(exporter) => Some(exporter),
-            Err(e) => return usage_or_failure(EXIT_FAILED, format_args!("{e}")),
-        }
-    } else {
-        None
-    };
-    let metrics_stop = CancellationToken::new();
     let result = runtime.block_on(async {
         watch_signals(stop.clone(), reason.clone())?;
-        if let (Some(exporter), Some(addr)) = (&exporter, &cli.metrics_addr) {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot serve metrics on {addr}"))?;
-            tracing::info!(addr = %listener.local_addr()?, "serving metrics");
-            let exporter = exporter.clone();
-            let until = metrics_stop.clone().cancelled_owned();
-            tokio::spawn(async move { exporter.serve(listener, until).await });
-        }
+        telemetry.start().await?;
         let mut rpc_deadline = None;
         if let Some(deadline) = deadline {
             watch_deadline(stop.clone(), reason.clone(), deadline, config.cutoff);
@@ -338,28 +306,11 @@ fn main() -> ExitCode {
             }
         }
         let run = realize_cli::run_move(&config, &output, &stop, rpc_deadline).await;
-        metrics_stop.cancel();
-        let pushed = match (&exporter, &cli.metrics_pushgateway) {
-            (Some(exporter), Some(url)) => {
-                let instance = cli.metrics_instance.clone().unwrap_or_else(hostname);
-                exporter
-                    .push(url, &cli.metrics_job, &instance, PUSH_TIMEOUT)
-                    .await
-            }
-            _ => Ok(()),
-        };
-        // Blocking, and the exports need this runtime: on a blocking thread.
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Some(exporter) = exporter {
-                exporter.shutdown();
-            }
-            if let Some(traces) = traces {
-                traces.shutdown();
-            }
-        })
-        .await;
+        let pushed = telemetry.finish().await;
         run.map(|run| (run, pushed))
     });
+    // Unfinished after an error: flushed now, while the runtime still runs.
+    drop(telemetry);
     // Whatever is still running (a blocking read, a listing) must not hold
     // the exit back.
     runtime.shutdown_timeout(SHUTDOWN_TIMEOUT);
@@ -392,15 +343,6 @@ fn main() -> ExitCode {
             )
         }
     }
-}
-
-/// This machine's name, for the Pushgateway's `instance` label.
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_string())
-        .ok()
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "unknown".to_string())
 }
 
 /// Errors before any move starts: printed plainly, whatever the output format.

@@ -1,6 +1,5 @@
 //! `realized`: flags, logging, signals and the exit code; the work is in the library.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -11,15 +10,12 @@ use realize_daemon::config::ConfigSource;
 use realize_daemon::logging::{EscapedFields, LogFilter};
 use realize_daemon::{Control, Exit};
 use realize_net::keys::PrivateKey;
-use realize_net::metrics::{Build, Exporter};
-use realize_net::traces::TraceExport;
+use realize_net::telemetry::{self, Build, Settings, Telemetry};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
 use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer, reload};
+use tracing_subscriber::{EnvFilter, reload};
 
 /// Exit code when a second SIGTERM or SIGINT cut the shutdown short (as for
 /// a shell's Ctrl-C).
@@ -88,36 +84,33 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let logs: Box<dyn Layer<_> + Send + Sync> = match args.log_format {
-        LogFormat::Text => Box::new(
-            logs.fmt_fields(EscapedFields)
-                .with_ansi(std::io::stderr().is_terminal()),
-        ),
-        LogFormat::Json => Box::new(logs.json()),
+    let format = match args.log_format {
+        LogFormat::Text => telemetry::LogFormat::Text,
+        LogFormat::Json => telemetry::LogFormat::Json,
     };
-    let subscriber = tracing_subscriber::registry().with(filter).with(logs);
-    let traces = match &args.otlp_endpoint {
-        Some(endpoint) => {
-            let _runtime = runtime.enter();
-            match TraceExport::otlp(endpoint, "realized") {
-                Ok((layer, export)) => {
-                    subscriber.with(layer).init();
-                    Some(export)
-                }
-                Err(e) => {
-                    eprintln!("realized: error: {e}");
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
-        None => {
-            subscriber.init();
-            None
+    let subscriber = tracing_subscriber::registry()
+        .with(filter)
+        .with(telemetry::log_layer(format, std::io::stderr, EscapedFields));
+    let settings = Settings {
+        build: Build {
+            binary: "realized",
+            version: env!("CARGO_PKG_VERSION"),
+        },
+        metrics_addr: args.metrics_addr.clone(),
+        pushgateway: None,
+        otlp_endpoint: args.otlp_endpoint.clone(),
+        // The log filter, which the config may change, decides for spans too.
+        trace_level: None,
+    };
+    let telemetry = match telemetry::init(settings, subscriber, runtime.handle()) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("realized: error: {e}");
+            return ExitCode::FAILURE;
         }
     };
     let log_format = args.log_format;
-    match run(args, runtime, LogFilter::new(handle, default), traces) {
+    match run(args, runtime, LogFilter::new(handle, default), telemetry) {
         Ok(code) => code,
         Err(e) => {
             // The log is stderr: the error is said once, in the log's format.
@@ -134,8 +127,11 @@ fn run(
     args: Args,
     runtime: tokio::runtime::Runtime,
     log: LogFilter,
-    traces: Option<TraceExport>,
+    telemetry: Telemetry,
 ) -> anyhow::Result<ExitCode> {
+    // A local, so that an early return flushes it before the runtime, a
+    // parameter, is dropped.
+    let mut telemetry = telemetry;
     let source = ConfigSource {
         path: args.config,
         address: args.address,
@@ -147,43 +143,14 @@ fn run(
         print!("{}", key.certificate_pem()?);
         return Ok(ExitCode::SUCCESS);
     }
-    let exporter = if args.metrics_addr.is_some() || args.otlp_endpoint.is_some() {
-        // The OTLP exporter's connection is made on this runtime.
-        let _runtime = runtime.enter();
-        let build = Build {
-            binary: "realized",
-            version: env!("CARGO_PKG_VERSION"),
-        };
-        Some(Exporter::install(build, args.otlp_endpoint.as_deref())?)
-    } else {
-        None
-    };
     let exit = runtime.block_on(async {
         let controls = signals()?;
-        let metrics_stop = CancellationToken::new();
-        if let (Some(exporter), Some(addr)) = (&exporter, &args.metrics_addr) {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot serve metrics on {addr}"))?;
-            tracing::info!(addr = %listener.local_addr()?, "serving metrics on /metrics");
-            let exporter = exporter.clone();
-            let until = metrics_stop.clone().cancelled_owned();
-            tokio::spawn(async move { exporter.serve(listener, until).await });
-        }
+        telemetry.start().await?;
         let exit = realize_daemon::run(source, Some(log), controls).await;
-        metrics_stop.cancel();
-        // A forced exit waits for nothing, not even a collector.
+        // A forced exit waits for nothing, not even a collector: it leaves
+        // with the telemetry unfinished and not dropped.
         if !matches!(exit, Ok(Exit::Forced)) {
-            // Blocking, and the exports need this runtime: on a blocking thread.
-            let _ = tokio::task::spawn_blocking(move || {
-                if let Some(exporter) = exporter {
-                    exporter.shutdown();
-                }
-                if let Some(traces) = traces {
-                    traces.shutdown();
-                }
-            })
-            .await;
+            telemetry.finish().await?;
         }
         anyhow::Ok(exit?)
     })?;

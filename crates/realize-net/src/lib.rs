@@ -4,7 +4,8 @@
 //! made from them; [`tls`] builds rustls configurations that trust exactly
 //! the pinned keys (no certificate authority); [`connection`] turns a TCP
 //! listener into a stream of authenticated connections for tonic and dials
-//! daemons; [`remote`] implements realize-core's `Service` over gRPC.
+//! daemons; [`remote`] implements realize-core's `Service` over gRPC;
+//! [`telemetry`] sets up the binaries' logs, traces and metrics exports.
 //!
 //! This crate moves bytes and never decides what moves: the algorithm is
 //! realize-core's, and it does not know whether a side is remote.
@@ -14,6 +15,7 @@ pub mod keys;
 pub mod metrics;
 pub mod remote;
 pub mod retry;
+pub mod telemetry;
 pub mod throttle;
 pub mod tls;
 pub mod traces;

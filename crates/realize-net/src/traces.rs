@@ -1,67 +1,10 @@
-//! Traces: spans exported over OTLP, and the W3C trace context carried in
-//! gRPC metadata, so a `realize` run and the daemon calls it causes form one trace.
+//! The W3C trace context carried in gRPC metadata, so a `realize` run and the
+//! daemon calls it causes form one trace; the spans are exported by
+//! [`crate::telemetry`].
 
 use opentelemetry::propagation::{Extractor, Injector};
-use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
 use tonic::metadata::{KeyAndValueRef, MetadataKey, MetadataMap, MetadataValue};
-use tracing::Subscriber;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::registry::LookupSpan;
-
-#[derive(Debug, thiserror::Error)]
-#[error("cannot export traces to {endpoint}")]
-pub struct TraceError {
-    endpoint: String,
-    #[source]
-    source: opentelemetry_otlp::ExporterBuildError,
-}
-
-/// The process's tracer provider; [`TraceExport::shutdown`] sends what is left.
-#[derive(Debug)]
-pub struct TraceExport {
-    provider: SdkTracerProvider,
-}
-
-impl TraceExport {
-    /// A `tracing` layer that exports every span to the OTLP/gRPC collector at
-    /// `endpoint` as `service`. Must be called inside the tokio runtime, which
-    /// must outlive the export (the exporter runs its calls on it).
-    pub fn otlp<S>(
-        endpoint: &str,
-        service: &'static str,
-    ) -> Result<(impl tracing_subscriber::Layer<S> + use<S>, TraceExport), TraceError>
-    where
-        S: Subscriber + for<'span> LookupSpan<'span>,
-    {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint)
-            .build()
-            .map_err(|source| TraceError {
-                endpoint: endpoint.to_string(),
-                source,
-            })?;
-        let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
-            .with_resource(Resource::builder().with_service_name(service).build())
-            .build();
-        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("realize"));
-        Ok((layer, TraceExport { provider }))
-    }
-
-    /// Exports the spans still buffered; blocking, so call it from a
-    /// blocking thread while the runtime still runs.
-    pub fn shutdown(&self) {
-        if let Err(e) = self.provider.shutdown() {
-            tracing::warn!(error = %e, "cannot flush the traces");
-        }
-    }
-}
 
 /// Adds the current span's trace context to a request's metadata
 /// (`traceparent`, `tracestate`); nothing without a propagator installed.
