@@ -26,9 +26,9 @@ pub mod store;
 #[cfg(test)]
 mod testing;
 
-pub use error::{ErrorCode, ServiceError, StoreError};
+pub use error::{ErrorChain, ErrorCode, MoveError, ServiceError, Side, StoreError};
 pub use hash::Sha256Hash;
-pub use mover::{MoveError, MoveOptions, MoveSummary, Side, check_distinct, move_files};
+pub use mover::{MoveOptions, MoveSummary, check_distinct, move_files};
 pub use path::{DirId, RelPath};
 pub use progress::{FileProgress, NoProgress, Phase, Progress};
 pub use service::{

@@ -26,7 +26,8 @@ use futures::{StreamExt, TryFutureExt, TryStreamExt, future, stream};
 use tracing::Instrument;
 
 use crate::delta;
-use crate::error::{ErrorCode, ServiceError};
+use crate::error::{ErrorChain, ErrorCode, ServiceError};
+pub use crate::error::{MoveError, Side};
 use crate::hash::Sha256Hash;
 use crate::metrics::metrics;
 use crate::path::{DirId, RelPath};
@@ -85,77 +86,6 @@ impl MoveOptions {
                 .range_size
                 .clamp(u64::from(block_size), delta::MAX_RANGE),
             block_size,
-        }
-    }
-}
-
-/// Which end of a move an error came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
-    Source,
-    Destination,
-}
-
-impl std::fmt::Display for Side {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Side::Source => "source",
-            Side::Destination => "destination",
-        })
-    }
-}
-
-/// Why a move, or the move of one file, failed.
-///
-/// Errors of one file do not repeat its directory and path in their
-/// message: they are always reported with them.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum MoveError {
-    #[error("{side}")]
-    Service {
-        side: Side,
-        #[source]
-        source: ServiceError,
-    },
-    #[error("{side} does not serve directory {dir}")]
-    MissingDir { side: Side, dir: DirId },
-    #[error(
-        "{dir}: source and destination are the same directory or one contains the other, refusing to move"
-    )]
-    Overlap { dir: DirId },
-    #[error("{side} gives read-only access to {dir}: {consequence}, refusing to move", consequence = match side {
-        Side::Source => "no file could be deleted from it",
-        Side::Destination => "no file could be written to it",
-    })]
-    ReadOnly { side: Side, dir: DirId },
-    #[error(
-        "destination hash {destination_hash} does not match source hash {source_hash}, source kept"
-    )]
-    HashMismatch {
-        dir: DirId,
-        path: RelPath,
-        source_hash: Sha256Hash,
-        destination_hash: Sha256Hash,
-    },
-    #[error("source changed while being moved, not deleted")]
-    SourceChanged { dir: DirId, path: RelPath },
-    #[error("move cancelled")]
-    Cancelled,
-}
-
-impl MoveError {
-    fn source(source: ServiceError) -> Self {
-        MoveError::Service {
-            side: Side::Source,
-            source,
-        }
-    }
-
-    fn destination(source: ServiceError) -> Self {
-        MoveError::Service {
-            side: Side::Destination,
-            source,
         }
     }
 }
@@ -531,30 +461,6 @@ async fn move_file(
         .map_err(|e| transfer.source_error(e))?;
     tracing::info!(size, bytes_sent = sent, sha256 = %source_hash, "moved");
     Ok(sent)
-}
-
-/// Displays an error and its causes on one line: `a: b: c`.
-///
-/// A cause that says exactly what the previous one said is skipped: an
-/// `io::Error` wrapping another prints the same text twice otherwise.
-#[derive(Debug)]
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut previous = self.0.to_string();
-        f.write_str(&previous)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            let text = cause.to_string();
-            if text != previous {
-                write!(f, ": {text}")?;
-                previous = text;
-            }
-            source = cause.source();
-        }
-        Ok(())
-    }
 }
 
 mod batch;

@@ -21,10 +21,9 @@ use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
 use crate::delta::{self, MAX_RANGE};
-use crate::error::{ServiceError, StoreError};
+use crate::error::{ErrorChain, ServiceError, StoreError};
 use crate::hash::Sha256Hash;
 use crate::metrics::metrics;
-use crate::mover::ErrorChain;
 use crate::path::{DirId, RelPath, partial_target};
 use crate::service::{
     ByteRange, ByteStream, DirInfo, Entry, EntryStream, ExpectedHash, FileKind, FileStamp,
