@@ -3,7 +3,7 @@
 
 use std::io;
 
-use crate::hash::Sha256Hash;
+use crate::digest::Sha256Hash;
 use crate::path::{DirId, InvalidDirId, InvalidPath, RelPath};
 
 /// The category of an error, as the gRPC status codes name them, so that

@@ -26,9 +26,9 @@ use futures::{StreamExt, TryFutureExt, TryStreamExt, future, stream};
 use tracing::Instrument;
 
 use crate::delta;
+use crate::digest::Sha256Hash;
 use crate::error::{ErrorChain, ErrorCode, ServiceError};
 pub use crate::error::{MoveError, Side};
-use crate::hash::Sha256Hash;
 use crate::metrics::metrics;
 use crate::path::{DirId, RelPath};
 use crate::progress::{FileProgress, Phase, Progress};

@@ -20,9 +20,11 @@ use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, fstat, fsync, openat, ren
 use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
+pub use crate::chunks::CHUNK_SIZE;
+use crate::chunks::chunked;
 use crate::delta::{self, MAX_RANGE};
+use crate::digest::Sha256Hash;
 use crate::error::{ErrorChain, ServiceError, StoreError};
-use crate::hash::Sha256Hash;
 use crate::metrics::metrics;
 use crate::path::{DirId, RelPath, partial_target};
 use crate::service::{
@@ -31,8 +33,6 @@ use crate::service::{
 };
 use resolve::resolve_blocking;
 
-/// Size of the chunks Read and Diff stream out.
-pub const CHUNK_SIZE: usize = 256 * 1024;
 /// Buffer used while hashing.
 const HASH_BUFFER: usize = 1024 * 1024;
 /// Chunks a read may have ready before the caller takes them.
@@ -472,16 +472,6 @@ fn fits(offset: u64, len: usize, end: u64) -> bool {
         .ok()
         .and_then(|len| offset.checked_add(len))
         .is_some_and(|stop| stop <= end)
-}
-
-/// Splits an in-memory buffer into a stream of chunks.
-fn chunked(data: Vec<u8>) -> ByteStream {
-    let data = Bytes::from(data);
-    let chunks: Vec<_> = (0..data.len())
-        .step_by(CHUNK_SIZE)
-        .map(|start| Ok(data.slice(start..(start + CHUNK_SIZE).min(data.len()))))
-        .collect();
-    stream::iter(chunks).boxed()
 }
 
 /// The closest directory above `path` that exists, canonicalized.

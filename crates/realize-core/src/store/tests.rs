@@ -8,8 +8,8 @@ use futures::{StreamExt, TryStreamExt, stream};
 
 use super::LocalStore;
 use crate::delta::MAX_RANGE;
+use crate::digest::Sha256Hash;
 use crate::error::{ErrorCode, ServiceError};
-use crate::hash::Sha256Hash;
 use crate::path::{DirId, RelPath};
 use crate::service::{ByteRange, ByteStream, FileKind, FileStamp, Service};
 
