@@ -35,6 +35,15 @@ use crate::progress::{FileProgress, Phase, Progress};
 use crate::service::{ByteRange, ByteStream, Entry, FileKind, FileStamp, MAX_WHOLE_FILE, Service};
 use crate::stop::Stop;
 
+mod batch;
+mod listing;
+mod transfer;
+
+use batch::{Work, batched, move_batch};
+pub use listing::check_distinct;
+use listing::{DESTINATION_LOOKS, DestinationState, destination_state, list_dir};
+use transfer::Transfer;
+
 /// Files below this size do not count against `MoveOptions::parallel`.
 const SMALL_FILE: u64 = 1024 * 1024;
 /// How many files may be in flight for each of `MoveOptions::parallel`,
@@ -122,6 +131,80 @@ struct Job<'a> {
     dir: &'a DirId,
     entry: Entry,
     state: DestinationState,
+}
+
+/// What became of one file.
+enum Outcome {
+    Moved(u64),
+    Failed(MoveError),
+    Interrupted,
+}
+
+/// The bytes sent so far in a move and since when, for predicting whether
+/// a file can finish before a deadline.
+struct Meter {
+    started: Instant,
+    sent: Arc<AtomicU64>,
+}
+
+impl Meter {
+    fn new() -> Self {
+        Meter {
+            started: Instant::now(),
+            sent: Arc::default(),
+        }
+    }
+
+    /// Whether a file of `size` bytes can be sent before the stop's
+    /// predicted deadline; true when there is none or nothing is measured yet.
+    fn can_finish(&self, size: u64, stop: &Stop) -> bool {
+        let Some(deadline) = stop.predicted_deadline() else {
+            return true;
+        };
+        let sent = self.sent.load(Ordering::Relaxed);
+        let elapsed = self.started.elapsed().as_secs_f64();
+        if sent == 0 || elapsed <= 0.0 {
+            return true;
+        }
+        let needed = Duration::from_secs_f64(size as f64 * elapsed / sent as f64);
+        let fits = Instant::now() + needed <= deadline;
+        if !fits {
+            tracing::info!(
+                size,
+                ?needed,
+                "not started: cannot finish before the deadline"
+            );
+        }
+        fits
+    }
+}
+
+/// A file's progress, with the phase it was last told, so it is told of
+/// each change once.
+#[derive(Clone)]
+struct FileTracker {
+    progress: Arc<dyn FileProgress>,
+    phase: Arc<Mutex<Option<Phase>>>,
+    /// The move's count of bytes sent, fed by every relay of this file.
+    sent: Arc<AtomicU64>,
+}
+
+impl FileTracker {
+    fn new(progress: Arc<dyn FileProgress>, sent: Arc<AtomicU64>) -> Self {
+        FileTracker {
+            progress,
+            phase: Arc::default(),
+            sent,
+        }
+    }
+
+    fn phase(&self, phase: Phase) {
+        let mut current = self.phase.lock().unwrap_or_else(|e| e.into_inner());
+        if *current != Some(phase) {
+            *current = Some(phase);
+            self.progress.phase(phase);
+        }
+    }
 }
 
 /// Moves every file of `dirs` from `src` to `dst`, reporting to `progress`.
@@ -304,114 +387,6 @@ async fn move_one<'a>(
     .await
 }
 
-/// A source error; FailedPrecondition means the source is not the version
-/// listed any more.
-fn source_error(dir: &DirId, path: &RelPath, error: ServiceError) -> MoveError {
-    match error.code() {
-        ErrorCode::FailedPrecondition => MoveError::SourceChanged {
-            dir: dir.clone(),
-            path: path.clone(),
-        },
-        _ => MoveError::source(error),
-    }
-}
-
-/// The error of a destination that would not finish a file: a hash
-/// mismatch names both hashes.
-async fn finish_error(
-    dst: &dyn Service,
-    dir: &DirId,
-    path: &RelPath,
-    error: ServiceError,
-    source_hash: Sha256Hash,
-) -> MoveError {
-    if error.code() == ErrorCode::FailedPrecondition
-        && let Ok(destination) = dst.hash(dir, path, FileKind::Partial, None).await
-        && destination.hash != source_hash
-    {
-        return MoveError::HashMismatch {
-            dir: dir.clone(),
-            path: path.clone(),
-            source_hash,
-            destination_hash: destination.hash,
-        };
-    }
-    MoveError::destination(error)
-}
-
-/// The bytes sent so far in a move and since when, for predicting whether
-/// a file can finish before a deadline.
-struct Meter {
-    started: Instant,
-    sent: Arc<AtomicU64>,
-}
-
-impl Meter {
-    fn new() -> Self {
-        Meter {
-            started: Instant::now(),
-            sent: Arc::default(),
-        }
-    }
-
-    /// Whether a file of `size` bytes can be sent before the stop's
-    /// predicted deadline; true when there is none or nothing is measured yet.
-    fn can_finish(&self, size: u64, stop: &Stop) -> bool {
-        let Some(deadline) = stop.predicted_deadline() else {
-            return true;
-        };
-        let sent = self.sent.load(Ordering::Relaxed);
-        let elapsed = self.started.elapsed().as_secs_f64();
-        if sent == 0 || elapsed <= 0.0 {
-            return true;
-        }
-        let needed = Duration::from_secs_f64(size as f64 * elapsed / sent as f64);
-        let fits = Instant::now() + needed <= deadline;
-        if !fits {
-            tracing::info!(
-                size,
-                ?needed,
-                "not started: cannot finish before the deadline"
-            );
-        }
-        fits
-    }
-}
-
-enum Outcome {
-    Moved(u64),
-    Failed(MoveError),
-    Interrupted,
-}
-
-/// A file's progress, with the phase it was last told, so it is told of
-/// each change once.
-#[derive(Clone)]
-struct FileTracker {
-    progress: Arc<dyn FileProgress>,
-    phase: Arc<Mutex<Option<Phase>>>,
-    /// The move's count of bytes sent, fed by every relay of this file.
-    sent: Arc<AtomicU64>,
-}
-
-impl FileTracker {
-    fn new(progress: Arc<dyn FileProgress>, sent: Arc<AtomicU64>) -> Self {
-        FileTracker {
-            progress,
-            phase: Arc::default(),
-            sent,
-        }
-    }
-
-    fn phase(&self, phase: Phase) {
-        let mut current = self.phase.lock().unwrap_or_else(|e| e.into_inner());
-        if *current != Some(phase) {
-            *current = Some(phase);
-            self.progress.phase(phase);
-        }
-    }
-}
-
 /// Moves one file; returns the bytes sent between the sides.
 async fn move_file(
     src: &dyn Service,
@@ -463,13 +438,40 @@ async fn move_file(
     Ok(sent)
 }
 
-mod batch;
-mod listing;
+/// A source error; FailedPrecondition means the source is not the version
+/// listed any more.
+fn source_error(dir: &DirId, path: &RelPath, error: ServiceError) -> MoveError {
+    match error.code() {
+        ErrorCode::FailedPrecondition => MoveError::SourceChanged {
+            dir: dir.clone(),
+            path: path.clone(),
+        },
+        _ => MoveError::source(error),
+    }
+}
+
+/// The error of a destination that would not finish a file: a hash
+/// mismatch names both hashes.
+async fn finish_error(
+    dst: &dyn Service,
+    dir: &DirId,
+    path: &RelPath,
+    error: ServiceError,
+    source_hash: Sha256Hash,
+) -> MoveError {
+    if error.code() == ErrorCode::FailedPrecondition
+        && let Ok(destination) = dst.hash(dir, path, FileKind::Partial, None).await
+        && destination.hash != source_hash
+    {
+        return MoveError::HashMismatch {
+            dir: dir.clone(),
+            path: path.clone(),
+            source_hash,
+            destination_hash: destination.hash,
+        };
+    }
+    MoveError::destination(error)
+}
+
 #[cfg(test)]
 mod tests;
-mod transfer;
-
-use batch::{Work, batched, move_batch};
-pub use listing::check_distinct;
-use listing::{DESTINATION_LOOKS, DestinationState, destination_state, list_dir};
-use transfer::Transfer;
