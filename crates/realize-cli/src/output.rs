@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use console::style;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use realize_core::mover::ErrorChain;
+use realize_core::ErrorChain;
 use realize_core::{DirId, FileProgress, MoveError, Phase, Progress, RelPath};
 use serde_json::json;
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures::TryStreamExt;
 use opentelemetry::KeyValue;
-use realize_core::mover::ErrorChain;
+use realize_core::ErrorChain;
 use realize_core::{
     DirId, FileKind, LocalStore, MoveError, MoveOptions, MoveSummary, Service, ServiceError, Side,
     Stop,

@@ -1,8 +1,10 @@
-//! Typed errors of the store and of services, with the status code each maps to.
+//! Typed errors of the store, of services and of moves, with the status
+//! code each maps to, and how an error prints with its causes.
 
 use std::io;
 
-use crate::path::{InvalidDirId, InvalidPath};
+use crate::digest::Sha256Hash;
+use crate::path::{DirId, InvalidDirId, InvalidPath, RelPath};
 
 /// The category of an error, as the gRPC status codes name them, so that
 /// the transport can map errors both ways without realize-core knowing gRPC.
@@ -86,8 +88,8 @@ pub enum StoreError {
     HashMismatch {
         dir: String,
         path: String,
-        expected: crate::hash::Sha256Hash,
-        actual: crate::hash::Sha256Hash,
+        expected: Sha256Hash,
+        actual: Sha256Hash,
     },
     #[error("{dir}/{path}: {op} failed")]
     Io {
@@ -171,5 +173,136 @@ impl ServiceError {
             ServiceError::Transport { .. } => ErrorCode::Unavailable,
             ServiceError::Protocol(_) => ErrorCode::Internal,
         }
+    }
+}
+
+/// Which end of a move an error came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Destination,
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Side::Source => "source",
+            Side::Destination => "destination",
+        })
+    }
+}
+
+/// Why a move, or the move of one file, failed.
+///
+/// Errors of one file do not repeat its directory and path in their
+/// message: they are always reported with them.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MoveError {
+    #[error("{side}")]
+    Service {
+        side: Side,
+        #[source]
+        source: ServiceError,
+    },
+    #[error("{side} does not serve directory {dir}")]
+    MissingDir { side: Side, dir: DirId },
+    #[error(
+        "{dir}: source and destination are the same directory or one contains the other, refusing to move"
+    )]
+    Overlap { dir: DirId },
+    #[error("{side} gives read-only access to {dir}: {consequence}, refusing to move", consequence = match side {
+        Side::Source => "no file could be deleted from it",
+        Side::Destination => "no file could be written to it",
+    })]
+    ReadOnly { side: Side, dir: DirId },
+    #[error(
+        "destination hash {destination_hash} does not match source hash {source_hash}, source kept"
+    )]
+    HashMismatch {
+        dir: DirId,
+        path: RelPath,
+        source_hash: Sha256Hash,
+        destination_hash: Sha256Hash,
+    },
+    #[error("source changed while being moved, not deleted")]
+    SourceChanged { dir: DirId, path: RelPath },
+    #[error("move cancelled")]
+    Cancelled,
+}
+
+impl MoveError {
+    pub(crate) fn source(source: ServiceError) -> Self {
+        MoveError::Service {
+            side: Side::Source,
+            source,
+        }
+    }
+
+    pub(crate) fn destination(source: ServiceError) -> Self {
+        MoveError::Service {
+            side: Side::Destination,
+            source,
+        }
+    }
+}
+
+/// Displays an error and its causes on one line: `a: b: c`.
+///
+/// A cause that says exactly what the previous one said is skipped: an
+/// `io::Error` wrapping another prints the same text twice otherwise.
+#[derive(Debug)]
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut previous = self.0.to_string();
+        f.write_str(&previous)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if text != previous {
+                write!(f, ": {text}")?;
+                previous = text;
+            }
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that displays as its cause, like tonic's connection errors.
+    #[derive(Debug)]
+    struct SaysLikeItsCause(std::io::Error);
+
+    impl std::fmt::Display for SaysLikeItsCause {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            self.0.fmt(f)
+        }
+    }
+
+    impl std::error::Error for SaysLikeItsCause {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn error_chain_prints_each_cause_once() {
+        let error = MoveError::Service {
+            side: Side::Destination,
+            source: ServiceError::Transport {
+                context: "connection to the daemon failed".into(),
+                source: Box::new(SaysLikeItsCause(std::io::Error::other("disk on fire"))),
+            },
+        };
+        assert_eq!(
+            ErrorChain(&error).to_string(),
+            "destination: connection to the daemon failed: disk on fire"
+        );
     }
 }

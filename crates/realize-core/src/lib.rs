@@ -1,10 +1,10 @@
 //! realize-core: the domain of realize, with no network and no protobuf.
 //!
 //! It holds the rules that keep files safe: path validation ([`path`]), the
-//! directory store with its partial and final files ([`store`]), hashing and
-//! rsync-style deltas ([`delta`]), the [`Service`] trait the move algorithm
-//! talks to, the move algorithm itself ([`mover`]) and what it reports
-//! while it runs ([`progress`]).
+//! directory store with its partial and final files ([`store`]), digests
+//! ([`digest`]) and rsync-style deltas ([`delta`]), the [`Service`] trait
+//! the move algorithm talks to, the move algorithm itself ([`mover`]) and
+//! what it reports while it runs ([`progress`]).
 //!
 //! This crate must never open a socket or see a protobuf type: a remote
 //! daemon reaches the algorithm through realize-net's implementation of
@@ -12,10 +12,10 @@
 //!
 //! Start reading at [`mover::move_files`].
 
+mod chunks;
 pub mod delta;
+pub mod digest;
 pub mod error;
-pub mod hash;
-mod hashing;
 mod metrics;
 pub mod mover;
 pub mod path;
@@ -26,9 +26,9 @@ pub mod store;
 #[cfg(test)]
 mod testing;
 
-pub use error::{ErrorCode, ServiceError, StoreError};
-pub use hash::Sha256Hash;
-pub use mover::{MoveError, MoveOptions, MoveSummary, Side, check_distinct, move_files};
+pub use digest::Sha256Hash;
+pub use error::{ErrorChain, ErrorCode, MoveError, ServiceError, Side, StoreError};
+pub use mover::{MoveOptions, MoveSummary, check_distinct, move_files};
 pub use path::{DirId, RelPath};
 pub use progress::{FileProgress, NoProgress, Phase, Progress};
 pub use service::{

@@ -26,13 +26,23 @@ use futures::{StreamExt, TryFutureExt, TryStreamExt, future, stream};
 use tracing::Instrument;
 
 use crate::delta;
-use crate::error::{ErrorCode, ServiceError};
-use crate::hash::Sha256Hash;
+use crate::digest::Sha256Hash;
+use crate::error::{ErrorChain, ErrorCode, ServiceError};
+pub use crate::error::{MoveError, Side};
 use crate::metrics::metrics;
 use crate::path::{DirId, RelPath};
 use crate::progress::{FileProgress, Phase, Progress};
 use crate::service::{ByteRange, ByteStream, Entry, FileKind, FileStamp, MAX_WHOLE_FILE, Service};
 use crate::stop::Stop;
+
+mod batch;
+mod listing;
+mod transfer;
+
+use batch::{Work, batched, move_batch};
+pub use listing::check_distinct;
+use listing::{DESTINATION_LOOKS, DestinationState, destination_state, list_dir};
+use transfer::Transfer;
 
 /// Files below this size do not count against `MoveOptions::parallel`.
 const SMALL_FILE: u64 = 1024 * 1024;
@@ -89,77 +99,6 @@ impl MoveOptions {
     }
 }
 
-/// Which end of a move an error came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
-    Source,
-    Destination,
-}
-
-impl std::fmt::Display for Side {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Side::Source => "source",
-            Side::Destination => "destination",
-        })
-    }
-}
-
-/// Why a move, or the move of one file, failed.
-///
-/// Errors of one file do not repeat its directory and path in their
-/// message: they are always reported with them.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum MoveError {
-    #[error("{side}")]
-    Service {
-        side: Side,
-        #[source]
-        source: ServiceError,
-    },
-    #[error("{side} does not serve directory {dir}")]
-    MissingDir { side: Side, dir: DirId },
-    #[error(
-        "{dir}: source and destination are the same directory or one contains the other, refusing to move"
-    )]
-    Overlap { dir: DirId },
-    #[error("{side} gives read-only access to {dir}: {consequence}, refusing to move", consequence = match side {
-        Side::Source => "no file could be deleted from it",
-        Side::Destination => "no file could be written to it",
-    })]
-    ReadOnly { side: Side, dir: DirId },
-    #[error(
-        "destination hash {destination_hash} does not match source hash {source_hash}, source kept"
-    )]
-    HashMismatch {
-        dir: DirId,
-        path: RelPath,
-        source_hash: Sha256Hash,
-        destination_hash: Sha256Hash,
-    },
-    #[error("source changed while being moved, not deleted")]
-    SourceChanged { dir: DirId, path: RelPath },
-    #[error("move cancelled")]
-    Cancelled,
-}
-
-impl MoveError {
-    fn source(source: ServiceError) -> Self {
-        MoveError::Service {
-            side: Side::Source,
-            source,
-        }
-    }
-
-    fn destination(source: ServiceError) -> Self {
-        MoveError::Service {
-            side: Side::Destination,
-            source,
-        }
-    }
-}
-
 /// A file, or a whole directory, that could not be moved.
 #[derive(Debug)]
 pub struct Failure {
@@ -192,6 +131,80 @@ struct Job<'a> {
     dir: &'a DirId,
     entry: Entry,
     state: DestinationState,
+}
+
+/// What became of one file.
+enum Outcome {
+    Moved(u64),
+    Failed(MoveError),
+    Interrupted,
+}
+
+/// The bytes sent so far in a move and since when, for predicting whether
+/// a file can finish before a deadline.
+struct Meter {
+    started: Instant,
+    sent: Arc<AtomicU64>,
+}
+
+impl Meter {
+    fn new() -> Self {
+        Meter {
+            started: Instant::now(),
+            sent: Arc::default(),
+        }
+    }
+
+    /// Whether a file of `size` bytes can be sent before the stop's
+    /// predicted deadline; true when there is none or nothing is measured yet.
+    fn can_finish(&self, size: u64, stop: &Stop) -> bool {
+        let Some(deadline) = stop.predicted_deadline() else {
+            return true;
+        };
+        let sent = self.sent.load(Ordering::Relaxed);
+        let elapsed = self.started.elapsed().as_secs_f64();
+        if sent == 0 || elapsed <= 0.0 {
+            return true;
+        }
+        let needed = Duration::from_secs_f64(size as f64 * elapsed / sent as f64);
+        let fits = Instant::now() + needed <= deadline;
+        if !fits {
+            tracing::info!(
+                size,
+                ?needed,
+                "not started: cannot finish before the deadline"
+            );
+        }
+        fits
+    }
+}
+
+/// A file's progress, with the phase it was last told, so it is told of
+/// each change once.
+#[derive(Clone)]
+struct FileTracker {
+    progress: Arc<dyn FileProgress>,
+    phase: Arc<Mutex<Option<Phase>>>,
+    /// The move's count of bytes sent, fed by every relay of this file.
+    sent: Arc<AtomicU64>,
+}
+
+impl FileTracker {
+    fn new(progress: Arc<dyn FileProgress>, sent: Arc<AtomicU64>) -> Self {
+        FileTracker {
+            progress,
+            phase: Arc::default(),
+            sent,
+        }
+    }
+
+    fn phase(&self, phase: Phase) {
+        let mut current = self.phase.lock().unwrap_or_else(|e| e.into_inner());
+        if *current != Some(phase) {
+            *current = Some(phase);
+            self.progress.phase(phase);
+        }
+    }
 }
 
 /// Moves every file of `dirs` from `src` to `dst`, reporting to `progress`.
@@ -374,114 +387,6 @@ async fn move_one<'a>(
     .await
 }
 
-/// A source error; FailedPrecondition means the source is not the version
-/// listed any more.
-fn source_error(dir: &DirId, path: &RelPath, error: ServiceError) -> MoveError {
-    match error.code() {
-        ErrorCode::FailedPrecondition => MoveError::SourceChanged {
-            dir: dir.clone(),
-            path: path.clone(),
-        },
-        _ => MoveError::source(error),
-    }
-}
-
-/// The error of a destination that would not finish a file: a hash
-/// mismatch names both hashes.
-async fn finish_error(
-    dst: &dyn Service,
-    dir: &DirId,
-    path: &RelPath,
-    error: ServiceError,
-    source_hash: Sha256Hash,
-) -> MoveError {
-    if error.code() == ErrorCode::FailedPrecondition
-        && let Ok(destination) = dst.hash(dir, path, FileKind::Partial, None).await
-        && destination.hash != source_hash
-    {
-        return MoveError::HashMismatch {
-            dir: dir.clone(),
-            path: path.clone(),
-            source_hash,
-            destination_hash: destination.hash,
-        };
-    }
-    MoveError::destination(error)
-}
-
-/// The bytes sent so far in a move and since when, for predicting whether
-/// a file can finish before a deadline.
-struct Meter {
-    started: Instant,
-    sent: Arc<AtomicU64>,
-}
-
-impl Meter {
-    fn new() -> Self {
-        Meter {
-            started: Instant::now(),
-            sent: Arc::default(),
-        }
-    }
-
-    /// Whether a file of `size` bytes can be sent before the stop's
-    /// predicted deadline; true when there is none or nothing is measured yet.
-    fn can_finish(&self, size: u64, stop: &Stop) -> bool {
-        let Some(deadline) = stop.predicted_deadline() else {
-            return true;
-        };
-        let sent = self.sent.load(Ordering::Relaxed);
-        let elapsed = self.started.elapsed().as_secs_f64();
-        if sent == 0 || elapsed <= 0.0 {
-            return true;
-        }
-        let needed = Duration::from_secs_f64(size as f64 * elapsed / sent as f64);
-        let fits = Instant::now() + needed <= deadline;
-        if !fits {
-            tracing::info!(
-                size,
-                ?needed,
-                "not started: cannot finish before the deadline"
-            );
-        }
-        fits
-    }
-}
-
-enum Outcome {
-    Moved(u64),
-    Failed(MoveError),
-    Interrupted,
-}
-
-/// A file's progress, with the phase it was last told, so it is told of
-/// each change once.
-#[derive(Clone)]
-struct FileTracker {
-    progress: Arc<dyn FileProgress>,
-    phase: Arc<Mutex<Option<Phase>>>,
-    /// The move's count of bytes sent, fed by every relay of this file.
-    sent: Arc<AtomicU64>,
-}
-
-impl FileTracker {
-    fn new(progress: Arc<dyn FileProgress>, sent: Arc<AtomicU64>) -> Self {
-        FileTracker {
-            progress,
-            phase: Arc::default(),
-            sent,
-        }
-    }
-
-    fn phase(&self, phase: Phase) {
-        let mut current = self.phase.lock().unwrap_or_else(|e| e.into_inner());
-        if *current != Some(phase) {
-            *current = Some(phase);
-            self.progress.phase(phase);
-        }
-    }
-}
-
 /// Moves one file; returns the bytes sent between the sides.
 async fn move_file(
     src: &dyn Service,
@@ -533,37 +438,40 @@ async fn move_file(
     Ok(sent)
 }
 
-/// Displays an error and its causes on one line: `a: b: c`.
-///
-/// A cause that says exactly what the previous one said is skipped: an
-/// `io::Error` wrapping another prints the same text twice otherwise.
-#[derive(Debug)]
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut previous = self.0.to_string();
-        f.write_str(&previous)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            let text = cause.to_string();
-            if text != previous {
-                write!(f, ": {text}")?;
-                previous = text;
-            }
-            source = cause.source();
-        }
-        Ok(())
+/// A source error; FailedPrecondition means the source is not the version
+/// listed any more.
+fn source_error(dir: &DirId, path: &RelPath, error: ServiceError) -> MoveError {
+    match error.code() {
+        ErrorCode::FailedPrecondition => MoveError::SourceChanged {
+            dir: dir.clone(),
+            path: path.clone(),
+        },
+        _ => MoveError::source(error),
     }
 }
 
-mod batch;
-mod listing;
+/// The error of a destination that would not finish a file: a hash
+/// mismatch names both hashes.
+async fn finish_error(
+    dst: &dyn Service,
+    dir: &DirId,
+    path: &RelPath,
+    error: ServiceError,
+    source_hash: Sha256Hash,
+) -> MoveError {
+    if error.code() == ErrorCode::FailedPrecondition
+        && let Ok(destination) = dst.hash(dir, path, FileKind::Partial, None).await
+        && destination.hash != source_hash
+    {
+        return MoveError::HashMismatch {
+            dir: dir.clone(),
+            path: path.clone(),
+            source_hash,
+            destination_hash: destination.hash,
+        };
+    }
+    MoveError::destination(error)
+}
+
 #[cfg(test)]
 mod tests;
-mod transfer;
-
-use batch::{Work, batched, move_batch};
-pub use listing::check_distinct;
-use listing::{DESTINATION_LOOKS, DestinationState, destination_state, list_dir};
-use transfer::Transfer;

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::mover::MoveError;
+use crate::error::MoveError;
 use crate::path::{DirId, RelPath};
 
 /// What is happening to a file.

@@ -5,8 +5,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
+use crate::digest::Sha256Hash;
 use crate::error::{ServiceError, StoreError};
-use crate::hash::Sha256Hash;
 use crate::path::{DirId, RelPath};
 
 /// Chunks of file or delta bytes, streamed so no call holds a whole file.
@@ -148,7 +148,7 @@ pub trait Service: Send + Sync + std::fmt::Debug {
         let data = self
             .read(dir, path, 0, Some(stamp.size), Some(stamp))
             .await?;
-        Ok(crate::hashing::hash_stream(data, stamp.size))
+        Ok(crate::digest::hash_stream(data, stamp.size))
     }
 
     /// Writes `data` at `offset` of the partial file (turning a final file

@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
+use crate::digest::Sha256Hash;
 use crate::error::ServiceError;
-use crate::hash::Sha256Hash;
 use crate::path::{DirId, RelPath};
 use crate::service::{
     ByteRange, ByteStream, EntryStream, ExpectedHash, FileKind, FileStamp, HashResult, Service,

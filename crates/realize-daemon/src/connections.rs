@@ -18,7 +18,7 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use realize_core::mover::ErrorChain;
+use realize_core::ErrorChain;
 use realize_net::connection::{PeerInfo, ServerConn, http2};
 use realize_proto::pb::realize_server::RealizeServer;
 use tokio_util::sync::CancellationToken;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use realize_core::mover::ErrorChain;
+use realize_core::ErrorChain;
 use realize_net::connection::Incoming;
 use realize_net::keys::PrivateKey;
 use realize_proto::pb::realize_server::RealizeServer;

@@ -3,7 +3,7 @@
 
 use std::fmt::{self, Write as _};
 
-use realize_core::mover::ErrorChain;
+use realize_core::ErrorChain;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::filter::ParseError;

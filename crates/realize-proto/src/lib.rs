@@ -12,7 +12,7 @@ pub mod pb {
     tonic::include_proto!("realize.v1");
 }
 
-use realize_core::mover::ErrorChain;
+use realize_core::ErrorChain;
 use realize_core::path::{InvalidDirId, InvalidPath};
 use realize_core::{
     ByteRange, DirId, DirInfo, Entry, ErrorCode, FileKind, FileStamp, HashResult, RelPath,

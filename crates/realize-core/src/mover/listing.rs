@@ -50,6 +50,20 @@ pub async fn check_distinct(
     Ok(())
 }
 
+/// The forms of a path present on the destination.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct DestinationState {
+    pub(super) final_stamp: Option<FileStamp>,
+    pub(super) partial_stamp: Option<FileStamp>,
+}
+
+/// What a directory's listing gives the move.
+pub(super) struct Listed<'a> {
+    pub(super) jobs: Vec<Job<'a>>,
+    /// Source files named like partial files, as they are named on disk.
+    pub(super) skipped: Vec<RelPath>,
+}
+
 /// How many times a file's destination is listed again when another client
 /// changes it under the move (see [`move_file`]).
 pub(super) const DESTINATION_LOOKS: u32 = 3;
@@ -77,20 +91,6 @@ fn destination_states(entries: Vec<Entry>) -> HashMap<RelPath, DestinationState>
         }
     }
     destination
-}
-
-/// The forms of a path present on the destination.
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct DestinationState {
-    pub(super) final_stamp: Option<FileStamp>,
-    pub(super) partial_stamp: Option<FileStamp>,
-}
-
-/// What a directory's listing gives the move.
-pub(super) struct Listed<'a> {
-    pub(super) jobs: Vec<Job<'a>>,
-    /// Source files named like partial files, as they are named on disk.
-    pub(super) skipped: Vec<RelPath>,
 }
 
 /// Lists a directory on both sides and pairs each source file with what

@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::stop::Stop;
 
 use super::{MoveError, MoveOptions, MoveSummary, Side, move_files};
-use crate::error::{ErrorCode, ServiceError};
+use crate::error::ErrorCode;
 use crate::path::{DirId, RelPath};
 use crate::progress::NoProgress;
 use crate::store::LocalStore;
@@ -858,38 +858,6 @@ async fn a_source_inside_the_destination_loses_no_file() {
         ],
     )
     .await;
-}
-
-/// An error that displays as its cause, like tonic's connection errors.
-#[derive(Debug)]
-struct SaysLikeItsCause(std::io::Error);
-
-impl std::fmt::Display for SaysLikeItsCause {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for SaysLikeItsCause {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.0)
-    }
-}
-
-#[test]
-fn error_chain_prints_each_cause_once() {
-    use super::ErrorChain;
-    let error = MoveError::Service {
-        side: Side::Destination,
-        source: ServiceError::Transport {
-            context: "connection to the daemon failed".into(),
-            source: Box::new(SaysLikeItsCause(std::io::Error::other("disk on fire"))),
-        },
-    };
-    assert_eq!(
-        ErrorChain(&error).to_string(),
-        "destination: connection to the daemon failed: disk on fire"
-    );
 }
 
 #[tokio::test]

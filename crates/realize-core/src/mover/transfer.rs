@@ -6,6 +6,17 @@ use std::sync::{Arc, OnceLock};
 
 use super::*;
 
+/// Brings the destination's partial file to the source's content.
+pub(super) struct Transfer<'a> {
+    pub(super) src: &'a dyn Service,
+    pub(super) dst: &'a dyn Service,
+    pub(super) dir: &'a DirId,
+    pub(super) path: &'a RelPath,
+    pub(super) size: u64,
+    pub(super) options: &'a MoveOptions,
+    pub(super) file: &'a FileTracker,
+}
+
 impl Transfer<'_> {
     /// Copies a file the destination has in no form, hashing it on its way,
     /// and has the destination check and finish it in the same call: one
@@ -125,36 +136,7 @@ impl Transfer<'_> {
     async fn finish_error(&self, error: ServiceError, source_hash: Sha256Hash) -> MoveError {
         finish_error(self.dst, self.dir, self.path, error, source_hash).await
     }
-}
 
-/// `data`, with `ended` called once the destination has taken its last byte.
-fn on_end(data: ByteStream, ended: impl FnOnce() + Send + 'static) -> ByteStream {
-    stream::unfold((data, Some(ended)), |(mut data, ended)| async move {
-        match data.next().await {
-            Some(item) => Some((item, (data, ended))),
-            None => {
-                if let Some(ended) = ended {
-                    ended();
-                }
-                None
-            }
-        }
-    })
-    .boxed()
-}
-
-/// Brings the destination's partial file to the source's content.
-pub(super) struct Transfer<'a> {
-    pub(super) src: &'a dyn Service,
-    pub(super) dst: &'a dyn Service,
-    pub(super) dir: &'a DirId,
-    pub(super) path: &'a RelPath,
-    pub(super) size: u64,
-    pub(super) options: &'a MoveOptions,
-    pub(super) file: &'a FileTracker,
-}
-
-impl Transfer<'_> {
     /// `working` is the destination's working copy (form and length) if it
     /// has one. Returns the bytes sent.
     async fn run(&self, working: Option<(FileKind, u64)>) -> Result<u64, MoveError> {
@@ -256,6 +238,22 @@ impl Transfer<'_> {
             .map_err(|e| relay.error(e))?;
         Ok(relay.bytes())
     }
+}
+
+/// `data`, with `ended` called once the destination has taken its last byte.
+fn on_end(data: ByteStream, ended: impl FnOnce() + Send + 'static) -> ByteStream {
+    stream::unfold((data, Some(ended)), |(mut data, ended)| async move {
+        match data.next().await {
+            Some(item) => Some((item, (data, ended))),
+            None => {
+                if let Some(ended) = ended {
+                    ended();
+                }
+                None
+            }
+        }
+    })
+    .boxed()
 }
 
 /// Counts the bytes relayed from the source to the destination, and

@@ -11,6 +11,10 @@
 //! from the directory the previous one opened. Every operation on the file
 //! then names it relative to that descriptor (`openat`, `statat`,
 //! `renameat`, `unlinkat`), so a swap after the resolution changes nothing.
+//!
+//! What a resolution gives a call is a [`Resolved`]: the parent directory
+//! held open, the names of the path's two forms in it, how each form is
+//! looked at and opened for reading, and the errors that name the path.
 
 use std::cell::OnceCell;
 use std::io;
@@ -24,10 +28,9 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
-use super::Resolved;
 use crate::error::StoreError;
 use crate::path::{DirId, RelPath};
-use crate::service::FileStamp;
+use crate::service::{ByteRange, FileKind, FileStamp};
 
 /// Set once `openat2` answered ENOSYS: the kernel will not grow it while
 /// this process runs, so later resolutions go straight to the walk.
@@ -203,6 +206,21 @@ pub(super) fn lstat_at(dir: BorrowedFd<'_>, name: &str) -> Result<Stat, Errno> {
     statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
 }
 
+/// A path resolved beneath its root: the root and the parent directory held
+/// open, and the names of the two forms in it (see [`resolve_blocking`]).
+#[derive(Debug)]
+pub(super) struct Resolved {
+    pub(super) dir: String,
+    pub(super) path: String,
+    root: OwnedFd,
+    /// The components of the parent directory, beneath the root.
+    parents: Vec<String>,
+    /// The parent directory, once it exists.
+    parent: OnceCell<OwnedFd>,
+    final_name: String,
+    pub(super) partial_name: String,
+}
+
 /// Resolves `path` beneath `root`: opens the root and the path's parent
 /// directory, if it exists; see the module's documentation.
 pub(super) fn resolve_blocking(
@@ -243,6 +261,107 @@ pub(super) fn resolve_blocking(
 }
 
 impl Resolved {
+    pub(super) fn io(&self, op: &'static str) -> impl FnOnce(io::Error) -> StoreError + '_ {
+        move |source| StoreError::Io {
+            dir: self.dir.clone(),
+            path: self.path.clone(),
+            op,
+            source,
+        }
+    }
+
+    pub(super) fn invalid(&self, reason: impl Into<String>) -> StoreError {
+        StoreError::InvalidRequest {
+            dir: self.dir.clone(),
+            path: self.path.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(super) fn out_of_range(&self, range: ByteRange, size: u64) -> StoreError {
+        StoreError::OutOfRange {
+            dir: self.dir.clone(),
+            path: self.path.clone(),
+            start: range.start,
+            end: range.end,
+            size,
+        }
+    }
+
+    pub(super) fn changed(&self, what: &'static str) -> StoreError {
+        StoreError::Changed {
+            dir: self.dir.clone(),
+            path: self.path.clone(),
+            what,
+        }
+    }
+
+    fn not_a_file(&self) -> StoreError {
+        StoreError::NotAFile {
+            dir: self.dir.clone(),
+            path: self.path.clone(),
+        }
+    }
+
+    pub(super) fn busy(&self) -> StoreError {
+        StoreError::Busy {
+            dir: self.dir.clone(),
+            path: self.path.clone(),
+        }
+    }
+
+    pub(super) fn name(&self, kind: FileKind) -> &str {
+        match kind {
+            FileKind::Final => &self.final_name,
+            FileKind::Partial => &self.partial_name,
+        }
+    }
+
+    /// The stamp of a form if it exists; an error if it is not a regular file.
+    pub(super) fn lstat_blocking(&self, kind: FileKind) -> Result<Option<FileStamp>, StoreError> {
+        let Some(parent) = self.parent.get() else {
+            return Ok(None);
+        };
+        match lstat_at(parent.as_fd(), self.name(kind)) {
+            Ok(st) if is_file(&st) => Ok(Some(stamp_of_stat(&st))),
+            Ok(_) => Err(self.not_a_file()),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(self.io("stat")(e.into())),
+        }
+    }
+
+    /// The form that writes and deltas apply to: partial if present, else final.
+    pub(super) fn working_copy(&self) -> Result<Option<FileKind>, StoreError> {
+        for kind in [FileKind::Partial, FileKind::Final] {
+            if self.lstat_blocking(kind)?.is_some() {
+                return Ok(Some(kind));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Opens a form for reading; only a regular file opens. O_NONBLOCK keeps a
+    /// FIFO from blocking the open (it changes nothing for regular files), and
+    /// O_NOFOLLOW refuses a symlink.
+    pub(super) fn open_blocking(&self, kind: FileKind) -> Result<std::fs::File, StoreError> {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let file = openat(self.parent_dir()?, self.name(kind), flags, Mode::empty())
+            .map(std::fs::File::from)
+            .map_err(|e| match e {
+                Errno::NOENT => StoreError::NotFound {
+                    dir: self.dir.clone(),
+                    path: self.path.clone(),
+                },
+                Errno::LOOP => self.not_a_file(),
+                e => self.io("open")(e.into()),
+            })?;
+        let meta = file.metadata().map_err(self.io("stat"))?;
+        if !meta.is_file() {
+            return Err(self.not_a_file());
+        }
+        Ok(file)
+    }
+
     fn parent_components(&self) -> Vec<&str> {
         self.parents.iter().map(String::as_str).collect()
     }

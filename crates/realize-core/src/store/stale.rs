@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags, flock, openat, unlinkat};
 use rustix::io::Errno;
 
-use super::{LocalStore, Resolved, walk};
+use super::walk::walk;
+use super::{LocalStore, Resolved};
 use crate::error::StoreError;
 use crate::path::{DirId, RelPath};
 use crate::service::FileKind;

@@ -8,8 +8,8 @@ use futures::{StreamExt, TryStreamExt, stream};
 
 use super::LocalStore;
 use crate::delta::MAX_RANGE;
+use crate::digest::Sha256Hash;
 use crate::error::{ErrorCode, ServiceError};
-use crate::hash::Sha256Hash;
 use crate::path::{DirId, RelPath};
 use crate::service::{ByteRange, ByteStream, FileKind, FileStamp, Service};
 
@@ -1559,7 +1559,7 @@ async fn info_identifies_each_root() {
 
 #[test]
 fn offsets_and_lengths_that_overflow_do_not_fit() {
-    use super::fits;
+    use super::write::fits;
     assert!(fits(0, 10, 10));
     assert!(fits(5, 5, 10));
     assert!(!fits(5, 6, 10));

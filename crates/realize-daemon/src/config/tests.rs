@@ -27,7 +27,7 @@ fn minimal(rest: &str) -> String {
 fn check_refused(text: &str, expected: &str) {
     let message = match parse(text) {
         Ok(_) => panic!("accepted {text:?}"),
-        Err(e) => realize_core::mover::ErrorChain(&e).to_string(),
+        Err(e) => realize_core::ErrorChain(&e).to_string(),
     };
     assert!(message.contains(expected), "{message:?} lacks {expected:?}");
 }

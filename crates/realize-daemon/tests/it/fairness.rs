@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use realize_core::mover::ErrorChain;
+use realize_core::ErrorChain;
 use realize_net::connection::connect;
 use realize_net::throttle::SendLimit;
 use realize_net::tls::client_config;

@@ -295,7 +295,7 @@ async fn run_batch(
         let _ = reply.send(Err(match &answered {
             Err(error) => ServiceError::Remote {
                 code: error.code(),
-                message: realize_core::mover::ErrorChain(error).to_string(),
+                message: realize_core::ErrorChain(error).to_string(),
             },
             Ok(()) => call_ended(),
         }));
@@ -354,7 +354,7 @@ fn answers_for<A, T>(
             .map(|_| {
                 Err(ServiceError::Remote {
                     code: error.code(),
-                    message: realize_core::mover::ErrorChain(&error).to_string(),
+                    message: realize_core::ErrorChain(&error).to_string(),
                 })
             })
             .collect(),

@@ -13,8 +13,8 @@ use futures::TryStreamExt;
 use rustix::fs::{CWD, RenameFlags, renameat_with};
 
 use super::{chunks, collect, dir, expecting, random_bytes, rel, store, write_file};
+use crate::digest::Sha256Hash;
 use crate::error::{ErrorCode, ServiceError};
-use crate::hash::Sha256Hash;
 use crate::service::{FileKind, Service, WholeFile};
 
 /// Every file and directory under `root`, with the bytes of each file.
