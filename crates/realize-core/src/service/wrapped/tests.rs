@@ -257,7 +257,12 @@ async fn every_method_is_forwarded_and_seen_by_the_filter() {
     let wrapped = Wrapped::new(inner.clone(), Seen::default());
     for method in Method::ALL {
         call(&wrapped, method).await;
-        assert_eq!(inner.take(), [method], "{} reached the inner service as", method.name());
+        assert_eq!(
+            inner.take(),
+            [method],
+            "{} reached the inner service as",
+            method.name()
+        );
     }
     assert_eq!(*wrapped.filter.0.lock().unwrap(), Method::ALL);
 }
