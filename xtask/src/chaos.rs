@@ -10,8 +10,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use realize_core::testing::Rng;
 
-use crate::fixture::{Binaries, Daemon, Keys, Rng, clear_dir, scratch};
+use crate::fixture::{Binaries, Daemon, Keys, clear_dir, scratch};
 use crate::proxy::Proxy;
 use files::{Checks, SetShape, check, generate};
 

@@ -1,12 +1,10 @@
 //! What the bench and the chaos suite share: the built binaries, keys, a `realized` on loopback, seeded data and tree checks.
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 
 use anyhow::{Context, bail};
-use sha2::{Digest, Sha256};
 
 use crate::run;
 
@@ -265,112 +263,6 @@ pub fn peak_rss(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
-}
-
-/// xorshift64*: seedable and fast, enough for incompressible data and random choices.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// A number in `0..n`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-
-    /// A number in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// A size between `min` and `max` whose logarithm is uniform.
-    pub fn log_uniform(&mut self, min: u64, max: u64) -> u64 {
-        let (lo, hi) = ((min as f64).ln(), (max as f64).ln());
-        (lo + (hi - lo) * self.unit()).exp().round() as u64
-    }
-
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let word = self.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&word[..chunk.len()]);
-        }
-    }
-}
-
-/// Writes `size` seeded random bytes to `path`, creating its directory.
-pub fn write_random(path: &Path, size: u64, rng: &mut Rng) -> anyhow::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    let mut file = std::io::BufWriter::new(
-        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
-    );
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        rng.fill(&mut buf[..n]);
-        file.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
-    file.flush()
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
-pub type Sha256Sum = [u8; 32];
-
-pub fn sha256_file(path: &Path) -> anyhow::Result<Sha256Sum> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        if n == 0 {
-            return Ok(hasher.finalize().into());
-        }
-        hasher.update(&buf[..n]);
-    }
-}
-
-/// Every regular file under `root` by `/`-separated relative path, with its size.
-pub fn list_files(root: &Path) -> anyhow::Result<BTreeMap<String, u64>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, u64>) -> anyhow::Result<()> {
-        let entries =
-            std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
-        for entry in entries {
-            let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
-            let path = entry.path();
-            let meta = entry.metadata()?;
-            if meta.is_dir() {
-                walk(root, &path, out)?;
-            } else {
-                let rel = path.strip_prefix(root)?.to_string_lossy().into_owned();
-                out.insert(rel, meta.len());
-            }
-        }
-        Ok(())
-    }
-    let mut out = BTreeMap::new();
-    if root.exists() {
-        walk(root, root, &mut out)?;
-    }
-    Ok(out)
 }
 
 /// Empties `dir` and leaves it in place (a daemon may serve it).

@@ -17,7 +17,7 @@ use realize_net::connection::ConnectError;
 use realize_net::metrics::record_limit;
 use realize_net::remote::RemoteService;
 use realize_net::retry::{Backoff, is_retryable};
-use realize_net::throttle::{SendLimit, ThrottledService};
+use realize_net::throttle::{SendLimit, Throttle, ThrottledService};
 
 use crate::output::Output;
 use crate::{Config, Endpoint, client_tls};
@@ -399,7 +399,7 @@ impl Sides {
             // No socket to slow down: the copy itself is held to the limit.
             destination = Arc::new(ThrottledService::new(
                 destination,
-                SendLimit::new(Some(rate)),
+                Throttle(SendLimit::new(Some(rate))),
             ));
         }
         let options = MoveOptions {

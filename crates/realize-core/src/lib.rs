@@ -23,8 +23,8 @@ pub mod progress;
 pub mod service;
 pub mod stop;
 pub mod store;
-#[cfg(test)]
-mod testing;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use digest::Sha256Hash;
 pub use error::{ErrorChain, ErrorCode, MoveError, ServiceError, Side, StoreError};
@@ -32,8 +32,8 @@ pub use mover::{MoveOptions, MoveSummary, check_distinct, move_files};
 pub use path::{DirId, RelPath};
 pub use progress::{FileProgress, NoProgress, Phase, Progress};
 pub use service::{
-    ByteRange, ByteStream, DirInfo, Entry, EntryStream, ExpectedHash, FileKind, FileStamp,
-    HashResult, MAX_WHOLE_FILE, Service, ServiceInfo, WholeFile,
+    ByteRange, ByteStream, Call, DirInfo, Entry, EntryStream, ExpectedHash, FileKind, FileStamp,
+    Filter, HashResult, MAX_WHOLE_FILE, Method, Service, ServiceInfo, WholeFile, Wrapped,
 };
 pub use stop::Stop;
 pub use store::{LocalStore, PathLocks};

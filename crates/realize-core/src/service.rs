@@ -9,6 +9,10 @@ use crate::digest::Sha256Hash;
 use crate::error::{ServiceError, StoreError};
 use crate::path::{DirId, RelPath};
 
+mod wrapped;
+
+pub use wrapped::{Call, Filter, Method, Wrapped};
+
 /// Chunks of file or delta bytes, streamed so no call holds a whole file.
 pub type ByteStream = BoxStream<'static, Result<Bytes, ServiceError>>;
 /// Entries of a directory listing, sorted by path.
@@ -115,6 +119,14 @@ pub const MAX_WHOLE_FILE: u64 = 256 * 1024;
 ///
 /// Writes go to the partial form `.NAME.part`; the "working copy" of a path
 /// is its partial file if there is one, else its final file.
+///
+/// A service that wraps another must forward every method, the provided
+/// ones included (`read_hashed`, `read_files`, `write_files`,
+/// `delete_files`): one left to its default still works, but through the
+/// per-file calls, losing what the inner service does better (one
+/// directory fsync per batch, hashing as it reads). Wrap with [`Wrapped`]
+/// and a [`Filter`] rather than by hand: it forwards them all, and its test
+/// fails when a method is added here and not to [`Method`].
 #[async_trait]
 pub trait Service: Send + Sync + std::fmt::Debug {
     async fn info(&self) -> Result<ServiceInfo, ServiceError>;

@@ -1,233 +1,184 @@
-//! Test doubles shared by the crate's tests.
+//! What the tests of every crate share (feature `testing`): seeded random
+//! data, file trees made and compared, and [`Faulty`], a store that injects
+//! faults.
+//!
+//! Helpers that make a tree panic on error, as a failed test should; those
+//! the xtask runs also use return the error, naming the path.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::path::Path;
 
-use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use sha2::{Digest, Sha256};
 
-use crate::digest::Sha256Hash;
-use crate::error::ServiceError;
-use crate::path::{DirId, RelPath};
-use crate::service::{
-    ByteRange, ByteStream, EntryStream, ExpectedHash, FileKind, FileStamp, HashResult, Service,
-    ServiceInfo,
-};
-use crate::stop::Stop;
-use crate::store::LocalStore;
+use crate::Sha256Hash;
 
-/// What a [`Faulty`] store does wrong.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Fault {
-    /// Flips the first byte of every chunk it is asked to write.
-    FlipWrittenBytes,
-    /// Appends a byte to the file just before it is first hashed whole or read from its start.
-    ChangeBeforeRead,
-    /// Appends a byte to the file just before its first delete.
-    ChangeBeforeDelete,
-    /// Stops the move hard at the first write, which then never ends: a
-    /// transfer in flight when the user presses Ctrl-C.
-    HardStopOnWrite,
-    /// Stops the move softly at the first write, which then goes on.
-    SoftStopOnWrite,
-    /// Stops the move hard at the first write, which then goes on: a
-    /// destination that finishes what it had taken when the user pressed Ctrl-C.
-    HardStopOnWriteThatFinishes,
-    /// Renames the partial file to its final name just before it is first
-    /// hashed: another client finishing it under the move.
-    FinishedByAnotherClient,
+mod faulty;
+
+pub use faulty::{Fault, Faulty};
+
+/// xorshift64*: seedable and fast, enough for incompressible data and random choices.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// A number in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A size between `min` and `max` whose logarithm is uniform.
+    pub fn log_uniform(&mut self, min: u64, max: u64) -> u64 {
+        let (lo, hi) = ((min as f64).ln(), (max as f64).ln());
+        (lo + (hi - lo) * self.unit()).exp().round() as u64
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let word = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&word[..chunk.len()]);
+        }
+    }
 }
 
-/// A local store with a fault injected, delegating everything else.
-#[derive(Debug)]
-pub(crate) struct Faulty {
-    inner: LocalStore,
-    root: PathBuf,
-    fault: Fault,
-    armed: AtomicBool,
-    stop: Stop,
+/// `len` pseudo-random bytes, different for each seed.
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut data = vec![0; len];
+    Rng::new(seed).fill(&mut data);
+    data
 }
 
-impl Faulty {
-    /// A store of `root` served as directory `d`.
-    pub(crate) fn new(root: &Path, fault: Fault) -> Self {
-        Self::stopping(root, fault, Stop::new())
-    }
+/// The error of `path`, with its name, for callers that report it.
+fn at(path: &Path) -> impl FnOnce(io::Error) -> io::Error + '_ {
+    move |error| io::Error::new(error.kind(), format!("{}: {error}", path.display()))
+}
 
-    /// Like [`Faulty::new`], with the move's `stop` for the stop faults.
-    pub(crate) fn stopping(root: &Path, fault: Fault, stop: Stop) -> Self {
-        Faulty {
-            inner: LocalStore::new([(DirId::new("d").unwrap(), root.to_path_buf())]),
-            root: root.to_path_buf(),
-            fault,
-            armed: AtomicBool::new(true),
-            stop,
-        }
+/// Writes `data` to `root/rel`, creating its directories.
+pub fn write_file(root: &Path, rel: &str, data: &[u8]) {
+    let path = root.join(rel);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).unwrap_or_else(|e| panic!("{}: {e}", parent.display()));
     }
+    std::fs::write(&path, data).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
 
-    /// Appends a byte to `path` the first time `fault` is triggered.
-    fn trigger(&self, fault: Fault, path: &RelPath) {
-        if self.fault == fault && self.armed.swap(false, Ordering::SeqCst) {
-            use std::io::Write;
-            let mut file = std::fs::OpenOptions::new()
-                .append(true)
-                .open(self.root.join(path.as_str()))
-                .unwrap();
-            file.write_all(b"!").unwrap();
-        }
-    }
+pub fn read_file(root: &Path, rel: &str) -> Vec<u8> {
+    let path = root.join(rel);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
 
-    /// The stop faults, at the start of any write.
-    async fn before_write(&self) {
-        match self.fault {
-            Fault::HardStopOnWrite => {
-                self.stop.hard();
-                std::future::pending().await
+/// Whether anything, even a dangling symlink, is at `root/rel`.
+pub fn exists(root: &Path, rel: &str) -> bool {
+    root.join(rel).symlink_metadata().is_ok()
+}
+
+/// Every path under `root`, files and directories, relative and sorted.
+pub fn tree(root: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let items = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        for item in items {
+            let item = item.unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            let path = item.path();
+            out.push(relative(root, &path));
+            if item.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(root, &path, out);
             }
-            Fault::SoftStopOnWrite => self.stop.soft(),
-            Fault::HardStopOnWriteThatFinishes => self.stop.hard(),
-            _ => {}
         }
     }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
 
-    /// The data a write is given, with the written-bytes fault applied.
-    fn on_write(&self, data: ByteStream) -> ByteStream {
-        if self.fault != Fault::FlipWrittenBytes {
-            return data;
-        }
-        data.map(|chunk| {
-            let mut chunk = BytesMut::from(chunk?);
-            if let Some(first) = chunk.first_mut() {
-                *first ^= 0xff;
+fn relative(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Every file under `root` (anything but a directory) by `/`-separated
+/// relative path, with its size; none if `root` does not exist.
+pub fn list_files(root: &Path) -> io::Result<BTreeMap<String, u64>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, u64>) -> io::Result<()> {
+        for entry in std::fs::read_dir(dir).map_err(at(dir))? {
+            let entry = entry.map_err(at(dir))?;
+            let path = entry.path();
+            let meta = entry.metadata().map_err(at(&path))?;
+            if meta.is_dir() {
+                walk(root, &path, out)?;
+            } else {
+                out.insert(relative(root, &path), meta.len());
             }
-            Ok(chunk.freeze())
+        }
+        Ok(())
+    }
+    let mut out = BTreeMap::new();
+    if root.exists() {
+        walk(root, root, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// The SHA-256 of the file at `path`, read in chunks.
+pub fn sha256_file(path: &Path) -> io::Result<Sha256Hash> {
+    let mut file = std::fs::File::open(path).map_err(at(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(at(path))?;
+        if n == 0 {
+            return Ok(Sha256Hash::from_hasher(hasher));
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// Every file under `root` with its SHA-256: what a test compares before
+/// and after a move.
+pub fn manifest(root: &Path) -> BTreeMap<String, Sha256Hash> {
+    let files = list_files(root).unwrap_or_else(|e| panic!("{e}"));
+    files
+        .into_keys()
+        .map(|rel| {
+            let hash = sha256_file(&root.join(&rel)).unwrap_or_else(|e| panic!("{e}"));
+            (rel, hash)
         })
-        .boxed()
-    }
+        .collect()
 }
 
-#[async_trait]
-impl Service for Faulty {
-    async fn info(&self) -> Result<ServiceInfo, ServiceError> {
-        self.inner.info().await
+/// Writes `size` bytes from `rng` to `path`, creating its directory.
+pub fn write_random(path: &Path, size: u64, rng: &mut Rng) -> io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(at(parent))?;
     }
-
-    async fn list(&self, dir: &DirId, include_partial: bool) -> Result<EntryStream, ServiceError> {
-        self.inner.list(dir, include_partial).await
+    let mut file = io::BufWriter::new(std::fs::File::create(path).map_err(at(path))?);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        rng.fill(&mut buf[..n]);
+        file.write_all(&buf[..n]).map_err(at(path))?;
+        left -= n as u64;
     }
-
-    async fn read(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        offset: u64,
-        length: Option<u64>,
-        if_stamp: Option<FileStamp>,
-    ) -> Result<ByteStream, ServiceError> {
-        if offset == 0 {
-            self.trigger(Fault::ChangeBeforeRead, path);
-        }
-        self.inner.read(dir, path, offset, length, if_stamp).await
-    }
-
-    async fn write(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        offset: u64,
-        file_size: u64,
-        data: ByteStream,
-    ) -> Result<u64, ServiceError> {
-        self.before_write().await;
-        let data = self.on_write(data);
-        self.inner.write(dir, path, offset, file_size, data).await
-    }
-
-    async fn write_file(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        file_size: u64,
-        data: ByteStream,
-        expected: ExpectedHash,
-    ) -> Result<u64, ServiceError> {
-        self.before_write().await;
-        let data = self.on_write(data);
-        self.inner
-            .write_file(dir, path, file_size, data, expected)
-            .await
-    }
-
-    async fn signature(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        range: ByteRange,
-        block_size: u32,
-    ) -> Result<Bytes, ServiceError> {
-        self.inner.signature(dir, path, range, block_size).await
-    }
-
-    async fn diff(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        range: ByteRange,
-        signature: Bytes,
-    ) -> Result<ByteStream, ServiceError> {
-        self.inner.diff(dir, path, range, signature).await
-    }
-
-    async fn apply_delta(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        range: ByteRange,
-        file_size: u64,
-        delta: ByteStream,
-    ) -> Result<u64, ServiceError> {
-        self.inner
-            .apply_delta(dir, path, range, file_size, delta)
-            .await
-    }
-
-    async fn hash(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        kind: FileKind,
-        range: Option<ByteRange>,
-    ) -> Result<HashResult, ServiceError> {
-        if kind == FileKind::Final && range.is_none() {
-            self.trigger(Fault::ChangeBeforeRead, path);
-        }
-        if kind == FileKind::Partial
-            && self.fault == Fault::FinishedByAnotherClient
-            && self.armed.swap(false, Ordering::SeqCst)
-        {
-            let partial = self.root.join(path.partial_path().as_str());
-            std::fs::rename(partial, self.root.join(path.as_str())).unwrap();
-        }
-        self.inner.hash(dir, path, kind, range).await
-    }
-
-    async fn finish(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        verified: Option<Sha256Hash>,
-    ) -> Result<(), ServiceError> {
-        self.inner.finish(dir, path, verified).await
-    }
-
-    async fn delete(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        if_stamp: Option<FileStamp>,
-    ) -> Result<(), ServiceError> {
-        self.trigger(Fault::ChangeBeforeDelete, path);
-        self.inner.delete(dir, path, if_stamp).await
-    }
+    file.flush().map_err(at(path))
 }

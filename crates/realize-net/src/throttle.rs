@@ -9,7 +9,6 @@
 use std::fmt;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -17,10 +16,7 @@ use async_speed_limit::Limiter;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use realize_core::{
-    ByteRange, ByteStream, DirId, EntryStream, ExpectedHash, FileKind, FileStamp, HashResult,
-    RelPath, Service, ServiceError, ServiceInfo, Sha256Hash,
-};
+use realize_core::{ByteStream, Filter, Method, Service, WholeFile, Wrapped};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Sleep;
@@ -226,138 +222,28 @@ fn throttle_stream(stream: ByteStream, limit: SendLimit, len: fn(&Bytes) -> usiz
         .boxed()
 }
 
-/// A [`Service`] whose incoming data (writes and deltas) is slowed to a
-/// limit: how a move between two local directories honours `--throttle`.
+/// The filter of a [`Service`] whose incoming data (writes, deltas and whole
+/// files) is slowed to a limit: how a move between two local directories
+/// honours `--throttle`.
 #[derive(Debug)]
-pub struct ThrottledService {
-    inner: Arc<dyn Service>,
-    limit: SendLimit,
-}
-
-impl ThrottledService {
-    pub fn new(inner: Arc<dyn Service>, limit: SendLimit) -> Self {
-        ThrottledService { inner, limit }
-    }
-}
+pub struct Throttle(pub SendLimit);
 
 #[async_trait]
-impl Service for ThrottledService {
-    async fn info(&self) -> Result<ServiceInfo, ServiceError> {
-        self.inner.info().await
+impl Filter for Throttle {
+    fn incoming(&self, _method: Method, data: ByteStream) -> ByteStream {
+        throttle_stream(data, self.0.clone(), Bytes::len)
     }
 
-    async fn list(&self, dir: &DirId, include_partial: bool) -> Result<EntryStream, ServiceError> {
-        self.inner.list(dir, include_partial).await
-    }
-
-    async fn read(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        offset: u64,
-        length: Option<u64>,
-        if_stamp: Option<FileStamp>,
-    ) -> Result<ByteStream, ServiceError> {
-        self.inner.read(dir, path, offset, length, if_stamp).await
-    }
-
-    async fn read_hashed(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        stamp: FileStamp,
-    ) -> Result<(ByteStream, ExpectedHash), ServiceError> {
-        self.inner.read_hashed(dir, path, stamp).await
-    }
-
-    async fn write(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        offset: u64,
-        file_size: u64,
-        data: ByteStream,
-    ) -> Result<u64, ServiceError> {
-        let data = throttle_stream(data, self.limit.clone(), Bytes::len);
-        self.inner.write(dir, path, offset, file_size, data).await
-    }
-
-    async fn write_file(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        file_size: u64,
-        data: ByteStream,
-        expected: ExpectedHash,
-    ) -> Result<u64, ServiceError> {
-        let data = throttle_stream(data, self.limit.clone(), Bytes::len);
-        self.inner
-            .write_file(dir, path, file_size, data, expected)
-            .await
-    }
-
-    async fn signature(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        range: ByteRange,
-        block_size: u32,
-    ) -> Result<Bytes, ServiceError> {
-        self.inner.signature(dir, path, range, block_size).await
-    }
-
-    async fn diff(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        range: ByteRange,
-        signature: Bytes,
-    ) -> Result<ByteStream, ServiceError> {
-        self.inner.diff(dir, path, range, signature).await
-    }
-
-    async fn apply_delta(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        range: ByteRange,
-        file_size: u64,
-        delta: ByteStream,
-    ) -> Result<u64, ServiceError> {
-        let delta = throttle_stream(delta, self.limit.clone(), Bytes::len);
-        self.inner
-            .apply_delta(dir, path, range, file_size, delta)
-            .await
-    }
-
-    async fn hash(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        kind: FileKind,
-        range: Option<ByteRange>,
-    ) -> Result<HashResult, ServiceError> {
-        self.inner.hash(dir, path, kind, range).await
-    }
-
-    async fn finish(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        verified: Option<Sha256Hash>,
-    ) -> Result<(), ServiceError> {
-        self.inner.finish(dir, path, verified).await
-    }
-
-    async fn delete(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        if_stamp: Option<FileStamp>,
-    ) -> Result<(), ServiceError> {
-        self.inner.delete(dir, path, if_stamp).await
+    async fn incoming_files(&self, files: Vec<WholeFile>) -> Vec<WholeFile> {
+        for file in &files {
+            self.0.consume(file.data.len()).await;
+        }
+        files
     }
 }
+
+/// A service throttled by [`Throttle`].
+pub type ThrottledService = Wrapped<dyn Service, Throttle>;
 
 #[cfg(test)]
 mod tests {
@@ -489,5 +375,44 @@ mod tests {
         // Unlimited for the first half, then 256 KB/s for the other 256 KiB.
         let elapsed = timed_write(&limit, 512 * 1024, Some((256 * 1024, Some(256_000)))).await;
         assert!(elapsed >= Duration::from_millis(900), "{elapsed:?}");
+    }
+
+    /// Whole files, forwarded to the store as one batch, are held to the
+    /// limit as streamed data is.
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_batch_of_whole_files_is_held_to_the_limit() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = realize_core::DirId::new("d").unwrap();
+        let store = realize_core::LocalStore::new([(dir.clone(), root.path().to_path_buf())]);
+        let limit = SendLimit::new(Some(16_000));
+        let service = ThrottledService::new(std::sync::Arc::new(store), Throttle(limit));
+        let files: Vec<WholeFile> = (0..2u8)
+            .map(|i| {
+                let data = Bytes::from(vec![i; 32 * 1024]);
+                WholeFile {
+                    path: realize_core::RelPath::new(&format!("f{i}")).unwrap(),
+                    sha256: realize_core::Sha256Hash::of(&data),
+                    data,
+                }
+            })
+            .collect();
+        let started = tokio::time::Instant::now();
+        let written = service.write_files(&dir, files).await;
+        assert_eq!(
+            written.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
+            [32 * 1024; 2]
+        );
+        // 64 KiB at 16 KB/s: about 4 s, less the initial bucket.
+        assert!(
+            started.elapsed() >= Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        for i in 0..2u8 {
+            assert_eq!(
+                std::fs::read(root.path().join(format!("f{i}"))).unwrap(),
+                vec![i; 32 * 1024]
+            );
+        }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::fixture::{Rng, write_random};
+use realize_core::testing::{Rng, write_random};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;

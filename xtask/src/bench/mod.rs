@@ -13,10 +13,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use realize_core::testing::{Rng, list_files, sha256_file, write_random};
 
 use crate::fixture::{
-    Binaries, Daemon, Keys, Rng, clear_dir, list_files, peak_rss, reset_copy, scratch, sha256_file,
-    target_dir, write_random,
+    Binaries, Daemon, Keys, clear_dir, peak_rss, reset_copy, scratch, target_dir,
 };
 use crate::proxy::Proxy;
 use crate::run;

@@ -15,10 +15,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use realize_core::Sha256Hash;
+use realize_core::testing::Rng;
 
 use super::files::{Checks, SetShape, check, generate};
 use super::{wait, write_doc};
-use crate::fixture::{Binaries, Daemon, Rng, Sha256Sum, keygen, move_command, peak_rss, scratch};
+use crate::fixture::{Binaries, Daemon, keygen, move_command, peak_rss, scratch};
 use crate::proxy::Proxy;
 use report::{doc, exit, report};
 
@@ -129,7 +131,7 @@ struct ClientTally {
     notes: Vec<String>,
     /// The sets still on the destination, by path from the roots of all
     /// clients (`NAME/mNNNN/...`), for the final check.
-    kept: BTreeMap<String, Sha256Sum>,
+    kept: BTreeMap<String, Sha256Hash>,
     /// Files of sets removed from the destination once checked.
     removed: u64,
 }
@@ -448,7 +450,7 @@ fn run_client(
     stop: &AtomicBool,
 ) -> anyhow::Result<ClientTally> {
     let mut tally = ClientTally::default();
-    let mut kept: VecDeque<(String, BTreeMap<String, Sha256Sum>)> = VecDeque::new();
+    let mut kept: VecDeque<(String, BTreeMap<String, Sha256Hash>)> = VecDeque::new();
     for m in 0..MAX_MOVES {
         if stop.load(Ordering::SeqCst) {
             break;

@@ -10,7 +10,7 @@ use crate::error::ErrorCode;
 use crate::path::{DirId, RelPath};
 use crate::progress::NoProgress;
 use crate::store::LocalStore;
-use crate::testing::{Fault, Faulty};
+use crate::testing::{Fault, Faulty, exists, random_bytes, read_file, tree, write_file};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
@@ -30,51 +30,6 @@ fn options() -> MoveOptions {
         range_size: 64 * KIB as u64,
         block_size: 1024,
     }
-}
-
-fn write_file(root: &Path, rel: &str, bytes: &[u8]) {
-    let path = root.join(rel);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, bytes).unwrap();
-}
-
-fn read_file(root: &Path, rel: &str) -> Vec<u8> {
-    std::fs::read(root.join(rel)).unwrap()
-}
-
-fn exists(root: &Path, rel: &str) -> bool {
-    root.join(rel).symlink_metadata().is_ok()
-}
-
-/// Deterministic pseudo-random bytes (xorshift64*), different for each seed.
-fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
-        })
-        .collect()
-}
-
-/// Every path under `root`, files and directories, relative and sorted.
-fn tree(root: &Path) -> Vec<String> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-        for item in std::fs::read_dir(dir).unwrap() {
-            let item = item.unwrap();
-            let path = item.path();
-            out.push(path.strip_prefix(root).unwrap().display().to_string());
-            if item.file_type().unwrap().is_dir() {
-                walk(root, &path, out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(root, root, &mut out);
-    out.sort();
-    out
 }
 
 /// Every file under `root` with its content.

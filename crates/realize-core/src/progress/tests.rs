@@ -10,6 +10,7 @@ use crate::path::{DirId, RelPath};
 use crate::stop::Stop;
 use crate::store::LocalStore;
 use crate::testing::{Fault, Faulty};
+use crate::testing::{random_bytes, write_file};
 
 const KIB: usize = 1024;
 
@@ -98,18 +99,6 @@ fn store(root: &Path) -> LocalStore {
     LocalStore::new([(dir(), root.to_path_buf())])
 }
 
-fn write_file(root: &Path, rel: &str, data: &[u8]) {
-    let path = root.join(rel);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, data).unwrap();
-}
-
-fn data(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
-
 fn options() -> MoveOptions {
     MoveOptions {
         parallel: 1,
@@ -123,14 +112,14 @@ async fn events_of_copied_resumed_present_and_failed_files() {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (src_root, dst_root) = (src.path(), dst.path());
     // Copied: nothing at the destination; more than one 256 KiB chunk.
-    write_file(src_root, "copied", &data(300 * KIB, 1));
+    write_file(src_root, "copied", &random_bytes(1, 300 * KIB));
     // Resumed: the destination's partial file holds the first 100 KiB.
-    let resumed = data(200 * KIB, 2);
+    let resumed = random_bytes(2, 200 * KIB);
     write_file(src_root, "resumed", &resumed);
     write_file(dst_root, ".resumed.part", &resumed[..100 * KIB]);
     // Already present, identical.
-    write_file(src_root, "present", &data(10 * KIB, 3));
-    write_file(dst_root, "present", &data(10 * KIB, 3));
+    write_file(src_root, "present", &random_bytes(3, 10 * KIB));
+    write_file(dst_root, "present", &random_bytes(3, 10 * KIB));
     // Failed: the destination has a file where the source has a directory.
     write_file(src_root, "sub/failed", b"0123456789");
     write_file(dst_root, "sub", b"in the way");
@@ -204,7 +193,7 @@ async fn cancelling_interrupts_the_file_in_flight_and_starts_no_other() {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     // Files too large to be batched, each moving on its own.
     for name in ["a", "b", "c"] {
-        write_file(src.path(), name, &data(300 * KIB, 4));
+        write_file(src.path(), name, &random_bytes(4, 300 * KIB));
     }
     let stop = Stop::new();
     let destination = Faulty::stopping(dst.path(), Fault::HardStopOnWrite, stop.clone());
@@ -236,7 +225,7 @@ async fn cancelling_interrupts_the_file_in_flight_and_starts_no_other() {
     for name in ["a", "b", "c"] {
         assert_eq!(
             std::fs::read(src.path().join(name)).unwrap(),
-            data(300 * KIB, 4)
+            random_bytes(4, 300 * KIB)
         );
     }
 }
@@ -265,7 +254,7 @@ async fn a_cancelled_move_changes_nothing_before_it_starts() {
 async fn a_soft_stop_lets_the_file_in_flight_finish_and_starts_no_other() {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     for name in ["a", "b", "c"] {
-        write_file(src.path(), name, &data(300 * KIB, 5));
+        write_file(src.path(), name, &random_bytes(5, 300 * KIB));
     }
     let stop = Stop::new();
     let destination = Faulty::stopping(dst.path(), Fault::SoftStopOnWrite, stop.clone());
@@ -289,7 +278,7 @@ async fn a_soft_stop_lets_the_file_in_flight_finish_and_starts_no_other() {
     );
     assert_eq!(
         std::fs::read(dst.path().join("a")).unwrap(),
-        data(300 * KIB, 5)
+        random_bytes(5, 300 * KIB)
     );
     assert!(!src.path().join("a").exists());
     assert!(src.path().join("b").exists() && src.path().join("c").exists());
@@ -299,7 +288,7 @@ async fn a_soft_stop_lets_the_file_in_flight_finish_and_starts_no_other() {
 async fn a_file_that_cannot_finish_before_the_deadline_does_not_start() {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     for name in ["a", "b", "c"] {
-        write_file(src.path(), name, &data(300 * KIB, 6));
+        write_file(src.path(), name, &random_bytes(6, 300 * KIB));
     }
     // Nothing is measured before the first file, so it starts; by then the
     // deadline has passed, so no other file can make it.

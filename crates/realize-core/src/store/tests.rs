@@ -12,6 +12,7 @@ use crate::digest::Sha256Hash;
 use crate::error::{ErrorCode, ServiceError};
 use crate::path::{DirId, RelPath};
 use crate::service::{ByteRange, ByteStream, FileKind, FileStamp, Service};
+use crate::testing::{exists, random_bytes, read_file, tree, write_file};
 
 fn dir() -> DirId {
     DirId::new("d").unwrap()
@@ -23,33 +24,6 @@ fn rel(path: &str) -> RelPath {
 
 fn store(root: &Path) -> LocalStore {
     LocalStore::new([(dir(), root.to_path_buf())])
-}
-
-fn write_file(root: &Path, rel: &str, bytes: &[u8]) {
-    let path = root.join(rel);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, bytes).unwrap();
-}
-
-fn read_file(root: &Path, rel: &str) -> Vec<u8> {
-    std::fs::read(root.join(rel)).unwrap()
-}
-
-fn exists(root: &Path, rel: &str) -> bool {
-    root.join(rel).symlink_metadata().is_ok()
-}
-
-/// Deterministic pseudo-random bytes (xorshift64*), different for each seed.
-fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
-        })
-        .collect()
 }
 
 /// A stream of the given chunks.
@@ -69,24 +43,6 @@ fn code<T>(result: Result<T, ServiceError>) -> ErrorCode {
         Ok(_) => panic!("expected an error, got Ok"),
         Err(e) => e.code(),
     }
-}
-
-/// Every path under `root`, files and directories, relative and sorted.
-fn tree(root: &Path) -> Vec<String> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-        for item in std::fs::read_dir(dir).unwrap() {
-            let item = item.unwrap();
-            let path = item.path();
-            out.push(path.strip_prefix(root).unwrap().display().to_string());
-            if item.file_type().unwrap().is_dir() {
-                walk(root, &path, out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(root, root, &mut out);
-    out.sort();
-    out
 }
 
 async fn list(store: &LocalStore, include_partial: bool) -> Vec<(String, FileKind, u64)> {

@@ -166,9 +166,9 @@ async fn prometheus_sees_both_binaries_and_every_dashboard_panel_has_data() {
         write_file(
             &dir,
             &format!("big{round}"),
-            &pseudo_random(1_000_000, round),
+            &random_bytes(round, 1_000_000),
         );
-        write_file(&dir, &format!("small{round}"), &pseudo_random(1_000, round));
+        write_file(&dir, &format!("small{round}"), &random_bytes(round, 1_000));
         let mut args = move_args(
             Side::Path(&dir),
             Side::Addr(&daemon.addr),

@@ -96,14 +96,14 @@ fn assert_unreachable(output: &std::process::Output, side: &str, addr: &str, cau
 #[tokio::test]
 async fn an_unreachable_destination_exits_10_and_keeps_every_source_file() {
     let s = Setup::new();
-    let before = tree(&s.src);
+    let before = manifest(&s.src);
     let addr = closed_port().await;
     let started = Instant::now();
     let output = s.run(Side::Path(&s.src), Side::Addr(&addr), &[]).await;
     assert_unreachable(&output, "destination", &addr, "connection refused");
     // --connect-timeout, not --retries, decides when a daemon never reached is given up.
     assert!(started.elapsed() < Duration::from_secs(30));
-    assert_eq!(tree(&s.src), before);
+    assert_eq!(manifest(&s.src), before);
     assert!(!s.dst.exists());
 }
 
@@ -116,13 +116,13 @@ async fn an_unreachable_source_exits_10_whatever_retries_says() {
         .run(Side::Addr(&addr), Side::Path(&s.dst), &["--retries", "0"])
         .await;
     assert_unreachable(&output, "source", &addr, "connection refused");
-    assert!(tree(&s.dst).is_empty());
+    assert!(manifest(&s.dst).is_empty());
 }
 
 #[tokio::test]
 async fn a_failed_handshake_and_an_unknown_host_are_unreachable_too() {
     let s = Setup::new();
-    let before = tree(&s.src);
+    let before = manifest(&s.src);
     let addr = closing_listener().await;
     let output = s.run(Side::Path(&s.src), Side::Addr(&addr), &[]).await;
     assert_unreachable(&output, "destination", &addr, "");
@@ -130,7 +130,7 @@ async fn a_failed_handshake_and_an_unknown_host_are_unreachable_too() {
         .run(Side::Path(&s.src), Side::Addr("host.invalid:9771"), &[])
         .await;
     assert_unreachable(&output, "destination", "host.invalid:9771", "");
-    assert_eq!(tree(&s.src), before);
+    assert_eq!(manifest(&s.src), before);
     assert!(!s.dst.exists());
 }
 
@@ -165,7 +165,7 @@ async fn the_json_summary_says_the_move_did_not_finish_and_why() {
 #[tokio::test]
 async fn a_malformed_address_is_a_usage_error_before_any_connection() {
     let s = Setup::new();
-    let before = tree(&s.src);
+    let before = manifest(&s.src);
     for (addr, why) in [
         ("127.0.0.1", "the port is missing"),
         ("127.0.0.1:0", "is not a port"),
@@ -184,7 +184,7 @@ async fn a_malformed_address_is_a_usage_error_before_any_connection() {
         // Refused before any try: no RETRY, no wait for --connect-timeout.
         assert!(started.elapsed() < Duration::from_secs(1), "{addr}");
     }
-    assert_eq!(tree(&s.src), before);
+    assert_eq!(manifest(&s.src), before);
     assert!(!s.dst.exists());
 }
 
@@ -195,7 +195,7 @@ async fn a_connection_lost_with_no_retries_left_exits_10() {
     let s = Setup::new();
     let root = s.work.path().join("root");
     std::fs::create_dir(&root).unwrap();
-    let big = pseudo_random(4 << 20, 3);
+    let big = random_bytes(3, 4 << 20);
     write_file(&s.src, "big.bin", &big);
     let daemon = Daemon::start(s.work.path(), &[("d", &root)], &s.client).await;
     let (proxy, _) = cutting_proxy(daemon.addr.clone(), 1 << 20).await;
@@ -227,7 +227,7 @@ async fn a_connection_lost_with_no_retries_left_exits_10() {
 async fn a_destination_inside_the_source_daemon_root_is_refused_before_it_is_created() {
     let s = Setup::new();
     let daemon = Daemon::start(s.work.path(), &[("d", &s.src)], &s.client).await;
-    let before = tree(&s.src);
+    let before = manifest(&s.src);
     let inside = s.src.join("sub");
     let output = s
         .run_trusting(
@@ -240,6 +240,6 @@ async fn a_destination_inside_the_source_daemon_root_is_refused_before_it_is_cre
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(stderr(&output).contains("same directory or one contains the other"));
     assert!(!inside.exists(), "the refused destination was created");
-    assert_eq!(tree(&s.src), before);
+    assert_eq!(manifest(&s.src), before);
     daemon.stop().await;
 }

@@ -22,7 +22,7 @@ async fn a_peer_opening_four_times_its_limit_keeps_no_other_peer_out() {
     let (src, root) = (work.path().join("src"), work.path().join("root"));
     std::fs::create_dir_all(&root).unwrap();
     sample_tree(&src);
-    let expected = tree(&src);
+    let expected = manifest(&src);
     let daemon = Daemon::start_with(work.path(), &[("d", &root)], &mover, |c| {
         c.peers.push(("greedy".into(), greedy.public.clone()));
         c.limits.push("max_connections = 8".into());
@@ -79,8 +79,8 @@ async fn a_peer_opening_four_times_its_limit_keeps_no_other_peer_out() {
     );
     let output = realize(&os(&args)).await;
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    assert_eq!(tree(&root), expected);
-    assert!(tree(&src).is_empty());
+    assert_eq!(manifest(&root), expected);
+    assert!(manifest(&src).is_empty());
 
     // The greedy peer's connections within its limit still serve.
     for api in &mut kept {

@@ -51,7 +51,7 @@ async fn read_files_sizes_whose_sum_overflows_are_refused() {
     let work = TempDir::new().unwrap();
     let client = KeyFiles::new(work.path(), "client");
     let root = work.path().join("root");
-    write_file(&root, "f.bin", &pseudo_random(WHOLE, 14));
+    write_file(&root, "f.bin", &random_bytes(14, WHOLE));
     let daemon = Daemon::start_with(work.path(), &[("d", &root)], &client, read_only).await;
     let mut api = api(&daemon, &client).await;
     let real = stamp(&mut api, "f.bin").await;
@@ -105,7 +105,7 @@ async fn a_peer_cannot_make_the_daemon_hold_more_than_its_memory_budget() {
     let work = TempDir::new().unwrap();
     let client = KeyFiles::new(work.path(), "client");
     let root = work.path().join("root");
-    write_file(&root, "f.bin", &pseudo_random(WHOLE, 15));
+    write_file(&root, "f.bin", &random_bytes(15, WHOLE));
     let daemon = Daemon::start_with(work.path(), &[("d", &root)], &client, read_only).await;
     let mut api = api(&daemon, &client).await;
     let real = stamp(&mut api, "f.bin").await;

@@ -242,7 +242,7 @@ async fn sigterm_when_idle_closes_connections_cleanly_and_exits_0() {
     let s = Setup::new();
     let (src, dst) = (s.dir("src"), s.dir("dst"));
     sample_tree(&src);
-    let before = tree(&src);
+    let before = manifest(&src);
     let mut daemon = Daemon::start(s.work.path(), &[("d", &src)], &s.client).await;
     let bare = bare_connection(&daemon, &s.client).await;
     let mut api = api(&daemon, &s.client).await;
@@ -266,7 +266,7 @@ async fn sigterm_when_idle_closes_connections_cleanly_and_exits_0() {
     assert!(frames.contains(&GOAWAY), "no GOAWAY among {frames:?}");
     assert!(info(&mut api).await.is_err());
 
-    assert_eq!(tree(&src), before);
+    assert_eq!(manifest(&src), before);
     let daemon = Daemon::start(s.work.path(), &[("d", &src)], &s.client).await;
     s.complete_move(
         Side::Addr(&daemon.addr),
@@ -275,7 +275,7 @@ async fn sigterm_when_idle_closes_connections_cleanly_and_exits_0() {
         &[&daemon.key.public],
     )
     .await;
-    assert_eq!(tree(&dst), before);
+    assert_eq!(manifest(&dst), before);
     daemon.stop().await;
 }
 
@@ -283,7 +283,7 @@ async fn sigterm_when_idle_closes_connections_cleanly_and_exits_0() {
 async fn sigterm_during_a_write_lets_it_finish_within_the_grace_period() {
     let s = Setup::new();
     let (src, dst) = (s.dir("src"), s.dir("dst"));
-    let data = pseudo_random(4 * 1024 * 1024 + 5, 11);
+    let data = random_bytes(11, 4 * 1024 * 1024 + 5);
     write_file(&src, "big.bin", &data);
     let mut daemon = Daemon::start_with(s.work.path(), &[("d", &dst)], &s.client, |c| {
         c.rust_log = DEBUG_LOG.into();
@@ -342,7 +342,7 @@ async fn sigterm_during_a_write_lets_it_finish_within_the_grace_period() {
     )
     .await;
     assert_eq!(std::fs::read(dst.join("big.bin")).unwrap(), data);
-    assert!(tree(&src).is_empty());
+    assert!(manifest(&src).is_empty());
     daemon.stop().await;
 }
 
@@ -350,7 +350,7 @@ async fn sigterm_during_a_write_lets_it_finish_within_the_grace_period() {
 async fn sigterm_during_a_write_cancels_it_at_the_end_of_the_grace_period() {
     let s = Setup::new();
     let (src, dst) = (s.dir("src"), s.dir("dst"));
-    let data = pseudo_random(4 * 1024 * 1024, 12);
+    let data = random_bytes(12, 4 * 1024 * 1024);
     write_file(&src, "big.bin", &data);
     let mut daemon = Daemon::start_with(s.work.path(), &[("d", &dst)], &s.client, |c| {
         c.rust_log = DEBUG_LOG.into();
@@ -407,7 +407,7 @@ async fn sigterm_during_a_write_cancels_it_at_the_end_of_the_grace_period() {
     )
     .await;
     assert_eq!(std::fs::read(dst.join("big.bin")).unwrap(), data);
-    assert!(tree(&src).is_empty());
+    assert!(manifest(&src).is_empty());
     daemon.stop().await;
 }
 
@@ -420,7 +420,7 @@ async fn sigterm_during_a_read_resets_it_if_the_client_does_not_read() {
     let big = std::fs::File::create(src.join("big.bin")).unwrap();
     big.set_len(32 * 1024 * 1024).unwrap();
     drop(big);
-    let before = tree(&src);
+    let before = manifest(&src);
     let mut daemon = Daemon::start_with(s.work.path(), &[("d", &src)], &s.client, |c| {
         c.grace_period = Some("1s".into());
     })
@@ -474,7 +474,7 @@ async fn sigterm_during_a_read_resets_it_if_the_client_does_not_read() {
     assert!(end.is_err(), "the cut stream ended as if complete");
     assert!(received < 32 * 1024 * 1024);
 
-    assert_eq!(tree(&src), before);
+    assert_eq!(manifest(&src), before);
     let daemon = Daemon::start(s.work.path(), &[("d", &src)], &s.client).await;
     s.complete_move(
         Side::Addr(&daemon.addr),
@@ -483,7 +483,7 @@ async fn sigterm_during_a_read_resets_it_if_the_client_does_not_read() {
         &[&daemon.key.public],
     )
     .await;
-    assert_eq!(tree(&dst), before);
+    assert_eq!(manifest(&dst), before);
     daemon.stop().await;
 }
 
@@ -570,7 +570,7 @@ async fn sigterm_during_a_hash_of_a_large_file() {
     )
     .await;
     assert_eq!(std::fs::metadata(dst.join("big.bin")).unwrap().len(), size);
-    assert!(tree(&src).is_empty());
+    assert!(manifest(&src).is_empty());
     daemon.stop().await;
 }
 
@@ -578,7 +578,7 @@ async fn sigterm_during_a_hash_of_a_large_file() {
 async fn a_second_signal_during_the_grace_period_exits_at_once() {
     let s = Setup::new();
     let (src, dst) = (s.dir("src"), s.dir("dst"));
-    let data = pseudo_random(2 * 1024 * 1024, 13);
+    let data = random_bytes(13, 2 * 1024 * 1024);
     write_file(&src, "big.bin", &data);
     let mut daemon = Daemon::start_with(s.work.path(), &[("d", &dst)], &s.client, |c| {
         c.rust_log = DEBUG_LOG.into();
@@ -687,7 +687,7 @@ async fn sighup_adds_and_removes_directories_and_changes_the_log_level() {
         "{removed:?}"
     );
     assert_eq!(list(&mut api, "b").await.unwrap(), ["in-b.txt"]);
-    assert_eq!(tree(&a).len(), 1, "a removed directory is left alone");
+    assert_eq!(manifest(&a).len(), 1, "a removed directory is left alone");
 
     daemon.signal(Signal::TERM);
     assert_eq!(daemon.wait_exit().await.code(), Some(0));
@@ -881,13 +881,13 @@ async fn a_sighup_storm_during_concurrent_writes_of_the_same_paths_loses_nothing
                 write_file(
                     &src,
                     &format!("f{i}.bin"),
-                    &pseudo_random(size, client * 100 + i),
+                    &random_bytes(client * 100 + i, size),
                 );
             }
             src
         })
         .collect();
-    let versions: Vec<_> = sources.iter().map(|src| tree(src)).collect();
+    let versions: Vec<_> = sources.iter().map(|src| manifest(src)).collect();
     let daemon = Daemon::start(s.work.path(), &[("d", &dst)], &s.client).await;
     let storm = tokio_util::sync::CancellationToken::new();
     let reloads = {
@@ -930,9 +930,9 @@ async fn a_sighup_storm_during_concurrent_writes_of_the_same_paths_loses_nothing
     let sent = reloads.await.unwrap();
     assert!(sent > 1, "only {sent} reloads");
     for src in &sources {
-        assert!(tree(src).is_empty(), "{:?}", tree(src));
+        assert!(manifest(src).is_empty(), "{:?}", manifest(src));
     }
-    let landed = tree(&dst);
+    let landed = manifest(&dst);
     assert_eq!(landed.len(), 12, "{landed:?}");
     for (path, digest) in &landed {
         assert!(

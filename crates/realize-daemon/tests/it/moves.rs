@@ -47,8 +47,12 @@ fn assert_moved(
         }),
         "unexpected summary: {out}"
     );
-    assert_eq!(&tree(dst), before);
-    assert!(tree(src).is_empty(), "source not emptied: {:?}", tree(src));
+    assert_eq!(&manifest(dst), before);
+    assert!(
+        manifest(src).is_empty(),
+        "source not emptied: {:?}",
+        manifest(src)
+    );
     assert!(src.exists(), "source root removed");
     assert_eq!(
         std::fs::read_dir(src).unwrap().count(),
@@ -62,7 +66,7 @@ async fn local_to_local() {
     let s = Setup::new();
     let (src, dst) = (s.dir("src"), s.work.path().join("dst"));
     sample_tree(&src);
-    let before = tree(&src);
+    let before = manifest(&src);
     let args = move_args(
         Side::Path(&src),
         Side::Path(&dst),
@@ -80,7 +84,7 @@ async fn local_to_remote() {
     let s = Setup::new();
     let (src, dst) = (s.dir("src"), s.dir("dst"));
     sample_tree(&src);
-    let before = tree(&src);
+    let before = manifest(&src);
     let daemon = Daemon::start(s.work.path(), &[("photos", &dst)], &s.client).await;
     let args = move_args(
         Side::Path(&src),
@@ -106,7 +110,7 @@ async fn remote_to_local() {
     let s = Setup::new();
     let (src, dst) = (s.dir("src"), s.dir("dst"));
     sample_tree(&src);
-    let before = tree(&src);
+    let before = manifest(&src);
     let daemon = Daemon::start(s.work.path(), &[("photos", &src)], &s.client).await;
     let args = move_args(
         Side::Addr(&daemon.addr),
@@ -132,7 +136,7 @@ async fn remote_to_remote_several_dirs() {
     );
     sample_tree(&src_a);
     write_file(&src_b, "only/in/b.txt", b"b\n");
-    let (before_a, before_b) = (tree(&src_a), tree(&src_b));
+    let (before_a, before_b) = (manifest(&src_a), manifest(&src_b));
     let source = Daemon::start(s.work.path(), &[("a", &src_a), ("b", &src_b)], &s.client).await;
     let destination =
         Daemon::start(s.work.path(), &[("a", &dst_a), ("b", &dst_b)], &s.client).await;
@@ -147,9 +151,9 @@ async fn remote_to_remote_several_dirs() {
     let output = realize(&os(&args)).await;
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(stdout(&output).contains(&format!("Moved {} files", before_a.len() + before_b.len())));
-    assert_eq!(tree(&dst_a), before_a);
-    assert_eq!(tree(&dst_b), before_b);
-    assert!(tree(&src_a).is_empty() && tree(&src_b).is_empty());
+    assert_eq!(manifest(&dst_a), before_a);
+    assert_eq!(manifest(&dst_b), before_b);
+    assert!(manifest(&src_a).is_empty() && manifest(&src_b).is_empty());
     source.stop().await;
     destination.stop().await;
 }
@@ -158,12 +162,12 @@ async fn remote_to_remote_several_dirs() {
 async fn identical_and_differing_files_at_destination() {
     let s = Setup::new();
     let (src, dst) = (s.dir("src"), s.dir("dst"));
-    let same = pseudo_random(300_000, 3);
+    let same = random_bytes(3, 300_000);
     write_file(&src, "same.bin", &same);
     write_file(&dst, "same.bin", &same);
-    write_file(&src, "differs.bin", &pseudo_random(300_000, 4));
-    write_file(&dst, "differs.bin", &pseudo_random(200_000, 5));
-    let before = tree(&src);
+    write_file(&src, "differs.bin", &random_bytes(4, 300_000));
+    write_file(&dst, "differs.bin", &random_bytes(5, 200_000));
+    let before = manifest(&src);
     let daemon = Daemon::start(s.work.path(), &[("d", &dst)], &s.client).await;
     let args = move_args(
         Side::Path(&src),
@@ -199,11 +203,11 @@ async fn interrupted_copy_resumes_sending_only_the_missing_part() {
     let s = Setup::new();
     let (src, dst) = (s.dir("src"), s.dir("dst"));
     let size = 20 * 1024 * 1024;
-    let data = pseudo_random(size, 6);
+    let data = random_bytes(6, size);
     write_file(&src, "sub/big.bin", &data);
     // What an interrupted copy leaves: the first 60% in the partial file.
     write_file(&dst, "sub/.big.bin.part", &data[..size * 6 / 10]);
-    let before = tree(&src);
+    let before = manifest(&src);
     let daemon = Daemon::start(s.work.path(), &[("d", &dst)], &s.client).await;
     let mut args = move_args(
         Side::Path(&src),

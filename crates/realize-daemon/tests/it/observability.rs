@@ -112,7 +112,7 @@ async fn prometheus_scrapes_what_the_daemon_wrote() {
     std::fs::create_dir_all(&dst).unwrap();
     let sizes = [100_000usize, 2_000_000, 1];
     for (i, size) in sizes.iter().enumerate() {
-        write_file(&src, &format!("f{i}"), &pseudo_random(*size, i as u64));
+        write_file(&src, &format!("f{i}"), &random_bytes(i as u64, *size));
     }
     let total: usize = sizes.iter().sum();
     let daemon = Daemon::start_with(work.path(), &[("d", &dst)], &client, |config| {
@@ -222,7 +222,7 @@ async fn realize_pushes_its_counters_to_a_pushgateway() {
         write_file(
             &src,
             &format!("f{i}"),
-            &pseudo_random(1000 * (i + 1), i as u64),
+            &random_bytes(i as u64, 1000 * (i + 1)),
         );
     }
     let output = realize(&[
@@ -286,9 +286,9 @@ async fn the_json_log_is_one_object_per_line_with_the_audit_events() {
     let work = TempDir::new().unwrap();
     let client = KeyFiles::new(work.path(), "client");
     let (src, dst) = (work.path().join("src"), work.path().join("dst"));
-    write_file(&src, "new.bin", &pseudo_random(50_000, 1));
-    write_file(&src, "changed.bin", &pseudo_random(40_000, 2));
-    write_file(&dst, "changed.bin", &pseudo_random(40_000, 3));
+    write_file(&src, "new.bin", &random_bytes(1, 50_000));
+    write_file(&src, "changed.bin", &random_bytes(2, 40_000));
+    write_file(&dst, "changed.bin", &random_bytes(3, 40_000));
     let expected: Vec<(String, usize, String)> = ["changed.bin", "new.bin"]
         .iter()
         .map(|name| {

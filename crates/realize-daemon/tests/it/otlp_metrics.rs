@@ -146,7 +146,7 @@ async fn both_binaries_export_their_metrics_to_an_otlp_collector() {
     std::fs::create_dir_all(&dst).unwrap();
     let sizes = [300_000usize, 2_000];
     for (i, size) in sizes.iter().enumerate() {
-        write_file(&src, &format!("f{i}"), &pseudo_random(*size, i as u64));
+        write_file(&src, &format!("f{i}"), &random_bytes(i as u64, *size));
     }
     let total: usize = sizes.iter().sum();
     let daemon_endpoint = endpoint.clone();

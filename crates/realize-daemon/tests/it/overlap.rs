@@ -197,7 +197,7 @@ async fn two_daemons_on_one_directory_never_interleave_two_writes_of_one_path() 
     let second = Daemon::start(work.path(), &[("y", &shared)], &client).await;
     let (mut api_x, mut api_y) = (api(&first, &client).await, api(&second, &client).await);
     let size = 4 * 1024 * 1024;
-    let (a, b) = (pseudo_random(size, 1), pseudo_random(size, 2));
+    let (a, b) = (random_bytes(1, size), random_bytes(2, size));
 
     // The first writer sends all its data and holds its call open before the
     // finish, so it holds the partial file while the second one tries.
@@ -251,7 +251,7 @@ async fn two_daemons_on_one_directory_never_interleave_two_writes_of_one_path() 
         Sha256Hash::of(&a),
         "the file answered OK is the first writer's, whole"
     );
-    assert_eq!(tree(&shared).len(), 1, "no partial file is left");
+    assert_eq!(manifest(&shared).len(), 1, "no partial file is left");
     assert!(
         first
             .log_line(&["finished", "mix.bin", &Sha256Hash::of(&a).to_hex()])

@@ -302,7 +302,10 @@ async fn the_daemon_key_is_rotated_without_refusing_a_client() {
         "{}",
         stderr(&output)
     );
-    assert_eq!(tree(&dst).into_keys().collect::<Vec<_>>(), ["1", "2", "3"]);
+    assert_eq!(
+        manifest(&dst).into_keys().collect::<Vec<_>>(),
+        ["1", "2", "3"]
+    );
     daemon.stop().await;
 }
 
@@ -425,19 +428,19 @@ async fn a_rate_limited_move_completes_slower_with_exit_0() {
         write_file(
             &src,
             &format!("small/{n}.txt"),
-            &pseudo_random(1000, n.into()),
+            &random_bytes(n.into(), 1000),
         );
     }
     for n in 0..3u8 {
         write_file(
             &src,
             &format!("large/{n}.bin"),
-            &pseudo_random(600_000, 10 + u64::from(n)),
+            &random_bytes(10 + u64::from(n), 600_000),
         );
     }
-    write_file(&src, "changed.bin", &pseudo_random(700_000, 20));
-    write_file(&dst, "changed.bin", &pseudo_random(700_000, 21));
-    let expected = tree(&src);
+    write_file(&src, "changed.bin", &random_bytes(20, 700_000));
+    write_file(&dst, "changed.bin", &random_bytes(21, 700_000));
+    let expected = manifest(&src);
     // The rate comes from the [limits] defaults.
     let daemon = Daemon::start_with(work.path(), &[("d", &dst)], &client, |c| {
         c.limits = vec![
@@ -462,7 +465,7 @@ async fn a_rate_limited_move_completes_slower_with_exit_0() {
         daemon.log()
     );
     assert!(!stderr(&output).contains("ERROR"), "{}", stderr(&output));
-    assert_eq!(tree(&dst), expected);
+    assert_eq!(manifest(&dst), expected);
     // It was held to the rate on the way.
     assert!(
         daemon

@@ -7,7 +7,7 @@ use std::process::{Output, Stdio};
 
 use tokio::process::Command;
 
-use crate::util::{Daemon, KeyFiles, pseudo_random, realized_bin, stderr, stdout, write_file};
+use crate::util::{Daemon, KeyFiles, random_bytes, realized_bin, stderr, stdout, write_file};
 
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -95,7 +95,7 @@ async fn grpcio_client_lists_a_directory() {
     std::fs::create_dir_all(&work).unwrap();
     write_file(&root, "top.txt", b"top level\n");
     write_file(&root, "a/b/c/deep.txt", b"deep\n");
-    write_file(&root, "a/mid.bin", &pseudo_random(70_000, 3));
+    write_file(&root, "a/mid.bin", &random_bytes(3, 70_000));
     write_file(&root, "a/.unfinished.bin.part", b"partial, not listed");
 
     let client = KeyFiles::new(&work, "client");

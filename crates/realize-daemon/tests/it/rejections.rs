@@ -5,10 +5,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use realize_core::{
-    ByteRange, ByteStream, DirId, EntryStream, ExpectedHash, FileKind, FileStamp, HashResult,
-    LocalStore, RelPath, Service, ServiceError, ServiceInfo, Sha256Hash,
-};
+use realize_core::testing::{Fault, Faulty};
+use realize_core::{ByteStream, Call, Filter, LocalStore, Method, Wrapped};
 use realize_net::connection::connect;
 use realize_net::tls::client_config;
 use realize_proto::pb;
@@ -24,7 +22,7 @@ async fn unknown_client_key_is_refused_and_nothing_moves() {
     let (src, dst) = (work.path().join("src"), work.path().join("dst"));
     std::fs::create_dir_all(&dst).unwrap();
     sample_tree(&src);
-    let before = tree(&src);
+    let before = manifest(&src);
     let daemon = Daemon::start(work.path(), &[("d", &dst)], &allowed).await;
     let args = move_args(
         Side::Path(&src),
@@ -41,8 +39,8 @@ async fn unknown_client_key_is_refused_and_nothing_moves() {
         "{}",
         stderr(&output)
     );
-    assert_eq!(tree(&src), before);
-    assert!(tree(&dst).is_empty());
+    assert_eq!(manifest(&src), before);
+    assert!(manifest(&dst).is_empty());
     assert!(
         daemon.wait_for_log("tls handshake refused").await,
         "{}",
@@ -59,7 +57,7 @@ async fn unknown_server_key_is_refused_and_nothing_moves() {
     let (src, dst) = (work.path().join("src"), work.path().join("dst"));
     std::fs::create_dir_all(&dst).unwrap();
     sample_tree(&src);
-    let before = tree(&src);
+    let before = manifest(&src);
     let daemon = Daemon::start(work.path(), &[("d", &dst)], &client).await;
     let args = move_args(
         Side::Path(&src),
@@ -79,8 +77,8 @@ async fn unknown_server_key_is_refused_and_nothing_moves() {
         "{}",
         stderr(&output)
     );
-    assert_eq!(tree(&src), before);
-    assert!(tree(&dst).is_empty());
+    assert_eq!(manifest(&src), before);
+    assert!(manifest(&dst).is_empty());
     daemon.stop().await;
 }
 
@@ -92,7 +90,7 @@ async fn bad_paths_sent_to_the_api_are_invalid_and_touch_nothing() {
     write_file(&root, "inside/file.txt", b"inside\n");
     // A file next to the root that traversal would reach.
     write_file(work.path(), "outside.txt", b"outside\n");
-    let before_root = tree(&root);
+    let before_root = manifest(&root);
     let daemon = Daemon::start(work.path(), &[("d", &root)], &client).await;
     let before_work: Vec<_> = std::fs::read_dir(work.path())
         .unwrap()
@@ -206,7 +204,7 @@ async fn bad_paths_sent_to_the_api_are_invalid_and_touch_nothing() {
         "{}",
         status.message()
     );
-    assert_eq!(tree(&root), before_root);
+    assert_eq!(manifest(&root), before_root);
     let after_work: Vec<_> = std::fs::read_dir(work.path())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -219,131 +217,17 @@ async fn bad_paths_sent_to_the_api_are_invalid_and_touch_nothing() {
     daemon.stop().await;
 }
 
-/// `data` with the first byte of each chunk flipped.
-fn corrupted(data: ByteStream) -> ByteStream {
-    data.map(|chunk| {
-        chunk.map(|c| {
-            let mut c = c.to_vec();
-            if let Some(b) = c.first_mut() {
-                *b ^= 0xff;
-            }
-            Bytes::from(c)
-        })
-    })
-    .boxed()
-}
-
-/// A store whose writes flip one byte: the destination never matches.
-#[derive(Debug)]
-struct Corrupting(LocalStore);
-
-#[async_trait]
-impl Service for Corrupting {
-    async fn info(&self) -> Result<ServiceInfo, ServiceError> {
-        self.0.info().await
-    }
-    async fn list(&self, dir: &DirId, include_partial: bool) -> Result<EntryStream, ServiceError> {
-        self.0.list(dir, include_partial).await
-    }
-    async fn read(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        offset: u64,
-        length: Option<u64>,
-        if_stamp: Option<FileStamp>,
-    ) -> Result<ByteStream, ServiceError> {
-        self.0.read(dir, path, offset, length, if_stamp).await
-    }
-    async fn write(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        offset: u64,
-        file_size: u64,
-        data: ByteStream,
-    ) -> Result<u64, ServiceError> {
-        self.0
-            .write(dir, path, offset, file_size, corrupted(data))
-            .await
-    }
-    async fn write_file(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        file_size: u64,
-        data: ByteStream,
-        expected: ExpectedHash,
-    ) -> Result<u64, ServiceError> {
-        self.0
-            .write_file(dir, path, file_size, corrupted(data), expected)
-            .await
-    }
-    async fn signature(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        range: ByteRange,
-        block_size: u32,
-    ) -> Result<Bytes, ServiceError> {
-        self.0.signature(dir, path, range, block_size).await
-    }
-    async fn diff(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        range: ByteRange,
-        signature: Bytes,
-    ) -> Result<ByteStream, ServiceError> {
-        self.0.diff(dir, path, range, signature).await
-    }
-    async fn apply_delta(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        range: ByteRange,
-        file_size: u64,
-        delta: ByteStream,
-    ) -> Result<u64, ServiceError> {
-        self.0.apply_delta(dir, path, range, file_size, delta).await
-    }
-    async fn hash(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        kind: FileKind,
-        range: Option<ByteRange>,
-    ) -> Result<HashResult, ServiceError> {
-        self.0.hash(dir, path, kind, range).await
-    }
-    async fn finish(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        verified: Option<Sha256Hash>,
-    ) -> Result<(), ServiceError> {
-        self.0.finish(dir, path, verified).await
-    }
-    async fn delete(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        if_stamp: Option<FileStamp>,
-    ) -> Result<(), ServiceError> {
-        self.0.delete(dir, path, if_stamp).await
-    }
-}
-
 #[tokio::test]
 async fn destination_that_does_not_match_keeps_the_source() {
     let work = TempDir::new().unwrap();
     let client = KeyFiles::new(work.path(), "client");
     let (src, dst) = (work.path().join("src"), work.path().join("dst"));
     std::fs::create_dir_all(&dst).unwrap();
-    write_file(&src, "victim.bin", &pseudo_random(100_000, 7));
-    let before = tree(&src);
-    let store = LocalStore::new([(dir_id("d"), dst.clone())]);
-    let daemon = InProcessDaemon::start(work.path(), Arc::new(Corrupting(store)), &client).await;
+    write_file(&src, "victim.bin", &random_bytes(7, 100_000));
+    let before = manifest(&src);
+    // Its writes flip one byte: the destination never matches.
+    let store = Faulty::new(&dst, Fault::FlipWrittenBytes);
+    let daemon = InProcessDaemon::start(work.path(), Arc::new(store), &client).await;
     let args = move_args(
         Side::Path(&src),
         Side::Addr(&daemon.addr),
@@ -367,7 +251,7 @@ async fn destination_that_does_not_match_keeps_the_source() {
         "1 partial file left at the destination (d: 1): the next run resumes them"
     );
     assert_eq!(lines[2], "ERROR 1 failed, 0 moved");
-    assert_eq!(tree(&src), before, "source must be kept");
+    assert_eq!(manifest(&src), before, "source must be kept");
     assert!(!dst.join("victim.bin").exists(), "no final file may appear");
     daemon.stop().await;
 }
@@ -378,7 +262,7 @@ async fn moving_a_directory_onto_itself_is_refused() {
     let client = KeyFiles::new(work.path(), "client");
     let root = work.path().join("root");
     sample_tree(&root);
-    let before = tree(&root);
+    let before = manifest(&root);
     let daemon = Daemon::start(work.path(), &[("d", &root)], &client).await;
     let args = move_args(
         Side::Path(&root),
@@ -395,104 +279,24 @@ async fn moving_a_directory_onto_itself_is_refused() {
         "{}",
         stderr(&output)
     );
-    assert_eq!(tree(&root), before);
+    assert_eq!(manifest(&root), before);
     daemon.stop().await;
 }
 
-/// A service whose every call panics, or whose data stream does.
+/// Makes every call panic but reads, whose data stream does.
 #[derive(Debug)]
 struct Panicking;
 
 #[async_trait]
-impl Service for Panicking {
-    async fn info(&self) -> Result<ServiceInfo, ServiceError> {
-        panic!("info exploded")
+impl Filter for Panicking {
+    async fn before(&self, call: Call<'_>) {
+        if call.method() != Method::Read {
+            panic!("{} exploded", call.method().name())
+        }
     }
-    async fn list(&self, _: &DirId, _: bool) -> Result<EntryStream, ServiceError> {
-        panic!("list exploded")
-    }
-    async fn read(
-        &self,
-        _: &DirId,
-        _: &RelPath,
-        _: u64,
-        _: Option<u64>,
-        _: Option<FileStamp>,
-    ) -> Result<ByteStream, ServiceError> {
-        Ok(futures::stream::poll_fn(|_| panic!("read stream exploded")).boxed())
-    }
-    async fn write(
-        &self,
-        _: &DirId,
-        _: &RelPath,
-        _: u64,
-        _: u64,
-        _: ByteStream,
-    ) -> Result<u64, ServiceError> {
-        panic!("write exploded")
-    }
-    async fn write_file(
-        &self,
-        _: &DirId,
-        _: &RelPath,
-        _: u64,
-        _: ByteStream,
-        _: ExpectedHash,
-    ) -> Result<u64, ServiceError> {
-        panic!("write_file exploded")
-    }
-    async fn signature(
-        &self,
-        _: &DirId,
-        _: &RelPath,
-        _: ByteRange,
-        _: u32,
-    ) -> Result<Bytes, ServiceError> {
-        panic!("signature exploded")
-    }
-    async fn diff(
-        &self,
-        _: &DirId,
-        _: &RelPath,
-        _: ByteRange,
-        _: Bytes,
-    ) -> Result<ByteStream, ServiceError> {
-        panic!("diff exploded")
-    }
-    async fn apply_delta(
-        &self,
-        _: &DirId,
-        _: &RelPath,
-        _: ByteRange,
-        _: u64,
-        _: ByteStream,
-    ) -> Result<u64, ServiceError> {
-        panic!("apply_delta exploded")
-    }
-    async fn hash(
-        &self,
-        _: &DirId,
-        _: &RelPath,
-        _: FileKind,
-        _: Option<ByteRange>,
-    ) -> Result<HashResult, ServiceError> {
-        panic!("hash exploded")
-    }
-    async fn finish(
-        &self,
-        _: &DirId,
-        _: &RelPath,
-        _: Option<Sha256Hash>,
-    ) -> Result<(), ServiceError> {
-        panic!("finish exploded")
-    }
-    async fn delete(
-        &self,
-        _: &DirId,
-        _: &RelPath,
-        _: Option<FileStamp>,
-    ) -> Result<(), ServiceError> {
-        panic!("delete exploded")
+
+    fn outgoing(&self, _: Method, _: ByteStream) -> ByteStream {
+        futures::stream::poll_fn(|_| panic!("read stream exploded")).boxed()
     }
 }
 
@@ -502,7 +306,11 @@ impl Service for Panicking {
 async fn a_panic_in_a_call_is_internal_and_the_daemon_serves_on() {
     let work = TempDir::new().unwrap();
     let client = KeyFiles::new(work.path(), "client");
-    let daemon = InProcessDaemon::start(work.path(), Arc::new(Panicking), &client).await;
+    let root = work.path().join("root");
+    write_file(&root, "f", b"never read");
+    let store = LocalStore::new([(dir_id("d"), root)]);
+    let service = Wrapped::new(Arc::new(store), Panicking);
+    let daemon = InProcessDaemon::start(work.path(), Arc::new(service), &client).await;
     let tls = client_config(&client.key, [daemon.key.public_key()]).unwrap();
     let channel = connect(
         &daemon.addr,

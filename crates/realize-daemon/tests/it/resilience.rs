@@ -24,7 +24,7 @@ impl Setup {
         let client = KeyFiles::new(work.path(), "client");
         let (src, dst) = (work.path().join("src"), work.path().join("dst"));
         std::fs::create_dir_all(&dst).unwrap();
-        write_file(&src, "big.bin", &pseudo_random(SIZE, 11));
+        write_file(&src, "big.bin", &random_bytes(11, SIZE));
         let daemon = Daemon::start(work.path(), &[("d", &dst)], &client).await;
         (
             Setup {
@@ -58,7 +58,7 @@ impl Setup {
     fn assert_interrupted(&self) {
         assert_eq!(
             std::fs::read(self.src.join("big.bin")).unwrap(),
-            pseudo_random(SIZE, 11)
+            random_bytes(11, SIZE)
         );
         assert!(!self.dst.join("big.bin").exists());
         assert!(self.partial().exists(), "no resumable partial file");
@@ -70,7 +70,7 @@ impl Setup {
         assert!(output.status.success(), "{}", stderr(&output));
         assert_eq!(
             std::fs::read(self.dst.join("big.bin")).unwrap(),
-            pseudo_random(SIZE, 11)
+            random_bytes(11, SIZE)
         );
         assert!(!self.src.join("big.bin").exists());
     }
@@ -124,7 +124,7 @@ async fn deadline_while_the_daemon_is_unreachable() {
     assert_eq!(last_line(&err), "INTERRUPTED 0 moved, 0 interrupted");
     assert_eq!(
         std::fs::read(s.src.join("big.bin")).unwrap(),
-        pseudo_random(SIZE, 11)
+        random_bytes(11, SIZE)
     );
     daemon.stop().await;
 }
@@ -178,7 +178,7 @@ async fn sigusr1_lets_the_file_in_flight_finish() {
     );
     assert_eq!(
         std::fs::read(s.dst.join("big.bin")).unwrap(),
-        pseudo_random(SIZE, 11)
+        random_bytes(11, SIZE)
     );
     assert!(s.src.join("later.bin").exists());
     daemon.stop().await;
@@ -203,7 +203,7 @@ async fn a_daemon_restarted_mid_move_is_retried_and_the_move_completes() {
     );
     assert_eq!(
         std::fs::read(s.dst.join("big.bin")).unwrap(),
-        pseudo_random(SIZE, 11)
+        random_bytes(11, SIZE)
     );
     assert!(!s.src.join("big.bin").exists());
     daemon.stop().await;
@@ -233,7 +233,7 @@ async fn a_cut_connection_is_retried_and_resent_bytes_are_bounded() {
     }
     assert_eq!(
         std::fs::read(s.dst.join("big.bin")).unwrap(),
-        pseudo_random(SIZE, 11)
+        random_bytes(11, SIZE)
     );
     let total = sent.load(Ordering::Relaxed);
     // What was in flight at the cut is sent again, nothing more: well under
@@ -356,7 +356,7 @@ async fn a_source_whose_data_stops_fails_at_the_stall_timeout() {
     let work = TempDir::new().unwrap();
     let client = KeyFiles::new(work.path(), "client");
     let (root, dst) = (work.path().join("root"), work.path().join("dst"));
-    let big = pseudo_random(SIZE, 12);
+    let big = random_bytes(12, SIZE);
     write_file(&root, "big.bin", &big);
     let store = realize_core::LocalStore::new([(dir_id("d"), root.clone())]);
     let daemon = InProcessDaemon::start(

@@ -91,7 +91,7 @@ async fn a_read_only_peer_reads_but_changes_nothing() {
     let root = work.path().join("root");
     write_file(&root, "a/file.txt", b"keep me\n");
     write_file(&root, "a/.half.txt.part", b"half");
-    let before = tree(&root);
+    let before = manifest(&root);
     let daemon = Daemon::start_with(work.path(), &[("d", &root)], &client, |c| {
         c.peer_options
             .push(("client".into(), "access = \"read-only\"".into()));
@@ -195,7 +195,7 @@ async fn a_read_only_peer_reads_but_changes_nothing() {
         "{}",
         daemon.log()
     );
-    assert_eq!(tree(&root), before);
+    assert_eq!(manifest(&root), before);
 
     // Info tells the peer its access, so `realize` refuses a move out of
     // the read-only daemon, or into it, before it creates or copies anything.
@@ -226,7 +226,7 @@ async fn a_read_only_peer_reads_but_changes_nothing() {
         assert!(stderr(&output).contains(refusal), "{}", stderr(&output));
     }
     assert!(!dst.exists(), "the destination was created");
-    assert_eq!(tree(&root), before, "the source must be kept");
+    assert_eq!(manifest(&root), before, "the source must be kept");
     assert_eq!(std::fs::read(src.join("mine.txt")).unwrap(), b"mine");
     daemon.stop().await;
 }
@@ -277,7 +277,7 @@ async fn write_files_refuses_each_bad_file_alone_and_finishes_the_good_ones() {
     // The good files are final; the mismatched one stays partial, to be resumed.
     assert_eq!(std::fs::read(root.join("ok/first")).unwrap(), b"first");
     assert_eq!(std::fs::read(root.join("ok/last")).unwrap(), b"last");
-    let files: Vec<String> = tree(&root).into_keys().collect();
+    let files: Vec<String> = manifest(&root).into_keys().collect();
     assert_eq!(files, ["ok/.wrong.part", "ok/first", "ok/last"]);
     assert!(!work.path().join("escape").exists());
     daemon.stop().await;
@@ -409,7 +409,7 @@ async fn a_peer_sees_and_reaches_only_its_directories() {
     let (mine, theirs) = (work.path().join("mine"), work.path().join("theirs"));
     write_file(&mine, "m.txt", b"mine\n");
     write_file(&theirs, "t.txt", b"theirs\n");
-    let before = tree(&theirs);
+    let before = manifest(&theirs);
     let daemon = Daemon::start_with(
         work.path(),
         &[("mine", &mine), ("theirs", &theirs)],
@@ -461,7 +461,7 @@ async fn a_peer_sees_and_reaches_only_its_directories() {
         "{}",
         daemon.log()
     );
-    assert_eq!(tree(&theirs), before);
+    assert_eq!(manifest(&theirs), before);
     daemon.stop().await;
 }
 
@@ -473,7 +473,7 @@ async fn a_symlinked_directory_pointing_outside_is_never_followed() {
     write_file(&root, "inside.txt", b"inside\n");
     write_file(&outside, "secret.txt", b"secret\n");
     std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
-    let before = tree(&outside);
+    let before = manifest(&outside);
     let daemon = Daemon::start(work.path(), &[("d", &root)], &client).await;
     let mut api = api(&daemon, &client).await;
 
@@ -536,7 +536,7 @@ async fn a_symlinked_directory_pointing_outside_is_never_followed() {
         listed.push(entry.path);
     }
     assert_eq!(listed, ["inside.txt"]);
-    assert_eq!(tree(&outside), before);
+    assert_eq!(manifest(&outside), before);
     let mut names: Vec<_> = std::fs::read_dir(&root)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -575,7 +575,7 @@ async fn a_directory_swapped_for_a_symlink_during_calls_is_never_followed() {
     write_file(&outside, "secret.txt", b"secret\n");
     write_file(&outside, "victim.txt", b"victim\n");
     std::os::unix::fs::symlink(&outside, root.join("d.link")).unwrap();
-    let (before, names_before) = (tree(&outside), names(&outside));
+    let (before, names_before) = (manifest(&outside), names(&outside));
     let daemon = Daemon::start(work.path(), &[("d", &root)], &client).await;
     let mut api = api(&daemon, &client).await;
 
@@ -641,7 +641,7 @@ async fn a_directory_swapped_for_a_symlink_during_calls_is_never_followed() {
     }
     stop.store(true, Ordering::Relaxed);
     swapper.join().unwrap();
-    assert_eq!(tree(&outside), before);
+    assert_eq!(manifest(&outside), before);
     assert_eq!(names(&outside), names_before);
     // The race ran: calls met both the directory and the symlink.
     assert!(
@@ -656,8 +656,8 @@ async fn bad_numbers_are_refused_and_change_nothing() {
     let work = TempDir::new().unwrap();
     let client = KeyFiles::new(work.path(), "client");
     let root = work.path().join("root");
-    write_file(&root, "f.bin", &pseudo_random(1000, 3));
-    let before = tree(&root);
+    write_file(&root, "f.bin", &random_bytes(3, 1000));
+    let before = manifest(&root);
     let daemon = Daemon::start_with(work.path(), &[("d", &root)], &client, |c| {
         c.limits.push("max_file_size = \"1MB\"".into());
     })
@@ -785,7 +785,7 @@ async fn bad_numbers_are_refused_and_change_nothing() {
         tonic::Code::InvalidArgument,
         "delta does not apply",
     );
-    assert_eq!(tree(&root), before, "nothing may change");
+    assert_eq!(manifest(&root), before, "nothing may change");
     daemon.stop().await;
 }
 
@@ -794,8 +794,8 @@ async fn an_oversized_message_is_resource_exhausted_and_the_daemon_serves_on() {
     let work = TempDir::new().unwrap();
     let client = KeyFiles::new(work.path(), "client");
     let root = work.path().join("root");
-    write_file(&root, "f.bin", &pseudo_random(1000, 4));
-    let before = tree(&root);
+    write_file(&root, "f.bin", &random_bytes(4, 1000));
+    let before = manifest(&root);
     let daemon = Daemon::start_with(work.path(), &[("d", &root)], &client, |c| {
         c.limits.push("max_message_size = \"2MiB\"".into());
     })
@@ -835,7 +835,7 @@ async fn an_oversized_message_is_resource_exhausted_and_the_daemon_serves_on() {
         "{}",
         daemon.log()
     );
-    assert_eq!(tree(&root), before);
+    assert_eq!(manifest(&root), before);
     // The same connection still serves.
     assert_eq!(info_dirs(&mut api).await.unwrap(), ["d"]);
     daemon.stop().await;
@@ -881,7 +881,7 @@ async fn a_name_too_long_or_a_directory_deleted_is_the_clients_mistake() {
     let client = KeyFiles::new(work.path(), "client");
     let root = work.path().join("root");
     write_file(&root, "sub/f.bin", b"kept");
-    let before = tree(&root);
+    let before = manifest(&root);
     let daemon = Daemon::start(work.path(), &[("d", &root)], &client).await;
     let mut api = api(&daemon, &client).await;
     let long = "n".repeat(300);
@@ -900,7 +900,7 @@ async fn a_name_too_long_or_a_directory_deleted_is_the_clients_mistake() {
         tonic::Code::FailedPrecondition,
         "sub",
     );
-    assert_eq!(tree(&root), before);
+    assert_eq!(manifest(&root), before);
     daemon.stop().await;
 }
 
@@ -980,7 +980,7 @@ async fn garbage_and_plain_http_on_the_tls_port_are_refused_and_the_daemon_serve
     write_file(&src, "f.txt", b"moved\n");
     let daemon = Daemon::start(work.path(), &[("d", &dst)], &client).await;
     let attempts: [&[u8]; 3] = [
-        &pseudo_random(4096, 9),
+        &random_bytes(9, 4096),
         b"GET / HTTP/1.1\r\nHost: realize\r\n\r\n",
         b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
     ];

@@ -97,7 +97,7 @@ async fn a_limit_lowered_mid_transfer_slows_the_rest_of_it() {
     let client = KeyFiles::new(work.path(), "client");
     let root = work.path().join("root");
     let size = 5_000_000;
-    write_file(&root, "big.bin", &pseudo_random(size, 9));
+    write_file(&root, "big.bin", &random_bytes(9, size));
     let daemon = Daemon::start(work.path(), &[("d", &root)], &client).await;
     let mut api = api(&daemon, &client).await;
 
@@ -142,8 +142,8 @@ async fn timed_move(remote_source: bool, flags: &[&str], size: usize) -> Duratio
     let client = KeyFiles::new(work.path(), "client");
     let (src, dst) = (work.path().join("src"), work.path().join("dst"));
     std::fs::create_dir_all(&dst).unwrap();
-    write_file(&src, "f.bin", &pseudo_random(size, 10));
-    let before = tree(&src);
+    write_file(&src, "f.bin", &random_bytes(10, size));
+    let before = manifest(&src);
     let daemon_root = if remote_source { &src } else { &dst };
     let daemon = Daemon::start(work.path(), &[("d", daemon_root)], &client).await;
     let (from, to) = if remote_source {
@@ -164,7 +164,7 @@ async fn timed_move(remote_source: bool, flags: &[&str], size: usize) -> Duratio
     let output = realize(&os(&args)).await;
     let elapsed = started.elapsed();
     assert!(output.status.success(), "{}", stderr(&output));
-    assert_eq!(tree(&dst), before);
+    assert_eq!(manifest(&dst), before);
     daemon.stop().await;
     elapsed
 }

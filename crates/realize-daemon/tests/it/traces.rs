@@ -76,7 +76,7 @@ async fn a_move_and_the_daemon_calls_it_causes_form_one_trace() {
     let (src, dst) = (work.path().join("src"), work.path().join("dst"));
     std::fs::create_dir_all(&dst).unwrap();
     // Larger than a batched file, so it moves in a span of its own.
-    write_file(&src, "traced.bin", &pseudo_random(300_000, 1));
+    write_file(&src, "traced.bin", &random_bytes(1, 300_000));
     let daemon_endpoint = endpoint.clone();
     let mut daemon = Daemon::start_with(work.path(), &[("d", &dst)], &client, |config| {
         config.args = vec!["--otlp-endpoint".into(), daemon_endpoint];

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use realize_core::{DirId, Service, Sha256Hash};
+pub use realize_core::testing::{manifest, random_bytes, write_file};
+use realize_core::{DirId, Service};
 use realize_net::keys::{PrivateKey, PublicKey};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -32,57 +33,14 @@ pub fn realize_bin() -> PathBuf {
     path
 }
 
-/// Deterministic bytes, different for each seed.
-pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
-pub fn write_file(root: &Path, rel: &str, data: &[u8]) {
-    let path = root.join(rel);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, data).unwrap();
-}
-
-/// Every regular file under `root`, by relative path, with its SHA-256.
-pub fn tree(root: &Path) -> BTreeMap<String, Sha256Hash> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Sha256Hash>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let entry = entry.unwrap();
-            let path = entry.path();
-            if entry.file_type().unwrap().is_dir() {
-                walk(root, &path, out);
-            } else {
-                let rel = path
-                    .strip_prefix(root)
-                    .unwrap()
-                    .to_str()
-                    .unwrap()
-                    .to_string();
-                out.insert(rel, Sha256Hash::of(&std::fs::read(&path).unwrap()));
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
-}
-
 /// The sample tree of the move tests: nested directories, an empty file and
 /// a file of several MiB.
 pub fn sample_tree(root: &Path) {
     write_file(root, "top.txt", b"top level\n");
     write_file(root, "empty", b"");
     write_file(root, "a/b/c/deep.txt", b"deep\n");
-    write_file(root, "a/big.bin", &pseudo_random(5 * 1024 * 1024 + 17, 1));
-    write_file(root, "a/b/mid.bin", &pseudo_random(70_000, 2));
+    write_file(root, "a/big.bin", &random_bytes(1, 5 * 1024 * 1024 + 17));
+    write_file(root, "a/b/mid.bin", &random_bytes(2, 70_000));
 }
 
 /// A key pair written to `DIR/NAME.key` and `DIR/NAME.pub.pem`.
