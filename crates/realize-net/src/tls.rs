@@ -357,6 +357,14 @@ pub fn client_config(
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(pinned(trusted_servers, &provider)?);
+    client_with(key, verifier, provider)
+}
+
+fn client_with(
+    key: &PrivateKey,
+    verifier: Arc<dyn ServerCertVerifier>,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let identity = identity(key, &provider)?;
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -365,6 +373,62 @@ pub fn client_config(
         .with_client_cert_resolver(identity);
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// TLS settings for a client that accepts any ed25519 daemon, to learn its key
+/// ([`peer_public_key`] after the handshake) before trusting it: `realize remote
+/// add` shows that key's fingerprint for the operator to confirm. The daemon's
+/// certificate comes before ours is checked, so this works before the daemon
+/// knows our key. Nothing but the key may be taken from such a connection.
+pub fn key_capture_config(key: &PrivateKey) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(AnyServerKey {
+        algorithms: provider.signature_verification_algorithms,
+    });
+    client_with(key, verifier, provider)
+}
+
+/// Accepts any ed25519 certificate whose handshake signature is right: the daemon
+/// proves it holds the key it shows, and the operator decides whether to trust it.
+#[derive(Debug)]
+struct AnyServerKey {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for AnyServerKey {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        certificate_key(end_entity)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(tls12_refused())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
 }
 
 /// The key of the peer's end-entity certificate, once the handshake has verified it.
