@@ -17,7 +17,14 @@ fn man_pages() -> Vec<(clap::Command, &'static str)> {
 pub fn dist(root: &Path) -> anyhow::Result<()> {
     crate::run(
         "cargo",
-        &["build", "--release", "-p", "realize-cli", "-p", "realize-daemon"],
+        &[
+            "build",
+            "--release",
+            "-p",
+            "realize-cli",
+            "-p",
+            "realize-daemon",
+        ],
     )?;
     let out = root.join("target/dist");
     if out.exists() {
@@ -27,10 +34,15 @@ pub fn dist(root: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(out.join(dir))?;
     }
     for binary in ["realize", "realized"] {
-        copy(&root.join("target/release").join(binary), &out.join("bin").join(binary))?;
+        copy(
+            &root.join("target/release").join(binary),
+            &out.join("bin").join(binary),
+        )?;
     }
     for (command, section) in man_pages() {
-        let file = out.join("man").join(format!("{}.{section}", command.get_name()));
+        let file = out
+            .join("man")
+            .join(format!("{}.{section}", command.get_name()));
         std::fs::write(&file, man_page(command, section)?)?;
     }
     for shell in [
@@ -106,7 +118,10 @@ mod tests {
             };
             assert!(rendered.status.success(), "{rendered:?}");
             let text = String::from_utf8_lossy(&rendered.stdout);
-            assert!(text.contains("SYNOPSIS") && text.contains("--config"), "{text}");
+            assert!(
+                text.contains("SYNOPSIS") && text.contains("--config"),
+                "{text}"
+            );
         }
     }
 
@@ -129,6 +144,10 @@ mod tests {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
             Err(e) => panic!("cannot run systemd-analyze: {e}"),
         };
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

@@ -38,7 +38,6 @@ const RPC_DEADLINE_GRACE: Duration = Duration::from_secs(1);
 /// How long exiting waits for tasks still running.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_millis(500);
 
-
 /// Parses the command line; usage errors and --help/--version are printed
 /// here and become the exit code.
 pub fn parse() -> Result<Cli, ExitCode> {
@@ -93,7 +92,12 @@ pub fn execute(
     let result = match &cli.command {
         None => return run(cli, location, output, runtime, traces),
         Some(Command::Completions { shell }) => {
-            clap_complete::generate(*shell, &mut Cli::command(), "realize", &mut std::io::stdout());
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "realize",
+                &mut std::io::stdout(),
+            );
             Ok(())
         }
         Some(Command::Keygen {
@@ -105,12 +109,14 @@ pub fn execute(
                     println!("{fingerprint}  {}", file.display());
                 }
             }),
-            (out, None) => crate::keygen_into(out.as_deref(), &location.path).map(|(files, fingerprint)| {
-                for file in files {
-                    println!("wrote {}", file.display());
-                }
-                println!("fingerprint {fingerprint}");
-            }),
+            (out, None) => {
+                crate::keygen_into(out.as_deref(), &location.path).map(|(files, fingerprint)| {
+                    for file in files {
+                        println!("wrote {}", file.display());
+                    }
+                    println!("fingerprint {fingerprint}");
+                })
+            }
         },
         Some(Command::Remote(RemoteCommand::Add {
             name,
@@ -140,7 +146,9 @@ fn run(
     runtime: tokio::runtime::Runtime,
     traces: Option<TraceExport>,
 ) -> ExitCode {
-    let config = match ConfigFile::load(&location).and_then(|file| crate::resolve::resolve(&cli, &file)) {
+    let config = match ConfigFile::load(&location)
+        .and_then(|file| crate::resolve::resolve(&cli, &file))
+    {
         Ok(config) => config,
         Err(UsageError(message)) => return usage_or_failure(EXIT_USAGE, format_args!("{message}")),
     };

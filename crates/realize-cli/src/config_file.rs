@@ -271,13 +271,22 @@ mod tests {
         let path = Path::new("/cfg/config.toml");
         let bad = [
             ("privkey = 3\n", ":1: invalid config"),
-            ("\n[remotes.s]\naddress = \"nohost\"\npublic_key = \"x\"\n", ":3: remotes.s.address"),
+            (
+                "\n[remotes.s]\naddress = \"nohost\"\npublic_key = \"x\"\n",
+                ":3: remotes.s.address",
+            ),
             (
                 "[remotes.s]\naddress = \"h:1\"\n\npublic_key = \"x\"\n",
                 ":4: remotes.s.public_key: no PUBLIC KEY block",
             ),
-            ("[remotes.s]\naddress = \"h:1\"\n", ":2: remotes.s: give exactly one"),
-            ("[remotes.s]\naddres = \"h:1\"\n", ":2: invalid config: unknown field"),
+            (
+                "[remotes.s]\naddress = \"h:1\"\n",
+                ":2: remotes.s: give exactly one",
+            ),
+            (
+                "[remotes.s]\naddres = \"h:1\"\n",
+                ":2: invalid config: unknown field",
+            ),
         ];
         for (text, expected) in bad {
             let error = ConfigFile::parse(path, text).unwrap_err().0;
@@ -291,7 +300,9 @@ mod tests {
     #[test]
     fn paths_are_relative_to_the_file_and_keys_are_read() {
         let dir = tempfile::tempdir().unwrap();
-        let key = realize_net::keys::PrivateKey::generate().unwrap().public_key();
+        let key = realize_net::keys::PrivateKey::generate()
+            .unwrap()
+            .public_key();
         std::fs::write(dir.path().join("s.pub.pem"), key.to_pem()).unwrap();
         let path = dir.path().join("config.toml");
         add_remote(&path, "t", "h:2", &key, true).unwrap();
@@ -305,7 +316,11 @@ mod tests {
         assert!(written.starts_with(&text), "{written}");
         let config = ConfigFile::parse(&path, &written).unwrap();
         assert_eq!(config.privkey, Some(dir.path().join("me.key")));
-        let addresses: Vec<_> = config.remotes.values().map(|r| r.address.as_str()).collect();
+        let addresses: Vec<_> = config
+            .remotes
+            .values()
+            .map(|r| r.address.as_str())
+            .collect();
         assert_eq!(addresses, ["h:1", "h:2", "h:3"]);
         assert!(config.remotes.values().all(|r| r.key == key));
         assert!(add_remote(&path, "s", "h:9", &key, true).is_err());

@@ -180,4 +180,3 @@ pub enum RemoteCommand {
         inline: bool,
     },
 }
-

@@ -26,7 +26,13 @@ fn main() -> ExitCode {
         }
     };
     let level = app::log_level(cli.verbose);
-    let traces = match telemetry(&output, level, cli.log_format, cli.otlp_endpoint.as_deref(), &runtime) {
+    let traces = match telemetry(
+        &output,
+        level,
+        cli.log_format,
+        cli.otlp_endpoint.as_deref(),
+        &runtime,
+    ) {
         Ok(traces) => traces,
         Err(e) => {
             eprintln!("realize: error: {e}");

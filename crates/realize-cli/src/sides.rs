@@ -16,9 +16,15 @@ const SCHEME: &str = "realize://";
 pub enum SideArg {
     Local(PathBuf),
     /// `REMOTE:DIR[/SUB]`, REMOTE a name from the config's `[remotes]`.
-    Named { remote: String, at: DirPath },
+    Named {
+        remote: String,
+        at: DirPath,
+    },
     /// `realize://HOST[:PORT]/DIR[/SUB]`.
-    Url { address: String, at: DirPath },
+    Url {
+        address: String,
+        at: DirPath,
+    },
 }
 
 /// A directory id and the sub-path under it (`None` for the whole directory).

@@ -452,7 +452,11 @@ mod tests {
         assert!(out.status.success(), "{out:?}");
         // "256 SHA256:... test (ED25519)"
         let text = String::from_utf8(out.stdout).unwrap();
-        assert_eq!(text.split(' ').nth(1), Some(key.fingerprint().as_str()), "{text}");
+        assert_eq!(
+            text.split(' ').nth(1),
+            Some(key.fingerprint().as_str()),
+            "{text}"
+        );
     }
 
     #[test]

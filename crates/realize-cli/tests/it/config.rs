@@ -12,7 +12,10 @@ use crate::{realize, realize_with, stderr, stdout, write_file};
 /// where nothing listens, in `dir`.
 fn config_in(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
-    let keygen = realize(&["keygen", "--out", &dir.join("key").to_string_lossy()], dir);
+    let keygen = realize(
+        &["keygen", "--out", &dir.join("key").to_string_lossy()],
+        dir,
+    );
     assert!(keygen.status.success(), "{}", stderr(&keygen));
     std::fs::write(
         dir.join("config.toml"),
@@ -35,7 +38,11 @@ fn the_config_is_found_each_way() {
     write_file(work.path(), "src/f", b"data");
     let not_found = push(work.path(), &[], &[]);
     assert_eq!(not_found.status.code(), Some(2), "{}", stderr(&not_found));
-    assert!(stderr(&not_found).contains("no remote \"s\""), "{}", stderr(&not_found));
+    assert!(
+        stderr(&not_found).contains("no remote \"s\""),
+        "{}",
+        stderr(&not_found)
+    );
 
     let home = work.path().join(".config/realize");
     let xdg = work.path().join("xdg");
@@ -46,8 +53,16 @@ fn the_config_is_found_each_way() {
     let file = named.join("config.toml");
     for (how, extra, env) in [
         ("HOME", vec![], vec![]),
-        ("XDG_CONFIG_HOME", vec![], vec![("XDG_CONFIG_HOME", xdg.as_path())]),
-        ("REALIZE_CONFIG", vec![], vec![("REALIZE_CONFIG", file.as_path())]),
+        (
+            "XDG_CONFIG_HOME",
+            vec![],
+            vec![("XDG_CONFIG_HOME", xdg.as_path())],
+        ),
+        (
+            "REALIZE_CONFIG",
+            vec![],
+            vec![("REALIZE_CONFIG", file.as_path())],
+        ),
         ("--config", vec!["--config", file.to_str().unwrap()], vec![]),
     ] {
         let found = push(work.path(), &extra, &env);
@@ -61,7 +76,11 @@ fn the_config_is_found_each_way() {
     // A named config that is missing is an error, not an empty config.
     let missing = push(work.path(), &["--config", "absent.toml"], &[]);
     assert_eq!(missing.status.code(), Some(2), "{}", stderr(&missing));
-    assert!(stderr(&missing).contains("absent.toml"), "{}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains("absent.toml"),
+        "{}",
+        stderr(&missing)
+    );
     assert_eq!(std::fs::read(work.path().join("src/f")).unwrap(), b"data");
 }
 
@@ -72,7 +91,11 @@ fn flags_override_the_config() {
     config_in(&work.path().join(".config/realize"));
     let missing = push(work.path(), &["--privkey", "absent.key"], &[]);
     assert_eq!(missing.status.code(), Some(1), "{}", stderr(&missing));
-    assert!(stderr(&missing).contains("absent.key"), "{}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains("absent.key"),
+        "{}",
+        stderr(&missing)
+    );
     // --peers replaces the config's keys: one not a key file fails the same way.
     std::fs::write(work.path().join("junk.pem"), "junk").unwrap();
     let junk = push(work.path(), &["--peers", "junk.pem"], &[]);
@@ -86,15 +109,25 @@ fn a_bad_config_names_the_file_line_and_field() {
     write_file(work.path(), "src/f", b"data");
     let file = work.path().join("bad.toml");
     for (text, expected) in [
-        ("privkey = \"k\"\n[remotes.s]\naddress = \"nohost\"\n", ":3: remotes.s.address"),
-        ("privkey = \"k\"\n\n[remotes.s]\nadress = \"h:1\"\n", ":4: invalid config: unknown field"),
+        (
+            "privkey = \"k\"\n[remotes.s]\naddress = \"nohost\"\n",
+            ":3: remotes.s.address",
+        ),
+        (
+            "privkey = \"k\"\n\n[remotes.s]\nadress = \"h:1\"\n",
+            ":4: invalid config: unknown field",
+        ),
         ("privkey = [\n", ":1: invalid config"),
     ] {
         std::fs::write(&file, text).unwrap();
         let output = push(work.path(), &["--config", file.to_str().unwrap()], &[]);
         assert_eq!(output.status.code(), Some(2), "{text}: {}", stderr(&output));
         let expected = format!("{}{expected}", file.display());
-        assert!(stderr(&output).contains(&expected), "{text}: {} lacks {expected}", stderr(&output));
+        assert!(
+            stderr(&output).contains(&expected),
+            "{text}: {} lacks {expected}",
+            stderr(&output)
+        );
     }
 }
 
@@ -109,15 +142,30 @@ fn local_sides_move_contents_and_sub_paths_wait_for_the_daemon_side() {
 
     config_in(&work.path().join(".config/realize"));
     for (args, expected) in [
-        (vec!["dst", "s:d/sub"], "moving a sub-path (d/sub) is not supported yet"),
+        (
+            vec!["dst", "s:d/sub"],
+            "moving a sub-path (d/sub) is not supported yet",
+        ),
         (vec!["dst", "s:d/../x"], "invalid path"),
         (vec!["dst", "nope:d"], "realize remote add nope"),
         (vec!["dst"], "expected SRC and DST, got 1"),
-        (vec!["realize://127.0.0.1:1/a", "realize://127.0.0.1:2/b"], "same directory id"),
+        (
+            vec!["realize://127.0.0.1:1/a", "realize://127.0.0.1:2/b"],
+            "same directory id",
+        ),
     ] {
         let output = realize(&args, work.path());
-        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", stderr(&output));
-        assert!(stderr(&output).contains(expected), "{args:?}: {}", stderr(&output));
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains(expected),
+            "{args:?}: {}",
+            stderr(&output)
+        );
     }
     assert_eq!(std::fs::read(work.path().join("dst/x/f")).unwrap(), b"data");
 }
@@ -135,7 +183,11 @@ fn keygen_without_out_writes_the_default_key_once() {
     );
     let again = realize(&["keygen"], work.path());
     assert_eq!(again.status.code(), Some(1), "{}", stderr(&again));
-    assert!(stderr(&again).contains("already exists"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
 }
 
 #[test]

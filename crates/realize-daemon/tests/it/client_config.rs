@@ -62,12 +62,23 @@ async fn remote_add_checks_the_fingerprint_before_the_daemon_knows_us() {
     // Not on a terminal and no --fingerprint: shown, not trusted.
     let unasked = realize_at(home, &["remote", "add", "box", &daemon.addr]).await;
     assert_eq!(unasked.status.code(), Some(1), "{}", stderr(&unasked));
-    assert!(stderr(&unasked).contains(&fingerprint), "{}", stderr(&unasked));
+    assert!(
+        stderr(&unasked).contains(&fingerprint),
+        "{}",
+        stderr(&unasked)
+    );
     assert_eq!(config_text(home), before);
 
     let added = realize_at(
         home,
-        &["remote", "add", "box", &daemon.addr, "--fingerprint", &fingerprint],
+        &[
+            "remote",
+            "add",
+            "box",
+            &daemon.addr,
+            "--fingerprint",
+            &fingerprint,
+        ],
     )
     .await;
     assert!(added.status.success(), "{}", stderr(&added));
@@ -98,11 +109,23 @@ async fn remote_dir_and_url_sides_push_and_pull() {
     let fingerprint = daemon.key.public_key().fingerprint();
     let added = realize_at(
         home,
-        &["remote", "add", "server", &daemon.addr, "--fingerprint", &fingerprint, "--inline"],
+        &[
+            "remote",
+            "add",
+            "server",
+            &daemon.addr,
+            "--fingerprint",
+            &fingerprint,
+            "--inline",
+        ],
     )
     .await;
     assert!(added.status.success(), "{}", stderr(&added));
-    assert!(config_text(home).contains("public_key = \"\"\""), "{}", config_text(home));
+    assert!(
+        config_text(home).contains("public_key = \"\"\""),
+        "{}",
+        config_text(home)
+    );
 
     let pictures = home.join("Pictures");
     sample_tree(&pictures);
