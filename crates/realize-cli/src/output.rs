@@ -469,7 +469,8 @@ impl InFlight {
 
     /// Draws the largest files' bars, hides the others.
     fn arrange(&mut self, bars: &MultiProgress) {
-        self.files.sort_by_key(|(size, _, _)| std::cmp::Reverse(*size));
+        self.files
+            .sort_by_key(|(size, _, _)| std::cmp::Reverse(*size));
         for (rank, (_, _, bar)) in self.files.iter().enumerate() {
             match (rank < MAX_FILE_BARS, bar.is_hidden()) {
                 (true, true) => {

@@ -70,10 +70,12 @@ impl Verdict {
     }
 }
 
-/// The keys a verifier accepts: fixed (the servers a client trusts) or the daemon's
-/// current peers, for a client at `addr`.
+/// The keys a verifier accepts: fixed (the servers a client trusts), the daemon's
+/// current peers, for a client at `addr`, or any key, only to learn it
+/// ([`key_capture_config`]).
 enum Pins {
     Fixed(HashSet<PublicKey>),
+    Any,
     Peers {
         peers: Arc<dyn PeerKeys>,
         addr: IpAddr,
@@ -85,6 +87,7 @@ impl Pins {
     fn contains(&self, key: &PublicKey) -> bool {
         match self {
             Pins::Fixed(keys) => keys.contains(key),
+            Pins::Any => true,
             Pins::Peers {
                 peers,
                 addr,
@@ -104,6 +107,7 @@ impl fmt::Debug for Pins {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Pins::Fixed(keys) => f.debug_tuple("Fixed").field(keys).finish(),
+            Pins::Any => f.write_str("Any"),
             Pins::Peers { peers, addr, .. } => f
                 .debug_struct("Peers")
                 .field("peers", peers)
@@ -379,56 +383,16 @@ fn client_with(
 /// ([`peer_public_key`] after the handshake) before trusting it: `realize remote
 /// add` shows that key's fingerprint for the operator to confirm. The daemon's
 /// certificate comes before ours is checked, so this works before the daemon
-/// knows our key. Nothing but the key may be taken from such a connection.
+/// knows our key. The daemon still proves it holds the key it shows (its
+/// handshake signature is checked); nothing but the key may be taken from such
+/// a connection.
 pub fn key_capture_config(key: &PrivateKey) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(AnyServerKey {
+    let verifier = Arc::new(PinnedKeys {
+        keys: Pins::Any,
         algorithms: provider.signature_verification_algorithms,
     });
     client_with(key, verifier, provider)
-}
-
-/// Accepts any ed25519 certificate whose handshake signature is right: the daemon
-/// proves it holds the key it shows, and the operator decides whether to trust it.
-#[derive(Debug)]
-struct AnyServerKey {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AnyServerKey {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        certificate_key(end_entity)?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(tls12_refused())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![SignatureScheme::ED25519]
-    }
 }
 
 /// The key of the peer's end-entity certificate, once the handshake has verified it.
