@@ -4,6 +4,8 @@
 //!   short chaos run.
 //! - `cargo xtask demo`: a five-minute tour in one command: keys, a daemon on
 //!   loopback, and a verified move into it.
+//! - `cargo xtask dist`: the release binaries, man pages, shell completions
+//!   and the systemd unit, in target/dist/.
 //! - `cargo xtask bench`: realize against rsync, rclone and cp, resume,
 //!   memory and RPC latency, written to docs/benchmarks.md and its chart.
 //! - `cargo xtask bench throttle`: how closely moves keep to `--throttle-up`
@@ -17,6 +19,7 @@
 
 mod bench;
 mod chaos;
+mod dist;
 mod fixture;
 mod fuzz;
 mod proxy;
@@ -41,6 +44,8 @@ enum Task {
     Ci,
     /// Builds, makes keys, starts a daemon on loopback and moves a sample tree into it.
     Demo,
+    /// Release binaries, man pages, completions and the systemd unit in target/dist/.
+    Dist,
     /// Benchmarks with the release binaries, on tmpfs and loopback.
     Bench(bench::Options),
     /// Runs each fuzz target (needs nightly and cargo-fuzz).
@@ -79,6 +84,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Ci => ci(&root),
         Task::Demo => demo(),
+        Task::Dist => dist::dist(&root),
         Task::Fuzz { seconds } => fuzz::fuzz(&root, seconds),
         Task::Bench(options) => bench::bench(&root, &options),
         Task::Chaos {

@@ -6,7 +6,9 @@
 //! [`run::run_move`] wires the two sides, calls realize-core's move
 //! algorithm, tries again after network failures and says when it gave up;
 //! [`keygen`] writes a key pair; [`output`] shows the move as it happens.
-//! `main.rs` parses flags and maps results to exit codes.
+//! [`flags`] is the command line, [`config_file`] the client config,
+//! [`sides`] the `SRC DST` forms and [`resolve`] makes them one [`Config`];
+//! [`app`] runs a parsed command line to its exit code.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,8 +17,14 @@ use anyhow::{Context, bail};
 use realize_core::DirId;
 use realize_net::keys::{PrivateKey, PublicKey};
 
+pub mod app;
+pub mod config_file;
+pub mod flags;
 pub mod output;
+pub mod remote_add;
+pub mod resolve;
 pub mod run;
+pub mod sides;
 pub mod stopping;
 
 pub use run::{Ending, GaveUp, Run, run_move};
@@ -41,6 +49,9 @@ pub struct Config {
     pub dirs: Vec<DirId>,
     pub privkey: Option<PathBuf>,
     pub peers: Option<PathBuf>,
+    /// Daemon keys to trust when `peers` is not given: those of the client
+    /// config's remotes.
+    pub server_keys: Vec<PublicKey>,
     pub parallel: usize,
     pub limits: BandwidthLimits,
     /// Wall-clock budget of the whole run.
@@ -84,11 +95,14 @@ pub struct UsageError(pub String);
 
 /// Reads the client's key and the daemons it trusts.
 pub(crate) fn client_tls(config: &Config) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
-    let (Some(privkey), Some(peers)) = (&config.privkey, &config.peers) else {
-        bail!("--privkey and --peers are required with a daemon");
+    let Some(privkey) = &config.privkey else {
+        bail!("--privkey is required with a daemon");
     };
     let key = PrivateKey::load(privkey)?;
-    let servers = PublicKey::load_all(peers)?;
+    let servers = match &config.peers {
+        Some(peers) => PublicKey::load_all(peers)?,
+        None => config.server_keys.clone(),
+    };
     Ok(realize_net::tls::client_config(&key, servers)?)
 }
 
@@ -135,12 +149,16 @@ impl Config {
         if !source_local || !destination_local {
             if self.privkey.is_none() {
                 return Err(UsageError(
-                    "--privkey is required when a side is a daemon (--src-addr/--dst-addr)".into(),
+                    "--privkey is required when a side is a daemon, or `privkey` in the \
+                     client config (see realize keygen)"
+                        .into(),
                 ));
             }
-            if self.peers.is_none() {
+            if self.peers.is_none() && self.server_keys.is_empty() {
                 return Err(UsageError(
-                    "--peers is required when a side is a daemon (--src-addr/--dst-addr)".into(),
+                    "--peers is required when a side is a daemon, or a remote in the \
+                     client config (see realize remote add)"
+                        .into(),
                 ));
             }
         }
@@ -232,6 +250,25 @@ pub fn keygen(prefix: &Path) -> anyhow::Result<(Vec<PathBuf>, String)> {
         files.into_iter().map(|(path, _, _)| path).collect(),
         fingerprint,
     ))
+}
+
+/// The prefix of `realize keygen`'s key in the config's directory.
+pub const DEFAULT_KEY: &str = "client";
+
+/// `keygen` to `out`, or without it to the default key in the directory of the
+/// client config at `config`, which then names it as `privkey` unless it names
+/// another key already.
+pub fn keygen_into(out: Option<&Path>, config: &Path) -> anyhow::Result<(Vec<PathBuf>, String)> {
+    if let Some(prefix) = out {
+        return keygen(prefix);
+    }
+    let dir = config.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let (mut files, fingerprint) = keygen(&dir.join(DEFAULT_KEY))?;
+    if config_file::set_default_privkey(config, &format!("{DEFAULT_KEY}.key"))? {
+        files.push(config.to_owned());
+    }
+    Ok((files, fingerprint))
 }
 
 /// The fingerprints of the keys in a PEM file: its private key's, or those of

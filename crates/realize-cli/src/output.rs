@@ -29,14 +29,23 @@ pub enum Format {
 pub struct Output {
     mode: Mode,
     started: AtomicU64,
+    /// Files finished (moved or failed) in this try: the `[n/total]` counter.
+    done: Arc<AtomicU64>,
     total: AtomicU64,
 }
+
+/// Per-file bars drawn at once, for the largest files in flight; the overall
+/// line counts every file.
+const MAX_FILE_BARS: usize = 8;
 
 #[derive(Debug)]
 enum Mode {
     Bars {
         bars: MultiProgress,
         listing: Mutex<Option<ProgressBar>>,
+        /// Files done/total, bytes done/total, rate and ETA.
+        overall: ProgressBar,
+        in_flight: Arc<Mutex<InFlight>>,
     },
     Lines {
         quiet: bool,
@@ -75,12 +84,15 @@ impl Output {
             Format::Text if terminal && !quiet => Mode::Bars {
                 bars: MultiProgress::with_draw_target(ProgressDrawTarget::stdout()),
                 listing: Mutex::new(None),
+                overall: ProgressBar::hidden(),
+                in_flight: Arc::default(),
             },
             Format::Text => Mode::Lines { quiet },
         };
         Output {
             mode,
             started: AtomicU64::new(0),
+            done: Arc::default(),
             total: AtomicU64::new(0),
         }
     }
@@ -119,9 +131,16 @@ impl Output {
         }
     }
 
+    fn clear_overall(&self) {
+        if let Mode::Bars { overall, .. } = &self.mode {
+            overall.finish_and_clear();
+        }
+    }
+
     /// A move that could not start at all.
     pub fn fatal(&self, error: &anyhow::Error) {
         self.clear_listing();
+        self.clear_overall();
         match self.mode {
             Mode::Json => {
                 print_json(json!({"event": "error", "error": ErrorChain(&**error).to_string()}))
@@ -162,6 +181,7 @@ impl Output {
     /// daemon given up on, if any.
     pub fn summary(&self, run: &Run, elapsed: Duration) {
         self.clear_listing();
+        self.clear_overall();
         let summary = &run.summary;
         let failed = summary.failures.len() as u64;
         let gave_up = match &run.ending {
@@ -267,7 +287,7 @@ fn files(n: u64) -> String {
 
 impl Progress for Output {
     fn listing(&self, dir: &DirId) {
-        if let Mode::Bars { bars, listing } = &self.mode {
+        if let Mode::Bars { bars, listing, .. } = &self.mode {
             let spinner = bars.add(ProgressBar::new_spinner());
             spinner.set_style(
                 ProgressStyle::with_template("{prefix:<9} {msg} [{spinner}]")
@@ -321,17 +341,31 @@ impl Progress for Output {
         }
     }
 
-    fn totals(&self, files: u64, _bytes: u64) {
+    fn totals(&self, files: u64, bytes: u64) {
         self.clear_listing();
         // Each try lists afresh, so its files count from 1 again.
         self.started.store(0, Ordering::Relaxed);
+        self.done.store(0, Ordering::Relaxed);
         self.total.store(files, Ordering::Relaxed);
+        if let Mode::Bars { bars, overall, .. } = &self.mode {
+            overall.set_length(bytes);
+            overall.set_position(0);
+            overall.set_message(format!("0/{files} files"));
+            overall.set_style(
+                ProgressStyle::with_template(
+                    "{msg}, {decimal_bytes}/{decimal_total_bytes}, {decimal_bytes_per_sec}, ETA {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            if overall.is_hidden() {
+                bars.insert(0, overall.clone());
+            }
+        }
     }
 
     fn file(&self, dir: &DirId, path: &RelPath, size: u64) -> Arc<dyn FileProgress> {
         let index = self.started.fetch_add(1, Ordering::Relaxed) + 1;
         let total = self.total.load(Ordering::Relaxed);
-        let counter = format!("[{index}/{total}]");
         let bar = match &self.mode {
             Mode::Json => {
                 print_json(json!({
@@ -344,23 +378,29 @@ impl Progress for Output {
                 }));
                 None
             }
-            Mode::Bars { bars, .. } => {
-                let bar = bars.add(ProgressBar::new(size));
-                // The counter is digits only, so it cannot break the template.
-                let template =
-                    format!("{counter} {{prefix:<9}} {{msg}} [{{bar:25}}] {{bytes_per_sec}}");
+            Mode::Bars {
+                bars, in_flight, ..
+            } => {
+                // Hidden until it is among the largest files in flight.
+                let bar = ProgressBar::with_draw_target(Some(size), ProgressDrawTarget::hidden());
                 bar.set_style(
-                    ProgressStyle::with_template(&template)
-                        .unwrap_or_else(|_| ProgressStyle::default_bar())
-                        .progress_chars("=> "),
+                    ProgressStyle::with_template(
+                        "{prefix:<9} {msg} [{bar:25}] {decimal_bytes_per_sec}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
                 );
                 bar.set_message(format!("{dir}/{path}"));
+                lock(in_flight).start(bars, size, index, bar.clone());
                 Some(bar)
             }
             Mode::Lines { .. } => None,
         };
         Arc::new(FileOutput {
-            counter,
+            done: Arc::clone(&self.done),
+            index,
+            total,
+            counted: AtomicU64::new(0),
             dir: dir.clone(),
             path: path.clone(),
             size,
@@ -374,7 +414,16 @@ impl Output {
     /// What a file's output needs from the move's output: a copy of its mode.
     fn shared(&self) -> SharedMode {
         match &self.mode {
-            Mode::Bars { bars, .. } => SharedMode::Bars(bars.clone()),
+            Mode::Bars {
+                bars,
+                overall,
+                in_flight,
+                ..
+            } => SharedMode::Bars {
+                bars: bars.clone(),
+                overall: overall.clone(),
+                in_flight: Arc::clone(in_flight),
+            },
             Mode::Lines { quiet } => SharedMode::Lines { quiet: *quiet },
             Mode::Json => SharedMode::Json,
         }
@@ -383,13 +432,68 @@ impl Output {
 
 #[derive(Debug, Clone)]
 enum SharedMode {
-    Bars(MultiProgress),
-    Lines { quiet: bool },
+    Bars {
+        bars: MultiProgress,
+        overall: ProgressBar,
+        in_flight: Arc<Mutex<InFlight>>,
+    },
+    Lines {
+        quiet: bool,
+    },
     Json,
 }
 
+/// The files in flight with their (possibly hidden) bars; only the
+/// [`MAX_FILE_BARS`] largest are drawn.
+#[derive(Debug, Default)]
+struct InFlight {
+    /// Size, the file's index in this try, its bar.
+    files: Vec<(u64, u64, ProgressBar)>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl InFlight {
+    fn start(&mut self, bars: &MultiProgress, size: u64, index: u64, bar: ProgressBar) {
+        self.files.push((size, index, bar));
+        self.arrange(bars);
+    }
+
+    fn finish(&mut self, bars: &MultiProgress, index: u64, bar: &ProgressBar) {
+        self.files.retain(|(_, i, _)| *i != index);
+        bars.remove(bar);
+        self.arrange(bars);
+    }
+
+    /// Draws the largest files' bars, hides the others.
+    fn arrange(&mut self, bars: &MultiProgress) {
+        self.files
+            .sort_by_key(|(size, _, _)| std::cmp::Reverse(*size));
+        for (rank, (_, _, bar)) in self.files.iter().enumerate() {
+            match (rank < MAX_FILE_BARS, bar.is_hidden()) {
+                (true, true) => {
+                    bars.add(bar.clone());
+                }
+                (false, false) => {
+                    bars.remove(bar);
+                    bar.set_draw_target(ProgressDrawTarget::hidden());
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 struct FileOutput {
-    counter: String,
+    /// Files finished in this try, shared by all files, and how many there are.
+    done: Arc<AtomicU64>,
+    /// The file's place among those started in this try.
+    index: u64,
+    total: u64,
+    /// Bytes of this file added to the overall line so far.
+    counted: AtomicU64,
     dir: DirId,
     path: RelPath,
     size: u64,
@@ -398,10 +502,32 @@ struct FileOutput {
 }
 
 impl FileOutput {
-    fn finish_bar(&self) {
+    /// Ends the file's bar and, if it moved or failed, counts it done; returns
+    /// the `[n/total]` counter.
+    fn finish_bar(&self, finished: bool) -> String {
+        let done = if finished {
+            self.done.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.done.load(Ordering::Relaxed)
+        };
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
+            if let SharedMode::Bars {
+                bars,
+                overall,
+                in_flight,
+            } = &self.output
+            {
+                lock(in_flight).finish(bars, self.index, bar);
+                if finished {
+                    // A file sent as a delta, or not at all, still counts whole.
+                    let counted = self.counted.swap(self.size, Ordering::Relaxed);
+                    overall.inc(self.size.saturating_sub(counted));
+                }
+                overall.set_message(format!("{done}/{} files", self.total));
+            }
         }
+        format!("[{done}/{}]", self.total)
     }
 
     fn print_json(&self, event: &str, error: Option<&MoveError>) {
@@ -428,22 +554,32 @@ impl FileProgress for FileOutput {
     fn bytes(&self, bytes: u64) {
         if let Some(bar) = &self.bar {
             bar.inc(bytes);
+            if let SharedMode::Bars { overall, .. } = &self.output {
+                // Hashing and checking report bytes too: the overall line
+                // counts each byte of the file once.
+                let before = self.counted.load(Ordering::Relaxed);
+                let now = bar.position().min(self.size);
+                if now > before {
+                    self.counted.store(now, Ordering::Relaxed);
+                    overall.inc(now - before);
+                }
+            }
         }
     }
 
     fn moved(&self) {
-        self.finish_bar();
+        let counter = self.finish_bar(true);
         let line = || {
             format!(
                 "{} {} {}/{}",
-                self.counter,
+                counter,
                 style(format!("{:<9}", "Moved")).bold().green(),
                 self.dir,
                 self.path
             )
         };
         match &self.output {
-            SharedMode::Bars(bars) => bars.suspend(|| print_out(&line())),
+            SharedMode::Bars { bars, .. } => bars.suspend(|| print_out(&line())),
             SharedMode::Lines { quiet: false } => print_out(&line()),
             SharedMode::Lines { quiet: true } => {}
             SharedMode::Json => self.print_json("moved", None),
@@ -451,11 +587,11 @@ impl FileProgress for FileOutput {
     }
 
     fn failed(&self, error: &MoveError) {
-        self.finish_bar();
+        let counter = self.finish_bar(true);
         let line = || {
             format!(
                 "{} {} {}/{}: {}",
-                self.counter,
+                counter,
                 style(format!("{:<9}", "ERROR")).bold().red().for_stderr(),
                 self.dir,
                 self.path,
@@ -463,14 +599,14 @@ impl FileProgress for FileOutput {
             )
         };
         match &self.output {
-            SharedMode::Bars(bars) => bars.suspend(|| print_err(&line())),
+            SharedMode::Bars { bars, .. } => bars.suspend(|| print_err(&line())),
             SharedMode::Lines { .. } => print_err(&line()),
             SharedMode::Json => self.print_json("failed", Some(error)),
         }
     }
 
     fn interrupted(&self) {
-        self.finish_bar();
+        self.finish_bar(false);
         if let SharedMode::Json = self.output {
             self.print_json("interrupted", None);
         }

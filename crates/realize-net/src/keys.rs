@@ -17,6 +17,8 @@ pub const SERVER_NAME: &str = "realize";
 const ED25519_SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
 ];
+/// The OpenSSH name of the key type, part of what its fingerprint hashes.
+const SSH_ED25519: &str = "ssh-ed25519";
 const ED25519_OID: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
 /// PKCS#8 v1 (RFC 8410 section 10.3) up to the 32-byte seed.
 const ED25519_PKCS8_V1_PREFIX: [u8; 16] = [
@@ -281,10 +283,27 @@ impl PublicKey {
         )
     }
 
-    /// Short, stable name for logs and error messages.
+    /// The key in OpenSSH's wire form: `string "ssh-ed25519"`, `string key`.
+    fn ssh_blob(&self) -> Vec<u8> {
+        let raw = &self.0[ED25519_SPKI_PREFIX.len()..];
+        let mut blob = Vec::with_capacity(4 + SSH_ED25519.len() + 4 + raw.len());
+        for field in [SSH_ED25519.as_bytes(), raw] {
+            blob.extend_from_slice(&(field.len() as u32).to_be_bytes());
+            blob.extend_from_slice(field);
+        }
+        blob
+    }
+
+    /// The fingerprint `ssh-keygen -l` prints for the same key: `SHA256:` and the
+    /// unpadded base64 of the SHA-256 of its OpenSSH wire form, so operators compare
+    /// the form they know.
     pub fn fingerprint(&self) -> String {
-        let digest = Sha256::digest(&self.0);
-        format!("SHA256:{}", hex::encode(&digest[..16]))
+        use base64::Engine;
+        let digest = Sha256::digest(self.ssh_blob());
+        format!(
+            "SHA256:{}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
+        )
     }
 }
 
@@ -404,9 +423,42 @@ mod tests {
         assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n"));
         assert_eq!(PublicKey::from_pem(&pem).unwrap(), key);
         let fp = key.fingerprint();
-        assert_eq!(fp.len(), "SHA256:".len() + 32);
+        // 32 bytes in unpadded base64.
+        assert_eq!(fp.len(), "SHA256:".len() + 43);
         assert!(fp.starts_with("SHA256:"));
         assert_eq!(format!("{key:?}"), format!("PublicKey({fp})"));
+    }
+
+    #[test]
+    fn fingerprint_is_the_one_ssh_keygen_prints() {
+        use base64::Engine;
+        let dir = tempfile::tempdir().unwrap();
+        let key = PrivateKey::generate().unwrap().public_key();
+        let line = format!(
+            "{SSH_ED25519} {} test\n",
+            base64::engine::general_purpose::STANDARD.encode(key.ssh_blob())
+        );
+        std::fs::write(dir.path().join("k.pub"), line).unwrap();
+        let out = match Command::new("ssh-keygen")
+            .args(["-l", "-E", "sha256", "-f", "k.pub"])
+            .current_dir(dir.path())
+            .output()
+        {
+            Ok(out) => out,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                eprintln!("ssh-keygen is not installed: skipped");
+                return;
+            }
+            Err(e) => panic!("cannot run ssh-keygen: {e}"),
+        };
+        assert!(out.status.success(), "{out:?}");
+        // "256 SHA256:... test (ED25519)"
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(
+            text.split(' ').nth(1),
+            Some(key.fingerprint().as_str()),
+            "{text}"
+        );
     }
 
     #[test]

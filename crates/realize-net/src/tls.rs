@@ -66,10 +66,12 @@ impl Verdict {
     }
 }
 
-/// The keys a verifier accepts: fixed (the servers a client trusts) or the daemon's
-/// current peers, for a client at `addr`.
+/// The keys a verifier accepts: fixed (the servers a client trusts), the daemon's
+/// current peers, for a client at `addr`, or any key, only to learn it
+/// ([`key_capture_config`]).
 enum Pins {
     Fixed(HashSet<PublicKey>),
+    Any,
     Peers {
         peers: Arc<dyn PeerKeys>,
         addr: IpAddr,
@@ -81,6 +83,7 @@ impl Pins {
     fn contains(&self, key: &PublicKey) -> bool {
         match self {
             Pins::Fixed(keys) => keys.contains(key),
+            Pins::Any => true,
             Pins::Peers {
                 peers,
                 addr,
@@ -100,6 +103,7 @@ impl fmt::Debug for Pins {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Pins::Fixed(keys) => f.debug_tuple("Fixed").field(keys).finish(),
+            Pins::Any => f.write_str("Any"),
             Pins::Peers { peers, addr, .. } => f
                 .debug_struct("Peers")
                 .field("peers", peers)
@@ -353,6 +357,14 @@ pub fn client_config(
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(pinned(trusted_servers, &provider)?);
+    client_with(key, verifier, provider)
+}
+
+fn client_with(
+    key: &PrivateKey,
+    verifier: Arc<dyn ServerCertVerifier>,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let identity = identity(key, &provider)?;
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -361,6 +373,22 @@ pub fn client_config(
         .with_client_cert_resolver(identity);
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// TLS settings for a client that accepts any ed25519 daemon, to learn its key
+/// ([`peer_public_key`] after the handshake) before trusting it: `realize remote
+/// add` shows that key's fingerprint for the operator to confirm. The daemon's
+/// certificate comes before ours is checked, so this works before the daemon
+/// knows our key. The daemon still proves it holds the key it shows (its
+/// handshake signature is checked); nothing but the key may be taken from such
+/// a connection.
+pub fn key_capture_config(key: &PrivateKey) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(PinnedKeys {
+        keys: Pins::Any,
+        algorithms: provider.signature_verification_algorithms,
+    });
+    client_with(key, verifier, provider)
 }
 
 /// The key of the peer's end-entity certificate, once the handshake has verified it.

@@ -3,6 +3,7 @@
 //! which builds `realized`.
 #![allow(clippy::unwrap_used)]
 
+mod config;
 mod output;
 mod refusals;
 mod terminal;
@@ -11,10 +12,20 @@ mod usage;
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// Runs `realize` in `cwd`, which is also its HOME, so the client config it
+/// finds is the test's own.
 pub fn realize(args: &[&str], cwd: &Path) -> Output {
+    realize_with(args, cwd, &[])
+}
+
+pub fn realize_with(args: &[&str], cwd: &Path, env: &[(&str, &Path)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_realize"))
         .args(args)
         .current_dir(cwd)
+        .env("HOME", cwd)
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("REALIZE_CONFIG")
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }

@@ -36,7 +36,7 @@ fn bars_are_drawn_and_cleared() {
     // The shell waits for `go`, so the pipe to the raw log is in place before
     // realize runs; after `done` it waits again, so the screen stays for capture.
     let command = format!(
-        "{tmux_cmd} wait-for go; cd {} && {} --src-path src --dst-path dst --parallel 1; \
+        "{tmux_cmd} wait-for go; cd {} && HOME=. {} --src-path src --dst-path dst --parallel 1; \
          {tmux_cmd} wait-for -S done; {tmux_cmd} wait-for hold",
         work.path().display(),
         env!("CARGO_BIN_EXE_realize"),
@@ -56,6 +56,14 @@ fn bars_are_drawn_and_cleared() {
 
     let raw = String::from_utf8_lossy(&std::fs::read(&raw).unwrap()).into_owned();
     assert!(raw.contains("Copying"), "no bar was drawn: {raw:?}");
+    // The overall line: files done/total, bytes done/total in SI units, ETA.
+    assert!(raw.contains("0/2 files, "), "no overall line: {raw:?}");
+    assert!(raw.contains("/67.11 MB, "), "no byte total in MB: {raw:?}");
+    assert!(raw.contains("ETA "), "no ETA: {raw:?}");
+    assert!(
+        !raw.contains("MiB"),
+        "binary units on the terminal: {raw:?}"
+    );
     assert!(
         raw.contains("\u{1b}["),
         "no escape codes on a terminal: {raw:?}"

@@ -186,6 +186,4 @@ fn keygen_shows_the_same_fingerprint_for_both_halves() {
     std::fs::write(work.path().join("junk"), "not a key").unwrap();
     let junk = realize(&["keygen", "--show-fingerprint", "junk"], work.path());
     assert_eq!(junk.status.code(), Some(1), "{}", stderr(&junk));
-    let neither = realize(&["keygen"], work.path());
-    assert_eq!(neither.status.code(), Some(2), "{}", stderr(&neither));
 }

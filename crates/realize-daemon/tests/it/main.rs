@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod audit_log;
+mod client_config;
 mod dist;
 mod exit_status;
 mod fairness;
