@@ -351,8 +351,18 @@ impl Daemon {
 }
 
 /// Runs `realize` with `args` and returns its output.
+/// `realize` blind to the machine's client config (a broken
+/// ~/.config/realize/config.toml must not fail the tests), as a fresh user.
+fn realize_command() -> Command {
+    let mut command = Command::new(realize_bin());
+    command
+        .env("XDG_CONFIG_HOME", "/nonexistent/realize-tests")
+        .env_remove("REALIZE_CONFIG");
+    command
+}
+
 pub async fn realize(args: &[&std::ffi::OsStr]) -> Output {
-    let output = Command::new(realize_bin())
+    let output = realize_command()
         .args(args)
         .stdin(Stdio::null())
         .kill_on_drop(true)
@@ -469,7 +479,7 @@ pub fn dir_id(id: &str) -> DirId {
 
 /// Starts `realize` with `args` without waiting for it, its stdout piped.
 pub fn spawn_realize(args: &[&std::ffi::OsStr]) -> Child {
-    Command::new(realize_bin())
+    realize_command()
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
