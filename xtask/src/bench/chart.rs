@@ -61,10 +61,11 @@ pub fn draw(path: &Path, title: &str, rows: &[Vec<Panel>]) -> anyhow::Result<()>
     root.fill(&WHITE)?;
     let root = root.titled(title, ("sans-serif", 22))?;
     let areas = root.split_evenly((rows.len().max(1), columns));
-    let panels = rows
-        .iter()
-        .enumerate()
-        .flat_map(|(r, row)| row.iter().enumerate().map(move |(c, p)| (r * columns + c, p)));
+    let panels = rows.iter().enumerate().flat_map(|(r, row)| {
+        row.iter()
+            .enumerate()
+            .map(move |(c, p)| (r * columns + c, p))
+    });
     for (index, panel) in panels {
         let area = &areas[index];
         let top = panel.bars.iter().map(|b| b.mb_per_sec).fold(1.0, f64::max) * 1.18;

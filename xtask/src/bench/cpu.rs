@@ -60,7 +60,10 @@ pub fn wait_for_children(pid: u32) -> anyhow::Result<()> {
 fn has_children(pid: u32) -> anyhow::Result<bool> {
     for entry in std::fs::read_dir("/proc").context("cannot list /proc")? {
         let name = entry?.file_name();
-        let Some(name) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
+        let Some(name) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
             continue;
         };
         // A process may end between the listing and the read.

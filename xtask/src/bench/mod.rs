@@ -148,16 +148,19 @@ pub fn bench(root: &Path, options: &Options) -> anyhow::Result<()> {
     let variants = chosen_variants(options);
     if variants.contains(&Variant::TwoHosts) {
         if !runs("taskset") {
-            bail!("the two-hosts variant pins each side with taskset (util-linux), which is missing");
+            bail!(
+                "the two-hosts variant pins each side with taskset (util-linux), which is missing"
+            );
         }
         if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
             bail!("the two-hosts variant needs 2 CPUs, one per side");
         }
     }
     let work = scratch("bench")?;
-    let disk = options.disk_dir.clone().unwrap_or_else(|| {
-        target_dir(root).join(format!("bench-disk-{}", std::process::id()))
-    });
+    let disk = options
+        .disk_dir
+        .clone()
+        .unwrap_or_else(|| target_dir(root).join(format!("bench-disk-{}", std::process::id())));
     let places = Places {
         work: &work,
         disk: &disk,
@@ -218,7 +221,7 @@ fn chosen_tools(options: &Options, variant: Variant, digest: bool) -> Vec<Tool> 
     let tools = match (options.tools.is_empty(), options.quick) {
         (false, _) => options.tools.clone(),
         (true, true) => vec![Tool::Realize, Tool::Rsync],
-        (true, false) => variant.tools().to_vec(),
+        (true, false) => variant.tools(),
     };
     tools
         .into_iter()
@@ -237,7 +240,8 @@ fn has_digest_flag(bins: &Binaries) -> bool {
 /// The filesystem `dir` is on, as findmnt names it: type and source.
 fn filesystem(dir: &Path) -> String {
     let dir = dir.to_string_lossy();
-    first_line("findmnt", &["-n", "-o", "FSTYPE,SOURCE", "-T", &dir])
+    let line = first_line("findmnt", &["-n", "-o", "FSTYPE,SOURCE", "-T", &dir]);
+    line.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The source and destination of each variant, created; the pristine copy
@@ -398,11 +402,16 @@ fn quick(
             if let Some(&(_, wall, cpu)) = figures.iter().find(|f| f.0 == Tool::Realize) {
                 for (tool, other_wall, other_cpu) in figures.iter().filter(|f| f.0 != Tool::Realize)
                 {
+                    // A run shorter than a clock tick can show no CPU time at all.
+                    let cpu = if *other_cpu > 0.0 {
+                        format!("{:.2}", cpu / other_cpu)
+                    } else {
+                        "—".into()
+                    };
                     line.push_str(&format!(
-                        " realize ÷ {}: time {:.2}, CPU {:.2};",
+                        " realize ÷ {}: time {:.2}, CPU {cpu};",
                         tool.name(),
                         wall / other_wall,
-                        cpu / other_cpu
                     ));
                 }
             }
@@ -572,8 +581,15 @@ fn first_line(program: &str, args: &[&str]) -> String {
         .output()
         .ok()
         .and_then(|o| {
-            let out = if o.stdout.is_empty() { o.stderr } else { o.stdout };
-            String::from_utf8_lossy(&out).lines().next().map(str::to_owned)
+            let out = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&out)
+                .lines()
+                .next()
+                .map(str::to_owned)
         })
         .unwrap_or_else(|| format!("{program}: unknown"))
 }

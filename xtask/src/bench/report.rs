@@ -53,7 +53,11 @@ fn of(set: &SetResult, tool: Tool) -> Option<Speed> {
 /// realize's time and CPU over `tool`'s on a set.
 fn ratios(set: &SetResult, tool: Tool) -> Option<(f64, Option<f64>)> {
     let (realize, other) = (of(set, Tool::Realize)?, of(set, tool)?);
-    let cpu = realize.cpu.zip(other.cpu).map(|(r, o)| r / o);
+    // A run shorter than a clock tick can show no CPU time at all.
+    let cpu = realize
+        .cpu
+        .zip(other.cpu.filter(|&o| o > 0.0))
+        .map(|(r, o)| r / o);
     Some((realize.seconds / other.seconds, cpu))
 }
 
@@ -88,7 +92,12 @@ pub fn panels(measured: &Measured) -> Vec<Vec<Panel>> {
                 .sets
                 .iter()
                 .map(|set| Panel {
-                    title: format!("{}: {} ({})", variant.variant.name(), set.set.name(), set.describe),
+                    title: format!(
+                        "{}: {} ({})",
+                        variant.variant.name(),
+                        set.set.name(),
+                        set.describe
+                    ),
                     bars: Tool::ALL
                         .iter()
                         .enumerate()
@@ -144,8 +153,15 @@ fn describe_variant(variant: &VariantResult) -> String {
             "source and destination on the disk ({}), the pristine copy on tmpfs, so the source is read from the page cache; `sync` before each run, outside the timing, so no run pays for the previous one's writeback",
             variant.filesystem
         ),
-        Variant::TwoHosts => "tmpfs, each side pinned to its own core with `taskset -c`, as on two hosts of one core: realize, the rsync client (and its ssh) and rclone on CPU 0; realized, the rsync daemon, sshd and rclone's server on CPU 1".into(),
+        Variant::TwoHosts => "tmpfs, each side pinned to its own core with `taskset -c`, as on two hosts of one core: every command (realize, the rsync client and its ssh) on CPU 0, every server (realized, the rsync daemon, sshd) on CPU 1".into(),
     }
+}
+
+fn capitalised(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_uppercase().chain(chars).collect()
+    })
 }
 
 pub fn markdown(measured: &Measured) -> anyhow::Result<String> {
@@ -177,7 +193,7 @@ pub fn markdown(measured: &Measured) -> anyhow::Result<String> {
          Each data set is made once from a fixed seed and moved in each variant of the setting.\n\
          Each round times every tool once, in an order that rotates from round to round; between runs, outside the timing, the source is restored with `cp -a` from a pristine copy and the destination emptied.\n\
          A time is the wall clock of the whole command: process start, connection, listing, transfer, verification, deletion of the source.\n\
-         *CPU* is the user and system time of both sides: the command with every process it starts and waits for (rsync's ssh), read from the bench's own `/proc/self/stat` (its reaped children), and the server with every process it forks per connection (an rsync daemon's receiver, sshd's session and the rsync it runs), the difference of `/proc/PID/stat` (utime, stime, cutime, cstime) across the run, read once the server has reaped them; clock ticks are 10 ms. *CPU-s/GiB* is that over the GiB (2^30 bytes) moved: a figure that depends less on the machine's other load than the wall time.\n\
+         *CPU* is the user and system time of both sides: the command with every process it starts and waits for (rsync's ssh), read from the bench's own `/proc/self/stat` (its reaped children), and the server with every process it forks per connection (an rsync daemon's receiver, sshd's session and the rsync it runs), the difference of `/proc/PID/stat` (utime, stime, cutime, cstime) across the run, read once the server has reaped them, in clock ticks of 1/{hz} s. *CPU-s/GiB* is that over the GiB (2^30 bytes) moved: a figure that depends less on the machine's other load than the wall time.\n\
          Figures are the median of {runs} runs, with the fastest and slowest as the spread; MB is 10^6 bytes.\n\
          Ratios are realize's (the push with the default digest) over the other tool's, from the same run, as issue 16 states its targets: *time* is realize's time ÷ the tool's (below 1, realize is faster), *CPU* is realize's CPU-s/GiB ÷ the tool's (below 1, realize spends less).\n\n\
          Variants:\n",
@@ -193,6 +209,7 @@ pub fn markdown(measured: &Measured) -> anyhow::Result<String> {
         rclone = first_line("rclone", &["version"]),
         cp = first_line("cp", &["--version"]),
         runs = measured.runs,
+        hz = rustix::param::clock_ticks_per_second(),
     )?;
     for variant in &measured.variants {
         let tools: Vec<&str> = tools_of(variant).into_iter().map(Tool::name).collect();
@@ -224,7 +241,7 @@ pub fn markdown(measured: &Measured) -> anyhow::Result<String> {
         "## Resume\n\n\
          A 256 MiB file whose destination already holds a partial file, resumed by `realize --output json` through a TCP proxy that counts what realize sends.\n\
          *Payload* is the summary's `bytes_sent` (file, delta and signature bytes); *wire* is every byte realize sent, TLS and gRPC framing included.\n\
-         The target is less than 55% of the file for a file interrupted at 50%.\n\n\
+         The target is less than 52% of the file for a file interrupted at 50%.\n\n\
          | case | partial file before the resume | payload sent | ÷ file | wire bytes sent | ÷ file |\n\
          |---|---|---|---|---|---|"
     )?;
@@ -373,12 +390,16 @@ fn targets(out: &mut String, measured: &Measured) -> anyhow::Result<()> {
         };
         writeln!(
             out,
-            "| {} ≤ {} | {} | {} | {figure:.2} | {} |",
+            "| {} ≤ {:.2} | {} | {} | {figure:.2} | {} |",
             target.text,
             target.bound,
             target.variant.name(),
             target.set.name(),
-            if figure <= target.bound { "yes" } else { "**no**" }
+            if figure <= target.bound {
+                "yes"
+            } else {
+                "**no**"
+            }
         )?;
     }
     for variant in &measured.variants {
@@ -424,7 +445,7 @@ fn variant_tables(out: &mut String, variant: &VariantResult) -> anyhow::Result<(
         out,
         "## {name}\n\n{}.\n\n\
          Median time and CPU-seconds per GiB of each tool (client and server together).\n",
-        describe_variant(variant)
+        capitalised(&describe_variant(variant))
     )?;
     let header: Vec<&str> = tools.iter().map(|t| t.name()).collect();
     writeln!(
@@ -442,19 +463,18 @@ fn variant_tables(out: &mut String, variant: &VariantResult) -> anyhow::Result<(
                     " ~{:.0} s at the capped rate ({:.1} MB/s, see below) |",
                     s.seconds, s.mb_per_sec
                 )?,
-                Some(s) => write!(
-                    row,
-                    " {:.2} s · {} CPU-s/GiB |",
-                    s.seconds,
-                    figure(s.cpu)
-                )?,
+                Some(s) => write!(row, " {:.2} s · {} CPU-s/GiB |", s.seconds, figure(s.cpu))?,
                 None => row.push_str(" — |"),
             }
         }
         writeln!(out, "{row}")?;
     }
 
-    let others: Vec<Tool> = tools.iter().copied().filter(|&t| t != Tool::Realize).collect();
+    let others: Vec<Tool> = tools
+        .iter()
+        .copied()
+        .filter(|&t| t != Tool::Realize)
+        .collect();
     if tools.contains(&Tool::Realize) && !others.is_empty() {
         let header: Vec<String> = others
             .iter()
