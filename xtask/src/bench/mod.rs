@@ -48,8 +48,8 @@ pub struct Options {
     /// for a check of the code paths in seconds.
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
-    /// Where the disk variant moves files: a directory on the disk, not on
-    /// tmpfs (default: a scratch directory under target/).
+    /// Where the disk variant moves files, in a scratch directory of its own:
+    /// a directory on the disk, not on tmpfs (default: target/).
     #[arg(long)]
     disk_dir: Option<PathBuf>,
     /// Seconds rclone may take on the small set, which it moves one slow
@@ -157,10 +157,12 @@ pub fn bench(root: &Path, options: &Options) -> anyhow::Result<()> {
         }
     }
     let work = scratch("bench")?;
+    // A directory of its own, removed at the end, even inside --disk-dir.
     let disk = options
         .disk_dir
         .clone()
-        .unwrap_or_else(|| target_dir(root).join(format!("bench-disk-{}", std::process::id())));
+        .unwrap_or_else(|| target_dir(root))
+        .join(format!("bench-disk-{}", std::process::id()));
     let places = Places {
         work: &work,
         disk: &disk,
