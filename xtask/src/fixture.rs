@@ -1,5 +1,6 @@
 //! What the bench and the chaos suite share: the built binaries, keys, a `realized` on loopback, seeded data and tree checks.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -150,19 +151,31 @@ pub struct Daemon {
     bin: PathBuf,
     config: PathBuf,
     log: PathBuf,
+    cpu: Option<usize>,
 }
 
 impl Daemon {
     /// Starts `realized --config CONFIG` and waits for its `listening on` line;
     /// its log goes to `log`.
     pub fn start(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<Self> {
-        let (child, addr) = spawn_daemon(bin, config, None, log)?;
+        Self::start_on_cpu(bin, config, log, None)
+    }
+
+    /// Like [`Daemon::start`], pinned to `cpu` when one is given.
+    pub fn start_on_cpu(
+        bin: &Path,
+        config: &Path,
+        log: &Path,
+        cpu: Option<usize>,
+    ) -> anyhow::Result<Self> {
+        let (child, addr) = spawn_daemon(bin, config, None, log, cpu)?;
         Ok(Daemon {
             child,
             addr,
             bin: bin.to_path_buf(),
             config: config.to_path_buf(),
             log: log.to_path_buf(),
+            cpu,
         })
     }
 
@@ -193,7 +206,13 @@ impl Daemon {
         // A daemon that already exited cannot be killed; that is fine here.
         let _ = self.child.kill();
         self.child.wait().context("cannot reap realized")?;
-        let (child, _) = spawn_daemon(&self.bin, &self.config, Some(&self.addr), &self.log)?;
+        let (child, _) = spawn_daemon(
+            &self.bin,
+            &self.config,
+            Some(&self.addr),
+            &self.log,
+            self.cpu,
+        )?;
         self.child = child;
         Ok(())
     }
@@ -211,11 +230,15 @@ fn spawn_daemon(
     config: &Path,
     address: Option<&str>,
     log: &Path,
+    cpu: Option<usize>,
 ) -> anyhow::Result<(Child, String)> {
     let mut command = Command::new(bin);
     command.arg("--config").arg(config);
     if let Some(address) = address {
         command.args(["--address", address]);
+    }
+    if let Some(cpu) = cpu {
+        command = on_cpu(cpu, &command);
     }
     let mut child = command
         .env("RUST_LOG", "warn,realize_daemon=info")
@@ -255,6 +278,38 @@ fn spawn_daemon(
         }
     });
     Ok((child, addr))
+}
+
+/// `command` run by `taskset -c CPU`, which pins it and every thread and
+/// process it starts to that CPU. Only the program, arguments, environment
+/// and directory carry over: set standard streams on the result.
+pub fn on_cpu(cpu: usize, command: &Command) -> Command {
+    let mut pinned = Command::new("taskset");
+    pinned
+        .arg("-c")
+        .arg(cpu.to_string())
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => pinned.env(key, value),
+            None => pinned.env_remove(key),
+        };
+    }
+    if let Some(dir) = command.get_current_dir() {
+        pinned.current_dir(dir);
+    }
+    pinned
+}
+
+/// Whether `program` can be run (it answers `--version`).
+pub fn runs(program: impl AsRef<OsStr>) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
 }
 
 /// The highest resident set size a process has had (VmHWM), in bytes.

@@ -1,4 +1,4 @@
-//! The PNG chart of throughput per tool and data set.
+//! The PNG chart of throughput per tool: a row of panels per variant, a panel per data set.
 
 use std::path::Path;
 
@@ -15,7 +15,9 @@ const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
 #[derive(Debug, Clone)]
 pub struct Bar {
-    pub tool: &'static str,
+    pub label: &'static str,
+    /// Index into the palette: the same tool has the same colour everywhere.
+    pub colour: usize,
     pub mb_per_sec: f64,
     /// Printed above the bar after the figure, such as "capped".
     pub note: Option<&'static str>,
@@ -27,10 +29,15 @@ pub struct Panel {
     pub bars: Vec<Bar>,
 }
 
-/// One colour per tool, the same in every panel.
-const COLOURS: [RGBColor; 4] = [
+/// One colour per tool, the same in every panel: realize's rows in blues,
+/// rsync's in oranges and reds, rclone green, cp grey.
+const COLOURS: [RGBColor; 8] = [
     RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0x6b, 0xae, 0xd6),
+    RGBColor(0x9e, 0xca, 0xe1),
     RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x8c, 0x56, 0x4b),
     RGBColor(0x2c, 0xa0, 0x2c),
     RGBColor(0x7f, 0x7f, 0x7f),
 ];
@@ -46,15 +53,24 @@ fn load_font() -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("{FONT} is not a font plotters can read"))
 }
 
-pub fn draw(path: &Path, title: &str, panels: &[Panel]) -> anyhow::Result<()> {
+pub fn draw(path: &Path, title: &str, rows: &[Vec<Panel>]) -> anyhow::Result<()> {
     load_font()?;
-    let root = BitMapBackend::new(path, (1260, 500)).into_drawing_area();
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(1).max(1);
+    let height = 60 + 420 * rows.len().max(1) as u32;
+    let root = BitMapBackend::new(path, (1500, height)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(title, ("sans-serif", 22))?;
-    for (area, panel) in root.split_evenly((1, panels.len())).iter().zip(panels) {
+    let areas = root.split_evenly((rows.len().max(1), columns));
+    let panels = rows.iter().enumerate().flat_map(|(r, row)| {
+        row.iter()
+            .enumerate()
+            .map(move |(c, p)| (r * columns + c, p))
+    });
+    for (index, panel) in panels {
+        let area = &areas[index];
         let top = panel.bars.iter().map(|b| b.mb_per_sec).fold(1.0, f64::max) * 1.18;
         let mut chart = ChartBuilder::on(area)
-            .caption(&panel.title, ("sans-serif", 17))
+            .caption(&panel.title, ("sans-serif", 15))
             .margin(12)
             .x_label_area_size(30)
             .y_label_area_size(70)
@@ -72,17 +88,18 @@ pub fn draw(path: &Path, title: &str, panels: &[Panel]) -> anyhow::Result<()> {
                 SegmentValue::CenterOf(i) => panel
                     .bars
                     .get(*i)
-                    .map_or_else(String::new, |b| b.tool.to_string()),
+                    .map_or_else(String::new, |b| b.label.to_string()),
                 _ => String::new(),
             })
-            .label_style(("sans-serif", 14))
+            .label_style(("sans-serif", 13))
             .draw()?;
         chart.draw_series(
             Histogram::vertical(&chart)
-                .margin(14)
+                .margin(8)
                 .style_func(|x, _| match x {
                     SegmentValue::Exact(i) | SegmentValue::CenterOf(i) => {
-                        COLOURS[*i % COLOURS.len()].filled()
+                        let colour = panel.bars.get(*i).map_or(0, |b| b.colour);
+                        COLOURS[colour % COLOURS.len()].filled()
                     }
                     SegmentValue::Last => BLACK.filled(),
                 })
@@ -107,7 +124,7 @@ pub fn draw(path: &Path, title: &str, panels: &[Panel]) -> anyhow::Result<()> {
             Text::new(
                 label,
                 (SegmentValue::CenterOf(i), b.mb_per_sec + top * 0.02),
-                ("sans-serif", 14)
+                ("sans-serif", 12)
                     .into_font()
                     .color(&BLACK)
                     .pos(Pos::new(HPos::Center, VPos::Bottom)),

@@ -1,26 +1,29 @@
-//! `cargo xtask bench`: realize against rsync, rclone and cp on the same data in the same run; resume, memory and RPC latency; written to docs/benchmarks.md and docs/benchmarks.png.
+//! `cargo xtask bench`: realize (push, pull) against rsync (daemon, --fsync, over ssh), rclone and cp on the same data in the same run, on tmpfs, on disk and on two pinned cores, in wall time and CPU time; resume, memory and RPC latency; written to docs/benchmarks.md and docs/benchmarks.png.
 
 mod chart;
+mod cpu;
 mod data;
 mod report;
 mod rpc;
+mod ssh;
 mod throttle;
+mod timing;
 mod tools;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use realize_core::testing::{Rng, list_files, sha256_file, write_random};
 
 use crate::fixture::{
-    Binaries, Daemon, Keys, clear_dir, peak_rss, reset_copy, scratch, target_dir,
+    Binaries, Daemon, Keys, clear_dir, peak_rss, reset_copy, runs, scratch, target_dir,
 };
 use crate::proxy::Proxy;
 use crate::run;
 pub use data::DataSet;
+use timing::{Dirs, Generated, Timings, Variant, cpu_per_gib, median};
 use tools::{Servers, Tool};
 
 #[derive(Debug, clap::Args)]
@@ -34,6 +37,21 @@ pub struct Options {
     /// Data sets to time, comma-separated (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     sets: Vec<DataSet>,
+    /// Variants to time, comma-separated (default: all; with --quick, tmpfs).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    variants: Vec<Variant>,
+    /// Tools to time, comma-separated (default: each variant's; with
+    /// --quick, realize and rsync).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    tools: Vec<Tool>,
+    /// Size of the data sets relative to the documented ones, such as 0.01
+    /// for a check of the code paths in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Where the disk variant moves files, in a scratch directory of its own:
+    /// a directory on the disk, not on tmpfs (default: target/).
+    #[arg(long)]
+    disk_dir: Option<PathBuf>,
     /// Seconds rclone may take on the small set, which it moves one slow
     /// request after another; it runs once there.
     #[arg(long, default_value_t = 60)]
@@ -41,8 +59,8 @@ pub struct Options {
     /// Print the figures without writing docs/.
     #[arg(long)]
     no_doc: bool,
-    /// Time realize against rsync only, and print their medians without
-    /// measuring memory, resume or latency: a check while optimising.
+    /// Time realize against rsync only (or --tools), and print their medians
+    /// and ratios without measuring memory, resume or latency: a check while optimising.
     #[arg(long)]
     quick: bool,
 }
@@ -53,28 +71,28 @@ enum Only {
     Throttle,
 }
 
-/// What one tool did on one data set.
-#[derive(Debug, Clone)]
-pub struct Timings {
-    pub tool: Tool,
-    pub times: Vec<Duration>,
-    /// Set when the run was stopped at the cap: how long it ran and how
-    /// many files had arrived by then.
-    pub capped: Option<(Duration, usize)>,
-}
-
 #[derive(Debug, Clone)]
 pub struct SetResult {
     pub set: DataSet,
+    pub describe: String,
     pub files: u64,
     pub bytes: u64,
     pub timings: Vec<Timings>,
-    pub memory: Memory,
+}
+
+/// Every data set timed in one variant.
+#[derive(Debug, Clone)]
+pub struct VariantResult {
+    pub variant: Variant,
+    /// The filesystem the files were on, such as "ext4 /dev/vda".
+    pub filesystem: String,
+    pub sets: Vec<SetResult>,
 }
 
 /// Peak resident memory while moving a set with realize, each process fresh.
 #[derive(Debug, Clone, Copy)]
 pub struct Memory {
+    pub set: DataSet,
     pub daemon_idle: u64,
     pub daemon: u64,
     pub command: u64,
@@ -91,6 +109,17 @@ pub struct Resume {
     pub interrupted_partial: u64,
     pub interrupted_sent: u64,
     pub interrupted_wire: u64,
+}
+
+/// Everything a full run measures, for the docs.
+#[derive(Debug)]
+pub struct Measured {
+    pub variants: Vec<VariantResult>,
+    pub memory: Vec<Memory>,
+    pub resume: Resume,
+    pub latency: Vec<rpc::Row>,
+    pub runs: usize,
+    pub scale: f64,
 }
 
 pub fn bench(root: &Path, options: &Options) -> anyhow::Result<()> {
@@ -112,17 +141,45 @@ pub fn bench(root: &Path, options: &Options) -> anyhow::Result<()> {
     if let Some(Only::Throttle) = options.only {
         return throttle::throttle(root, bins);
     }
-    tools::install_missing()?;
-    let work = scratch("bench")?;
-    if options.quick {
-        let result = quick(options, &bins, &work);
-        let _ = std::fs::remove_dir_all(&work);
-        return result;
+    if !(options.scale > 0.0 && options.scale <= 1.0) {
+        bail!("--scale must be above 0 and at most 1");
     }
-    let result = measure(options, &bins, &work);
+    tools::install_missing()?;
+    let variants = chosen_variants(options);
+    if variants.contains(&Variant::TwoHosts) {
+        if !runs("taskset") {
+            bail!(
+                "the two-hosts variant pins each side with taskset (util-linux), which is missing"
+            );
+        }
+        if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+            bail!("the two-hosts variant needs 2 CPUs, one per side");
+        }
+    }
+    let work = scratch("bench")?;
+    // A directory of its own, removed at the end, even inside --disk-dir.
+    let disk = options
+        .disk_dir
+        .clone()
+        .unwrap_or_else(|| target_dir(root))
+        .join(format!("bench-disk-{}", std::process::id()));
+    let places = Places {
+        work: &work,
+        disk: &disk,
+    };
+    let result = if options.quick {
+        quick(options, &variants, &bins, &places).map(|()| None)
+    } else {
+        measure(options, &variants, &bins, &places).map(Some)
+    };
     let _ = std::fs::remove_dir_all(&work);
-    let (sets, resume, latency) = result?;
-    let doc = report::markdown(&sets, &resume, &latency, options.runs)?;
+    if variants.contains(&Variant::Disk) {
+        let _ = std::fs::remove_dir_all(&disk);
+    }
+    let Some(measured) = result? else {
+        return Ok(());
+    };
+    let doc = report::markdown(&measured)?;
     println!("{doc}");
     if !options.no_doc {
         let path = root.join("docs/benchmarks.md");
@@ -130,15 +187,19 @@ pub fn bench(root: &Path, options: &Options) -> anyhow::Result<()> {
         let png = root.join("docs/benchmarks.png");
         chart::draw(
             &png,
-            "Throughput by tool and data set (median of the runs; higher is better)",
-            &report::panels(&sets),
+            "Throughput by tool, variant and data set (median of the runs; higher is better)",
+            &report::panels(&measured),
         )?;
         eprintln!("wrote {} and {}", path.display(), png.display());
     }
     Ok(())
 }
 
-type Measured = (Vec<SetResult>, Resume, Vec<rpc::Row>);
+/// The scratch directories: `work` on tmpfs, `disk` on the disk.
+struct Places<'a> {
+    work: &'a Path,
+    disk: &'a Path,
+}
 
 /// The data sets asked for, all by default.
 fn chosen_sets(options: &Options) -> Vec<DataSet> {
@@ -149,206 +210,231 @@ fn chosen_sets(options: &Options) -> Vec<DataSet> {
     }
 }
 
-/// The directories a set is generated in, moved from and moved to.
-struct Dirs {
-    pristine: PathBuf,
-    src: PathBuf,
-    dst: PathBuf,
-}
-
-impl Dirs {
-    fn create(work: &Path) -> anyhow::Result<Dirs> {
-        let dirs = Dirs {
-            pristine: work.join("pristine"),
-            src: work.join("src"),
-            dst: work.join("dst"),
-        };
-        for dir in [&dirs.pristine, &dirs.src, &dirs.dst] {
-            std::fs::create_dir_all(dir)?;
-        }
-        Ok(dirs)
-    }
-
-    fn clear(&self) -> anyhow::Result<()> {
-        for dir in [&self.pristine, &self.src, &self.dst] {
-            clear_dir(dir)?;
-        }
-        Ok(())
+fn chosen_variants(options: &Options) -> Vec<Variant> {
+    match (options.variants.is_empty(), options.quick) {
+        (false, _) => options.variants.clone(),
+        (true, true) => vec![Variant::Tmpfs],
+        (true, false) => Variant::ALL.to_vec(),
     }
 }
 
-fn measure(options: &Options, bins: &Binaries, work: &Path) -> anyhow::Result<Measured> {
-    let keys = Keys::generate(bins, work)?;
-    let dirs = Dirs::create(work)?;
-    let mut servers = Servers::start(bins, &keys, work, &dirs.dst)?;
-    let mut results = Vec::new();
-    for set in chosen_sets(options) {
-        let (files, bytes, timings) =
-            time_tools(options, &Tool::ALL, set, bins, &keys, &mut servers, &dirs)?;
-        let memory = peak_memory(bins, &keys, work, &dirs.pristine, &dirs.src, &dirs.dst)?;
-        results.push(SetResult {
-            set,
-            files,
-            bytes,
-            timings,
-            memory,
-        });
-    }
-    dirs.clear()?;
-    drop(servers);
-    let resume = resume(bins, &keys, work)?;
-    let latency = latency(bins, &keys, work)?;
-    Ok((results, resume, latency))
+/// The tools to time in `variant`; realize's SHA-256 row only once realize has `--digest`.
+fn chosen_tools(options: &Options, variant: Variant, digest: bool) -> Vec<Tool> {
+    let tools = match (options.tools.is_empty(), options.quick) {
+        (false, _) => options.tools.clone(),
+        (true, true) => vec![Tool::Realize, Tool::Rsync],
+        (true, false) => variant.tools(),
+    };
+    tools
+        .into_iter()
+        .filter(|&tool| tool != Tool::RealizeSha256 || digest)
+        .collect()
 }
 
-/// Times realize and rsync only, and prints their medians and ratio.
-fn quick(options: &Options, bins: &Binaries, work: &Path) -> anyhow::Result<()> {
-    let keys = Keys::generate(bins, work)?;
-    let dirs = Dirs::create(work)?;
-    let mut servers = Servers::start(bins, &keys, work, &dirs.dst)?;
-    for set in chosen_sets(options) {
-        let tools = [Tool::Realize, Tool::Rsync];
-        let (_, _, timings) = time_tools(options, &tools, set, bins, &keys, &mut servers, &dirs)?;
-        let median = |t: &Timings| {
-            let mut times = t.times.clone();
-            times.sort();
-            times[times.len() / 2].as_secs_f64()
-        };
-        let (realize, rsync) = (median(&timings[0]), median(&timings[1]));
-        println!(
-            "{}: realize {realize:.3} s, rsync {rsync:.3} s, realize time / rsync time {:.2}",
-            set.name(),
-            realize / rsync
+/// Whether this realize has `--digest` (the SHA-256 row needs it).
+fn has_digest_flag(bins: &Binaries) -> bool {
+    Command::new(&bins.realize)
+        .arg("--help")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--digest"))
+}
+
+/// The filesystem `dir` is on, as findmnt names it: type and source.
+fn filesystem(dir: &Path) -> String {
+    let dir = dir.to_string_lossy();
+    let line = first_line("findmnt", &["-n", "-o", "FSTYPE,SOURCE", "-T", &dir]);
+    line.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The source and destination of each variant, created; the pristine copy
+/// of the data set is on tmpfs for all of them.
+fn variant_dirs(places: &Places, variant: Variant) -> anyhow::Result<Dirs> {
+    let base = match variant {
+        Variant::Tmpfs | Variant::TwoHosts => places.work,
+        Variant::Disk => places.disk,
+    };
+    let dirs = Dirs {
+        pristine: places.work.join("pristine"),
+        src: base.join("src"),
+        dst: base.join("dst"),
+    };
+    for dir in [&dirs.pristine, &dirs.src, &dirs.dst] {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if variant == Variant::Disk && filesystem(&dirs.dst).starts_with("tmpfs") {
+        bail!(
+            "{} is on tmpfs: give the disk variant a directory on the disk with --disk-dir",
+            dirs.dst.display()
         );
     }
-    dirs.clear()
+    Ok(dirs)
 }
 
-/// Times each of `tools` moving `set`, `options.runs` times in a rotating
-/// order; returns the set's file count, size and the timings in the order of `tools`.
-fn time_tools(
-    options: &Options,
-    tools: &[Tool],
-    set: DataSet,
-    bins: &Binaries,
-    keys: &Keys,
-    servers: &mut Servers,
-    dirs: &Dirs,
-) -> anyhow::Result<(u64, u64, Vec<Timings>)> {
-    let Dirs { pristine, src, dst } = dirs;
+/// Makes `set` in the pristine directory.
+fn generate(set: DataSet, pristine: &Path, scale: f64) -> anyhow::Result<Generated> {
     clear_dir(pristine)?;
-    let (files, bytes) = set.generate(pristine)?;
-    let expected = list_files(pristine)?;
+    let (files, bytes) = set.generate(pristine, scale)?;
     eprintln!(
-        "{}: {files} files, {:.0} MB",
+        "{}: {files} files, {:.1} MB",
         set.name(),
         bytes as f64 / 1e6
     );
-    let mut timings: Vec<Timings> = tools
-        .iter()
-        .map(|&tool| Timings {
-            tool,
-            times: Vec::new(),
-            capped: None,
-        })
-        .collect();
-    for round in 0..options.runs.max(1) {
-        // A rotating order, so no tool always runs first (or last).
-        for k in 0..tools.len() {
-            let slot = (round + k) % tools.len();
-            let tool = tools[slot];
-            let capped = tool == Tool::Rclone && set == DataSet::Small;
-            if capped && round > 0 {
-                continue;
-            }
-            reset_copy(pristine, src)?;
-            clear_dir(dst)?;
-            if tool == Tool::Rclone {
-                servers.restart_rclone()?;
-            }
-            let command = servers.command(tool, bins, keys, src, dst);
-            let cap = capped.then(|| Duration::from_secs(options.rclone_small_cap));
-            let entry = &mut timings[slot];
-            match timed(command, cap)? {
-                Some(elapsed) => {
-                    verify(tool, src, dst, &expected)?;
-                    eprintln!("  {} {elapsed:.3?}", tool.name());
-                    entry.times.push(elapsed);
-                }
-                None => {
-                    let arrived = list_files(dst)?.len();
-                    eprintln!(
-                        "  {} stopped at the {}s cap with {arrived} of {files} files",
-                        tool.name(),
-                        options.rclone_small_cap
-                    );
-                    entry.capped = cap.map(|cap| (cap, arrived));
-                }
-            }
+    Ok(Generated {
+        set,
+        expected: list_files(pristine)?,
+        files,
+        bytes,
+    })
+}
+
+/// Times every tool of every variant on every set; the variants of a set
+/// share one generation of it.
+fn time_all(
+    options: &Options,
+    variants: &[Variant],
+    bins: &Binaries,
+    keys: &Keys,
+    places: &Places,
+    mut after_set: impl FnMut(DataSet) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<VariantResult>> {
+    let digest = has_digest_flag(bins);
+    if !digest {
+        eprintln!("realize has no --digest yet: no realize --digest sha256 row");
+    }
+    let mut results: Vec<VariantResult> = Vec::new();
+    for &variant in variants {
+        let dirs = variant_dirs(places, variant)?;
+        results.push(VariantResult {
+            variant,
+            filesystem: filesystem(&dirs.dst),
+            sets: Vec::new(),
+        });
+    }
+    for set in chosen_sets(options) {
+        let data = generate(set, &places.work.join("pristine"), options.scale)?;
+        for result in &mut results {
+            let variant = result.variant;
+            eprintln!("{} · {}", variant.name(), set.name());
+            let dirs = variant_dirs(places, variant)?;
+            let tools = chosen_tools(options, variant, digest);
+            let mut servers = Servers::start(
+                bins,
+                keys,
+                places.work,
+                (&dirs.src, &dirs.dst),
+                &tools,
+                variant.server_cpu(),
+            )?;
+            let timings = timing::time_tools(
+                options,
+                variant,
+                &tools,
+                &data,
+                (bins, keys),
+                &mut servers,
+                &dirs,
+            )?;
+            drop(servers);
+            // Frees the disk before the next variant.
+            clear_dir(&dirs.src)?;
+            clear_dir(&dirs.dst)?;
+            result.sets.push(SetResult {
+                set,
+                describe: set.describe(options.scale),
+                files: data.files,
+                bytes: data.bytes,
+                timings,
+            });
         }
+        after_set(set)?;
     }
-    Ok((files, bytes, timings))
+    Ok(results)
 }
 
-/// Wall time of `command`, or None if it was still running at `cap` (then it is killed).
-fn timed(mut command: Command, cap: Option<Duration>) -> anyhow::Result<Option<Duration>> {
-    command.stdin(Stdio::null()).stdout(Stdio::null());
-    let started = Instant::now();
-    let mut child = command.spawn().context("cannot start the tool")?;
-    let status = match cap {
-        None => child.wait()?,
-        Some(cap) => loop {
-            if let Some(status) = child.try_wait()? {
-                break status;
-            }
-            if started.elapsed() >= cap {
-                child.kill()?;
-                child.wait()?;
-                return Ok(None);
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        },
-    };
-    let elapsed = started.elapsed();
-    if !status.success() {
-        bail!("{command:?} failed: {status}");
-    }
-    Ok(Some(elapsed))
+fn measure(
+    options: &Options,
+    variants: &[Variant],
+    bins: &Binaries,
+    places: &Places,
+) -> anyhow::Result<Measured> {
+    let work = places.work;
+    let keys = Keys::generate(bins, work)?;
+    let mut memory = Vec::new();
+    let variants = time_all(options, variants, bins, &keys, places, |set| {
+        memory.push(peak_memory(set, bins, &keys, work)?);
+        Ok(())
+    })?;
+    let resume = resume(bins, &keys, work)?;
+    let latency = latency(bins, &keys, work)?;
+    Ok(Measured {
+        variants,
+        memory,
+        resume,
+        latency,
+        runs: options.runs,
+        scale: options.scale,
+    })
 }
 
-/// Every file arrived with its size, and a move left nothing on the source.
-fn verify(
-    tool: Tool,
-    src: &Path,
-    dst: &Path,
-    expected: &BTreeMap<String, u64>,
+/// Times realize and rsync (or `--tools`) only, and prints their medians,
+/// CPU-seconds per GiB and realize's ratios to the others.
+fn quick(
+    options: &Options,
+    variants: &[Variant],
+    bins: &Binaries,
+    places: &Places,
 ) -> anyhow::Result<()> {
-    if list_files(dst)? != *expected {
-        bail!("{} did not deliver the data set intact", tool.name());
-    }
-    if tool.moves() && !list_files(src)?.is_empty() {
-        bail!("{} left files on the source", tool.name());
+    let keys = Keys::generate(bins, places.work)?;
+    let results = time_all(options, variants, bins, &keys, places, |_| Ok(()))?;
+    for result in &results {
+        for set in &result.sets {
+            let figures: Vec<(Tool, f64, f64)> = set
+                .timings
+                .iter()
+                .filter_map(|t| {
+                    let wall = median(&t.times)?.as_secs_f64();
+                    let cpu = cpu_per_gib(median(&t.cpu)?, set.bytes);
+                    Some((t.tool, wall, cpu))
+                })
+                .collect();
+            let mut line = format!("{} {}:", result.variant.name(), set.set.name());
+            for (tool, wall, cpu) in &figures {
+                line.push_str(&format!(" {} {wall:.3} s {cpu:.2} CPU-s/GiB;", tool.name()));
+            }
+            if let Some(&(_, wall, cpu)) = figures.iter().find(|f| f.0 == Tool::Realize) {
+                for (tool, other_wall, other_cpu) in figures.iter().filter(|f| f.0 != Tool::Realize)
+                {
+                    // A run shorter than a clock tick can show no CPU time at all.
+                    let cpu = if *other_cpu > 0.0 {
+                        format!("{:.2}", cpu / other_cpu)
+                    } else {
+                        "—".into()
+                    };
+                    line.push_str(&format!(
+                        " realize ÷ {}: time {:.2}, CPU {cpu};",
+                        tool.name(),
+                        wall / other_wall,
+                    ));
+                }
+            }
+            println!("{}", line.trim_end_matches(';'));
+        }
     }
     Ok(())
 }
 
-/// A fresh daemon and command move the set; both are polled for VmHWM.
-fn peak_memory(
-    bins: &Binaries,
-    keys: &Keys,
-    work: &Path,
-    pristine: &Path,
-    src: &Path,
-    dst: &Path,
-) -> anyhow::Result<Memory> {
-    reset_copy(pristine, src)?;
-    clear_dir(dst)?;
+/// A fresh daemon and command move the set (in the pristine directory);
+/// both are polled for VmHWM.
+fn peak_memory(set: DataSet, bins: &Binaries, keys: &Keys, work: &Path) -> anyhow::Result<Memory> {
+    let (src, dst) = (work.join("memory-src"), work.join("memory-dst"));
+    reset_copy(&work.join("pristine"), &src)?;
+    clear_dir(&dst)?;
     let config = work.join("realized-memory.toml");
-    keys.daemon_config(&config, &[("d", dst)])?;
+    keys.daemon_config(&config, &[("d", &dst)])?;
     let daemon = Daemon::start(&bins.realized, &config, &work.join("realized-memory.log"))?;
     let daemon_idle = peak_rss(daemon.pid()).context("cannot read the daemon's memory")?;
     let mut child = keys
-        .move_command(bins, src, &daemon.addr, "d")
+        .move_command(bins, &src, &daemon.addr, "d")
         .arg("--quiet")
         .stdout(Stdio::null())
         .spawn()
@@ -367,6 +453,7 @@ fn peak_memory(
         bail!("realize failed while its memory was measured: {status}");
     }
     let daemon = peak_rss(daemon.pid()).context("cannot read the daemon's memory")?;
+    clear_dir(&dst)?;
     eprintln!(
         "  memory: daemon {} MiB (idle {} MiB), realize {} MiB",
         daemon >> 20,
@@ -374,6 +461,7 @@ fn peak_memory(
         command >> 20
     );
     Ok(Memory {
+        set,
         daemon_idle,
         daemon,
         command,
@@ -487,14 +575,20 @@ fn latency(bins: &Binaries, keys: &Keys, work: &Path) -> anyhow::Result<Vec<rpc:
     )
 }
 
-/// The first line a command prints, such as a tool's version, for the docs.
+/// The first line a command prints, such as a tool's version, for the docs;
+/// on standard error when it prints nothing else (`ssh -V`).
 fn first_line(program: &str, args: &[&str]) -> String {
     Command::new(program)
         .args(args)
         .output()
         .ok()
         .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
+            let out = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&out)
                 .lines()
                 .next()
                 .map(str::to_owned)
