@@ -26,3 +26,6 @@ pub use status::{
     error_code, error_from_answer, error_from_request, error_from_request_stream,
     error_from_status, grpc_code, status_from_error,
 };
+
+#[cfg(test)]
+mod tests;

@@ -92,30 +92,6 @@ pub struct Signature {
     pub block_size: u32,
 }
 
-impl TryFrom<pb::SignatureRequest> for Signature {
-    type Error = DecodeError;
-    fn try_from(m: pb::SignatureRequest) -> Result<Self, DecodeError> {
-        let (dir, path) = target(&m.dir, &m.path)?;
-        Ok(Signature {
-            dir,
-            path,
-            range: required_range(m.range)?,
-            block_size: m.block_size,
-        })
-    }
-}
-
-impl From<Signature> for pb::SignatureRequest {
-    fn from(r: Signature) -> Self {
-        pb::SignatureRequest {
-            dir: r.dir.to_string(),
-            path: r.path.to_string(),
-            range: Some(r.range.into()),
-            block_size: r.block_size,
-        }
-    }
-}
-
 /// Diff: the delta that turns the signed bytes into a range of the final file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Diff {
@@ -125,29 +101,36 @@ pub struct Diff {
     pub signature: Bytes,
 }
 
-impl TryFrom<pb::DiffRequest> for Diff {
-    type Error = DecodeError;
-    fn try_from(m: pb::DiffRequest) -> Result<Self, DecodeError> {
-        let (dir, path) = target(&m.dir, &m.path)?;
-        Ok(Diff {
-            dir,
-            path,
-            range: required_range(m.range)?,
-            signature: m.signature,
-        })
-    }
+/// Both ways for the requests about a range of a file (which they must
+/// name) with one field more, taken as it is.
+macro_rules! ranged_request {
+    ($($request:ident($message:ident).$field:ident),*) => {$(
+        impl TryFrom<pb::$message> for $request {
+            type Error = DecodeError;
+            fn try_from(m: pb::$message) -> Result<Self, DecodeError> {
+                let (dir, path) = target(&m.dir, &m.path)?;
+                let range = required_range(m.range)?;
+                Ok($request { dir, path, range, $field: m.$field })
+            }
+        }
+
+        impl From<$request> for pb::$message {
+            fn from(r: $request) -> Self {
+                pb::$message {
+                    dir: r.dir.to_string(),
+                    path: r.path.to_string(),
+                    range: Some(r.range.into()),
+                    $field: r.$field,
+                }
+            }
+        }
+    )*};
 }
 
-impl From<Diff> for pb::DiffRequest {
-    fn from(r: Diff) -> Self {
-        pb::DiffRequest {
-            dir: r.dir.to_string(),
-            path: r.path.to_string(),
-            range: Some(r.range.into()),
-            signature: r.signature,
-        }
-    }
-}
+ranged_request!(
+    Signature(SignatureRequest).block_size,
+    Diff(DiffRequest).signature
+);
 
 /// Hash: the SHA-256 of one form of a file, or of a range of it.
 #[derive(Clone, Debug, PartialEq, Eq)]

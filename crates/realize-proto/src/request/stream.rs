@@ -76,40 +76,26 @@ impl TryFrom<pb::WriteHeader> for WriteHeader {
 
 impl From<WriteHeader> for pb::WriteRequest {
     fn from(h: WriteHeader) -> Self {
-        let header = pb::WriteHeader {
+        WriteMessage::Header(pb::WriteHeader {
             dir: h.dir.to_string(),
             path: h.path.to_string(),
             offset: h.offset,
             file_size: h.file_size,
             whole_file: h.whole_file,
-        };
-        pb::WriteRequest {
-            message: Some(WriteMessage::Header(header)),
-        }
+        })
+        .into()
     }
 }
 
 impl From<WritePiece> for pb::WriteRequest {
     fn from(piece: WritePiece) -> Self {
-        let message = match piece {
+        match piece {
             WritePiece::Data(chunk) => WriteMessage::Data(chunk),
             WritePiece::Finish(hash) => WriteMessage::Finish(pb::WriteFinish {
                 sha256: digest_bytes(&hash),
             }),
-        };
-        pb::WriteRequest {
-            message: Some(message),
         }
-    }
-}
-
-impl ClientStream for pb::WriteRequest {
-    type Header = WriteHeader;
-    fn into_header(self) -> Result<WriteHeader, DecodeError> {
-        match self.message {
-            Some(WriteMessage::Header(header)) => header.try_into(),
-            _ => Err(DecodeError::NoHeader),
-        }
+        .into()
     }
 }
 
@@ -140,34 +126,68 @@ impl TryFrom<pb::ApplyDeltaHeader> for ApplyDeltaHeader {
     type Error = DecodeError;
     fn try_from(m: pb::ApplyDeltaHeader) -> Result<Self, DecodeError> {
         let (dir, path) = target(&m.dir, &m.path)?;
+        let range = required_range(m.range)?;
+        let file_size = m.file_size;
         Ok(ApplyDeltaHeader {
             dir,
             path,
-            range: required_range(m.range)?,
-            file_size: m.file_size,
+            range,
+            file_size,
         })
     }
 }
 
 impl From<ApplyDeltaHeader> for pb::ApplyDeltaRequest {
     fn from(h: ApplyDeltaHeader) -> Self {
-        let header = pb::ApplyDeltaHeader {
+        DeltaMessage::Header(pb::ApplyDeltaHeader {
             dir: h.dir.to_string(),
             path: h.path.to_string(),
             range: Some(h.range.into()),
             file_size: h.file_size,
-        };
-        pb::ApplyDeltaRequest {
-            message: Some(DeltaMessage::Header(header)),
-        }
+        })
+        .into()
     }
 }
 
 /// A message of delta bytes.
 impl From<Bytes> for pb::ApplyDeltaRequest {
     fn from(delta: Bytes) -> Self {
+        DeltaMessage::Delta(delta).into()
+    }
+}
+
+impl pb::ApplyDeltaRequest {
+    /// A message after `header`: delta bytes.
+    pub fn into_delta(self, header: &ApplyDeltaHeader) -> Result<Bytes, DecodeError> {
+        match self.message {
+            Some(DeltaMessage::Delta(chunk)) => chunk_of(&header.dir, &header.path, chunk),
+            _ => Err(unexpected(&header.dir, &header.path, "data")),
+        }
+    }
+}
+
+impl From<WriteMessage> for pb::WriteRequest {
+    fn from(message: WriteMessage) -> Self {
+        pb::WriteRequest {
+            message: Some(message),
+        }
+    }
+}
+
+impl From<DeltaMessage> for pb::ApplyDeltaRequest {
+    fn from(message: DeltaMessage) -> Self {
         pb::ApplyDeltaRequest {
-            message: Some(DeltaMessage::Delta(delta)),
+            message: Some(message),
+        }
+    }
+}
+
+impl ClientStream for pb::WriteRequest {
+    type Header = WriteHeader;
+    fn into_header(self) -> Result<WriteHeader, DecodeError> {
+        match self.message {
+            Some(WriteMessage::Header(header)) => header.try_into(),
+            _ => Err(DecodeError::NoHeader),
         }
     }
 }
@@ -178,17 +198,6 @@ impl ClientStream for pb::ApplyDeltaRequest {
         match self.message {
             Some(DeltaMessage::Header(header)) => header.try_into(),
             _ => Err(DecodeError::NoHeader),
-        }
-    }
-}
-
-impl pb::ApplyDeltaRequest {
-    /// A message after `header`: delta bytes.
-    pub fn into_delta(self, header: &ApplyDeltaHeader) -> Result<Bytes, DecodeError> {
-        let (dir, path) = (&header.dir, &header.path);
-        match self.message {
-            Some(DeltaMessage::Delta(chunk)) => chunk_of(dir, path, chunk),
-            _ => Err(unexpected(dir, path, "data")),
         }
     }
 }
