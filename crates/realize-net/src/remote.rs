@@ -21,8 +21,10 @@ use tonic::transport::Channel;
 
 mod batch;
 mod pacing;
+mod unary;
 
 use pacing::{Pacing, Replay};
+use unary::Unary;
 
 type Client = pb::realize_client::RealizeClient<Channel>;
 
@@ -129,32 +131,21 @@ impl RemoteService {
     }
 
     /// A call whose request is one message ([`RemoteService::paced`]).
-    async fn call<M: Clone, R, T, Fut>(
-        &self,
-        message: M,
-        call: impl Fn(Client, tonic::Request<M>) -> Fut,
-    ) -> Result<T, ServiceError>
+    async fn call<M: Unary, T>(&self, message: M) -> Result<T, ServiceError>
     where
-        T: TryFrom<R>,
+        T: TryFrom<M::Response>,
         DecodeError: From<T::Error>,
-        Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
-        self.paced(|| true, || message.clone(), call).await
+        self.paced(|| true, || message.clone(), M::send).await
     }
 
-    /// [`RemoteService::call`], measured as `method`: every unary call.
-    async fn unary<M: Clone, R, T, Fut>(
-        &self,
-        method: &'static str,
-        message: M,
-        call: impl Fn(Client, tonic::Request<M>) -> Fut,
-    ) -> Result<T, ServiceError>
+    /// [`RemoteService::call`], measured: every unary call.
+    async fn unary<M: Unary, T>(&self, message: M) -> Result<T, ServiceError>
     where
-        T: TryFrom<R>,
+        T: TryFrom<M::Response>,
         DecodeError: From<T::Error>,
-        Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
-        self.observed(method, self.call(message, call)).await
+        self.observed(M::METHOD, self.call(message)).await
     }
 
     /// A call whose request is a stream of `messages`, made again after a
@@ -179,10 +170,7 @@ impl RemoteService {
     /// this connection; returns the limit in force.
     pub async fn configure(&self, send_limit: Option<u64>) -> Result<Option<u64>, ServiceError> {
         let request = pb::ConfigureRequest::from(request::Configure { send_limit });
-        self.unary("Configure", request, |mut c, r| async move {
-            c.configure(r).await
-        })
-        .await
+        self.unary(request).await
     }
 }
 
@@ -302,8 +290,7 @@ impl RemoteService {
 impl Service for RemoteService {
     async fn info(&self) -> Result<ServiceInfo, ServiceError> {
         let request = pb::InfoRequest::from(request::Info);
-        self.unary("Info", request, |mut c, r| async move { c.info(r).await })
-            .await
+        self.unary(request).await
     }
 
     async fn list(&self, dir: &DirId, include_partial: bool) -> Result<EntryStream, ServiceError> {
@@ -311,9 +298,7 @@ impl Service for RemoteService {
             dir: dir.clone(),
             include_partial,
         });
-        let entries = self
-            .unary("List", request, |mut c, r| async move { c.list(r).await })
-            .await?;
+        let entries = self.unary(request).await?;
         Ok(map_stream(entries))
     }
 
@@ -332,9 +317,7 @@ impl Service for RemoteService {
             length,
             if_stamp,
         });
-        let data = self
-            .unary("Read", request, |mut c, r| async move { c.read(r).await })
-            .await?;
+        let data = self.unary(request).await?;
         Ok(self.stall_guarded(map_stream(data)))
     }
 
@@ -384,44 +367,6 @@ impl Service for RemoteService {
         self.send_write(header, data, finish).await
     }
 
-    async fn signature(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        range: ByteRange,
-        block_size: u32,
-    ) -> Result<Bytes, ServiceError> {
-        let request = pb::SignatureRequest::from(request::Signature {
-            dir: dir.clone(),
-            path: path.clone(),
-            range,
-            block_size,
-        });
-        self.unary("Signature", request, |mut c, r| async move {
-            c.signature(r).await
-        })
-        .await
-    }
-
-    async fn diff(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        range: ByteRange,
-        signature: Bytes,
-    ) -> Result<ByteStream, ServiceError> {
-        let request = pb::DiffRequest::from(request::Diff {
-            dir: dir.clone(),
-            path: path.clone(),
-            range,
-            signature,
-        });
-        let delta = self
-            .unary("Diff", request, |mut c, r| async move { c.diff(r).await })
-            .await?;
-        Ok(self.stall_guarded(map_stream(delta)))
-    }
-
     async fn apply_delta(
         &self,
         dir: &DirId,
@@ -448,6 +393,39 @@ impl Service for RemoteService {
         .await
     }
 
+    async fn signature(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        range: ByteRange,
+        block_size: u32,
+    ) -> Result<Bytes, ServiceError> {
+        let request = pb::SignatureRequest::from(request::Signature {
+            dir: dir.clone(),
+            path: path.clone(),
+            range,
+            block_size,
+        });
+        self.unary(request).await
+    }
+
+    async fn diff(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        range: ByteRange,
+        signature: Bytes,
+    ) -> Result<ByteStream, ServiceError> {
+        let request = pb::DiffRequest::from(request::Diff {
+            dir: dir.clone(),
+            path: path.clone(),
+            range,
+            signature,
+        });
+        let delta = self.unary(request).await?;
+        Ok(self.stall_guarded(map_stream(delta)))
+    }
+
     async fn hash(
         &self,
         dir: &DirId,
@@ -461,8 +439,7 @@ impl Service for RemoteService {
             kind,
             range,
         });
-        self.unary("Hash", request, |mut c, r| async move { c.hash(r).await })
-            .await
+        self.unary(request).await
     }
 
     async fn finish(
@@ -476,12 +453,7 @@ impl Service for RemoteService {
             path: path.clone(),
             verified,
         });
-        self.unary(
-            "Finish",
-            request,
-            |mut c, r| async move { c.finish(r).await },
-        )
-        .await
+        self.unary(request).await
     }
 
     async fn delete(
@@ -495,12 +467,7 @@ impl Service for RemoteService {
             path: path.clone(),
             if_stamp,
         });
-        self.unary(
-            "Delete",
-            request,
-            |mut c, r| async move { c.delete(r).await },
-        )
-        .await
+        self.unary(request).await
     }
     async fn write_files(
         &self,

@@ -126,9 +126,7 @@ impl RemoteService {
         let request = pb::ReadFilesRequest::from(Files { dir, files });
         let answered = self
             .observed("ReadFiles", async {
-                let answers: tonic::Streaming<pb::ReadFilesResponse> = self
-                    .call(request, |mut c, r| async move { c.read_files(r).await })
-                    .await?;
+                let answers: tonic::Streaming<pb::ReadFilesResponse> = self.call(request).await?;
                 let answers = answers.map_err(error_from_status).boxed();
                 self.stall_guarded(answers).try_collect::<Vec<_>>().await
             })
@@ -146,9 +144,7 @@ impl RemoteService {
     ) -> Vec<Result<(), ServiceError>> {
         let request = pb::DeleteFilesRequest::from(Files { dir, files });
         let answered = self
-            .unary("DeleteFiles", request, |mut c, r| async move {
-                c.delete_files(r).await
-            })
+            .unary(request)
             .await
             .map(pb::DeleteFilesResponse::into_outcomes);
         answers_for(files, answered, |_, outcome| outcome)
