@@ -3,6 +3,10 @@
 //! authorization, `LocalStore`) in-process, over one root kept on tmpfs for the whole
 //! run and put back after any input that changed it.
 //!
+//! Each request is also decoded by realize-proto's conversions, as the daemon decodes
+//! it, and what decodes must encode back to the same message: the daemon serves what
+//! the client sent.
+//!
 //! Each input asserts: nothing outside the root changes (the root holds a symlink to
 //! a directory outside it), the symlinks in the root stay, a read-only peer changes
 //! nothing, and no call answers with more than a call may hold in memory.
@@ -18,6 +22,7 @@ use prost::Message;
 use realize_daemon::config::{Access, DaemonLimits, MIN_MESSAGE_SIZE};
 use realize_daemon::fuzzing::{DIR, Harness, frame};
 use realize_proto::pb;
+use realize_proto::request::{self, FileRefs, Files, Named, WriteFile, WritePiece};
 use sha2::{Digest, Sha256};
 
 mod seeds;
@@ -301,7 +306,7 @@ fn request(op: &Op, root: &Path) -> (&'static str, Bytes) {
             include_partial,
         } => (
             "List",
-            one(&pb::ListRequest {
+            one::<request::List, _>(pb::ListRequest {
                 dir: dir.get(),
                 include_partial: *include_partial,
             }),
@@ -317,7 +322,7 @@ fn request(op: &Op, root: &Path) -> (&'static str, Bytes) {
             let if_stamp = if_stamp.as_ref().map(|s| s.get(root, &path));
             (
                 "Read",
-                one(&pb::ReadRequest {
+                one::<request::Read, _>(pb::ReadRequest {
                     dir: dir.get(),
                     path,
                     offset: *offset,
@@ -343,20 +348,20 @@ fn request(op: &Op, root: &Path) -> (&'static str, Bytes) {
                 file_size: u64::from(*file_size),
                 whole_file: *whole_file,
             };
-            let message = |m: W| pb::WriteRequest { message: Some(m) }.encode_to_vec();
-            let mut messages = vec![message(W::Header(header.clone()))];
-            messages.extend(
-                chunks
-                    .iter()
-                    .map(|c| message(W::Data(Bytes::from(c.clone())))),
-            );
+            let message = |m: W| pb::WriteRequest { message: Some(m) };
+            round_trip::<request::WriteHeader, _, _>(&header, message(W::Header(header.clone())));
+            let mut messages = vec![message(W::Header(header.clone())).encode_to_vec()];
+            messages.extend(chunks.iter().map(|c| {
+                pb::WriteRequest::from(WritePiece::Data(Bytes::from(c.clone()))).encode_to_vec()
+            }));
             if let Some(digest) = finish {
-                messages.push(message(W::Finish(pb::WriteFinish {
+                let finish = message(W::Finish(pb::WriteFinish {
                     sha256: digest.get(chunks),
-                })));
+                }));
+                messages.push(finish.encode_to_vec());
             }
             if *second_header {
-                messages.push(message(W::Header(header)));
+                messages.push(message(W::Header(header)).encode_to_vec());
             }
             ("Write", frame(&messages))
         }
@@ -365,27 +370,30 @@ fn request(op: &Op, root: &Path) -> (&'static str, Bytes) {
                 .iter()
                 .take(MAX_WRITE_FILES)
                 .map(|file| {
-                    pb::WriteFilesRequest {
+                    let message = pb::WriteFilesRequest {
                         dir: file.dir.get(),
                         path: file.path.get(),
                         data: Bytes::from(file.data.clone()),
                         sha256: file.digest.get([&file.data]),
+                    };
+                    if let Ok(decoded) = Named::<WriteFile>::from(message.clone()).request {
+                        assert_eq!(pb::WriteFilesRequest::from(decoded), message);
                     }
-                    .encode_to_vec()
+                    message.encode_to_vec()
                 })
                 .collect();
             ("WriteFiles", frame(&messages))
         }
         Op::ReadFiles { dir, files } => (
             "ReadFiles",
-            one(&pb::ReadFilesRequest {
+            files_one(pb::ReadFilesRequest {
                 dir: dir.get(),
                 files: refs(root, files),
             }),
         ),
         Op::DeleteFiles { dir, files } => (
             "DeleteFiles",
-            one(&pb::DeleteFilesRequest {
+            files_one(pb::DeleteFilesRequest {
                 dir: dir.get(),
                 files: refs(root, files),
             }),
@@ -398,7 +406,7 @@ fn request(op: &Op, root: &Path) -> (&'static str, Bytes) {
             block_size,
         } => (
             "Signature",
-            one(&pb::SignatureRequest {
+            one::<request::Signature, _>(pb::SignatureRequest {
                 dir: dir.get(),
                 path: path.get(),
                 range: range(*start, *end),
@@ -413,7 +421,7 @@ fn request(op: &Op, root: &Path) -> (&'static str, Bytes) {
             signature,
         } => (
             "Diff",
-            one(&pb::DiffRequest {
+            one::<request::Diff, _>(pb::DiffRequest {
                 dir: dir.get(),
                 path: path.get(),
                 range: range(*start, *end),
@@ -434,12 +442,15 @@ fn request(op: &Op, root: &Path) -> (&'static str, Bytes) {
                 range: range(*start, *end),
                 file_size: u64::from(*file_size),
             };
-            let message = |m: D| pb::ApplyDeltaRequest { message: Some(m) }.encode_to_vec();
-            let mut messages = vec![message(D::Header(header))];
+            let first = pb::ApplyDeltaRequest {
+                message: Some(D::Header(header.clone())),
+            };
+            round_trip::<request::ApplyDeltaHeader, _, _>(&header, first.clone());
+            let mut messages = vec![first.encode_to_vec()];
             messages.extend(
                 delta
                     .iter()
-                    .map(|c| message(D::Delta(Bytes::from(c.clone())))),
+                    .map(|c| pb::ApplyDeltaRequest::from(Bytes::from(c.clone())).encode_to_vec()),
             );
             ("ApplyDelta", frame(&messages))
         }
@@ -450,7 +461,7 @@ fn request(op: &Op, root: &Path) -> (&'static str, Bytes) {
             kind,
         } => (
             "Hash",
-            one(&pb::HashRequest {
+            one::<request::Hash, _>(pb::HashRequest {
                 dir: dir.get(),
                 path: path.get(),
                 range: r.and_then(|(s, e)| range(s, e)),
@@ -459,7 +470,7 @@ fn request(op: &Op, root: &Path) -> (&'static str, Bytes) {
         ),
         Op::Finish { dir, path, sha256 } => (
             "Finish",
-            one(&pb::FinishRequest {
+            one::<request::Finish, _>(pb::FinishRequest {
                 dir: dir.get(),
                 path: path.get(),
                 sha256: Bytes::from(sha256.clone()),
@@ -474,17 +485,17 @@ fn request(op: &Op, root: &Path) -> (&'static str, Bytes) {
             let if_stamp = if_stamp.as_ref().map(|s| s.get(root, &path));
             (
                 "Delete",
-                one(&pb::DeleteRequest {
+                one::<request::Delete, _>(pb::DeleteRequest {
                     dir: dir.get(),
                     path,
                     if_stamp,
                 }),
             )
         }
-        Op::Info => ("Info", one(&pb::InfoRequest {})),
+        Op::Info => ("Info", one::<request::Info, _>(pb::InfoRequest {})),
         Op::Configure { send_limit } => (
             "Configure",
-            one(&pb::ConfigureRequest {
+            one::<request::Configure, _>(pb::ConfigureRequest {
                 send_limit: *send_limit,
             }),
         ),
@@ -495,8 +506,46 @@ fn request(op: &Op, root: &Path) -> (&'static str, Bytes) {
     }
 }
 
-/// The body of a call of one message.
-fn one(message: &impl Message) -> Bytes {
+/// The body of a call of one message, which decodes as `Q` and back ([`round_trip`]).
+fn one<Q, M>(message: M) -> Bytes
+where
+    M: Message + Clone + PartialEq + std::fmt::Debug + From<Q>,
+    Q: TryFrom<M>,
+{
+    round_trip::<Q, M, M>(&message, message.clone());
+    frame(&[message.encode_to_vec()])
+}
+
+/// If realize-proto decodes `message` as the daemon does, it must encode the request
+/// it made back to `sent`.
+fn round_trip<Q, M, S>(message: &M, sent: S)
+where
+    M: Clone,
+    Q: TryFrom<M>,
+    S: From<Q> + PartialEq + std::fmt::Debug,
+{
+    if let Ok(decoded) = Q::try_from(message.clone()) {
+        assert_eq!(S::from(decoded), sent, "realize-proto changed the request");
+    }
+}
+
+/// [`one`] for ReadFiles and DeleteFiles, whose files are each refused alone: a
+/// request whose files all decode encodes back to itself.
+fn files_one<M>(message: M) -> Bytes
+where
+    M: Message + Clone + PartialEq + std::fmt::Debug + for<'a> From<Files<'a>>,
+    FileRefs: TryFrom<M>,
+{
+    if let Ok(refs) = FileRefs::try_from(message.clone())
+        && refs.files.iter().all(|file| file.request.is_ok())
+    {
+        let files = refs.valid();
+        let again = M::from(Files {
+            dir: &refs.dir,
+            files: &files,
+        });
+        assert_eq!(again, message, "realize-proto changed the request");
+    }
     frame(&[message.encode_to_vec()])
 }
 

@@ -1,19 +1,20 @@
 //! The gRPC handler: admits calls, decodes requests, calls realize-core's `Service`, encodes answers.
 //!
-//! Every request field is validated by the realize-proto conversions before
-//! the store sees it, and every error becomes a status in one place
-//! ([`status`]).
+//! Every call takes one path in ([`admission`]): it is observed (a span and
+//! its measurement), admitted against the live config and the daemon's state
+//! (a peer no longer in the config is refused, and so is every call once
+//! shutdown has started, a call past the connection's
+//! `max_calls_per_connection` or its peer's call rate), its request decoded
+//! by realize-proto's conversions, and authorized against the peer's `dirs`
+//! and `access` before anything touches the disk. Each method then is the
+//! store call and nothing else ([`handlers`]). Every error becomes a status
+//! in one place, [`From<CallError> for Status`](CallError).
 //!
-//! Each call is first admitted against the live config and the daemon's state
-//! ([`Handler::admit`]): a peer no longer in the config is refused, and so is
-//! every call once shutdown has started, and a call past the connection's
-//! `max_calls_per_connection`. Once it has decoded the directory, a call is
-//! authorized against the peer's `dirs` and `access` ([`Admitted::authorize`])
-//! before anything touches the disk. An admitted call runs until its deadline
-//! (the client's `grpc-timeout` or `call_timeout`, whichever is sooner) or until its connection's
-//! cancel token fires (end of the grace period, or its peer removed); how it
-//! stops then depends on what it does, so that nothing on disk is left
-//! half-done (see [`Handler::cancellable`]).
+//! An admitted call runs until its deadline (the client's `grpc-timeout` or
+//! `call_timeout`, whichever is sooner) or until its connection's cancel
+//! token fires (end of the grace period, or its peer removed); how it stops
+//! then depends on what it does, so that nothing on disk is left half-done
+//! (see [`Handler::cancellable`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,11 +27,15 @@ use realize_core::delta::{MAX_RANGE, MIN_BLOCK_SIZE, max_delta_len};
 use realize_core::store::{CHUNK_SIZE, HASH_BUFFERED, READ_BUFFERED};
 use realize_core::{
     ByteRange, ByteStream, DirId, ExpectedHash, FileStamp, RelPath, Service, ServiceError,
-    Sha256Hash, StoreError, WholeFile,
+    WholeFile,
 };
-use realize_net::metrics::{RpcCall, RpcSide, record_limit};
-use realize_net::throttle::check_rate;
-use realize_proto::{WireError, error_from_request_stream, pb};
+use realize_net::metrics::record_limit;
+use realize_net::throttle::{RateError, check_rate};
+use realize_proto::request::{self, ApplyDeltaHeader, FileRefs, Named, WriteFile, WriteHeader};
+use realize_proto::response::{self, FileAnswer, no_answer};
+use realize_proto::{
+    DecodeError, error_from_request, error_from_request_stream, pb, status_from_error,
+};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::metadata::MetadataMap;
@@ -39,14 +44,8 @@ use tracing::Instrument;
 
 use crate::budget::{BUDGET_WAIT, BudgetError, PeerBudget, Reservation};
 use crate::config::{Access, CallRate};
-use crate::limits::grpc_timeout;
 use crate::stall::{Activity, FromClient};
 use crate::state::{ActiveCall, Calls, ConnectionContext, Live, LiveConfig};
-
-/// The largest data chunk a Write or ApplyDelta may carry (SPEC §4: chunks are
-/// 64 KiB to 1 MiB); `max_message_size` bounds it too, this says what the
-/// protocol means.
-pub const MAX_CHUNK: usize = 1024 * 1024;
 
 /// Files of one WriteFiles call written together at most; their answers
 /// keep the order the files came in.
@@ -80,13 +79,6 @@ struct Admitted {
     _timer: DropGuard,
 }
 
-/// What a call does to the directory it names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Need {
-    Read,
-    Write,
-}
-
 impl Admitted {
     fn cancel(&self) -> &CancellationToken {
         &self.cancel
@@ -95,119 +87,24 @@ impl Admitted {
     fn service(&self) -> &Arc<dyn Service> {
         &self.live.service
     }
-
-    /// Whether the peer may do what the call needs in `dir`; a denial is logged.
-    fn authorize(&self, dir: &DirId, need: Need) -> Result<(), Status> {
-        authorize(&self.live, &self.connection.peer.peer_id, dir, need)
-    }
-
-    /// A Write or ApplyDelta may not declare a file larger than `max_file_size`.
-    fn check_file_size(&self, dir: &DirId, path: &RelPath, size: u64) -> Result<(), Status> {
-        check_file_size(&self.live, dir, path, size)
-    }
 }
 
-/// Whether `peer_id` may do what a call needs in `dir` under `live`; a denial is logged.
-///
-/// A directory the daemon does not serve is left to the store, which calls it
-/// unknown (InvalidArgument) whatever the peer's allowlist says.
-fn authorize(live: &Live, peer_id: &str, dir: &DirId, need: Need) -> Result<(), Status> {
-    let denial = match live.peers.get(peer_id) {
-        None => Some(CallError::NotAllowed {
-            peer: peer_id.to_string(),
-            dir: dir.clone(),
-        }),
-        Some(peer) if !peer.may_access(dir) && live.dirs.contains(dir) => {
-            Some(CallError::NotAllowed {
-                peer: peer_id.to_string(),
-                dir: dir.clone(),
-            })
-        }
-        Some(peer) if need == Need::Write && peer.access == Access::ReadOnly => {
-            Some(CallError::ReadOnly {
-                peer: peer_id.to_string(),
-                dir: dir.clone(),
-            })
-        }
-        Some(_) => None,
-    };
-    match denial {
-        Some(denial) => {
-            tracing::warn!(peer = %peer_id, %dir, "permission denied: {denial}");
-            Err(denial.into())
-        }
-        None => Ok(()),
-    }
-}
-
-/// A file may not be larger than `max_file_size`.
-fn check_file_size(live: &Live, dir: &DirId, path: &RelPath, size: u64) -> Result<(), Status> {
-    let max = live.limits.max_file_size;
-    if size > max {
-        return Err(CallError::FileTooLarge {
-            dir: dir.clone(),
-            path: path.clone(),
-            size,
-            max,
-        }
-        .into());
-    }
-    Ok(())
-}
-
-impl Handler {
-    /// Files of a WriteFiles call, under the config in force now: a reload
-    /// during a long call applies from its next files. One answer per file,
-    /// in order; the files of one directory that pass the checks are written
-    /// together.
-    async fn write_some_files(
-        &self,
-        peer_id: &str,
-        files: Vec<pb::WriteFilesRequest>,
-    ) -> Vec<pb::WriteFilesResponse> {
-        let live = self.live.current();
-        let mut answers: Vec<Option<Result<u64, Status>>> = files.iter().map(|_| None).collect();
-        let mut batches: Vec<(DirId, Vec<(usize, WholeFile)>)> = Vec::new();
-        for (index, file) in files.iter().enumerate() {
-            match check_whole_file(&live, peer_id, file) {
-                Ok((dir, whole)) => match batches.last_mut() {
-                    Some((last, batch)) if *last == dir => batch.push((index, whole)),
-                    _ => batches.push((dir, vec![(index, whole)])),
-                },
-                Err(status) => answers[index] = Some(Err(status)),
-            }
-        }
-        for (dir, batch) in batches {
-            let (indexes, wholes): (Vec<usize>, Vec<WholeFile>) = batch.into_iter().unzip();
-            let written = live.service.write_files(&dir, wholes).await;
-            for (index, result) in indexes.into_iter().zip(written) {
-                answers[index] = Some(result.map_err(|e| status(&e)));
-            }
-        }
-        files
-            .into_iter()
-            .zip(answers)
-            .map(|(file, answer)| {
-                let answer = answer.unwrap_or_else(|| Err(no_answer()));
-                let (code, message) = code_and_message(&answer);
-                pb::WriteFilesResponse {
-                    path: file.path,
-                    code,
-                    message,
-                    bytes_written: answer.unwrap_or(0),
-                }
-            })
-            .collect()
-    }
-}
-
-/// Why the daemon itself refused a call (the store's refusals are `ServiceError`s).
+/// Why a call failed: the daemon's own refusals, a request that breaks the
+/// contract, or the store's error.
 #[derive(Debug, thiserror::Error)]
 enum CallError {
     #[error("peer {peer} may not access directory {dir}")]
     NotAllowed { peer: String, dir: DirId },
     #[error("peer {peer} may not change directory {dir}: its access is read-only")]
     ReadOnly { peer: String, dir: DirId },
+    #[error("peer {0} is no longer allowed by realized's config")]
+    NoLongerAllowed(String),
+    #[error("{SHUTTING_DOWN}")]
+    ShuttingDown,
+    #[error("connection closing")]
+    Closing,
+    #[error("call without a connection")]
+    NoConnection,
     #[error("{max} calls already run on this connection (max_calls_per_connection)")]
     TooManyCalls { max: u32 },
     #[error(
@@ -226,6 +123,8 @@ enum CallError {
     ReadTooLarge { dir: DirId, claimed: Option<u64> },
     #[error("invalid grpc-timeout {0:?}")]
     BadTimeout(String),
+    #[error("send_limit: {0}")]
+    SendLimit(#[from] RateError),
     #[error("call exceeded its deadline of {}", humantime::format_duration(*.0))]
     Deadline(Duration),
     #[error("no data from the client for {} (stall_timeout)", humantime::format_duration(*.0))]
@@ -241,9 +140,18 @@ enum CallError {
         rate: CallRate,
         pushback_ms: u64,
     },
+    #[error("{method} failed: internal error in the daemon ({what})")]
+    Panicked { method: &'static str, what: String },
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The client's request stream failed as it was read.
+    #[error("{}", .0.message())]
+    Stream(Status),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
 }
 
-/// The one place where the daemon's own refusals become statuses.
+/// The one place where a call's errors become statuses.
 impl From<CallError> for Status {
     fn from(error: CallError) -> Status {
         let message = error.to_string();
@@ -251,12 +159,16 @@ impl From<CallError> for Status {
             CallError::NotAllowed { .. } | CallError::ReadOnly { .. } => {
                 Status::permission_denied(message)
             }
+            CallError::NoLongerAllowed(_) => Status::unauthenticated(message),
+            CallError::ShuttingDown | CallError::Closing => Status::unavailable(message),
+            CallError::NoConnection | CallError::Panicked { .. } => Status::internal(message),
             CallError::TooManyCalls { .. } | CallError::Memory(_) => {
                 Status::resource_exhausted(message)
             }
             CallError::FileTooLarge { .. }
             | CallError::ReadTooLarge { .. }
-            | CallError::BadTimeout(_) => Status::invalid_argument(message),
+            | CallError::BadTimeout(_)
+            | CallError::SendLimit(_) => Status::invalid_argument(message),
             CallError::Deadline(_) | CallError::Stalled(_) => Status::deadline_exceeded(message),
             CallError::RateLimited { pushback_ms, .. } => {
                 // gRPC's standard way to say when to try again (gRFC A6), which
@@ -265,6 +177,9 @@ impl From<CallError> for Status {
                 trailers.insert(realize_net::retry::PUSHBACK, pushback_ms.into());
                 Status::with_metadata(tonic::Code::ResourceExhausted, message, trailers)
             }
+            CallError::Decode(error) => error.into(),
+            CallError::Stream(status) => status,
+            CallError::Service(error) => status_from_error(&error),
         }
     }
 }
@@ -280,115 +195,21 @@ impl Handler {
         Handler { live, calls }
     }
 
-    /// Lets a call in, or says why not.
-    fn admit<T>(&self, request: &Request<T>, method: &'static str) -> Result<Admitted, Status> {
-        let connection = request
-            .extensions()
-            .get::<ConnectionContext>()
-            .cloned()
-            .ok_or_else(|| Status::internal("call without a connection"))?;
-        let live = self.live.current();
-        if let Some(refusal) = self.refusal(&live, &connection) {
-            tracing::debug!(reason = refusal.message(), "call refused");
-            return Err(refusal);
-        }
-        let max = live.limits.max_calls_per_connection;
-        let Some(active) = connection.active.try_start(max as usize) else {
-            let refusal = CallError::TooManyCalls { max };
-            tracing::warn!("call refused: {refusal}");
-            return Err(refusal.into());
-        };
-        self.check_rate(&live, &connection.peer.peer_id)?;
-        // call_timeout bounds every call: a client's longer deadline would
-        // let it hold the call (and what it buffers) for as long as it likes.
-        let timeout = match request.metadata().get("grpc-timeout") {
-            Some(value) => {
-                let text = value.to_str().unwrap_or_default();
-                grpc_timeout(text)
-                    .ok_or_else(|| CallError::BadTimeout(text.to_string()))?
-                    .min(live.limits.call_timeout)
-            }
-            None => live.limits.call_timeout,
-        };
-        let deadline = Instant::now() + timeout;
-        let cancel = connection.cancel.child_token();
-        // Set by the connection for each request; a harness without one
-        // gets an activity nothing reports to, which never stalls.
-        let activity = request
-            .extensions()
-            .get::<Activity>()
-            .cloned()
-            .unwrap_or_default();
-        tokio::spawn(
-            activity
-                .clone()
-                .watch(deadline, live.limits.stall_timeout, cancel.clone()),
-        );
-        // With "call refused" and "call cancelled", this shows at debug level what
-        // each call became; tests wait for it to know a call is in flight.
-        tracing::debug!("call started");
-        Ok(Admitted {
-            _timer: cancel.clone().drop_guard(),
-            activity,
-            method,
-            live,
-            connection,
-            cancel,
-            deadline,
-            timeout,
-            _active: active,
-        })
-    }
-
-    /// Counts the call against its peer's `calls_per_second`; a call over it is
-    /// refused with the time until the next may start. A stream is one call,
-    /// however many messages it carries.
-    fn check_rate(&self, live: &Live, peer_id: &str) -> Result<(), Status> {
-        let Some(rate) = live.peers.get(peer_id).and_then(|peer| peer.rate) else {
-            return Ok(());
-        };
-        let Err(wait) = self.calls.rates.take(peer_id, rate, Instant::now()) else {
-            return Ok(());
-        };
-        crate::rate::record_refusal(peer_id);
-        let refusal = CallError::RateLimited {
-            peer: peer_id.to_owned(),
-            rate,
-            pushback_ms: crate::rate::pushback_ms(wait),
-        };
-        tracing::warn!("call refused: {refusal}");
-        Err(refusal.into())
-    }
-
-    /// Why calls on this connection may not run (any more), if they may not.
-    fn refusal(&self, live: &Live, connection: &ConnectionContext) -> Option<Status> {
-        if !live.allows(&connection.peer) {
-            return Some(Status::unauthenticated(format!(
-                "peer {} is no longer allowed by realized's config",
-                connection.peer.peer_id
-            )));
-        }
-        if self.calls.is_shutting_down() {
-            return Some(Status::unavailable(SHUTTING_DOWN));
-        }
-        None
-    }
-
     /// The status of a call whose token fired, logged once per call.
-    fn cancelled(&self, call: &Admitted) -> Status {
-        let status = self
+    fn cancelled(&self, call: &Admitted) -> CallError {
+        let error = self
             .refusal(&self.live.current(), &call.connection)
             .unwrap_or_else(|| {
                 if call.activity.stalled() {
-                    CallError::Stalled(self.live.current().limits.stall_timeout).into()
+                    CallError::Stalled(self.live.current().limits.stall_timeout)
                 } else if Instant::now() >= call.deadline {
-                    CallError::Deadline(call.timeout).into()
+                    CallError::Deadline(call.timeout)
                 } else {
-                    Status::unavailable("connection closing")
+                    CallError::Closing
                 }
             });
-        tracing::info!(reason = status.message(), "call cancelled");
-        status
+        tracing::info!(reason = error.to_string().as_str(), "call cancelled");
+        error
     }
 
     /// Runs `work` until it ends or the call is cancelled; a cancelled call's work is
@@ -399,14 +220,17 @@ impl Handler {
     /// their input instead ([`cancellable_body`]), so the store ends them its usual way.
     /// Finish and Delete are not cut: each is short, and the client acts on neither
     /// before it has succeeded.
-    async fn cancellable<T>(
+    async fn cancellable<T, E>(
         &self,
         call: &Admitted,
-        work: impl Future<Output = Result<T, Status>>,
-    ) -> Result<T, Status> {
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, CallError>
+    where
+        CallError: From<E>,
+    {
         tokio::select! {
             biased;
-            result = work => result,
+            result = work => Ok(result?),
             () = call.cancel().cancelled() => Err(self.cancelled(call)),
         }
     }
@@ -425,7 +249,7 @@ impl Handler {
         let stream = std::panic::AssertUnwindSafe(stream)
             .catch_unwind()
             .map(move |item| {
-                item.unwrap_or_else(|panic| Err(span.in_scope(|| panicked(method, &*panic))))
+                item.unwrap_or_else(|panic| Err(span.in_scope(|| panicked(method, &*panic)).into()))
             })
             .boxed();
         futures::stream::unfold(Some((stream, call)), move |state| {
@@ -435,7 +259,9 @@ impl Handler {
                 tokio::select! {
                     biased;
                     item = stream.next() => item.map(|item| (item, Some((stream, call)))),
-                    () = call.cancel().cancelled() => Some((Err(handler.cancelled(&call)), None)),
+                    () = call.cancel().cancelled() => {
+                        Some((Err(handler.cancelled(&call).into()), None))
+                    }
                 }
             }
         })
@@ -448,17 +274,17 @@ impl Handler {
         &self,
         call: &Admitted,
         result: Result<T, ServiceError>,
-    ) -> Result<T, Status> {
+    ) -> Result<T, CallError> {
         match result {
             Ok(value) => Ok(value),
             Err(_) if call.cancel().is_cancelled() => Err(self.cancelled(call)),
-            Err(ServiceError::Transport { source, .. }) if source.is::<BudgetError>() => {
+            Err(ServiceError::Transport { context, source }) if source.is::<BudgetError>() => {
                 match source.downcast::<BudgetError>() {
                     Ok(refusal) => Err(memory_refused(*refusal)),
-                    Err(source) => Err(Status::internal(source.to_string())),
+                    Err(source) => Err(ServiceError::Transport { context, source }.into()),
                 }
             }
-            Err(e) => Err(status(&e)),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -469,7 +295,7 @@ impl Handler {
         call: &Admitted,
         what: &'static str,
         bytes: u64,
-    ) -> Result<Reservation, Status> {
+    ) -> Result<Reservation, CallError> {
         let reserving = reserve(&call.connection.budget, &self.live, what, bytes);
         self.cancellable(call, async { reserving.await.map_err(memory_refused) })
             .await
@@ -500,90 +326,6 @@ fn cancellable_body(body: ByteStream, call: &Admitted) -> ByteStream {
     .boxed()
 }
 
-fn status(error: &ServiceError) -> Status {
-    realize_proto::status_from_error(error)
-}
-
-fn invalid(error: WireError) -> Status {
-    Status::invalid_argument(error.to_string())
-}
-
-fn target(dir: &str, path: &str) -> Result<(DirId, RelPath), Status> {
-    let dir = realize_proto::dir_id(dir).map_err(invalid)?;
-    let path = realize_proto::rel_path(path)
-        .map_err(|e| Status::invalid_argument(format!("{dir}: {e}")))?;
-    Ok((dir, path))
-}
-
-fn required_range(range: Option<pb::ByteRange>) -> Result<ByteRange, Status> {
-    range
-        .map(ByteRange::from)
-        .ok_or_else(|| invalid(WireError::Missing("range")))
-}
-
-/// One call being served: a span naming the method and the peer, so every
-/// log line of the call (including the store's audit events) says who asked,
-/// and its measurement as a server-side RPC.
-struct Observed {
-    span: tracing::Span,
-    method: &'static str,
-}
-
-fn observe<T>(method: &'static str, request: &Request<T>) -> Observed {
-    let span = match request.extensions().get::<ConnectionContext>() {
-        Some(connection) => {
-            let peer = &connection.peer;
-            // The key says which of the peer's keys made the call (several while
-            // one is replaced), so the audit trail can tell them apart.
-            tracing::info_span!("rpc", method, peer = %peer.peer_id, addr = %peer.addr, key = %peer.key)
-        }
-        None => tracing::info_span!("rpc", method),
-    };
-    realize_net::traces::continue_trace(&span, request.metadata());
-    Observed { span, method }
-}
-
-impl Observed {
-    /// Runs a handler in the call's span, measured; a panic in it is the
-    /// call's `INTERNAL` error rather than a stream reset the client cannot read.
-    async fn run<T>(self, handler: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
-        let measured = RpcCall::start(RpcSide::Server, self.method);
-        let (method, span) = (self.method, self.span.clone());
-        let result = std::panic::AssertUnwindSafe(handler.instrument(self.span))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| Err(span.in_scope(|| panicked(method, &*panic))));
-        measured.finish(match &result {
-            Ok(_) => tonic::Code::Ok,
-            Err(status) => status.code(),
-        });
-        result
-    }
-}
-
-/// Logs and counts a panic of a call, and makes it the call's status.
-fn panicked(method: &'static str, panic: &(dyn std::any::Any + Send)) -> Status {
-    let what = panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("a panic without a message");
-    tracing::error!(panic = what, "call panicked; the daemon serves on");
-    static PANICS: std::sync::OnceLock<opentelemetry::metrics::Counter<u64>> =
-        std::sync::OnceLock::new();
-    PANICS
-        .get_or_init(|| {
-            opentelemetry::global::meter("realize")
-                .u64_counter("realize.rpc.panics")
-                .with_description("gRPC calls whose handler panicked, by method")
-                .build()
-        })
-        .add(1, &[opentelemetry::KeyValue::new("method", method)]);
-    Status::internal(format!(
-        "{method} failed: internal error in the daemon ({what})"
-    ))
-}
-
 /// A send limit for people: `unlimited` or bytes per second.
 struct Rate(Option<u64>);
 
@@ -598,23 +340,23 @@ impl std::fmt::Display for Rate {
 
 type ServerStream<T> = BoxStream<'static, Result<T, Status>>;
 
-fn server_stream<T, U>(
-    stream: BoxStream<'static, Result<T, ServiceError>>,
-    convert: fn(T) -> U,
-) -> ServerStream<U>
+/// The store's stream as answers, each item converted by realize-proto.
+fn server_stream<T, U>(stream: BoxStream<'static, Result<T, ServiceError>>) -> ServerStream<U>
 where
     T: Send + 'static,
-    U: Send + 'static,
+    U: From<T> + Send + 'static,
 {
     stream
-        .map(move |item| item.map(convert).map_err(|e| status(&e)))
+        .map(|item| item.map(U::from).map_err(|e| status_from_error(&e)))
         .boxed()
 }
 
+mod admission;
 mod handlers;
 mod memory;
 mod requests;
 
+use admission::*;
 use memory::*;
 use requests::*;
 

@@ -9,7 +9,8 @@ use realize_core::{
     ByteRange, ByteStream, DirId, EntryStream, ExpectedHash, FileKind, FileStamp, HashResult,
     MAX_WHOLE_FILE, RelPath, Service, ServiceError, ServiceInfo, Sha256Hash, WholeFile,
 };
-use realize_proto::{error_from_status, pb};
+use realize_proto::request::{self, ApplyDeltaHeader, WriteHeader, WritePiece};
+use realize_proto::{DecodeError, error_from_answer, error_from_status, pb};
 
 use crate::metrics::{RpcCall, RpcSide};
 use std::pin::Pin;
@@ -20,8 +21,10 @@ use tonic::transport::Channel;
 
 mod batch;
 mod pacing;
+mod unary;
 
 use pacing::{Pacing, Replay};
+use unary::Unary;
 
 type Client = pb::realize_client::RealizeClient<Channel>;
 
@@ -105,59 +108,69 @@ impl RemoteService {
         request(message, self.pacing.deadline)
     }
 
-    /// A call whose request is one message, made again after a pushback.
-    async fn call<M: Clone, R, Fut>(
+    /// One call, made with the deadline and again after a pushback as long
+    /// as `can_retry`, each time with the request `message` gives; its
+    /// status mapped to a service error and its answer decoded.
+    async fn paced<M, R, T, Fut>(
         &self,
-        message: M,
+        can_retry: impl Fn() -> bool,
+        message: impl Fn() -> M,
         call: impl Fn(Client, tonic::Request<M>) -> Fut,
-    ) -> Result<R, ServiceError>
+    ) -> Result<T, ServiceError>
     where
+        T: TryFrom<R>,
+        DecodeError: From<T::Error>,
         Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
-        self.pacing
-            .paced(
-                || true,
-                || call(self.client(), self.request(message.clone())),
-            )
+        let response = self
+            .pacing
+            .paced(can_retry, || call(self.client(), self.request(message())))
             .await
-            .map(tonic::Response::into_inner)
-            .map_err(error_from_status)
+            .map_err(error_from_status)?;
+        T::try_from(response.into_inner()).map_err(|e| error_from_answer(e.into()))
+    }
+
+    /// A call whose request is one message ([`RemoteService::paced`]).
+    async fn call<M: Unary, T>(&self, message: M) -> Result<T, ServiceError>
+    where
+        T: TryFrom<M::Response>,
+        DecodeError: From<T::Error>,
+    {
+        self.paced(|| true, || message.clone(), M::send).await
+    }
+
+    /// [`RemoteService::call`], measured: every unary call.
+    async fn unary<M: Unary, T>(&self, message: M) -> Result<T, ServiceError>
+    where
+        T: TryFrom<M::Response>,
+        DecodeError: From<T::Error>,
+    {
+        self.observed(M::METHOD, self.call(message)).await
     }
 
     /// A call whose request is a stream of `messages`, made again after a
     /// pushback as long as what it sent is kept.
-    async fn stream_call<M, R, Fut>(
+    async fn stream_call<M, R, T, Fut>(
         &self,
         messages: impl Stream<Item = M> + Send + 'static,
         call: impl Fn(Client, tonic::Request<pacing::Attempt<M>>) -> Fut,
-    ) -> Result<R, ServiceError>
+    ) -> Result<T, ServiceError>
     where
         M: prost::Message + Clone + Send + 'static,
+        T: TryFrom<R>,
+        DecodeError: From<T::Error>,
         Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
         let replay = Replay::new(messages);
-        self.pacing
-            .paced(
-                || replay.replayable(),
-                || call(self.client(), self.request(replay.attempt())),
-            )
+        self.paced(|| replay.replayable(), || replay.attempt(), call)
             .await
-            .map(tonic::Response::into_inner)
-            .map_err(error_from_status)
     }
 
     /// Sets (or with `None` clears) the limit on what the daemon sends on
     /// this connection; returns the limit in force.
     pub async fn configure(&self, send_limit: Option<u64>) -> Result<Option<u64>, ServiceError> {
-        self.observed("Configure", async {
-            let response = self
-                .call(pb::ConfigureRequest { send_limit }, |mut c, r| async move {
-                    c.configure(r).await
-                })
-                .await?;
-            Ok(response.send_limit)
-        })
-        .await
+        let request = pb::ConfigureRequest::from(request::Configure { send_limit });
+        self.unary(request).await
     }
 }
 
@@ -173,11 +186,6 @@ fn request<T>(message: T, deadline: Option<Instant>) -> tonic::Request<T> {
     request
 }
 
-fn protocol(error: realize_proto::WireError) -> ServiceError {
-    ServiceError::Protocol(error.to_string())
-}
-
-/// Maps a server stream of messages into a stream of core values.
 /// The error of a stream that brought nothing for `stall`.
 fn stalled(stall: Duration) -> ServiceError {
     let why = format!(
@@ -190,17 +198,16 @@ fn stalled(stall: Duration) -> ServiceError {
     }
 }
 
-fn map_stream<M, T>(
-    messages: tonic::Streaming<M>,
-    convert: impl Fn(M) -> Result<T, ServiceError> + Send + 'static,
-) -> BoxStream<'static, Result<T, ServiceError>>
+/// A server stream of messages as a stream of core values.
+fn map_stream<M, T>(messages: tonic::Streaming<M>) -> BoxStream<'static, Result<T, ServiceError>>
 where
     M: Send + 'static,
-    T: Send + 'static,
+    T: TryFrom<M> + Send + 'static,
+    DecodeError: From<T::Error>,
 {
     messages
         .map_err(error_from_status)
-        .and_then(move |m| future::ready(convert(m)))
+        .and_then(|m| future::ready(T::try_from(m).map_err(|e| error_from_answer(e.into()))))
         .boxed()
 }
 
@@ -259,50 +266,40 @@ impl RemoteService {
     /// A Write call: `header`, `data` as data messages, then `trailer`.
     async fn send_write(
         &self,
-        header: pb::WriteRequest,
+        header: WriteHeader,
         data: ByteStream,
         trailer: impl Stream<Item = pb::WriteRequest> + Send + 'static,
     ) -> Result<u64, ServiceError> {
-        let (outgoing, data_error) = client_stream(header, data, |chunk| pb::WriteRequest {
-            message: Some(pb::write_request::Message::Data(chunk)),
+        let (outgoing, data_error) = client_stream(header.into(), data, |chunk| {
+            pb::WriteRequest::from(WritePiece::Data(chunk))
         });
         let call = self.stream_call(outgoing.chain(trailer), |mut c, r| async move {
             c.write(r).await
         });
-        tokio::select! {
-            response = call => Ok(response?.bytes_written),
-            Ok(error) = data_error => Err(error),
-        }
+        self.observed("Write", async {
+            tokio::select! {
+                response = call => response,
+                Ok(error) = data_error => Err(error),
+            }
+        })
+        .await
     }
 }
 
 #[async_trait]
 impl Service for RemoteService {
     async fn info(&self) -> Result<ServiceInfo, ServiceError> {
-        self.observed("Info", async {
-            let response = self
-                .call(
-                    pb::InfoRequest {},
-                    |mut c, r| async move { c.info(r).await },
-                )
-                .await?;
-            ServiceInfo::try_from(response).map_err(protocol)
-        })
-        .await
+        let request = pb::InfoRequest::from(request::Info);
+        self.unary(request).await
     }
 
     async fn list(&self, dir: &DirId, include_partial: bool) -> Result<EntryStream, ServiceError> {
-        self.observed("List", async {
-            let request = pb::ListRequest {
-                dir: dir.to_string(),
-                include_partial,
-            };
-            let response = self
-                .call(request, |mut c, r| async move { c.list(r).await })
-                .await?;
-            Ok(map_stream(response, |m| m.try_into().map_err(protocol)))
-        })
-        .await
+        let request = pb::ListRequest::from(request::List {
+            dir: dir.clone(),
+            include_partial,
+        });
+        let entries = self.unary(request).await?;
+        Ok(map_stream(entries))
     }
 
     async fn read(
@@ -313,20 +310,15 @@ impl Service for RemoteService {
         length: Option<u64>,
         if_stamp: Option<FileStamp>,
     ) -> Result<ByteStream, ServiceError> {
-        self.observed("Read", async {
-            let request = pb::ReadRequest {
-                dir: dir.to_string(),
-                path: path.to_string(),
-                offset,
-                length,
-                if_stamp: if_stamp.map(Into::into),
-            };
-            let response = self
-                .call(request, |mut c, r| async move { c.read(r).await })
-                .await?;
-            Ok(self.stall_guarded(map_stream(response, |m| Ok(m.data))))
-        })
-        .await
+        let request = pb::ReadRequest::from(request::Read {
+            dir: dir.clone(),
+            path: path.clone(),
+            offset,
+            length,
+            if_stamp,
+        });
+        let data = self.unary(request).await?;
+        Ok(self.stall_guarded(map_stream(data)))
     }
 
     async fn write(
@@ -337,20 +329,14 @@ impl Service for RemoteService {
         file_size: u64,
         data: ByteStream,
     ) -> Result<u64, ServiceError> {
-        self.observed("Write", async {
-            use pb::write_request::Message;
-            let header = pb::WriteRequest {
-                message: Some(Message::Header(pb::WriteHeader {
-                    dir: dir.to_string(),
-                    path: path.to_string(),
-                    offset,
-                    file_size,
-                    whole_file: false,
-                })),
-            };
-            self.send_write(header, data, stream::empty()).await
-        })
-        .await
+        let header = WriteHeader {
+            dir: dir.clone(),
+            path: path.clone(),
+            offset,
+            file_size,
+            whole_file: false,
+        };
+        self.send_write(header, data, stream::empty()).await
     }
 
     async fn write_file(
@@ -366,27 +352,43 @@ impl Service for RemoteService {
                 .write_small_file(dir, path, file_size, data, expected)
                 .await;
         }
-        self.observed("Write", async {
-            use pb::write_request::Message;
-            let header = pb::WriteRequest {
-                message: Some(Message::Header(pb::WriteHeader {
-                    dir: dir.to_string(),
-                    path: path.to_string(),
-                    offset: 0,
-                    file_size,
-                    whole_file: true,
-                })),
-            };
-            // Sent after the data, once its hash is known; never if the
-            // hash is not sent, and the daemon then renames nothing.
-            let finish = stream::once(expected).filter_map(|hash| {
-                future::ready(hash.ok().map(|hash| pb::WriteRequest {
-                    message: Some(Message::Finish(pb::WriteFinish {
-                        sha256: Bytes::copy_from_slice(&hash.0),
-                    })),
-                }))
-            });
-            self.send_write(header, data, finish).await
+        let header = WriteHeader {
+            dir: dir.clone(),
+            path: path.clone(),
+            offset: 0,
+            file_size,
+            whole_file: true,
+        };
+        // Sent after the data, once its hash is known; never if the
+        // hash is not sent, and the daemon then renames nothing.
+        let finish = stream::once(expected).filter_map(|hash| {
+            future::ready(hash.ok().map(|hash| WritePiece::Finish(hash).into()))
+        });
+        self.send_write(header, data, finish).await
+    }
+
+    async fn apply_delta(
+        &self,
+        dir: &DirId,
+        path: &RelPath,
+        range: ByteRange,
+        file_size: u64,
+        delta: ByteStream,
+    ) -> Result<u64, ServiceError> {
+        let header = ApplyDeltaHeader {
+            dir: dir.clone(),
+            path: path.clone(),
+            range,
+            file_size,
+        };
+        let (outgoing, delta_error) =
+            client_stream(header.into(), delta, pb::ApplyDeltaRequest::from);
+        let call = self.stream_call(outgoing, |mut c, r| async move { c.apply_delta(r).await });
+        self.observed("ApplyDelta", async {
+            tokio::select! {
+                response = call => response,
+                Ok(error) = delta_error => Err(error),
+            }
         })
         .await
     }
@@ -398,19 +400,13 @@ impl Service for RemoteService {
         range: ByteRange,
         block_size: u32,
     ) -> Result<Bytes, ServiceError> {
-        self.observed("Signature", async {
-            let request = pb::SignatureRequest {
-                dir: dir.to_string(),
-                path: path.to_string(),
-                range: Some(range.into()),
-                block_size,
-            };
-            let response = self
-                .call(request, |mut c, r| async move { c.signature(r).await })
-                .await?;
-            Ok(response.signature)
-        })
-        .await
+        let request = pb::SignatureRequest::from(request::Signature {
+            dir: dir.clone(),
+            path: path.clone(),
+            range,
+            block_size,
+        });
+        self.unary(request).await
     }
 
     async fn diff(
@@ -420,50 +416,14 @@ impl Service for RemoteService {
         range: ByteRange,
         signature: Bytes,
     ) -> Result<ByteStream, ServiceError> {
-        self.observed("Diff", async {
-            let request = pb::DiffRequest {
-                dir: dir.to_string(),
-                path: path.to_string(),
-                range: Some(range.into()),
-                signature,
-            };
-            let response = self
-                .call(request, |mut c, r| async move { c.diff(r).await })
-                .await?;
-            Ok(self.stall_guarded(map_stream(response, |m| Ok(m.delta))))
-        })
-        .await
-    }
-
-    async fn apply_delta(
-        &self,
-        dir: &DirId,
-        path: &RelPath,
-        range: ByteRange,
-        file_size: u64,
-        delta: ByteStream,
-    ) -> Result<u64, ServiceError> {
-        self.observed("ApplyDelta", async {
-            use pb::apply_delta_request::Message;
-            let header = pb::ApplyDeltaRequest {
-                message: Some(Message::Header(pb::ApplyDeltaHeader {
-                    dir: dir.to_string(),
-                    path: path.to_string(),
-                    range: Some(range.into()),
-                    file_size,
-                })),
-            };
-            let (outgoing, delta_error) =
-                client_stream(header, delta, |chunk| pb::ApplyDeltaRequest {
-                    message: Some(Message::Delta(chunk)),
-                });
-            let call = self.stream_call(outgoing, |mut c, r| async move { c.apply_delta(r).await });
-            tokio::select! {
-                response = call => Ok(response?.bytes_written),
-                Ok(error) = delta_error => Err(error),
-            }
-        })
-        .await
+        let request = pb::DiffRequest::from(request::Diff {
+            dir: dir.clone(),
+            path: path.clone(),
+            range,
+            signature,
+        });
+        let delta = self.unary(request).await?;
+        Ok(self.stall_guarded(map_stream(delta)))
     }
 
     async fn hash(
@@ -473,19 +433,13 @@ impl Service for RemoteService {
         kind: FileKind,
         range: Option<ByteRange>,
     ) -> Result<HashResult, ServiceError> {
-        self.observed("Hash", async {
-            let request = pb::HashRequest {
-                dir: dir.to_string(),
-                path: path.to_string(),
-                range: range.map(Into::into),
-                kind: pb::FileKind::from(kind).into(),
-            };
-            let response = self
-                .call(request, |mut c, r| async move { c.hash(r).await })
-                .await?;
-            HashResult::try_from(response).map_err(protocol)
-        })
-        .await
+        let request = pb::HashRequest::from(request::Hash {
+            dir: dir.clone(),
+            path: path.clone(),
+            kind,
+            range,
+        });
+        self.unary(request).await
     }
 
     async fn finish(
@@ -494,17 +448,12 @@ impl Service for RemoteService {
         path: &RelPath,
         verified: Option<Sha256Hash>,
     ) -> Result<(), ServiceError> {
-        self.observed("Finish", async {
-            let request = pb::FinishRequest {
-                dir: dir.to_string(),
-                path: path.to_string(),
-                sha256: verified.map(|h| h.0.to_vec().into()).unwrap_or_default(),
-            };
-            self.call(request, |mut c, r| async move { c.finish(r).await })
-                .await?;
-            Ok(())
-        })
-        .await
+        let request = pb::FinishRequest::from(request::Finish {
+            dir: dir.clone(),
+            path: path.clone(),
+            verified,
+        });
+        self.unary(request).await
     }
 
     async fn delete(
@@ -513,19 +462,13 @@ impl Service for RemoteService {
         path: &RelPath,
         if_stamp: Option<FileStamp>,
     ) -> Result<(), ServiceError> {
-        self.observed("Delete", async {
-            let request = pb::DeleteRequest {
-                dir: dir.to_string(),
-                path: path.to_string(),
-                if_stamp: if_stamp.map(Into::into),
-            };
-            self.call(request, |mut c, r| async move { c.delete(r).await })
-                .await?;
-            Ok(())
-        })
-        .await
+        let request = pb::DeleteRequest::from(request::Delete {
+            dir: dir.clone(),
+            path: path.clone(),
+            if_stamp,
+        });
+        self.unary(request).await
     }
-
     async fn write_files(
         &self,
         dir: &DirId,

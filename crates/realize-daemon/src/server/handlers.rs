@@ -1,5 +1,6 @@
-//! The gRPC methods: each admits its call, decodes and authorizes its
-//! request, and hands it to the store.
+//! The gRPC methods: each goes in by [`Handler::unary`] or
+//! [`Handler::streaming`] (observed, admitted, decoded, authorized) and is
+//! then the store call, with what it may hold counted in its peer's budget.
 
 use super::*;
 
@@ -15,387 +16,270 @@ impl pb::realize_server::Realize for Handler {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<Self::ListStream>, Status> {
-        let observed = observe("List", &request);
-        let method = observed.method;
-        observed
-            .run(async {
-                let call = self.admit(&request, method)?;
-                let request = request.into_inner();
-                let dir = realize_proto::dir_id(&request.dir).map_err(invalid)?;
-                call.authorize(&dir, Need::Read)?;
-                let entries = self
-                    .cancellable(&call, async {
-                        call.service()
-                            .list(&dir, request.include_partial)
-                            .await
-                            .map_err(|e| status(&e))
-                    })
-                    .await?;
-                let stream = server_stream(entries, pb::ListResponse::from);
-                Ok(Response::new(self.cancellable_stream(call, stream)))
-            })
-            .await
+        self.unary(
+            "List",
+            request,
+            Need::Read,
+            |call, list: request::List| async move {
+                let listing = call.service().list(&list.dir, list.include_partial);
+                let entries = self.cancellable(&call, listing).await?;
+                Ok(self.cancellable_stream(call, server_stream(entries)))
+            },
+        )
+        .await
     }
 
     async fn read(
         &self,
         request: Request<pb::ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
-        let observed = observe("Read", &request);
-        let method = observed.method;
-        observed
-            .run(async {
-                let call = self.admit(&request, method)?;
-                let request = request.into_inner();
-                let (dir, path) = target(&request.dir, &request.path)?;
-                call.authorize(&dir, Need::Read)?;
+        self.unary(
+            "Read",
+            request,
+            Need::Read,
+            |call, read: request::Read| async move {
                 let memory = self
-                    .reserve(&call, "a Read", read_memory(request.length))
+                    .reserve(&call, "a Read", read_memory(read.length))
                     .await?;
-                let data = self
-                    .cancellable(&call, async {
-                        call.service()
-                            .read(
-                                &dir,
-                                &path,
-                                request.offset,
-                                request.length,
-                                request.if_stamp.map(Into::into),
-                            )
-                            .await
-                            .map_err(|e| status(&e))
-                    })
-                    .await?;
-                let stream = server_stream(data, |data| pb::ReadResponse { data });
-                Ok(Response::new(
-                    self.cancellable_stream(call, holding(stream, memory)),
-                ))
-            })
-            .await
+                let reading = call.service().read(
+                    &read.dir,
+                    &read.path,
+                    read.offset,
+                    read.length,
+                    read.if_stamp,
+                );
+                let data = self.cancellable(&call, reading).await?;
+                let stream = holding(server_stream(data), memory);
+                Ok(self.cancellable_stream(call, stream))
+            },
+        )
+        .await
     }
 
     async fn write(
         &self,
         request: Request<Streaming<pb::WriteRequest>>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        use pb::write_request::Message;
-        let observed = observe("Write", &request);
-        let method = observed.method;
-        observed
-            .run(async {
-                let call = self.admit(&request, method)?;
-                let mut stream = request.into_inner();
-                let header = self
-                    .cancellable(
-                        &call,
-                        call.activity
-                            .awaiting_client(header(&mut stream, |m| match m.message {
-                                Some(Message::Header(h)) => Some(h),
-                                _ => None,
-                            })),
-                    )
-                    .await?;
-                let (dir, path) = target(&header.dir, &header.path)?;
-                call.authorize(&dir, Need::Write)?;
-                call.check_file_size(&dir, &path, header.file_size)?;
-                let result = if header.whole_file {
-                    if header.offset != 0 {
-                        return Err(Status::invalid_argument(format!(
-                            "{dir}/{path}: a whole-file write starts at offset 0, not {}",
-                            header.offset
-                        )));
-                    }
-                    let (data, expected) = whole_file_body(stream, &dir, &path);
+        self.streaming(
+            "Write",
+            request,
+            Need::Write,
+            |call, header, stream| async move {
+                let WriteHeader {
+                    dir,
+                    path,
+                    offset,
+                    file_size,
+                    whole_file,
+                } = header.clone();
+                let budgeted = |data| {
                     let data =
                         budgeted_body(data, &call.connection.budget, &self.live, WRITE_CHUNK);
-                    let data = cancellable_body(data, &call);
+                    cancellable_body(data, &call)
+                };
+                let result = if whole_file {
+                    let (data, expected) = whole_file_body(stream, header);
                     call.service()
-                        .write_file(&dir, &path, header.file_size, data, expected)
+                        .write_file(&dir, &path, file_size, budgeted(data), expected)
                         .await
                 } else {
-                    let data = body(
-                        stream,
-                        |m| match m.message {
-                            Some(Message::Data(d)) => Some(d),
-                            _ => None,
-                        },
-                        &dir,
-                        &path,
-                    );
-                    let data =
-                        budgeted_body(data, &call.connection.budget, &self.live, WRITE_CHUNK);
-                    let data = cancellable_body(data, &call);
+                    let data = body(stream, header, pb::WriteRequest::into_data);
                     call.service()
-                        .write(&dir, &path, header.offset, header.file_size, data)
+                        .write(&dir, &path, offset, file_size, budgeted(data))
                         .await
                 };
                 let bytes_written = self.write_outcome(&call, result)?;
-                tracing::debug!(%dir, %path, offset = header.offset, bytes_written, "write");
-                Ok(Response::new(pb::WriteResponse { bytes_written }))
-            })
-            .await
+                tracing::debug!(%dir, %path, offset, bytes_written, "write");
+                Ok(pb::WriteResponse::from(bytes_written))
+            },
+        )
+        .await
     }
 
     async fn write_files(
         &self,
         request: Request<Streaming<pb::WriteFilesRequest>>,
     ) -> Result<Response<Self::WriteFilesStream>, Status> {
-        let observed = observe("WriteFiles", &request);
-        let method = observed.method;
-        observed
-            .run(async {
-                let call = self.admit(&request, method)?;
-                let peer_id = call.connection.peer.peer_id.clone();
-                let (handler, span) = (self.clone(), tracing::Span::current());
-                let (budget, live) = (Arc::clone(&call.connection.budget), Arc::clone(&self.live));
-                // The files that have arrived are written together, in one
-                // trip to the disk, while the next ones arrive. Each file is
-                // counted in the peer's budget before the next is taken, until
-                // its batch is written.
-                let responses = request
-                    .into_inner()
-                    .and_then(move |file| {
-                        let reserving =
-                            reserve(&budget, &live, "a WriteFiles file", file.data.len() as u64);
-                        async move {
-                            reserving
-                                .await
-                                .map(|memory| (file, memory))
-                                .map_err(memory_refused)
+        self.admitted("WriteFiles", request, |call, files| async move {
+            let peer_id = call.connection.peer.peer_id.clone();
+            let (handler, span) = (self.clone(), tracing::Span::current());
+            let (budget, live) = (Arc::clone(&call.connection.budget), Arc::clone(&self.live));
+            // The files that have arrived are written together, in one
+            // trip to the disk, while the next ones arrive. Each file is
+            // counted in the peer's budget before the next is taken, until
+            // its batch is written.
+            let responses = files
+                .map_ok(Named::<WriteFile>::from)
+                .and_then(move |file| {
+                    let size = file.request.as_ref().map_or(0, |w| w.file.data.len());
+                    let reserving = reserve(&budget, &live, "a WriteFiles file", size as u64);
+                    async move {
+                        match reserving.await {
+                            Ok(memory) => Ok((file, memory)),
+                            Err(refusal) => Err(memory_refused(refusal).into()),
                         }
-                    })
-                    .ready_chunks(FILES_AT_ONCE)
-                    .map(move |messages| {
-                        let (handler, peer_id) = (handler.clone(), peer_id.clone());
-                        async move {
-                            let mut files = Vec::with_capacity(messages.len());
-                            let mut memory = Vec::with_capacity(messages.len());
-                            let mut broken = None;
-                            for message in messages {
-                                match message {
-                                    Ok((file, held)) => {
-                                        files.push(file);
-                                        memory.push(held);
-                                    }
-                                    // The client's stream broke: no more files.
-                                    Err(status) => {
-                                        broken = Some(status);
-                                        break;
-                                    }
+                    }
+                })
+                .ready_chunks(FILES_AT_ONCE)
+                .map(move |messages| {
+                    let (handler, peer_id) = (handler.clone(), peer_id.clone());
+                    async move {
+                        let mut files = Vec::with_capacity(messages.len());
+                        let mut memory = Vec::with_capacity(messages.len());
+                        let mut broken = None;
+                        for message in messages {
+                            match message {
+                                Ok((file, held)) => {
+                                    files.push(file);
+                                    memory.push(held);
+                                }
+                                // The client's stream broke: no more files.
+                                Err(status) => {
+                                    broken = Some(status);
+                                    break;
                                 }
                             }
-                            let mut answers: Vec<Result<pb::WriteFilesResponse, Status>> = handler
-                                .write_some_files(&peer_id, files)
-                                .await
-                                .into_iter()
-                                .map(Ok)
-                                .collect();
-                            drop(memory);
-                            answers.extend(broken.map(Err));
-                            stream::iter(answers)
                         }
-                        .instrument(span.clone())
-                    })
-                    .buffered(2)
-                    .flatten()
-                    .boxed();
-                Ok(Response::new(self.cancellable_stream(call, responses)))
-            })
-            .await
+                        let mut answers: Vec<Result<pb::WriteFilesResponse, Status>> = handler
+                            .write_some_files(&peer_id, files)
+                            .await
+                            .into_iter()
+                            .map(Ok)
+                            .collect();
+                        drop(memory);
+                        answers.extend(broken.map(Err));
+                        stream::iter(answers)
+                    }
+                    .instrument(span.clone())
+                })
+                .buffered(2)
+                .flatten()
+                .boxed();
+            Ok(self.cancellable_stream(call, responses))
+        })
+        .await
     }
 
     async fn read_files(
         &self,
         request: Request<pb::ReadFilesRequest>,
     ) -> Result<Response<Self::ReadFilesStream>, Status> {
-        let observed = observe("ReadFiles", &request);
-        let method = observed.method;
-        observed
-            .run(async {
-                let call = self.admit(&request, method)?;
-                let request = request.into_inner();
-                let (dir, files) = file_refs(&request.dir, request.files)?;
-                call.authorize(&dir, Need::Read)?;
-                let valid = valid_refs(&files);
+        self.unary("ReadFiles", request, Need::Read, |call, refs: FileRefs| {
+            async move {
+                let valid = refs.valid();
                 // Read whole before they are sent: what the stamps claim is
                 // what the call may make the daemon hold.
                 let claimed = claimed_bytes(&valid)
                     .filter(|claimed| *claimed <= MAX_READ_BYTES_PER_CALL)
                     .ok_or_else(|| CallError::ReadTooLarge {
-                        dir: dir.clone(),
+                        dir: refs.dir.clone(),
                         claimed: claimed_bytes(&valid),
                     })?;
                 let memory = self.reserve(&call, "a ReadFiles call", claimed).await?;
-                let read = self
-                    .cancellable(&call, async {
-                        Ok(call.service().read_files(&dir, &valid).await)
-                    })
-                    .await?;
-                let answers: Vec<Result<pb::ReadFilesResponse, Status>> = outcomes(files, read)
+                let reading = call
+                    .service()
+                    .read_files(&refs.dir, &valid)
+                    .map(Ok::<_, CallError>);
+                let read = self.cancellable(&call, reading).await?;
+                let answers: Vec<Result<pb::ReadFilesResponse, Status>> = refs
+                    .answers(read)
                     .into_iter()
-                    .map(|(path, outcome)| {
-                        let (code, message) = code_and_message(&outcome);
-                        let (data, sha256) = match outcome {
-                            Ok(whole) => {
-                                (whole.data, bytes::Bytes::copy_from_slice(&whole.sha256.0))
-                            }
-                            Err(_) => Default::default(),
-                        };
-                        Ok(pb::ReadFilesResponse {
-                            path,
-                            code,
-                            message,
-                            data,
-                            sha256,
-                        })
-                    })
+                    .map(|a| Ok(a.into()))
                     .collect();
                 let stream = holding(stream::iter(answers).boxed(), memory);
-                Ok(Response::new(self.cancellable_stream(call, stream)))
-            })
-            .await
+                Ok(self.cancellable_stream(call, stream))
+            }
+        })
+        .await
     }
 
     async fn delete_files(
         &self,
         request: Request<pb::DeleteFilesRequest>,
     ) -> Result<Response<pb::DeleteFilesResponse>, Status> {
-        let observed = observe("DeleteFiles", &request);
-        let method = observed.method;
-        observed
-            .run(async {
-                let call = self.admit(&request, method)?;
-                let request = request.into_inner();
-                let (dir, files) = file_refs(&request.dir, request.files)?;
-                call.authorize(&dir, Need::Write)?;
-                let valid = valid_refs(&files);
-                // Not cut by a cancellation, as Delete: it is short, and the
-                // client acts on nothing before it has the answer.
-                let deleted = call.service().delete_files(&dir, &valid).await;
-                let results = outcomes(files, deleted)
-                    .into_iter()
-                    .map(|(path, outcome)| {
-                        let (code, message) = code_and_message(&outcome);
-                        pb::FileResult {
-                            path,
-                            code,
-                            message,
-                        }
-                    })
-                    .collect();
-                Ok(Response::new(pb::DeleteFilesResponse { results }))
-            })
-            .await
+        self.unary(
+            "DeleteFiles",
+            request,
+            Need::Write,
+            |call, refs: FileRefs| {
+                async move {
+                    // Not cut by a cancellation, as Delete: it is short, and the
+                    // client acts on nothing before it has the answer.
+                    let deleted = call.service().delete_files(&refs.dir, &refs.valid()).await;
+                    Ok(pb::DeleteFilesResponse::from(refs.answers(deleted)))
+                }
+            },
+        )
+        .await
     }
 
     async fn signature(
         &self,
         request: Request<pb::SignatureRequest>,
     ) -> Result<Response<pb::SignatureResponse>, Status> {
-        let observed = observe("Signature", &request);
-        let method = observed.method;
-        observed
-            .run(async {
-                let call = self.admit(&request, method)?;
-                let request = request.into_inner();
-                let (dir, path) = target(&request.dir, &request.path)?;
-                call.authorize(&dir, Need::Read)?;
-                let range = required_range(request.range)?;
-                let _memory = self
-                    .reserve(
-                        &call,
-                        "a Signature",
-                        signature_memory(range, request.block_size),
-                    )
-                    .await?;
-                let signature = self
-                    .cancellable(&call, async {
-                        call.service()
-                            .signature(&dir, &path, range, request.block_size)
-                            .await
-                            .map_err(|e| status(&e))
-                    })
-                    .await?;
-                Ok(Response::new(pb::SignatureResponse { signature }))
-            })
-            .await
+        self.unary(
+            "Signature",
+            request,
+            Need::Read,
+            |call, sig: request::Signature| async move {
+                let needs = signature_memory(sig.range, sig.block_size);
+                let _memory = self.reserve(&call, "a Signature", needs).await?;
+                let signing =
+                    call.service()
+                        .signature(&sig.dir, &sig.path, sig.range, sig.block_size);
+                let signature = self.cancellable(&call, signing).await?;
+                Ok(pb::SignatureResponse::from(signature))
+            },
+        )
+        .await
     }
 
     async fn diff(
         &self,
         request: Request<pb::DiffRequest>,
     ) -> Result<Response<Self::DiffStream>, Status> {
-        let observed = observe("Diff", &request);
-        let method = observed.method;
-        observed
-            .run(async {
-                let call = self.admit(&request, method)?;
-                let request = request.into_inner();
-                let (dir, path) = target(&request.dir, &request.path)?;
-                call.authorize(&dir, Need::Read)?;
-                let range = required_range(request.range)?;
-                let memory = self
-                    .reserve(&call, "a Diff", diff_memory(range, request.signature.len()))
-                    .await?;
-                let delta = self
-                    .cancellable(&call, async {
-                        call.service()
-                            .diff(&dir, &path, range, request.signature)
-                            .await
-                            .map_err(|e| status(&e))
-                    })
-                    .await?;
-                let stream = server_stream(delta, |delta| pb::DiffResponse { delta });
-                Ok(Response::new(
-                    self.cancellable_stream(call, holding(stream, memory)),
-                ))
-            })
-            .await
+        self.unary(
+            "Diff",
+            request,
+            Need::Read,
+            |call, diff: request::Diff| async move {
+                let needs = diff_memory(diff.range, diff.signature.len());
+                let memory = self.reserve(&call, "a Diff", needs).await?;
+                let diffing =
+                    call.service()
+                        .diff(&diff.dir, &diff.path, diff.range, diff.signature);
+                let delta = self.cancellable(&call, diffing).await?;
+                let stream = holding(server_stream(delta), memory);
+                Ok(self.cancellable_stream(call, stream))
+            },
+        )
+        .await
     }
 
     async fn apply_delta(
         &self,
         request: Request<Streaming<pb::ApplyDeltaRequest>>,
     ) -> Result<Response<pb::ApplyDeltaResponse>, Status> {
-        use pb::apply_delta_request::Message;
-        let observed = observe("ApplyDelta", &request);
-        let method = observed.method;
-        observed.run(async {
-            let call = self.admit(&request, method)?;
-            let mut stream = request.into_inner();
-            let header = self
-                .cancellable(
-                    &call,
-                    call.activity.awaiting_client(header(&mut stream, |m| match m.message {
-                        Some(Message::Header(h)) => Some(h),
-                        _ => None,
-                    })),
-                )
-                .await?;
-            let (dir, path) = target(&header.dir, &header.path)?;
-            call.authorize(&dir, Need::Write)?;
-            call.check_file_size(&dir, &path, header.file_size)?;
-            let range = required_range(header.range)?;
-            let _memory = self
-                .reserve(&call, "an ApplyDelta", apply_delta_memory(range))
-                .await?;
-            let delta = body(
-                stream,
-                |m| match m.message {
-                    Some(Message::Delta(d)) => Some(d),
-                    _ => None,
-                },
-                &dir,
-                &path,
-            );
-            let delta = cancellable_body(delta, &call);
-            let result = call
-                .service()
-                .apply_delta(&dir, &path, range, header.file_size, delta)
-                .await;
-            let bytes_written = self.write_outcome(&call, result)?;
-            tracing::debug!(%dir, %path, start = range.start, end = range.end, bytes_written, "delta applied");
-            Ok(Response::new(pb::ApplyDeltaResponse { bytes_written }))
+        self.streaming("ApplyDelta", request, Need::Write, |call, header, stream| {
+            async move {
+                let ApplyDeltaHeader {
+                    dir,
+                    path,
+                    range,
+                    file_size,
+                } = header.clone();
+                let needs = apply_delta_memory(range);
+                let _memory = self.reserve(&call, "an ApplyDelta", needs).await?;
+                let delta = body(stream, header, pb::ApplyDeltaRequest::into_delta);
+                let delta = cancellable_body(delta, &call);
+                let result = call
+                    .service()
+                    .apply_delta(&dir, &path, range, file_size, delta)
+                    .await;
+                let bytes_written = self.write_outcome(&call, result)?;
+                tracing::debug!(%dir, %path, start = range.start, end = range.end, bytes_written, "delta applied");
+                Ok(pb::ApplyDeltaResponse::from(bytes_written))
+            }
         })
         .await
     }
@@ -404,128 +288,102 @@ impl pb::realize_server::Realize for Handler {
         &self,
         request: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
-        let observed = observe("Hash", &request);
-        let method = observed.method;
-        observed
-            .run(async {
-                let call = self.admit(&request, method)?;
-                let request = request.into_inner();
-                let (dir, path) = target(&request.dir, &request.path)?;
-                call.authorize(&dir, Need::Read)?;
-                let kind = realize_proto::file_kind(request.kind).map_err(invalid)?;
+        self.unary(
+            "Hash",
+            request,
+            Need::Read,
+            |call, hash: request::Hash| async move {
                 let _memory = self.reserve(&call, "a Hash", HASH_BUFFERED).await?;
-                let result = self
-                    .cancellable(&call, async {
-                        call.service()
-                            .hash(&dir, &path, kind, request.range.map(ByteRange::from))
-                            .await
-                            .map_err(|e| status(&e))
-                    })
-                    .await?;
-                Ok(Response::new(result.into()))
-            })
-            .await
+                let hashing = call
+                    .service()
+                    .hash(&hash.dir, &hash.path, hash.kind, hash.range);
+                let result = self.cancellable(&call, hashing).await?;
+                Ok(pb::HashResponse::from(result))
+            },
+        )
+        .await
     }
 
     async fn finish(
         &self,
         request: Request<pb::FinishRequest>,
     ) -> Result<Response<pb::FinishResponse>, Status> {
-        let observed = observe("Finish", &request);
-        let method = observed.method;
-        observed
-            .run(async {
-                let call = self.admit(&request, method)?;
-                let request = request.into_inner();
-                let (dir, path) = target(&request.dir, &request.path)?;
-                call.authorize(&dir, Need::Write)?;
-                let verified = match request.sha256.len() {
-                    0 => None,
-                    _ => Some(Sha256Hash::from_slice(&request.sha256).ok_or_else(|| {
-                        Status::invalid_argument(format!(
-                            "{dir}/{path}: sha256 must be 32 bytes, got {}",
-                            request.sha256.len()
-                        ))
-                    })?),
-                };
-                // Only a digest to check makes Finish read the file.
-                let needs = if verified.is_some() { HASH_BUFFERED } else { 0 };
-                let _memory = self.reserve(&call, "a Finish", needs).await?;
-                call.service()
-                    .finish(&dir, &path, verified)
-                    .await
-                    .map_err(|e| status(&e))?;
-                Ok(Response::new(pb::FinishResponse {}))
-            })
-            .await
+        self.unary(
+            "Finish",
+            request,
+            Need::Write,
+            |call, finish: request::Finish| {
+                async move {
+                    // Only a digest to check makes Finish read the file.
+                    let needs = if finish.verified.is_some() {
+                        HASH_BUFFERED
+                    } else {
+                        0
+                    };
+                    let _memory = self.reserve(&call, "a Finish", needs).await?;
+                    call.service()
+                        .finish(&finish.dir, &finish.path, finish.verified)
+                        .await?;
+                    Ok(pb::FinishResponse::from(()))
+                }
+            },
+        )
+        .await
     }
 
     async fn delete(
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let observed = observe("Delete", &request);
-        let method = observed.method;
-        observed
-            .run(async {
-                let call = self.admit(&request, method)?;
-                let request = request.into_inner();
-                let (dir, path) = target(&request.dir, &request.path)?;
-                call.authorize(&dir, Need::Write)?;
+        self.unary(
+            "Delete",
+            request,
+            Need::Write,
+            |call, delete: request::Delete| async move {
                 call.service()
-                    .delete(&dir, &path, request.if_stamp.map(Into::into))
-                    .await
-                    .map_err(|e| status(&e))?;
-                Ok(Response::new(pb::DeleteResponse {}))
-            })
-            .await
+                    .delete(&delete.dir, &delete.path, delete.if_stamp)
+                    .await?;
+                Ok(pb::DeleteResponse::from(()))
+            },
+        )
+        .await
     }
 
     async fn info(
         &self,
         request: Request<pb::InfoRequest>,
     ) -> Result<Response<pb::InfoResponse>, Status> {
-        let observed = observe("Info", &request);
-        let method = observed.method;
-        observed
-            .run(async {
-                let call = self.admit(&request, method)?;
-                let mut info = self
-                    .cancellable(&call, async {
-                        call.service().info().await.map_err(|e| status(&e))
-                    })
-                    .await?;
+        self.unary("Info", request, Need::Read, |call, _: request::Info| {
+            async move {
+                let mut service = self.cancellable(&call, call.service().info()).await?;
                 // A peer sees only the directories it may access, and how.
                 if let Some(peer) = call.live.peers.get(&call.connection.peer.peer_id) {
-                    info.dirs.retain(|dir| peer.may_access(&dir.id));
-                    for dir in &mut info.dirs {
+                    service.dirs.retain(|dir| peer.may_access(&dir.id));
+                    for dir in &mut service.dirs {
                         dir.read_only = peer.access == Access::ReadOnly;
                     }
                 }
-                Ok(Response::new(pb::InfoResponse {
-                    send_limit: call.connection.peer.send_limit.get(),
-                    ..info.into()
+                let send_limit = call.connection.peer.send_limit.get();
+                Ok(pb::InfoResponse::from(response::Info {
+                    service,
+                    send_limit,
                 }))
-            })
-            .await
+            }
+        })
+        .await
     }
 
     async fn configure(
         &self,
         request: Request<pb::ConfigureRequest>,
     ) -> Result<Response<pb::ConfigureResponse>, Status> {
-        let observed = observe("Configure", &request);
-        let method = observed.method;
-        observed
-            .run(async {
-                let call = self.admit(&request, method)?;
+        self.unary(
+            "Configure",
+            request,
+            Need::Read,
+            |call, configure: request::Configure| async move {
                 let peer = &call.connection.peer;
-                let limit = request
-                    .into_inner()
-                    .send_limit
-                    .map(check_rate)
-                    .transpose()
-                    .map_err(|e| Status::invalid_argument(format!("send_limit: {e}")))?;
+                let limit = configure.send_limit.map(check_rate).transpose()?;
                 let old = peer.send_limit.set(limit);
                 if old != limit {
                     tracing::info!(
@@ -543,10 +401,9 @@ impl pb::realize_server::Realize for Handler {
                         ],
                     );
                 }
-                Ok(Response::new(pb::ConfigureResponse {
-                    send_limit: peer.send_limit.get(),
-                }))
-            })
-            .await
+                Ok(pb::ConfigureResponse::from(peer.send_limit.get()))
+            },
+        )
+        .await
     }
 }

@@ -57,9 +57,9 @@ pub(super) fn reserve(
 }
 
 /// The status of a call refused memory, logged.
-pub(super) fn memory_refused(refusal: BudgetError) -> Status {
+pub(super) fn memory_refused(refusal: BudgetError) -> CallError {
     tracing::warn!("call refused: {refusal}");
-    CallError::from(refusal).into()
+    CallError::from(refusal)
 }
 
 /// A chunk of data that keeps its bytes counted in its peer's budget for as

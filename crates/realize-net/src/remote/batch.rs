@@ -5,13 +5,13 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures::{StreamExt, TryStreamExt};
 use realize_core::{
-    ByteStream, DirId, ErrorCode, ExpectedHash, FileStamp, RelPath, ServiceError, Sha256Hash,
-    StoreError, WholeFile,
+    ByteStream, DirId, ErrorCode, ExpectedHash, FileStamp, RelPath, ServiceError, WholeFile,
 };
-use realize_proto::{error_code, error_from_status, pb};
+use realize_proto::request::{Files, WriteFile};
+use realize_proto::{DecodeError, error_from_request, error_from_status, pb};
 use tokio::sync::{mpsc, oneshot};
 
 use super::RemoteService;
@@ -45,13 +45,7 @@ impl RemoteService {
         mut data: ByteStream,
         expected: ExpectedHash,
     ) -> Result<u64, ServiceError> {
-        let invalid = |reason: String| {
-            ServiceError::from(StoreError::InvalidRequest {
-                dir: dir.to_string(),
-                path: path.to_string(),
-                reason,
-            })
-        };
+        let (dir, path) = (dir.clone(), path.clone());
         // The whole file is needed for its message: at most MAX_WHOLE_FILE bytes.
         let mut chunks = Vec::new();
         let mut len = 0u64;
@@ -59,19 +53,26 @@ impl RemoteService {
             let chunk = chunk?;
             len += chunk.len() as u64;
             if len > file_size {
-                return Err(invalid(format!("data goes past the file size {file_size}")));
+                let refused = DecodeError::PastSize {
+                    dir,
+                    path,
+                    file_size,
+                };
+                return Err(error_from_request(refused));
             }
             chunks.push(chunk);
         }
         if len != file_size {
-            return Err(invalid(format!(
-                "data ended after {len} of the file's {file_size} bytes"
-            )));
+            let refused = DecodeError::Short {
+                dir,
+                path,
+                len,
+                file_size,
+            };
+            return Err(error_from_request(refused));
         }
-        let Ok(hash) = expected.await else {
-            return Err(invalid(
-                "the data ended without the SHA-256 to check it against: not finished".into(),
-            ));
+        let Ok(sha256) = expected.await else {
+            return Err(error_from_request(DecodeError::NoDigest { dir, path }));
         };
         let data = match chunks.len() {
             1 => chunks.swap_remove(0),
@@ -83,12 +84,8 @@ impl RemoteService {
                 })
                 .freeze(),
         };
-        let request = pb::WriteFilesRequest {
-            dir: dir.to_string(),
-            path: path.to_string(),
-            data,
-            sha256: Bytes::copy_from_slice(&hash.0),
-        };
+        let file = WholeFile { path, data, sha256 };
+        let request = pb::WriteFilesRequest::from(WriteFile { dir, file });
         let (reply, answer) = oneshot::channel();
         self.enqueue((request, reply)).await?;
         answer.await.map_err(|_| call_ended())?
@@ -103,12 +100,10 @@ impl RemoteService {
     ) -> Vec<Result<u64, ServiceError>> {
         let mut answers = Vec::with_capacity(files.len());
         for file in files {
-            let request = pb::WriteFilesRequest {
-                dir: dir.to_string(),
-                path: file.path.to_string(),
-                data: file.data,
-                sha256: Bytes::copy_from_slice(&file.sha256.0),
-            };
+            let request = pb::WriteFilesRequest::from(WriteFile {
+                dir: dir.clone(),
+                file,
+            });
             let (reply, answer) = oneshot::channel();
             // A file that finds no call drops its reply: it fails below.
             let _ = self.enqueue((request, reply)).await;
@@ -128,38 +123,17 @@ impl RemoteService {
         dir: &DirId,
         files: &[(RelPath, FileStamp)],
     ) -> Vec<Result<WholeFile, ServiceError>> {
-        let request = pb::ReadFilesRequest {
-            dir: dir.to_string(),
-            files: file_refs(files),
-        };
+        let request = pb::ReadFilesRequest::from(Files { dir, files });
         let answered = self
             .observed("ReadFiles", async {
-                let answers = self
-                    .call(request, |mut c, r| async move { c.read_files(r).await })
-                    .await?
-                    .map_err(error_from_status)
-                    .boxed();
+                let answers: tonic::Streaming<pb::ReadFilesResponse> = self.call(request).await?;
+                let answers = answers.map_err(error_from_status).boxed();
                 self.stall_guarded(answers).try_collect::<Vec<_>>().await
             })
             .await;
-        answers_for(
-            files,
-            answered,
-            |(path, _), answer: pb::ReadFilesResponse| {
-                outcome(answer.code, answer.message)?;
-                let sha256 = Sha256Hash::from_slice(&answer.sha256).ok_or_else(|| {
-                    ServiceError::Protocol(format!(
-                        "{dir}/{path}: SHA-256 of {} bytes",
-                        answer.sha256.len()
-                    ))
-                })?;
-                Ok(WholeFile {
-                    path: path.clone(),
-                    data: answer.data,
-                    sha256,
-                })
-            },
-        )
+        answers_for(files, answered, |(path, _), answer| {
+            answer.into_whole_file(dir, path)
+        })
     }
 
     /// [`realize_core::Service::delete_files`] in one DeleteFiles call.
@@ -168,21 +142,12 @@ impl RemoteService {
         dir: &DirId,
         files: &[(RelPath, FileStamp)],
     ) -> Vec<Result<(), ServiceError>> {
-        let request = pb::DeleteFilesRequest {
-            dir: dir.to_string(),
-            files: file_refs(files),
-        };
+        let request = pb::DeleteFilesRequest::from(Files { dir, files });
         let answered = self
-            .observed("DeleteFiles", async {
-                let response = self
-                    .call(request, |mut c, r| async move { c.delete_files(r).await })
-                    .await?;
-                Ok(response.results)
-            })
-            .await;
-        answers_for(files, answered, |_, result: pb::FileResult| {
-            outcome(result.code, result.message)
-        })
+            .unary(request)
+            .await
+            .map(pb::DeleteFilesResponse::into_outcomes);
+        answers_for(files, answered, |_, outcome| outcome)
     }
 
     /// Queues a file on the WriteFiles call in progress, or on a new one if
@@ -275,7 +240,7 @@ async fn run_batch(
                     "WriteFiles answered a file it was not sent".into(),
                 ));
             };
-            let _ = reply.send(answer_of(answer));
+            let _ = reply.send(answer.into_outcome());
         }
         Ok(())
     }
@@ -300,32 +265,6 @@ async fn run_batch(
             Ok(()) => call_ended(),
         }));
     }
-}
-
-fn answer_of(answer: pb::WriteFilesResponse) -> Result<u64, ServiceError> {
-    outcome(answer.code, answer.message)?;
-    Ok(answer.bytes_written)
-}
-
-/// A file's outcome in a batch call's answer.
-fn outcome(code: i32, message: String) -> Result<(), ServiceError> {
-    match tonic::Code::from_i32(code) {
-        tonic::Code::Ok => Ok(()),
-        code => Err(ServiceError::Remote {
-            code: error_code(code),
-            message,
-        }),
-    }
-}
-
-fn file_refs(files: &[(RelPath, FileStamp)]) -> Vec<pb::FileRef> {
-    files
-        .iter()
-        .map(|(path, stamp)| pb::FileRef {
-            path: path.to_string(),
-            stamp: Some((*stamp).into()),
-        })
-        .collect()
 }
 
 /// One result per file of a batch call: the call's error for each if it
