@@ -380,7 +380,7 @@ impl Sides {
                 {
                     // Every check that can refuse the move runs before the
                     // destination is created.
-                    realize_core::check_distinct(&*source, &*destination, &config.dirs).await?;
+                    realize_core::check_move(&*source, &*destination, &config.dirs, config.digest).await?;
                     std::fs::create_dir(root).with_context(|| {
                         format!("cannot create the destination {}", root.display())
                     })?;

@@ -3,7 +3,7 @@
 
 use std::io;
 
-use crate::digest::Sha256Hash;
+use crate::digest::{Digest, DigestAlgorithm};
 use crate::path::{DirId, InvalidDirId, InvalidPath, RelPath};
 
 /// The category of an error, as the gRPC status codes name them, so that
@@ -88,8 +88,8 @@ pub enum StoreError {
     HashMismatch {
         dir: String,
         path: String,
-        expected: Sha256Hash,
-        actual: Sha256Hash,
+        expected: Digest,
+        actual: Digest,
     },
     #[error("{dir}/{path}: {op} failed")]
     Io {
@@ -216,19 +216,43 @@ pub enum MoveError {
         Side::Destination => "no file could be written to it",
     })]
     ReadOnly { side: Side, dir: DirId },
+    #[error("{side} cannot verify with {digest} (it supports {}), refusing to move", names(supported))]
+    UnsupportedDigest {
+        side: Side,
+        digest: DigestAlgorithm,
+        supported: Vec<DigestAlgorithm>,
+    },
+    #[error(
+        "no digest both sides support (source: {}; destination: {}), refusing to move",
+        names(source_digests),
+        names(destination_digests)
+    )]
+    NoCommonDigest {
+        source_digests: Vec<DigestAlgorithm>,
+        destination_digests: Vec<DigestAlgorithm>,
+    },
     #[error(
         "destination hash {destination_hash} does not match source hash {source_hash}, source kept"
     )]
     HashMismatch {
         dir: DirId,
         path: RelPath,
-        source_hash: Sha256Hash,
-        destination_hash: Sha256Hash,
+        source_hash: Digest,
+        destination_hash: Digest,
     },
     #[error("source changed while being moved, not deleted")]
     SourceChanged { dir: DirId, path: RelPath },
     #[error("move cancelled")]
     Cancelled,
+}
+
+/// `blake3, sha256`, or `none`.
+fn names(digests: &[DigestAlgorithm]) -> String {
+    if digests.is_empty() {
+        return "none".into();
+    }
+    let names: Vec<&str> = digests.iter().map(|d| d.name()).collect();
+    names.join(", ")
 }
 
 impl MoveError {

@@ -26,9 +26,9 @@ pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use digest::Sha256Hash;
+pub use digest::{Digest, DigestAlgorithm, Hasher, UnknownDigest};
 pub use error::{ErrorChain, ErrorCode, MoveError, ServiceError, Side, StoreError};
-pub use mover::{MoveOptions, MoveSummary, check_distinct, move_files};
+pub use mover::{MoveOptions, MoveSummary, check_move, move_files};
 pub use path::{DirId, RelPath};
 pub use progress::{FileProgress, NoProgress, Phase, Progress};
 pub use service::{

@@ -26,13 +26,15 @@ use futures::{StreamExt, TryFutureExt, TryStreamExt, future, stream};
 use tracing::Instrument;
 
 use crate::delta;
-use crate::digest::Sha256Hash;
+use crate::digest::{Digest, DigestAlgorithm};
 use crate::error::{ErrorChain, ErrorCode, ServiceError};
 pub use crate::error::{MoveError, Side};
 use crate::metrics::metrics;
 use crate::path::{DirId, RelPath};
 use crate::progress::{FileProgress, Phase, Progress};
-use crate::service::{ByteRange, ByteStream, Entry, FileKind, FileStamp, MAX_WHOLE_FILE, Service};
+use crate::service::{
+    ByteRange, ByteStream, Entry, ExpectedHash, FileKind, FileStamp, MAX_WHOLE_FILE, Service,
+};
 use crate::stop::Stop;
 
 mod batch;
@@ -40,7 +42,7 @@ mod listing;
 mod transfer;
 
 use batch::{Work, batched, move_batch};
-pub use listing::check_distinct;
+pub use listing::check_move;
 use listing::{DESTINATION_LOOKS, DestinationState, destination_state, list_dir};
 use transfer::Transfer;
 
@@ -62,6 +64,9 @@ pub struct MoveOptions {
     pub range_size: u64,
     /// rsync block size of the signatures.
     pub block_size: u32,
+    /// The digest that verifies each file; `None`: the first of
+    /// [`DigestAlgorithm::PREFERRED`] both sides support.
+    pub digest: Option<DigestAlgorithm>,
 }
 
 impl Default for MoveOptions {
@@ -70,6 +75,7 @@ impl Default for MoveOptions {
             parallel: 4,
             range_size: 8 * 1024 * 1024,
             block_size: 4096,
+            digest: None,
         }
     }
 }
@@ -83,9 +89,15 @@ impl MoveOptions {
         }
     }
 
+    /// The digest of this move, once [`check_move`] has chosen it.
+    fn algorithm(&self) -> DigestAlgorithm {
+        self.digest.unwrap_or(DigestAlgorithm::PREFERRED[0])
+    }
+
     /// The options with every field in the range the stores accept, so an
-    /// embedding program cannot make a move loop (range 0) or always fail.
-    fn clamped(&self) -> MoveOptions {
+    /// embedding program cannot make a move loop (range 0) or always fail,
+    /// and with the digest both sides agreed on.
+    fn clamped(&self, digest: DigestAlgorithm) -> MoveOptions {
         let block_size = self
             .block_size
             .clamp(delta::MIN_BLOCK_SIZE, delta::MAX_BLOCK_SIZE);
@@ -95,6 +107,7 @@ impl MoveOptions {
                 .range_size
                 .clamp(u64::from(block_size), delta::MAX_RANGE),
             block_size,
+            digest: Some(digest),
         }
     }
 }
@@ -226,11 +239,11 @@ pub async fn move_files(
     progress: &dyn Progress,
     stop: &Stop,
 ) -> Result<MoveSummary, MoveError> {
-    tokio::select! {
-        checked = check_distinct(src, dst, dirs) => checked?,
+    let digest = tokio::select! {
+        checked = check_move(src, dst, dirs, options.digest) => checked?,
         () = stop.interrupted() => return Err(MoveError::Cancelled),
-    }
-    let options = &options.clamped();
+    };
+    let options = &options.clamped(digest);
     let mut summary = MoveSummary::default();
     let mut jobs = Vec::new();
     for dir in dirs {
@@ -285,7 +298,7 @@ pub async fn move_files(
                         };
                         let span =
                             tracing::info_span!("batch", dir = %jobs[0].dir, files = jobs.len());
-                        move_batch(src, dst, jobs, progress, stop, meter)
+                        move_batch(src, dst, jobs, options, progress, stop, meter)
                             .instrument(span)
                             .await
                     }
@@ -434,7 +447,7 @@ async fn move_file(
     src.delete(dir, path, Some(entry.stamp))
         .await
         .map_err(|e| transfer.source_error(e))?;
-    tracing::info!(size, bytes_sent = sent, sha256 = %source_hash, "moved");
+    tracing::info!(size, bytes_sent = sent, digest = %source_hash, "moved");
     Ok(sent)
 }
 
@@ -457,10 +470,12 @@ async fn finish_error(
     dir: &DirId,
     path: &RelPath,
     error: ServiceError,
-    source_hash: Sha256Hash,
+    source_hash: Digest,
 ) -> MoveError {
     if error.code() == ErrorCode::FailedPrecondition
-        && let Ok(destination) = dst.hash(dir, path, FileKind::Partial, None).await
+        && let Ok(destination) = dst
+            .hash(dir, path, FileKind::Partial, None, source_hash.algorithm)
+            .await
         && destination.hash != source_hash
     {
         return MoveError::HashMismatch {

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
-use crate::digest::Sha256Hash;
+use crate::digest::{Digest, DigestAlgorithm};
 use crate::error::{ServiceError, StoreError};
 use crate::path::{DirId, RelPath};
 
@@ -17,9 +17,27 @@ pub use wrapped::{Call, Filter, Method, Wrapped};
 pub type ByteStream = BoxStream<'static, Result<Bytes, ServiceError>>;
 /// Entries of a directory listing, sorted by path.
 pub type EntryStream = BoxStream<'static, Result<Entry, ServiceError>>;
-/// The SHA-256 a whole file must have, known only once its data has
-/// streamed by; dropped unsent when the data could not be vouched for.
-pub type ExpectedHash = tokio::sync::oneshot::Receiver<Sha256Hash>;
+/// The digest a whole file must have: its algorithm, known from the start so
+/// the writer hashes with it as it writes, and its value, known only once
+/// the data has streamed by (dropped unsent when the data could not be
+/// vouched for).
+#[derive(Debug)]
+pub struct ExpectedHash {
+    pub algorithm: DigestAlgorithm,
+    pub value: tokio::sync::oneshot::Receiver<Digest>,
+}
+
+impl ExpectedHash {
+    /// A digest known before the data is sent.
+    pub fn known(digest: Digest) -> Self {
+        let (sender, value) = tokio::sync::oneshot::channel();
+        let _ = sender.send(digest);
+        ExpectedHash {
+            algorithm: digest.algorithm,
+            value,
+        }
+    }
+}
 
 /// Half-open byte range `[start, end)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,7 +86,7 @@ pub struct Entry {
 /// The digest of a file or range, and the file's stamp while it was read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HashResult {
-    pub hash: Sha256Hash,
+    pub hash: Digest,
     pub stamp: FileStamp,
 }
 
@@ -101,14 +119,16 @@ impl DirInfo {
 pub struct ServiceInfo {
     pub version: String,
     pub dirs: Vec<DirInfo>,
+    /// The digests this service can take and check.
+    pub digests: Vec<DigestAlgorithm>,
 }
 
-/// A small file held whole in memory, with the SHA-256 of its bytes.
+/// A small file held whole in memory, with the digest of its bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WholeFile {
     pub path: RelPath,
     pub data: Bytes,
-    pub sha256: Sha256Hash,
+    pub digest: Digest,
 }
 
 /// Files at most this large may be read and written whole, in batches
@@ -147,7 +167,7 @@ pub trait Service: Send + Sync + std::fmt::Debug {
     ) -> Result<ByteStream, ServiceError>;
 
     /// The whole final file, as [`Service::read`] with `if_stamp`, and the
-    /// SHA-256 of its bytes, sent once all of them have been read without an
+    /// digest of its bytes taken with `algorithm`, sent once all of them have been read without an
     /// error (dropped unsent otherwise). By default the stream is hashed as
     /// it goes by; a store hashes what it reads as it reads it. The hash
     /// vouches for the file, not for what the caller took of the stream.
@@ -156,11 +176,12 @@ pub trait Service: Send + Sync + std::fmt::Debug {
         dir: &DirId,
         path: &RelPath,
         stamp: FileStamp,
+        algorithm: DigestAlgorithm,
     ) -> Result<(ByteStream, ExpectedHash), ServiceError> {
         let data = self
             .read(dir, path, 0, Some(stamp.size), Some(stamp))
             .await?;
-        Ok(crate::digest::hash_stream(data, stamp.size))
+        Ok(crate::digest::hash_stream(data, stamp.size, algorithm))
     }
 
     /// Writes `data` at `offset` of the partial file (turning a final file
@@ -177,9 +198,9 @@ pub trait Service: Send + Sync + std::fmt::Debug {
 
     /// Writes a whole file and finishes it, in one call: `data` is the file
     /// from its first byte to `file_size`, written into a fresh partial file
-    /// (a final file is turned into it first) and hashed as it is written.
-    /// Once `data` has ended, the file is checked to have the SHA-256
-    /// `expected` resolves to, then fsynced and renamed as by
+    /// (a final file is turned into it first) and hashed as it is written
+    /// with `expected`'s algorithm. Once `data` has ended, the file is
+    /// checked to have the digest `expected` resolves to, then fsynced and renamed as by
     /// [`Service::finish`]. If `expected` is dropped unsent, if `data` fails
     /// or ends short, or if the hashes differ, nothing is renamed: the
     /// partial file keeps what was written (and the hashes differing is a
@@ -223,24 +244,25 @@ pub trait Service: Send + Sync + std::fmt::Debug {
         delta: ByteStream,
     ) -> Result<u64, ServiceError>;
 
-    /// SHA-256 of the given form of the file, or of a range of it.
+    /// Digest of the given form of the file, or of a range of it.
     async fn hash(
         &self,
         dir: &DirId,
         path: &RelPath,
         kind: FileKind,
         range: Option<ByteRange>,
+        algorithm: DigestAlgorithm,
     ) -> Result<HashResult, ServiceError>;
 
     /// fsyncs the partial file and renames it to its final name (fsyncs an
     /// existing final file if there is no partial one). With `expected`, the
-    /// file is first checked to have that SHA-256, else nothing happens and
+    /// file is first checked to have that digest, else nothing happens and
     /// the call fails (FailedPrecondition).
     async fn finish(
         &self,
         dir: &DirId,
         path: &RelPath,
-        expected: Option<Sha256Hash>,
+        expected: Option<Digest>,
     ) -> Result<(), ServiceError>;
 
     /// Removes both forms and the parent directories left empty. With
@@ -253,12 +275,14 @@ pub trait Service: Send + Sync + std::fmt::Debug {
     ) -> Result<(), ServiceError>;
 
     /// Reads whole final files of at most [`MAX_WHOLE_FILE`] bytes, each of
-    /// which must have the stamp given, and hashes them; one result per
-    /// file, in order. By default, one [`Service::read`] per file.
+    /// which must have the stamp given, and hashes them with `algorithm`;
+    /// one result per file, in order. By default, one [`Service::read`] per
+    /// file.
     async fn read_files(
         &self,
         dir: &DirId,
         files: &[(RelPath, FileStamp)],
+        algorithm: DigestAlgorithm,
     ) -> Vec<Result<WholeFile, ServiceError>> {
         futures::future::join_all(files.iter().map(|(path, stamp)| async move {
             // The size comes from the caller (a peer, through the daemon):
@@ -286,7 +310,7 @@ pub trait Service: Send + Sync + std::fmt::Debug {
             let data = whole.freeze();
             Ok(WholeFile {
                 path: path.clone(),
-                sha256: Sha256Hash::of(&data),
+                digest: Digest::of(algorithm, &data),
                 data,
             })
         }))
@@ -301,8 +325,7 @@ pub trait Service: Send + Sync + std::fmt::Debug {
         files: Vec<WholeFile>,
     ) -> Vec<Result<u64, ServiceError>> {
         futures::future::join_all(files.into_iter().map(|file| async move {
-            let (sender, expected) = tokio::sync::oneshot::channel();
-            let _ = sender.send(file.sha256);
+            let expected = ExpectedHash::known(file.digest);
             let size = file.data.len() as u64;
             let data = futures::stream::once(async { Ok(file.data) }).boxed();
             self.write_file(dir, &file.path, size, data, expected).await

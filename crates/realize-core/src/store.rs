@@ -16,7 +16,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::digest::Sha256Hash;
+use crate::digest::{Digest, DigestAlgorithm};
 use crate::error::{ServiceError, StoreError};
 use crate::path::{DirId, RelPath};
 use crate::service::{
@@ -161,12 +161,14 @@ impl Service for LocalStore {
         dir: &DirId,
         path: &RelPath,
         stamp: FileStamp,
+        algorithm: DigestAlgorithm,
     ) -> Result<(ByteStream, ExpectedHash), ServiceError> {
-        let (sender, expected) = tokio::sync::oneshot::channel();
+        let (sender, value) = tokio::sync::oneshot::channel();
+        let hash = Some((algorithm, sender));
         let data = self
-            .read_stream(dir, path, 0, Some(stamp.size), Some(stamp), Some(sender))
+            .read_stream(dir, path, 0, Some(stamp.size), Some(stamp), hash)
             .await?;
-        Ok((data, expected))
+        Ok((data, ExpectedHash { algorithm, value }))
     }
 
     async fn write(
@@ -230,10 +232,11 @@ impl Service for LocalStore {
         path: &RelPath,
         kind: FileKind,
         range: Option<ByteRange>,
+        algorithm: DigestAlgorithm,
     ) -> Result<HashResult, ServiceError> {
         Ok(self
             .on_blocking(dir, path, move |r| {
-                hash_file(&r.open_blocking(kind)?, range, r)
+                hash_file(&r.open_blocking(kind)?, range, algorithm, r)
             })
             .await?)
     }
@@ -242,7 +245,7 @@ impl Service for LocalStore {
         &self,
         dir: &DirId,
         path: &RelPath,
-        expected: Option<Sha256Hash>,
+        expected: Option<Digest>,
     ) -> Result<(), ServiceError> {
         self.finish_path(dir, path, expected).await
     }
@@ -262,8 +265,9 @@ impl Service for LocalStore {
         &self,
         dir: &DirId,
         files: &[(RelPath, FileStamp)],
+        algorithm: DigestAlgorithm,
     ) -> Vec<Result<WholeFile, ServiceError>> {
-        self.read_batch(dir, files).await
+        self.read_batch(dir, files, algorithm).await
     }
 
     async fn write_files(

@@ -9,9 +9,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
-
-use crate::Sha256Hash;
+use crate::{Digest, DigestAlgorithm, Hasher};
 
 mod faulty;
 
@@ -139,15 +137,20 @@ pub fn list_files(root: &Path) -> io::Result<BTreeMap<String, u64>> {
     Ok(out)
 }
 
+/// The SHA-256 of `data`: what the tests that need one digest use.
+pub fn sha256(data: &[u8]) -> Digest {
+    Digest::of(DigestAlgorithm::Sha256, data)
+}
+
 /// The SHA-256 of the file at `path`, read in chunks.
-pub fn sha256_file(path: &Path) -> io::Result<Sha256Hash> {
+pub fn sha256_file(path: &Path) -> io::Result<Digest> {
     let mut file = std::fs::File::open(path).map_err(at(path))?;
-    let mut hasher = Sha256::new();
+    let mut hasher = Hasher::new(DigestAlgorithm::Sha256);
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = file.read(&mut buf).map_err(at(path))?;
         if n == 0 {
-            return Ok(Sha256Hash::from_hasher(hasher));
+            return Ok(hasher.finish());
         }
         hasher.update(&buf[..n]);
     }
@@ -155,7 +158,7 @@ pub fn sha256_file(path: &Path) -> io::Result<Sha256Hash> {
 
 /// Every file under `root` with its SHA-256: what a test compares before
 /// and after a move.
-pub fn manifest(root: &Path) -> BTreeMap<String, Sha256Hash> {
+pub fn manifest(root: &Path) -> BTreeMap<String, Digest> {
     let files = list_files(root).unwrap_or_else(|e| panic!("{e}"));
     files
         .into_keys()

@@ -7,7 +7,7 @@ use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt, future, ready, stream};
 use realize_core::{
     ByteRange, ByteStream, DirId, EntryStream, ExpectedHash, FileKind, FileStamp, HashResult,
-    MAX_WHOLE_FILE, RelPath, Service, ServiceError, ServiceInfo, Sha256Hash, WholeFile,
+    MAX_WHOLE_FILE, RelPath, Service, ServiceError, ServiceInfo, Digest, WholeFile,
 };
 use realize_proto::request::{self, ApplyDeltaHeader, WriteHeader, WritePiece};
 use realize_proto::{DecodeError, error_from_answer, error_from_status, pb};
@@ -446,7 +446,7 @@ impl Service for RemoteService {
         &self,
         dir: &DirId,
         path: &RelPath,
-        verified: Option<Sha256Hash>,
+        verified: Option<Digest>,
     ) -> Result<(), ServiceError> {
         let request = pb::FinishRequest::from(request::Finish {
             dir: dir.clone(),

@@ -391,7 +391,7 @@ mod tests {
                 let data = Bytes::from(vec![i; 32 * 1024]);
                 WholeFile {
                     path: realize_core::RelPath::new(&format!("f{i}")).unwrap(),
-                    sha256: realize_core::Sha256Hash::of(&data),
+                    digest: realize_core::Digest::of(realize_core::DigestAlgorithm::Blake3, &data),
                     data,
                 }
             })

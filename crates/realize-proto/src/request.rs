@@ -3,7 +3,7 @@
 //! [`DecodeError`]) and made into it (`From<…> for pb::…`).
 
 use bytes::Bytes;
-use realize_core::{ByteRange, DirId, FileKind, FileStamp, RelPath, Sha256Hash};
+use realize_core::{ByteRange, DirId, FileKind, FileStamp, RelPath, Digest};
 
 use crate::values::{digest, digest_bytes, dir_id, file_kind, target};
 use crate::{DecodeError, pb};
@@ -171,7 +171,7 @@ impl From<Hash> for pb::HashRequest {
 pub struct Finish {
     pub dir: DirId,
     pub path: RelPath,
-    pub verified: Option<Sha256Hash>,
+    pub verified: Option<Digest>,
 }
 
 impl TryFrom<pb::FinishRequest> for Finish {

@@ -88,7 +88,7 @@ impl pb::ReadFilesResponse {
     /// The file `path` of `dir` this answers for, or why it was not read.
     pub fn into_whole_file(self, dir: &DirId, path: &RelPath) -> Result<WholeFile, ServiceError> {
         outcome(self.code, self.message)?;
-        let sha256 = realize_core::Sha256Hash::from_slice(&self.sha256).ok_or_else(|| {
+        let sha256 = realize_core::Digest::from_slice(&self.sha256).ok_or_else(|| {
             crate::error_from_answer(DecodeError::AnswerDigest {
                 dir: dir.clone(),
                 path: path.clone(),

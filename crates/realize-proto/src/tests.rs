@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use realize_core::{
-    ByteRange, DirId, ErrorCode, FileKind, FileStamp, RelPath, ServiceError, Sha256Hash, WholeFile,
+    ByteRange, DirId, ErrorCode, FileKind, FileStamp, RelPath, ServiceError, Digest, WholeFile,
 };
 
 use crate::request::{self, FileRefs, Files, MAX_CHUNK, Named, WriteFile, WriteHeader, WritePiece};
@@ -106,7 +106,7 @@ fn a_stream_after_its_header_is_data_and_a_finish_only_when_whole() {
         file_size: 3,
         whole_file,
     };
-    let hash = Sha256Hash([7; 32]);
+    let hash = Digest([7; 32]);
     let finish = pb::WriteRequest::from(WritePiece::Finish(hash));
     let piece = finish.clone().into_piece(&header(true));
     assert_eq!(piece.ok(), Some(WritePiece::Finish(hash)));
@@ -140,7 +140,7 @@ fn batch_files_are_refused_alone_and_answered_in_order() {
         Ok(WholeFile {
             path: path(p),
             data: Bytes::from_static(b"x"),
-            sha256: Sha256Hash([1; 32]),
+            sha256: Digest([1; 32]),
         })
     };
     let answers: Vec<pb::ReadFilesResponse> = refs
@@ -175,7 +175,7 @@ fn written_files_round_trip_and_their_outcomes_too() {
         file: WholeFile {
             path: path("f"),
             data: Bytes::from_static(b"abc"),
-            sha256: Sha256Hash([3; 32]),
+            sha256: Digest([3; 32]),
         },
     };
     let wire = pb::WriteFilesRequest::from(file.clone());

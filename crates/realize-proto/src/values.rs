@@ -3,7 +3,7 @@
 
 use realize_core::{
     ByteRange, DirId, DirInfo, Entry, FileKind, FileStamp, HashResult, RelPath, ServiceInfo,
-    Sha256Hash,
+    Digest,
 };
 
 use crate::{DecodeError, pb};
@@ -26,8 +26,8 @@ pub(crate) fn target(dir: &str, path: &str) -> Result<(DirId, RelPath), DecodeEr
 }
 
 /// A SHA-256 a request carries, 32 bytes.
-pub(crate) fn digest(dir: &DirId, path: &RelPath, bytes: &[u8]) -> Result<Sha256Hash, DecodeError> {
-    Sha256Hash::from_slice(bytes).ok_or_else(|| DecodeError::Digest {
+pub(crate) fn digest(dir: &DirId, path: &RelPath, bytes: &[u8]) -> Result<Digest, DecodeError> {
+    Digest::from_slice(bytes).ok_or_else(|| DecodeError::Digest {
         dir: dir.clone(),
         path: path.clone(),
         len: bytes.len(),
@@ -35,7 +35,7 @@ pub(crate) fn digest(dir: &DirId, path: &RelPath, bytes: &[u8]) -> Result<Sha256
 }
 
 /// The bytes of a SHA-256 on the wire.
-pub(crate) fn digest_bytes(hash: &Sha256Hash) -> bytes::Bytes {
+pub(crate) fn digest_bytes(hash: &Digest) -> bytes::Bytes {
     bytes::Bytes::copy_from_slice(&hash.0)
 }
 
@@ -136,7 +136,7 @@ impl TryFrom<pb::HashResponse> for HashResult {
     type Error = DecodeError;
     fn try_from(h: pb::HashResponse) -> Result<Self, DecodeError> {
         Ok(HashResult {
-            hash: Sha256Hash::from_slice(&h.sha256).ok_or(DecodeError::Invalid {
+            hash: Digest::from_slice(&h.sha256).ok_or(DecodeError::Invalid {
                 field: "sha256",
                 reason: format!("{} bytes instead of 32", h.sha256.len()),
             })?,

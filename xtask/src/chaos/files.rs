@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use realize_core::Sha256Hash;
+use realize_core::Digest;
 use realize_core::testing::{Rng, list_files, sha256_file, write_random};
 
 /// A generated set: how many files, and their size range (log-uniform).
@@ -55,7 +55,7 @@ pub(super) fn generate(
     root: &Path,
     seed: u64,
     shape: SetShape,
-) -> anyhow::Result<(BTreeMap<String, Sha256Hash>, u64)> {
+) -> anyhow::Result<(BTreeMap<String, Digest>, u64)> {
     let mut rng = Rng::new(seed);
     let mut total = 0;
     let mut manifest = BTreeMap::new();
@@ -82,7 +82,7 @@ pub(super) fn check(
     label: &str,
     src: &Path,
     dst: &Path,
-    manifest: &BTreeMap<String, Sha256Hash>,
+    manifest: &BTreeMap<String, Digest>,
     finished: bool,
 ) -> anyhow::Result<()> {
     let (src_files, dst_files) = (list_files(src)?, list_files(dst)?);

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use realize_core::Sha256Hash;
+use realize_core::Digest;
 use realize_core::testing::Rng;
 
 use super::files::{Checks, SetShape, check, generate};
@@ -131,7 +131,7 @@ struct ClientTally {
     notes: Vec<String>,
     /// The sets still on the destination, by path from the roots of all
     /// clients (`NAME/mNNNN/...`), for the final check.
-    kept: BTreeMap<String, Sha256Hash>,
+    kept: BTreeMap<String, Digest>,
     /// Files of sets removed from the destination once checked.
     removed: u64,
 }
@@ -450,7 +450,7 @@ fn run_client(
     stop: &AtomicBool,
 ) -> anyhow::Result<ClientTally> {
     let mut tally = ClientTally::default();
-    let mut kept: VecDeque<(String, BTreeMap<String, Sha256Hash>)> = VecDeque::new();
+    let mut kept: VecDeque<(String, BTreeMap<String, Digest>)> = VecDeque::new();
     for m in 0..MAX_MOVES {
         if stop.load(Ordering::SeqCst) {
             break;

@@ -59,6 +59,7 @@ pub(super) async fn move_batch<'a>(
     src: &dyn Service,
     dst: &dyn Service,
     jobs: Vec<Job<'a>>,
+    options: &MoveOptions,
     progress: &dyn Progress,
     stop: &Stop,
     meter: &Meter,
@@ -90,7 +91,7 @@ pub(super) async fn move_batch<'a>(
         .map(|job| (job.entry.path.clone(), job.entry.stamp))
         .collect();
     let copying = async {
-        let read = src.read_files(dir, &listed).await;
+        let read = src.read_files(dir, &listed, options.algorithm()).await;
         let mut sending = Vec::new();
         let mut sent_index = Vec::new();
         for (index, result) in read.into_iter().enumerate() {
@@ -109,7 +110,7 @@ pub(super) async fn move_batch<'a>(
                 }
             }
         }
-        let hashes: Vec<Sha256Hash> = sending.iter().map(|file| file.sha256).collect();
+        let hashes: Vec<Digest> = sending.iter().map(|file| file.digest).collect();
         let written = dst.write_files(dir, sending).await;
         let mut written_index = Vec::new();
         for ((index, result), source_hash) in sent_index.into_iter().zip(written).zip(hashes) {
@@ -158,7 +159,7 @@ pub(super) async fn move_batch<'a>(
         let job = &jobs[index];
         outcomes[index] = Some(match result {
             Ok(()) => {
-                tracing::info!(dir = %job.dir, path = %job.entry.path, size = bytes, bytes_sent = bytes, sha256 = %source_hash, "moved");
+                tracing::info!(dir = %job.dir, path = %job.entry.path, size = bytes, bytes_sent = bytes, digest = %source_hash, "moved");
                 Outcome::Moved(bytes)
             }
             Err(error) => Outcome::Failed(source_error(job.dir, &job.entry.path, error)),

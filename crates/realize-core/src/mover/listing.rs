@@ -7,21 +7,26 @@ use super::*;
 
 /// Refuses to move a directory onto itself, which would delete the only
 /// copy, or into or out of a directory it contains, where files would land
-/// on source files not yet moved; and a directory either side lacks.
+/// on source files not yet moved; a directory either side lacks or only
+/// lets the caller read; and a digest (`wanted`) one side cannot take.
+/// Returns the digest of the move: `wanted`, else the first of
+/// [`DigestAlgorithm::PREFERRED`] both sides support.
 ///
 /// [`move_files`] runs it before anything else; a caller that must prepare
 /// a side first (create a local destination) runs it before that, so a
 /// refused move changes nothing.
-pub async fn check_distinct(
+pub async fn check_move(
     src: &dyn Service,
     dst: &dyn Service,
     dirs: &[DirId],
-) -> Result<(), MoveError> {
+    wanted: Option<DigestAlgorithm>,
+) -> Result<DigestAlgorithm, MoveError> {
     let (src_info, dst_info) = future::try_join(
         src.info().map_err(MoveError::source),
         dst.info().map_err(MoveError::destination),
     )
     .await?;
+    let digest = choose_digest(wanted, &src_info, &dst_info)?;
     for dir in dirs {
         let find = |info: &crate::ServiceInfo, side| {
             info.dirs
@@ -47,7 +52,33 @@ pub async fn check_distinct(
             }
         }
     }
-    Ok(())
+    Ok(digest)
+}
+
+/// `wanted` if both sides take it, else the preferred digest both take.
+fn choose_digest(
+    wanted: Option<DigestAlgorithm>,
+    src: &crate::ServiceInfo,
+    dst: &crate::ServiceInfo,
+) -> Result<DigestAlgorithm, MoveError> {
+    let sides = [(Side::Source, src), (Side::Destination, dst)];
+    if let Some(digest) = wanted {
+        return match sides.iter().find(|(_, info)| !info.digests.contains(&digest)) {
+            Some(&(side, info)) => Err(MoveError::UnsupportedDigest {
+                side,
+                digest,
+                supported: info.digests.clone(),
+            }),
+            None => Ok(digest),
+        };
+    }
+    DigestAlgorithm::PREFERRED
+        .into_iter()
+        .find(|digest| sides.iter().all(|(_, info)| info.digests.contains(digest)))
+        .ok_or_else(|| MoveError::NoCommonDigest {
+            source_digests: src.digests.clone(),
+            destination_digests: dst.digests.clone(),
+        })
 }
 
 /// The forms of a path present on the destination.

@@ -29,6 +29,7 @@ fn options() -> MoveOptions {
         parallel: 3,
         range_size: 64 * KIB as u64,
         block_size: 1024,
+        digest: None,
     }
 }
 
@@ -833,7 +834,7 @@ async fn a_destination_not_created_yet_inside_the_source_is_refused() {
     let root = tempfile::tempdir().unwrap();
     write_file(root.path(), "f", b"kept");
     let (src, dst) = (store(root.path()), store(&root.path().join("new/deeper")));
-    let refused = super::check_distinct(&src, &dst, &[dir()]).await;
+    let refused = super::check_move(&src, &dst, &[dir()], None).await;
     assert!(
         matches!(refused, Err(MoveError::Overlap { .. })),
         "{refused:?}"

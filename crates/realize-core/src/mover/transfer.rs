@@ -21,17 +21,17 @@ impl Transfer<'_> {
     /// Copies a file the destination has in no form, hashing it on its way,
     /// and has the destination check and finish it in the same call: one
     /// read of the source, one write of the destination, nothing read back.
-    /// Returns the source's SHA-256 and the bytes sent.
+    /// Returns the source's digest and the bytes sent.
     pub(super) async fn whole_file(
         &self,
         stamp: FileStamp,
-    ) -> Result<(Sha256Hash, u64), MoveError> {
+    ) -> Result<(Digest, u64), MoveError> {
         if self.size > 0 {
             self.file.phase(Phase::Copying);
         }
         let (data, source_hash) = self
             .src
-            .read_hashed(self.dir, self.path, stamp)
+            .read_hashed(self.dir, self.path, stamp, self.options.algorithm())
             .await
             .map_err(|e| self.source_error(e))?;
         let file = self.file.clone();
@@ -40,10 +40,14 @@ impl Transfer<'_> {
         let (data, relay) = Relay::new(data, self.file, true);
         // The source's hash goes on to the destination, and is kept for the
         // log and for a mismatch's error; never sent if the data failed.
-        let (expected_tx, expected) = tokio::sync::oneshot::channel();
+        let (expected_tx, value) = tokio::sync::oneshot::channel();
+        let expected = ExpectedHash {
+            algorithm: source_hash.algorithm,
+            value,
+        };
         let kept = OnceLock::new();
         let forwarding = async {
-            if let Ok(hash) = source_hash.await {
+            if let Ok(hash) = source_hash.value.await {
                 let _ = kept.set(hash);
                 let _ = expected_tx.send(hash);
             }
@@ -55,7 +59,7 @@ impl Transfer<'_> {
         match (written, kept.get().copied()) {
             (Ok(_), Some(source_hash)) => Ok((source_hash, relay.bytes())),
             (Ok(_), None) => Err(MoveError::destination(ServiceError::Protocol(
-                "finished the file without waiting for its SHA-256".into(),
+                "finished the file without waiting for its digest".into(),
             ))),
             (Err(e), _) if relay.source_failed() => Err(self.source_error(e)),
             (Err(e), Some(source_hash)) => Err(self.finish_error(e, source_hash).await),
@@ -65,16 +69,17 @@ impl Transfer<'_> {
 
     /// Brings the destination's partial or final file to the source's
     /// content, sending only what differs, then has it checked and finished.
-    /// Returns the source's SHA-256 and the bytes sent.
+    /// Returns the source's digest and the bytes sent.
     pub(super) async fn resume(
         &self,
         entry: &Entry,
         state: DestinationState,
-    ) -> Result<(Sha256Hash, u64), MoveError> {
+    ) -> Result<(Digest, u64), MoveError> {
         let (src, dst, dir, path, size) = (self.src, self.dst, self.dir, self.path, self.size);
+        let algorithm = self.options.algorithm();
         let source_hash = async {
             let result = src
-                .hash(dir, path, FileKind::Final, None)
+                .hash(dir, path, FileKind::Final, None, algorithm)
                 .await
                 .map_err(MoveError::source)?;
             if result.stamp != entry.stamp {
@@ -94,7 +99,7 @@ impl Transfer<'_> {
             {
                 self.file.phase(Phase::Hashing);
                 let result = dst
-                    .hash(dir, path, FileKind::Final, None)
+                    .hash(dir, path, FileKind::Final, None, algorithm)
                     .await
                     .map_err(MoveError::destination)?;
                 return Ok((Some(result.hash), 0));
@@ -121,7 +126,7 @@ impl Transfer<'_> {
         if expected.is_some() {
             self.file.phase(Phase::Checking);
         }
-        // The destination checks its SHA-256 against the source's on disk,
+        // The destination checks its digest against the source's on disk,
         // then fsyncs and renames, in one call.
         if let Err(error) = dst.finish(dir, path, expected).await {
             return Err(self.finish_error(error, source_hash).await);
@@ -133,7 +138,7 @@ impl Transfer<'_> {
         source_error(self.dir, self.path, error)
     }
 
-    async fn finish_error(&self, error: ServiceError, source_hash: Sha256Hash) -> MoveError {
+    async fn finish_error(&self, error: ServiceError, source_hash: Digest) -> MoveError {
         finish_error(self.dst, self.dir, self.path, error, source_hash).await
     }
 
@@ -155,10 +160,10 @@ impl Transfer<'_> {
             let range = ByteRange::new(offset, end);
             let (source, destination) = future::try_join(
                 self.src
-                    .hash(self.dir, self.path, FileKind::Final, Some(range))
+                    .hash(self.dir, self.path, FileKind::Final, Some(range), self.options.algorithm())
                     .map_err(MoveError::source),
                 self.dst
-                    .hash(self.dir, self.path, kind, Some(range))
+                    .hash(self.dir, self.path, kind, Some(range), self.options.algorithm())
                     .map_err(MoveError::destination),
             )
             .await?;
@@ -189,7 +194,7 @@ impl Transfer<'_> {
 
     /// Patches one range with an rsync delta, checks it by SHA-256, and
     /// falls back to copying the range if the delta did not reproduce it.
-    async fn patch(&self, range: ByteRange, expected: Sha256Hash) -> Result<u64, MoveError> {
+    async fn patch(&self, range: ByteRange, expected: Digest) -> Result<u64, MoveError> {
         let signature = self
             .dst
             .signature(self.dir, self.path, range, self.options.block_size)
@@ -209,7 +214,7 @@ impl Transfer<'_> {
         let mut sent = signature_len + relay.bytes();
         let patched = self
             .dst
-            .hash(self.dir, self.path, FileKind::Partial, Some(range))
+            .hash(self.dir, self.path, FileKind::Partial, Some(range), self.options.algorithm())
             .await
             .map_err(MoveError::destination)?;
         if patched.hash != expected {

@@ -15,7 +15,7 @@ use super::{
     ByteRange, ByteStream, EntryStream, ExpectedHash, FileKind, FileStamp, HashResult, Service,
     ServiceInfo, WholeFile,
 };
-use crate::Sha256Hash;
+use crate::{Digest, DigestAlgorithm};
 use crate::error::ServiceError;
 use crate::path::{DirId, RelPath};
 
@@ -100,6 +100,7 @@ pub enum Call<'a> {
         dir: &'a DirId,
         path: &'a RelPath,
         stamp: FileStamp,
+        algorithm: DigestAlgorithm,
     },
     Write {
         dir: &'a DirId,
@@ -111,6 +112,7 @@ pub enum Call<'a> {
         dir: &'a DirId,
         path: &'a RelPath,
         file_size: u64,
+        algorithm: DigestAlgorithm,
     },
     Signature {
         dir: &'a DirId,
@@ -134,11 +136,12 @@ pub enum Call<'a> {
         path: &'a RelPath,
         kind: FileKind,
         range: Option<ByteRange>,
+        algorithm: DigestAlgorithm,
     },
     Finish {
         dir: &'a DirId,
         path: &'a RelPath,
-        expected: Option<Sha256Hash>,
+        expected: Option<Digest>,
     },
     Delete {
         dir: &'a DirId,
@@ -148,6 +151,7 @@ pub enum Call<'a> {
     ReadFiles {
         dir: &'a DirId,
         files: &'a [(RelPath, FileStamp)],
+        algorithm: DigestAlgorithm,
     },
     WriteFiles {
         dir: &'a DirId,
@@ -276,11 +280,16 @@ where
         dir: &DirId,
         path: &RelPath,
         stamp: FileStamp,
+        algorithm: DigestAlgorithm,
     ) -> Result<(ByteStream, ExpectedHash), ServiceError> {
-        self.filter
-            .before(Call::ReadHashed { dir, path, stamp })
-            .await;
-        let (data, expected) = self.inner.read_hashed(dir, path, stamp).await?;
+        let call = Call::ReadHashed {
+            dir,
+            path,
+            stamp,
+            algorithm,
+        };
+        self.filter.before(call).await;
+        let (data, expected) = self.inner.read_hashed(dir, path, stamp, algorithm).await?;
         Ok((self.filter.outgoing(Method::ReadHashed, data), expected))
     }
 
@@ -315,6 +324,7 @@ where
             dir,
             path,
             file_size,
+            algorithm: expected.algorithm,
         };
         self.filter.before(call).await;
         let data = self.filter.incoming(Method::WriteFile, data);
@@ -379,22 +389,24 @@ where
         path: &RelPath,
         kind: FileKind,
         range: Option<ByteRange>,
+        algorithm: DigestAlgorithm,
     ) -> Result<HashResult, ServiceError> {
         let call = Call::Hash {
             dir,
             path,
             kind,
             range,
+            algorithm,
         };
         self.filter.before(call).await;
-        self.inner.hash(dir, path, kind, range).await
+        self.inner.hash(dir, path, kind, range, algorithm).await
     }
 
     async fn finish(
         &self,
         dir: &DirId,
         path: &RelPath,
-        expected: Option<Sha256Hash>,
+        expected: Option<Digest>,
     ) -> Result<(), ServiceError> {
         let call = Call::Finish {
             dir,
@@ -424,9 +436,15 @@ where
         &self,
         dir: &DirId,
         files: &[(RelPath, FileStamp)],
+        algorithm: DigestAlgorithm,
     ) -> Vec<Result<WholeFile, ServiceError>> {
-        self.filter.before(Call::ReadFiles { dir, files }).await;
-        let read = self.inner.read_files(dir, files).await;
+        let call = Call::ReadFiles {
+            dir,
+            files,
+            algorithm,
+        };
+        self.filter.before(call).await;
+        let read = self.inner.read_files(dir, files, algorithm).await;
         self.filter.outgoing_files(read)
     }
 

@@ -12,7 +12,7 @@ use std::path::Path;
 use super::read::read_whole;
 use super::write::{log_finished, write_whole};
 use super::{LocalStore, Resolved, resolve_blocking};
-use crate::digest::Sha256Hash;
+use crate::digest::{Digest, DigestAlgorithm};
 use crate::error::{ErrorChain, ServiceError, StoreError};
 use crate::metrics::metrics;
 use crate::path::{DirId, RelPath};
@@ -24,23 +24,24 @@ impl LocalStore {
         &self,
         dir: &DirId,
         files: &[(RelPath, FileStamp)],
+        algorithm: DigestAlgorithm,
     ) -> Vec<Result<WholeFile, ServiceError>> {
         let items = files.to_vec();
         let paths: Vec<RelPath> = files.iter().map(|(path, _)| path.clone()).collect();
         let read = self
-            .on_blocking_each(dir, items, |r, stamp: FileStamp| {
+            .on_blocking_each(dir, items, move |r, stamp: FileStamp| {
                 if stamp.size > MAX_WHOLE_FILE {
                     return Err(r.invalid(format!(
                         "{} bytes is too large to read whole (at most {MAX_WHOLE_FILE})",
                         stamp.size
                     )));
                 }
-                read_whole(r, stamp)
+                read_whole(r, stamp, algorithm)
             })
             .await;
         read.into_iter()
             .zip(paths)
-            .map(|(result, path)| result.map(|(data, sha256)| WholeFile { path, data, sha256 }))
+            .map(|(result, path)| result.map(|(data, digest)| WholeFile { path, data, digest }))
             .collect()
     }
 
@@ -161,18 +162,18 @@ fn write_whole_files(
     // holds no more descriptors than it has directories.
     let mut parents: Vec<Resolved> = Vec::new();
     let mut parent_index: HashMap<(u64, u64), usize> = HashMap::new();
-    let mut renamed: Vec<(usize, RelPath, usize, u64, Sha256Hash)> = Vec::new();
+    let mut renamed: Vec<(usize, RelPath, usize, u64, Digest)> = Vec::new();
     let mut results: Vec<Result<u64, StoreError>> = files
         .into_iter()
         .enumerate()
         .map(|(index, file)| {
             let r = resolve_blocking(root, dir, &file.path)?;
-            let size = write_whole(&r, &file.data, file.sha256)?;
+            let size = write_whole(&r, &file.data, file.digest)?;
             let parent = *parent_index.entry(r.parent_identity()?).or_insert_with(|| {
                 parents.push(r);
                 parents.len() - 1
             });
-            renamed.push((index, file.path, parent, size, file.sha256));
+            renamed.push((index, file.path, parent, size, file.digest));
             Ok(size)
         })
         .collect();
@@ -180,9 +181,9 @@ fn write_whole_files(
         .iter()
         .map(|r| r.sync_parent().map_err(|e| ErrorChain(&e).to_string()))
         .collect();
-    for (index, path, parent, size, sha256) in renamed {
+    for (index, path, parent, size, digest) in renamed {
         match &synced[parent] {
-            Ok(()) => log_finished(dir.as_str(), path.as_str(), size, Some(sha256)),
+            Ok(()) => log_finished(dir.as_str(), path.as_str(), size, Some(digest)),
             Err(cause) => {
                 results[index] = Err(StoreError::Io {
                     dir: dir.to_string(),

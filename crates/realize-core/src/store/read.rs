@@ -1,16 +1,15 @@
 //! Reading: a file's bytes streamed out, its ranges for signatures and
-//! diffs, its SHA-256, and small files read whole.
+//! diffs, its digest, and small files read whole.
 
 use std::io;
 
 use bytes::Bytes;
 use futures::{StreamExt, stream};
-use sha2::{Digest, Sha256};
 
 use super::{LocalStore, Resolved, stamp_of};
 use crate::chunks::{CHUNK_SIZE, chunked};
 use crate::delta::{self, MAX_RANGE};
-use crate::digest::Sha256Hash;
+use crate::digest::{Digest, DigestAlgorithm, Hasher};
 use crate::error::{ServiceError, StoreError};
 use crate::path::{DirId, RelPath};
 use crate::service::{ByteRange, ByteStream, FileKind, FileStamp, HashResult};
@@ -27,8 +26,8 @@ pub const READ_BUFFERED: u64 = ((READ_QUEUE + 1) * CHUNK_SIZE) as u64;
 pub const HASH_BUFFERED: u64 = HASH_BUFFER as u64;
 
 impl LocalStore {
-    /// [`Service::read`](crate::Service::read); with `hash`, the SHA-256 of
-    /// what was read is sent there once all of it is read and the file did
+    /// [`Service::read`](crate::Service::read); with `hash`, the digest of
+    /// what was read, taken with its algorithm, is sent there once all of it is read and the file did
     /// not change meanwhile.
     ///
     /// One blocking task opens the file and reads it all, a bounded queue
@@ -42,7 +41,7 @@ impl LocalStore {
         offset: u64,
         length: Option<u64>,
         if_stamp: Option<FileStamp>,
-        hash: Option<tokio::sync::oneshot::Sender<Sha256Hash>>,
+        hash: Option<(DigestAlgorithm, tokio::sync::oneshot::Sender<Digest>)>,
     ) -> Result<ByteStream, ServiceError> {
         let (opened_tx, opened) = tokio::sync::oneshot::channel();
         let (chunks_tx, chunks) = tokio::sync::mpsc::channel(READ_QUEUE);
@@ -62,7 +61,7 @@ impl LocalStore {
             if opened_tx.send(()).is_err() {
                 return Ok(());
             }
-            let mut hasher = hash.as_ref().map(|_| Sha256::new());
+            let (mut hasher, hash) = hash.map(|(algorithm, hash)| (Hasher::new(algorithm), hash)).unzip();
             let mut position = offset;
             while position < end {
                 let want = (end - position).min(CHUNK_SIZE as u64) as usize;
@@ -88,7 +87,7 @@ impl LocalStore {
             if after.as_ref().ok() != Some(&before) {
                 let _ = chunks_tx.blocking_send(Err(r.changed("modified while being read").into()));
             } else if let (Some(hash), Some(hasher)) = (hash, hasher) {
-                let _ = hash.send(Sha256Hash::from_hasher(hasher));
+                let _ = hash.send(hasher.finish());
             }
             Ok(())
         });
@@ -159,11 +158,12 @@ fn read_up_to(file: &std::fs::File, offset: u64, buf: &mut Vec<u8>, len: usize) 
     Ok(())
 }
 
-/// SHA-256 of `range` of an open file (the whole file if `None`), and its
+/// Digest of `range` of an open file (the whole file if `None`), and its
 /// stamp; a file that changes while it is read is refused.
 pub(super) fn hash_file(
     file: &std::fs::File,
     range: Option<ByteRange>,
+    algorithm: DigestAlgorithm,
     r: &Resolved,
 ) -> Result<HashResult, StoreError> {
     let before = stamp_of(&file.metadata().map_err(r.io("stat"))?);
@@ -174,7 +174,7 @@ pub(super) fn hash_file(
     if range.end > before.size {
         return Err(r.out_of_range(range, before.size));
     }
-    let mut hasher = Sha256::new();
+    let mut hasher = Hasher::new(algorithm);
     let mut offset = range.start;
     let mut buf = Vec::with_capacity(HASH_BUFFER);
     while offset < range.end {
@@ -191,7 +191,7 @@ pub(super) fn hash_file(
         return Err(r.changed("modified while being hashed"));
     }
     Ok(HashResult {
-        hash: Sha256Hash::from_hasher(hasher),
+        hash: hasher.finish(),
         stamp: before,
     })
 }
@@ -252,7 +252,8 @@ pub(super) fn check_range_size(range: ByteRange) -> Result<(), String> {
 pub(super) fn read_whole(
     r: &Resolved,
     stamp: FileStamp,
-) -> Result<(Bytes, Sha256Hash), StoreError> {
+    algorithm: DigestAlgorithm,
+) -> Result<(Bytes, Digest), StoreError> {
     let file = r.open_blocking(FileKind::Final)?;
     let before = stamp_of(&file.metadata().map_err(r.io("stat"))?);
     if before != stamp {
@@ -263,6 +264,6 @@ pub(super) fn read_whole(
     if after != before {
         return Err(r.changed("modified while being read"));
     }
-    let hash = Sha256Hash::of(&data);
+    let hash = Digest::of(algorithm, &data);
     Ok((Bytes::from(data), hash))
 }

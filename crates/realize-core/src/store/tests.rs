@@ -8,11 +8,11 @@ use futures::{StreamExt, TryStreamExt, stream};
 
 use super::LocalStore;
 use crate::delta::MAX_RANGE;
-use crate::digest::Sha256Hash;
+use crate::digest::{Digest, DigestAlgorithm};
 use crate::error::{ErrorCode, ServiceError};
 use crate::path::{DirId, RelPath};
 use crate::service::{ByteRange, ByteStream, FileKind, FileStamp, Service};
-use crate::testing::{exists, random_bytes, read_file, tree, write_file};
+use crate::testing::{exists, random_bytes, read_file, sha256, tree, write_file};
 
 fn dir() -> DirId {
     DirId::new("d").unwrap()
@@ -399,11 +399,19 @@ fn a_write_refused_past_the_file_size_has_finished_writing_when_it_returns() {
 
 // ---------------------------------------------------------------- write_file
 
-/// The SHA-256 a whole-file write is told to expect, already sent.
-fn expecting(hash: Sha256Hash) -> crate::service::ExpectedHash {
-    let (sender, expected) = tokio::sync::oneshot::channel();
-    sender.send(hash).unwrap();
-    expected
+/// The digest a whole-file write is told to expect, already sent.
+fn expecting(hash: Digest) -> crate::service::ExpectedHash {
+    crate::service::ExpectedHash::known(hash)
+}
+
+/// A SHA-256 a whole-file write waits for, and where to send it.
+fn awaiting() -> (tokio::sync::oneshot::Sender<Digest>, crate::service::ExpectedHash) {
+    let (sender, value) = tokio::sync::oneshot::channel();
+    let expected = crate::service::ExpectedHash {
+        algorithm: DigestAlgorithm::Sha256,
+        value,
+    };
+    (sender, expected)
 }
 
 #[tokio::test]
@@ -420,7 +428,7 @@ async fn write_file_replaces_a_stale_partial_and_finishes_the_verified_file() {
             &rel("a/f"),
             3000,
             chunks([data[..1000].to_vec(), data[1000..].to_vec()]),
-            expecting(Sha256Hash::of(&data)),
+            expecting(sha256(&data)),
         )
         .await
         .unwrap();
@@ -441,7 +449,7 @@ async fn write_file_with_the_wrong_hash_renames_nothing() {
             &rel("f"),
             3000,
             chunks([data.clone()]),
-            expecting(Sha256Hash::of(b"something else")),
+            expecting(sha256(b"something else")),
         )
         .await;
     assert_eq!(code(result), ErrorCode::FailedPrecondition);
@@ -457,7 +465,7 @@ async fn write_file_without_its_hash_or_all_its_data_renames_nothing() {
     let store = store(root);
     let data = random_bytes(23, 3000);
     // The hash never comes: the sender is dropped.
-    let (_, expected) = tokio::sync::oneshot::channel();
+    let (_, expected) = awaiting();
     let result = store
         .write_file(&dir(), &rel("f"), 3000, chunks([data.clone()]), expected)
         .await;
@@ -470,7 +478,7 @@ async fn write_file_without_its_hash_or_all_its_data_renames_nothing() {
             &rel("g"),
             4000,
             chunks([data.clone()]),
-            expecting(Sha256Hash::of(&data)),
+            expecting(sha256(&data)),
         )
         .await;
     assert_eq!(code(result), ErrorCode::InvalidArgument);
@@ -487,7 +495,7 @@ async fn write_file_without_its_hash_or_all_its_data_renames_nothing() {
             &rel("h"),
             3000,
             failing,
-            expecting(Sha256Hash::of(&data)),
+            expecting(sha256(&data)),
         )
         .await;
     assert!(
@@ -508,7 +516,7 @@ async fn write_file_of_an_empty_file_finishes_it() {
             &rel("e"),
             0,
             chunks([]),
-            expecting(Sha256Hash::of(b"")),
+            expecting(sha256(b"")),
         )
         .await
         .unwrap();
@@ -526,8 +534,8 @@ async fn concurrent_whole_file_writes_of_one_path_each_finish_what_they_hashed()
     let split = |data: &[u8]| chunks(data.chunks(1000).map(<[u8]>::to_vec).collect::<Vec<_>>());
     let (d, f) = (dir(), rel("f"));
     let (first, second) = tokio::join!(
-        store.write_file(&d, &f, 600_000, split(&a), expecting(Sha256Hash::of(&a))),
-        store.write_file(&d, &f, 600_000, split(&b), expecting(Sha256Hash::of(&b))),
+        store.write_file(&d, &f, 600_000, split(&a), expecting(sha256(&a))),
+        store.write_file(&d, &f, 600_000, split(&b), expecting(sha256(&b))),
     );
     first.unwrap();
     second.unwrap();
@@ -547,15 +555,15 @@ async fn a_batch_of_whole_files_fails_only_the_files_that_fail() {
     let whole = |path: &str, data: &[u8], sha256| crate::service::WholeFile {
         path: rel(path),
         data: Bytes::copy_from_slice(data),
-        sha256,
+        digest: sha256,
     };
     let results = store
         .write_files(
             &dir(),
             vec![
-                whole("d/good", b"good", Sha256Hash::of(b"good")),
-                whole("d/bad", b"bad", Sha256Hash::of(b"something else")),
-                whole("blocker/f", b"blocked", Sha256Hash::of(b"blocked")),
+                whole("d/good", b"good", sha256(b"good")),
+                whole("d/bad", b"bad", sha256(b"something else")),
+                whole("blocker/f", b"blocked", sha256(b"blocked")),
             ],
         )
         .await;
@@ -571,7 +579,7 @@ async fn a_batch_of_whole_files_fails_only_the_files_that_fail() {
 
     // Read back whole, then deleted, each only in the version listed.
     let stamp = store
-        .hash(&dir(), &rel("d/good"), FileKind::Final, None)
+        .hash(&dir(), &rel("d/good"), FileKind::Final, None, DigestAlgorithm::Sha256)
         .await
         .unwrap()
         .stamp;
@@ -580,12 +588,12 @@ async fn a_batch_of_whole_files_fails_only_the_files_that_fail() {
         ..stamp
     };
     let read = store
-        .read_files(&dir(), &[(rel("d/good"), stamp), (rel("d/good"), stale)])
+        .read_files(&dir(), &[(rel("d/good"), stamp), (rel("d/good"), stale)], DigestAlgorithm::Sha256)
         .await;
     let file = read[0].as_ref().unwrap();
     assert_eq!(
-        (file.data.as_ref(), file.sha256),
-        (&b"good"[..], Sha256Hash::of(b"good"))
+        (file.data.as_ref(), file.digest),
+        (&b"good"[..], sha256(b"good"))
     );
     assert_eq!(
         read[1].as_ref().unwrap_err().code(),
@@ -699,7 +707,7 @@ async fn delete_with_a_stale_stamp_is_refused_and_deletes_nothing() {
     write_file(root, "sub/.f.part", b"partial");
     let store = store(root);
     let stamp = store
-        .hash(&dir(), &rel("sub/f"), FileKind::Final, None)
+        .hash(&dir(), &rel("sub/f"), FileKind::Final, None, DigestAlgorithm::Sha256)
         .await
         .unwrap()
         .stamp;
@@ -711,7 +719,7 @@ async fn delete_with_a_stale_stamp_is_refused_and_deletes_nothing() {
 
     // With the current stamp it goes through.
     let stamp = store
-        .hash(&dir(), &rel("sub/f"), FileKind::Final, None)
+        .hash(&dir(), &rel("sub/f"), FileKind::Final, None, DigestAlgorithm::Sha256)
         .await
         .unwrap()
         .stamp;
@@ -740,12 +748,12 @@ async fn hash_of_a_file_and_of_ranges_is_the_sha256_of_those_bytes() {
         let data = &data;
         async move {
             let expected = match range {
-                Some((start, end)) => Sha256Hash::of(&data[start..end]),
-                None => Sha256Hash::of(data),
+                Some((start, end)) => sha256(&data[start..end]),
+                None => sha256(data),
             };
             let range = range.map(|(s, e)| ByteRange::new(s as u64, e as u64));
             let got = store
-                .hash(&dir(), &rel("f"), FileKind::Final, range)
+                .hash(&dir(), &rel("f"), FileKind::Final, range, DigestAlgorithm::Sha256)
                 .await
                 .unwrap();
             assert_eq!(got.hash, expected, "{range:?}");
@@ -759,10 +767,10 @@ async fn hash_of_a_file_and_of_ranges_is_the_sha256_of_those_bytes() {
     check(Some((data.len() - 5, data.len()))).await;
     check(Some((77, 77))).await;
     let empty = store
-        .hash(&dir(), &rel("empty"), FileKind::Final, None)
+        .hash(&dir(), &rel("empty"), FileKind::Final, None, DigestAlgorithm::Sha256)
         .await
         .unwrap();
-    assert_eq!(empty.hash, Sha256Hash::of(b""));
+    assert_eq!(empty.hash, sha256(b""));
 }
 
 #[tokio::test]
@@ -771,12 +779,12 @@ async fn hash_past_the_end_is_out_of_range() {
     write_file(root.path(), "f", &[1; 100]);
     let store = store(root.path());
     let (d, f) = (dir(), rel("f"));
-    let hash = |start, end| store.hash(&d, &f, FileKind::Final, Some(ByteRange::new(start, end)));
+    let hash = |start, end| store.hash(&d, &f, FileKind::Final, Some(ByteRange::new(start, end)), DigestAlgorithm::Sha256);
     assert_eq!(code(hash(0, 101).await), ErrorCode::OutOfRange);
     assert_eq!(code(hash(200, 300).await), ErrorCode::OutOfRange);
     assert_eq!(code(hash(50, 10).await), ErrorCode::InvalidArgument);
     let missing = store
-        .hash(&dir(), &rel("nope"), FileKind::Final, None)
+        .hash(&dir(), &rel("nope"), FileKind::Final, None, DigestAlgorithm::Sha256)
         .await;
     assert_eq!(code(missing), ErrorCode::NotFound);
 }
@@ -789,26 +797,27 @@ async fn hash_of_the_partial_form_reads_the_partial_file() {
     write_file(root, "a/.f.part", b"the partial file");
     let store = store(root);
     let partial = store
-        .hash(&dir(), &rel("a/f"), FileKind::Partial, None)
+        .hash(&dir(), &rel("a/f"), FileKind::Partial, None, DigestAlgorithm::Sha256)
         .await
         .unwrap();
-    assert_eq!(partial.hash, Sha256Hash::of(b"the partial file"));
+    assert_eq!(partial.hash, sha256(b"the partial file"));
     assert_eq!(partial.stamp.size, 16);
     let final_ = store
-        .hash(&dir(), &rel("a/f"), FileKind::Final, None)
+        .hash(&dir(), &rel("a/f"), FileKind::Final, None, DigestAlgorithm::Sha256)
         .await
         .unwrap();
-    assert_eq!(final_.hash, Sha256Hash::of(b"the final file"));
+    assert_eq!(final_.hash, sha256(b"the final file"));
     let range = store
         .hash(
             &dir(),
             &rel("a/f"),
             FileKind::Partial,
             Some(ByteRange::new(4, 11)),
+            DigestAlgorithm::Sha256,
         )
         .await
         .unwrap();
-    assert_eq!(range.hash, Sha256Hash::of(b"partial"));
+    assert_eq!(range.hash, sha256(b"partial"));
 }
 
 // ---------------------------------------------------------------- read
@@ -848,7 +857,7 @@ async fn read_of_another_version_than_the_one_expected_is_refused() {
     write_file(root, "f", &random_bytes(26, 1000));
     let store = store(root);
     let listed = store
-        .hash(&dir(), &rel("f"), FileKind::Final, None)
+        .hash(&dir(), &rel("f"), FileKind::Final, None, DigestAlgorithm::Sha256)
         .await
         .unwrap()
         .stamp;
@@ -878,18 +887,18 @@ async fn read_hashed_sends_the_sha256_of_the_bytes_once_they_are_all_read() {
     write_file(root, "f", &data);
     let store = store(root);
     let stamp = store
-        .hash(&dir(), &rel("f"), FileKind::Final, None)
+        .hash(&dir(), &rel("f"), FileKind::Final, None, DigestAlgorithm::Sha256)
         .await
         .unwrap()
         .stamp;
-    let (stream, expected) = store.read_hashed(&dir(), &rel("f"), stamp).await.unwrap();
+    let (stream, expected) = store.read_hashed(&dir(), &rel("f"), stamp, DigestAlgorithm::Sha256).await.unwrap();
     assert!(collect(stream).await.unwrap() == data);
-    assert_eq!(expected.await.unwrap(), Sha256Hash::of(&data));
+    assert_eq!(expected.value.await.unwrap(), sha256(&data));
 
     // A stream dropped before the file is read to its end sends no hash.
-    let (stream, expected) = store.read_hashed(&dir(), &rel("f"), stamp).await.unwrap();
+    let (stream, expected) = store.read_hashed(&dir(), &rel("f"), stamp, DigestAlgorithm::Sha256).await.unwrap();
     drop(stream);
-    assert!(expected.await.is_err());
+    assert!(expected.value.await.is_err());
 }
 
 #[tokio::test]
@@ -1117,12 +1126,12 @@ async fn a_fifo_is_refused_without_blocking() {
         (
             "hash",
             "fifo",
-            Box::pin(async { store.hash(&d, &fifo, FileKind::Final, None).await.map(drop) }),
+            Box::pin(async { store.hash(&d, &fifo, FileKind::Final, None, DigestAlgorithm::Sha256).await.map(drop) }),
         ),
         (
             "hash of the partial form",
             ".p.part",
-            Box::pin(async { store.hash(&d, &p, FileKind::Partial, None).await.map(drop) }),
+            Box::pin(async { store.hash(&d, &p, FileKind::Partial, None, DigestAlgorithm::Sha256).await.map(drop) }),
         ),
         (
             "diff",
@@ -1195,7 +1204,7 @@ async fn a_symlinked_parent_leading_outside_the_root_is_refused() {
             .await;
         assert_eq!(code(write), ErrorCode::InvalidArgument, "write {path}");
         for kind in [FileKind::Final, FileKind::Partial] {
-            let hash = store.hash(&dir(), &path, kind, None).await;
+            let hash = store.hash(&dir(), &path, kind, None, DigestAlgorithm::Sha256).await;
             assert_eq!(code(hash), ErrorCode::InvalidArgument, "hash {path}");
         }
         let delete = store.delete(&dir(), &path, None).await;
@@ -1229,8 +1238,8 @@ async fn a_symlink_as_the_file_itself_is_never_followed() {
     let range = ByteRange::new(0, 4);
 
     assert!(store.read(&d, &f, 0, None, None).await.is_err());
-    assert!(store.hash(&d, &f, FileKind::Final, None).await.is_err());
-    assert!(store.hash(&d, &g, FileKind::Partial, None).await.is_err());
+    assert!(store.hash(&d, &f, FileKind::Final, None, DigestAlgorithm::Sha256).await.is_err());
+    assert!(store.hash(&d, &g, FileKind::Partial, None, DigestAlgorithm::Sha256).await.is_err());
     let signature = store
         .signature(&d, &rel("absent"), range, 1024)
         .await
@@ -1289,7 +1298,7 @@ async fn an_unknown_dir_id_is_invalid_argument() {
         ErrorCode::InvalidArgument
     );
     assert_eq!(
-        code(store.hash(&other, &path, FileKind::Final, None).await),
+        code(store.hash(&other, &path, FileKind::Final, None, DigestAlgorithm::Sha256).await),
         ErrorCode::InvalidArgument
     );
     assert_eq!(
@@ -1343,7 +1352,7 @@ async fn a_partial_file_held_by_another_writer_is_refused_to_every_writer_and_le
     let store = store(root);
     let (d, f) = (dir(), rel("f"));
     let data = random_bytes(31, 5000);
-    let hash = Sha256Hash::of(&data);
+    let hash = sha256(&data);
 
     assert_busy(
         store
@@ -1351,7 +1360,7 @@ async fn a_partial_file_held_by_another_writer_is_refused_to_every_writer_and_le
             .await,
     );
     assert_busy(store.write(&d, &f, 0, 5000, chunks([data.clone()])).await);
-    assert_busy(store.finish(&d, &f, Some(Sha256Hash::of(&held))).await);
+    assert_busy(store.finish(&d, &f, Some(sha256(&held))).await);
     assert_busy(store.finish(&d, &f, None).await);
     let range = ByteRange::new(0, 5000);
     let signature = store.signature(&d, &f, range, 1024).await.unwrap();
@@ -1371,7 +1380,7 @@ async fn a_partial_file_held_by_another_writer_is_refused_to_every_writer_and_le
     let batch = vec![crate::service::WholeFile {
         path: f.clone(),
         data: Bytes::from(data.clone()),
-        sha256: hash,
+        digest: hash,
     }];
     let mut results = store.write_files(&d, batch.clone()).await;
     assert_busy(results.remove(0));
@@ -1379,8 +1388,8 @@ async fn a_partial_file_held_by_another_writer_is_refused_to_every_writer_and_le
     assert!(!exists(root, "f"), "nothing was renamed");
 
     // Readers are not writers: they do not wait for the lock.
-    let hashed = store.hash(&d, &f, FileKind::Partial, None).await.unwrap();
-    assert_eq!(hashed.hash, Sha256Hash::of(&held));
+    let hashed = store.hash(&d, &f, FileKind::Partial, None, DigestAlgorithm::Sha256).await.unwrap();
+    assert_eq!(hashed.hash, sha256(&held));
     assert_eq!(
         list(&store, true).await,
         [("f".into(), FileKind::Partial, 5000)]
@@ -1413,7 +1422,7 @@ async fn a_final_file_held_by_another_writer_is_not_turned_back_into_a_partial_f
                 &rel("f"),
                 3000,
                 chunks([data.clone()]),
-                expecting(Sha256Hash::of(&data)),
+                expecting(sha256(&data)),
             )
             .await,
     );
@@ -1449,7 +1458,7 @@ async fn two_stores_on_one_directory_never_interleave_their_writes() {
 
     // The first write has all its data on disk and waits for its hash, so it
     // holds the partial file for as long as this test wants.
-    let (send_hash, first_hash) = tokio::sync::oneshot::channel();
+    let (send_hash, first_hash) = awaiting();
     let first = tokio::spawn({
         let (store, x, f, data) = (store.clone(), x.clone(), f.clone(), split(&a));
         async move { store.write_file(&x, &f, 300_000, data, first_hash).await }
@@ -1458,13 +1467,13 @@ async fn two_stores_on_one_directory_never_interleave_their_writes() {
 
     assert_busy(
         other
-            .write_file(&y, &f, 300_000, split(&b), expecting(Sha256Hash::of(&b)))
+            .write_file(&y, &f, 300_000, split(&b), expecting(sha256(&b)))
             .await,
     );
     assert_busy(other.write(&y, &f, 0, 300_000, split(&b)).await);
     assert_busy(other.finish(&y, &f, None).await);
 
-    send_hash.send(Sha256Hash::of(&a)).unwrap();
+    send_hash.send(sha256(&a)).unwrap();
     assert_eq!(first.await.unwrap().unwrap(), 300_000);
     assert!(
         read_file(root, "mix.bin") == a,
@@ -1551,7 +1560,7 @@ async fn read_files_refuses_a_claimed_size_past_the_whole_file_limit() {
     write_file(root, "f", b"data");
     let store = store(root);
     let stamp = store
-        .hash(&dir(), &rel("f"), FileKind::Final, None)
+        .hash(&dir(), &rel("f"), FileKind::Final, None, DigestAlgorithm::Sha256)
         .await
         .unwrap()
         .stamp;
@@ -1560,7 +1569,7 @@ async fn read_files_refuses_a_claimed_size_past_the_whole_file_limit() {
         ..stamp
     };
     let read = store
-        .read_files(&dir(), &[(rel("f"), huge), (rel("f"), stamp)])
+        .read_files(&dir(), &[(rel("f"), huge), (rel("f"), stamp)], DigestAlgorithm::Sha256)
         .await;
     assert_eq!(read.len(), 2);
     assert!(matches!(&read[0], Err(e) if e.code() == ErrorCode::InvalidArgument));

@@ -12,6 +12,7 @@ use rustix::fs::{Dir, FileType, OFlags};
 use super::{LocalStore, resolve};
 use crate::error::{ServiceError, StoreError};
 use crate::path::{DirId, RelPath, partial_target};
+use crate::digest::DigestAlgorithm;
 use crate::service::{DirInfo, Entry, EntryStream, FileKind, ServiceInfo};
 
 impl LocalStore {
@@ -37,6 +38,7 @@ impl LocalStore {
         Ok(ServiceInfo {
             version: crate::VERSION.to_string(),
             dirs,
+            digests: DigestAlgorithm::PREFERRED.to_vec(),
         })
     }
 

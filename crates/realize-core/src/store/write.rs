@@ -7,12 +7,11 @@ use std::os::unix::fs::FileExt;
 use bytes::Bytes;
 use futures::StreamExt;
 use rustix::fs::{Mode, OFlags, fstat, fsync, openat, renameat};
-use sha2::{Digest, Sha256};
 
 use super::read::{check_range_size, hash_file, working_bytes};
 use super::{AUDIT, LocalStore, Resolved, stamp_of};
 use crate::delta;
-use crate::digest::Sha256Hash;
+use crate::digest::{Digest, Hasher};
 use crate::error::{ServiceError, StoreError};
 use crate::metrics::metrics;
 use crate::path::{DirId, RelPath};
@@ -30,8 +29,8 @@ enum Piece {
     Chunk(Bytes),
     /// The data has ended: set the file's size.
     End,
-    /// The data, the whole file, has ended: check it has this SHA-256, then finish it.
-    Finish(Sha256Hash),
+    /// The data, the whole file, has ended: check it has this digest, then finish it.
+    Finish(Digest),
 }
 
 impl LocalStore {
@@ -63,6 +62,7 @@ impl LocalStore {
         }
         let _lock = self.exclusive(dir, path).await;
         let whole = expected.is_some();
+        let algorithm = expected.as_ref().map(|expected| expected.algorithm);
         let (resolved_tx, resolved) = tokio::sync::oneshot::channel();
         let (pieces_tx, mut pieces) = tokio::sync::mpsc::channel(WRITE_QUEUE);
         let writer = self.on_blocking(dir, path, move |r| {
@@ -80,7 +80,7 @@ impl LocalStore {
                 return Err(past_the_end());
             }
             let file = r.open_partial_for_write(whole)?;
-            let mut hasher = whole.then(Sha256::new);
+            let mut hasher = algorithm.map(Hasher::new);
             let mut written = 0u64;
             let mut next = Some(first);
             while let Some(piece) = next.take().or_else(|| pieces.blocking_recv()) {
@@ -108,7 +108,7 @@ impl LocalStore {
                             )));
                         }
                         if let Some(hasher) = hasher.take() {
-                            r.check_hash(expected, Sha256Hash::from_hasher(hasher))?;
+                            r.check_hash(expected, hasher.finish())?;
                         }
                         let size = r.make_final(&file, FileKind::Partial)?;
                         log_finished(&r.dir, &r.path, size, Some(expected));
@@ -132,11 +132,11 @@ impl LocalStore {
             }
             let last = match expected {
                 None => Piece::End,
-                Some(expected) => match expected.await {
+                Some(expected) => match expected.value.await {
                     Ok(hash) => Piece::Finish(hash),
                     Err(_) => {
                         return Err(ServiceError::from(invalid(
-                            "the data ended without the SHA-256 to check it against: not finished"
+                            "the data ended without the digest to check it against: not finished"
                                 .into(),
                         )));
                     }
@@ -214,7 +214,7 @@ impl LocalStore {
         &self,
         dir: &DirId,
         path: &RelPath,
-        expected: Option<Sha256Hash>,
+        expected: Option<Digest>,
     ) -> Result<(), ServiceError> {
         let _lock = self.exclusive(dir, path).await;
         self.on_blocking(dir, path, move |r| {
@@ -232,7 +232,7 @@ impl LocalStore {
             let file = r.open_blocking(kind)?;
             r.lock_for_write(&file, kind)?;
             if let Some(expected) = expected {
-                r.check_hash(expected, hash_file(&file, None, r)?.hash)?;
+                r.check_hash(expected, hash_file(&file, None, expected.algorithm, r)?.hash)?;
             }
             let size = r.make_final(&file, kind)?;
             if kind == FileKind::Partial {
@@ -353,8 +353,8 @@ impl Resolved {
         Ok((st.st_dev, st.st_ino))
     }
 
-    /// Checks that `actual`, the SHA-256 of the file about to be finished, is `expected`.
-    fn check_hash(&self, expected: Sha256Hash, actual: Sha256Hash) -> Result<(), StoreError> {
+    /// Checks that `actual`, the digest of the file about to be finished, is `expected`.
+    fn check_hash(&self, expected: Digest, actual: Digest) -> Result<(), StoreError> {
         if actual == expected {
             Ok(())
         } else {
@@ -368,18 +368,18 @@ impl Resolved {
     }
 }
 
-/// Writes a whole file into a fresh partial file, checks its SHA-256 and
+/// Writes a whole file into a fresh partial file, checks its digest and
 /// renames it; the caller syncs the directory.
 pub(super) fn write_whole(
     r: &Resolved,
     data: &[u8],
-    expected: Sha256Hash,
+    expected: Digest,
 ) -> Result<u64, StoreError> {
     let file = r.open_partial_for_write(true)?;
     file.write_all_at(data, 0).map_err(r.io("write"))?;
     // The bytes hashed are the bytes just written to this open file, the
     // one renamed: nothing else writes it while this store holds its lock.
-    r.check_hash(expected, Sha256Hash::of(data))?;
+    r.check_hash(expected, Digest::of(expected.algorithm, data))?;
     r.rename_final(&file, FileKind::Partial)
 }
 
@@ -393,8 +393,8 @@ pub(super) fn fits(offset: u64, len: usize, end: u64) -> bool {
 }
 
 /// The audit event of a file finished (docs/logging.md).
-pub(super) fn log_finished(dir: &str, path: &str, size: u64, sha256: Option<Sha256Hash>) {
-    let sha256 = sha256.map(|h| h.to_hex()).unwrap_or_default();
-    tracing::info!(target: AUDIT, %dir, %path, size, %sha256, "finished");
+pub(super) fn log_finished(dir: &str, path: &str, size: u64, digest: Option<Digest>) {
+    let digest = digest.map(|d| d.to_string()).unwrap_or_default();
+    tracing::info!(target: AUDIT, %dir, %path, size, %digest, "finished");
     metrics().store_finished.add(1, &[]);
 }

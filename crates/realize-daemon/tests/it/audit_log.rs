@@ -2,10 +2,11 @@
 //! written, finished and deleted through the real daemon, and each event is
 //! still one line of its text log, with the name escaped.
 
+use realize_core::testing::sha256;
 use std::time::Duration;
 
 use bytes::Bytes;
-use realize_core::Sha256Hash;
+use realize_core::Digest;
 use realize_net::connection::connect;
 use realize_net::throttle::SendLimit;
 use realize_net::tls::client_config;
@@ -46,7 +47,7 @@ async fn a_file_name_made_of_log_lines_stays_on_its_event_line() {
     let mut api = RealizeClient::new(channel);
 
     let content = b"forged\n";
-    let sha256 = Bytes::copy_from_slice(&Sha256Hash::of(content).0);
+    let sha256 = Bytes::copy_from_slice(&sha256(content).0);
     let mut answers = api
         .write_files(futures::stream::iter([pb::WriteFilesRequest {
             dir: "d".into(),

@@ -1,6 +1,7 @@
 //! The attacks of issue 14 (arithmetic on client numbers, memory, special
 //! files, deadlines), each performed through the real daemon over TLS.
 
+use realize_core::testing::sha256;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -471,7 +472,7 @@ async fn a_write_files_call_idle_between_files_is_not_stalled() {
                 dir: "d".into(),
                 path: name.into(),
                 data: Bytes::copy_from_slice(data),
-                sha256: Bytes::copy_from_slice(&realize_core::Sha256Hash::of(data).0),
+                sha256: Bytes::copy_from_slice(&realize_core::sha256(data).0),
             })
             .await
             .unwrap();
@@ -507,7 +508,7 @@ async fn an_idle_write_files_call_ends_and_the_next_file_opens_another() {
     let small = |name: &str| {
         let data = Bytes::from(name.as_bytes().to_vec());
         let (send, expected) = tokio::sync::oneshot::channel();
-        send.send(realize_core::Sha256Hash::of(&data)).unwrap();
+        send.send(realize_core::sha256(&data)).unwrap();
         let path: realize_core::RelPath = name.parse().unwrap();
         (
             path,
@@ -539,7 +540,7 @@ async fn an_idle_write_files_call_ends_and_the_next_file_opens_another() {
     })
     .await
     .expect("the WriteFiles call never ended");
-    assert_eq!(hashed.hash, realize_core::Sha256Hash::of(b"first"));
+    assert_eq!(hashed.hash, realize_core::sha256(b"first"));
     let (path, size, data, expected) = small("second");
     assert_eq!(
         remote

@@ -549,8 +549,8 @@ async fn sigterm_during_a_hash_of_a_large_file() {
             for _ in 0..size / CHUNK as u64 {
                 zeros.update([0u8; CHUNK]);
             }
-            let zeros = realize_core::Sha256Hash::from_hasher(zeros);
-            let hash = realize_core::Sha256Hash::from_slice(&response.into_inner().sha256);
+            let zeros = realize_core::Digest::from_hasher(zeros);
+            let hash = realize_core::Digest::from_slice(&response.into_inner().sha256);
             assert_eq!(hash, Some(zeros));
             assert_clean_shutdown(&daemon, 1, "0s", &["shutdown: all calls finished"]);
         }

@@ -30,7 +30,7 @@ impl Setup {
 /// emptied (its root kept).
 fn assert_moved(
     output: &std::process::Output,
-    before: &std::collections::BTreeMap<String, realize_core::Sha256Hash>,
+    before: &std::collections::BTreeMap<String, realize_core::Digest>,
     src: &Path,
     dst: &Path,
 ) {

@@ -2,6 +2,7 @@
 //! scraping `realized`, a Pushgateway receiving `realize`'s push, and a
 //! parser reading every line of the JSON log.
 
+use realize_core::testing::sha256;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -296,7 +297,7 @@ async fn the_json_log_is_one_object_per_line_with_the_audit_events() {
             (
                 name.to_string(),
                 data.len(),
-                realize_core::Sha256Hash::of(&data).to_hex(),
+                realize_core::sha256(&data).to_hex(),
             )
         })
         .collect();

@@ -2,12 +2,13 @@
 //! config is refused, and where it cannot be (two daemons), the file's own
 //! lock keeps two writers of one path from interleaving.
 
+use realize_core::testing::sha256;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
-use realize_core::Sha256Hash;
+use realize_core::Digest;
 use realize_proto::pb;
 use realize_proto::pb::realize_client::RealizeClient;
 use rustix::process::Signal;
@@ -170,7 +171,7 @@ fn data(chunk: &[u8]) -> pb::WriteRequest {
     }
 }
 
-fn finish(hash: Sha256Hash) -> pb::WriteRequest {
+fn finish(hash: Digest) -> pb::WriteRequest {
     pb::WriteRequest {
         message: Some(pb::write_request::Message::Finish(pb::WriteFinish {
             sha256: Bytes::copy_from_slice(&hash.0),
@@ -182,7 +183,7 @@ fn finish(hash: Sha256Hash) -> pb::WriteRequest {
 fn whole_write(dir: &str, path: &str, content: &[u8]) -> Vec<pb::WriteRequest> {
     let mut requests = vec![header(dir, path, content.len() as u64)];
     requests.extend(content.chunks(256 * 1024).map(data));
-    requests.push(finish(Sha256Hash::of(content)));
+    requests.push(finish(sha256(content)));
     requests
 }
 
@@ -231,7 +232,7 @@ async fn two_daemons_on_one_directory_never_interleave_two_writes_of_one_path() 
         .finish(pb::FinishRequest {
             dir: "y".into(),
             path: "mix.bin".into(),
-            sha256: Bytes::copy_from_slice(&Sha256Hash::of(&a).0),
+            sha256: Bytes::copy_from_slice(&sha256(&a).0),
         })
         .await
         .unwrap_err();
@@ -241,20 +242,20 @@ async fn two_daemons_on_one_directory_never_interleave_two_writes_of_one_path() 
         "{finish_refused:?}"
     );
 
-    requests.send(finish(Sha256Hash::of(&a))).await.unwrap();
+    requests.send(finish(sha256(&a))).await.unwrap();
     drop(requests);
     let written = first_write.await.unwrap().unwrap().into_inner();
     assert_eq!(written.bytes_written, size as u64);
     let on_disk = std::fs::read(shared.join("mix.bin")).unwrap();
     assert_eq!(
-        Sha256Hash::of(&on_disk),
-        Sha256Hash::of(&a),
+        sha256(&on_disk),
+        sha256(&a),
         "the file answered OK is the first writer's, whole"
     );
     assert_eq!(manifest(&shared).len(), 1, "no partial file is left");
     assert!(
         first
-            .log_line(&["finished", "mix.bin", &Sha256Hash::of(&a).to_hex()])
+            .log_line(&["finished", "mix.bin", &sha256(&a).to_hex()])
             .is_some(),
         "{}",
         first.log()
@@ -267,8 +268,8 @@ async fn two_daemons_on_one_directory_never_interleave_two_writes_of_one_path() 
         .await
         .unwrap();
     assert_eq!(
-        Sha256Hash::of(&std::fs::read(shared.join("mix.bin")).unwrap()),
-        Sha256Hash::of(&b)
+        sha256(&std::fs::read(shared.join("mix.bin")).unwrap()),
+        sha256(&b)
     );
     first.stop().await;
     second.stop().await;

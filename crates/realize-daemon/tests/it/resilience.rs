@@ -335,7 +335,7 @@ impl realize_core::Service for StallingReads {
         &self,
         _: &realize_core::DirId,
         _: &realize_core::RelPath,
-        _: Option<realize_core::Sha256Hash>,
+        _: Option<realize_core::Digest>,
     ) -> Result<(), realize_core::ServiceError> {
         unreachable!("a source is never finished")
     }

@@ -2,6 +2,7 @@
 //! refusal gets its status and log line, changes nothing on disk, and leaves
 //! the daemon serving the next good client.
 
+use realize_core::testing::sha256;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -129,7 +130,7 @@ async fn a_read_only_peer_reads_but_changes_nothing() {
     // Changing is not, and says which directory and why.
     let denied = "peer client may not change directory d: its access is read-only";
     let data = b"new";
-    let sha256 = realize_core::Sha256Hash::of(data).0;
+    let sha256 = realize_core::sha256(data).0;
     let answers = write_files(&mut api, vec![whole_file("d", "a/new.txt", data, &sha256)]).await;
     assert_eq!(answers[0].0, tonic::Code::PermissionDenied, "{answers:?}");
     assert!(answers[0].1.contains(denied), "{answers:?}");
@@ -239,7 +240,7 @@ async fn write_files_refuses_each_bad_file_alone_and_finishes_the_good_ones() {
     std::fs::create_dir_all(&root).unwrap();
     let daemon = Daemon::start(work.path(), &[("d", &root)], &client).await;
     let mut api = api(&daemon, &client).await;
-    let sha = |data: &[u8]| realize_core::Sha256Hash::of(data).0;
+    let sha = |data: &[u8]| realize_core::sha256(data).0;
     let answers = write_files(
         &mut api,
         vec![
@@ -352,7 +353,7 @@ async fn read_files_and_delete_files_answer_each_file_and_check_its_version() {
         "{read:?}"
     );
     assert_eq!(&read[0].data[..], b"first");
-    assert_eq!(read[0].sha256[..], realize_core::Sha256Hash::of(b"first").0);
+    assert_eq!(read[0].sha256[..], realize_core::sha256(b"first").0);
 
     let results = api
         .delete_files(pb::DeleteFilesRequest {

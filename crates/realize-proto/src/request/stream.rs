@@ -2,7 +2,7 @@
 //! then data (and for a whole-file Write, the SHA-256 it must have).
 
 use bytes::Bytes;
-use realize_core::{ByteRange, DirId, RelPath, Sha256Hash};
+use realize_core::{ByteRange, DirId, RelPath, Digest};
 
 use super::required_range;
 use crate::values::{digest, digest_bytes, target};
@@ -40,7 +40,7 @@ pub struct WriteHeader {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WritePiece {
     Data(Bytes),
-    Finish(Sha256Hash),
+    Finish(Digest),
 }
 
 /// ApplyDelta: a delta from Diff, applied to a range of the working copy,

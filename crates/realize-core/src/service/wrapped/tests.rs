@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 
 use super::*;
+use crate::testing::sha256;
 
 /// Records the method of every call it gets.
 #[derive(Debug, Default)]
@@ -40,6 +41,7 @@ impl Service for Recording {
         Ok(ServiceInfo {
             version: String::new(),
             dirs: Vec::new(),
+            digests: Vec::new(),
         })
     }
 
@@ -65,9 +67,11 @@ impl Service for Recording {
         _: &DirId,
         _: &RelPath,
         _: FileStamp,
+        algorithm: DigestAlgorithm,
     ) -> Result<(ByteStream, ExpectedHash), ServiceError> {
         self.record(Method::ReadHashed);
-        Ok((empty(), tokio::sync::oneshot::channel().1))
+        let value = tokio::sync::oneshot::channel().1;
+        Ok((empty(), ExpectedHash { algorithm, value }))
     }
 
     async fn write(
@@ -134,10 +138,11 @@ impl Service for Recording {
         _: &RelPath,
         _: FileKind,
         _: Option<ByteRange>,
+        _: DigestAlgorithm,
     ) -> Result<HashResult, ServiceError> {
         self.record(Method::Hash);
         Ok(HashResult {
-            hash: Sha256Hash::of(b""),
+            hash: sha256(b""),
             stamp: stamp(),
         })
     }
@@ -146,7 +151,7 @@ impl Service for Recording {
         &self,
         _: &DirId,
         _: &RelPath,
-        _: Option<Sha256Hash>,
+        _: Option<Digest>,
     ) -> Result<(), ServiceError> {
         self.record(Method::Finish);
         Ok(())
@@ -166,6 +171,7 @@ impl Service for Recording {
         &self,
         _: &DirId,
         _: &[(RelPath, FileStamp)],
+        _: DigestAlgorithm,
     ) -> Vec<Result<WholeFile, ServiceError>> {
         self.record(Method::ReadFiles);
         Vec::new()
@@ -205,25 +211,25 @@ async fn call(service: &dyn Service, method: Method) {
     let whole = WholeFile {
         path: path.clone(),
         data: Bytes::new(),
-        sha256: Sha256Hash::of(b""),
+        digest: sha256(b""),
     };
     match method {
         Method::Info => drop(service.info().await),
         Method::List => drop(service.list(&dir, false).await),
         Method::Read => drop(service.read(&dir, &path, 0, None, None).await),
-        Method::ReadHashed => drop(service.read_hashed(&dir, &path, stamp()).await),
+        Method::ReadHashed => drop(service.read_hashed(&dir, &path, stamp(), DigestAlgorithm::Sha256).await),
         Method::Write => drop(service.write(&dir, &path, 0, 0, empty()).await),
         Method::WriteFile => {
-            let expected = tokio::sync::oneshot::channel().1;
+            let expected = ExpectedHash::known(sha256(b""));
             drop(service.write_file(&dir, &path, 0, empty(), expected).await)
         }
         Method::Signature => drop(service.signature(&dir, &path, range, 1024).await),
         Method::Diff => drop(service.diff(&dir, &path, range, Bytes::new()).await),
         Method::ApplyDelta => drop(service.apply_delta(&dir, &path, range, 1, empty()).await),
-        Method::Hash => drop(service.hash(&dir, &path, FileKind::Final, None).await),
+        Method::Hash => drop(service.hash(&dir, &path, FileKind::Final, None, DigestAlgorithm::Sha256).await),
         Method::Finish => drop(service.finish(&dir, &path, None).await),
         Method::Delete => drop(service.delete(&dir, &path, None).await),
-        Method::ReadFiles => drop(service.read_files(&dir, &files).await),
+        Method::ReadFiles => drop(service.read_files(&dir, &files, DigestAlgorithm::Sha256).await),
         Method::WriteFiles => drop(service.write_files(&dir, vec![whole]).await),
         Method::DeleteFiles => drop(service.delete_files(&dir, &files).await),
     }

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use futures::TryStreamExt;
 use rustix::fs::{CWD, RenameFlags, renameat_with};
 
-use super::{chunks, collect, dir, expecting, random_bytes, rel, store, write_file};
-use crate::digest::Sha256Hash;
+use super::{chunks, collect, dir, expecting, random_bytes, rel, sha256, store, write_file};
+use crate::digest::DigestAlgorithm;
 use crate::error::{ErrorCode, ServiceError};
 use crate::service::{FileKind, Service, WholeFile};
 
@@ -124,8 +124,8 @@ async fn a_directory_swapped_for_a_symlink_outside_is_never_followed() {
         rel("d/new/n"),
     );
     let inside_w = random_bytes(3, 5000);
-    let sha_f = Sha256Hash::of(&inside_f);
-    let sha_w = Sha256Hash::of(&inside_w);
+    let sha_f = sha256(&inside_f);
+    let sha_w = sha256(&inside_w);
     let tallies: BTreeMap<&str, Tally> = [
         "read",
         "hash",
@@ -157,7 +157,7 @@ async fn a_directory_swapped_for_a_symlink_outside_is_never_followed() {
             }
         };
         let hash = async {
-            let hash = store.hash(&d, &f, FileKind::Final, None).await;
+            let hash = store.hash(&d, &f, FileKind::Final, None, DigestAlgorithm::Sha256).await;
             if let Ok(hash) = &hash {
                 assert_eq!(hash.hash, sha_f, "hash of {f}");
             }
@@ -205,7 +205,7 @@ async fn a_directory_swapped_for_a_symlink_outside_is_never_followed() {
             let batch = vec![WholeFile {
                 path: rel("d/batch"),
                 data: inside_w.clone().into(),
-                sha256: sha_w,
+                digest: sha_w,
             }];
             for written in store.write_files(&d, batch).await {
                 tallies["write_files"].count("write_files", written, &through_symlink);
