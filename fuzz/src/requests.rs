@@ -84,6 +84,7 @@ pub(crate) fn request(op: &Op, root: &Path) -> (&'static str, Bytes) {
                 offset: *offset,
                 file_size: u64::from(*file_size),
                 whole_file: *whole_file,
+                digest_algorithm: pb::DigestAlgorithm::Sha256.into(),
             };
             let message = |m: W| pb::WriteRequest { message: Some(m) };
             round_trip::<request::WriteHeader, _, _>(&header, message(W::Header(header.clone())));
@@ -126,6 +127,7 @@ pub(crate) fn request(op: &Op, root: &Path) -> (&'static str, Bytes) {
             files_one(pb::ReadFilesRequest {
                 dir: dir.get(),
                 files: refs(root, files),
+                digest_algorithm: pb::DigestAlgorithm::Sha256.into(),
             }),
         ),
         Op::DeleteFiles { dir, files } => (
@@ -203,6 +205,7 @@ pub(crate) fn request(op: &Op, root: &Path) -> (&'static str, Bytes) {
                 path: path.get(),
                 range: r.and_then(|(s, e)| range(s, e)),
                 kind: *kind,
+                algorithm: pb::DigestAlgorithm::Sha256.into(),
             }),
         ),
         Op::Finish { dir, path, sha256 } => (

@@ -84,6 +84,12 @@ pub struct Cli {
     /// Files in flight at once.
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub parallel: usize,
+    /// The digest that verifies each file before its source is deleted:
+    /// `blake3` or `sha256`. Default: BLAKE3 when both sides support it,
+    /// else SHA-256; a side that does not support the one given refuses
+    /// the move before anything is copied.
+    #[arg(long, value_name = "ALGORITHM")]
+    pub digest: Option<realize_core::DigestAlgorithm>,
     /// Print only errors and the summary.
     #[arg(short, long)]
     pub quiet: bool,

@@ -64,6 +64,8 @@ pub struct Config {
     /// A data stream from a daemon that brings nothing for this long fails
     /// like a cut connection (and is retried).
     pub stall_timeout: Duration,
+    /// The digest forced by --digest; `None`: the preferred both sides take.
+    pub digest: Option<realize_core::DigestAlgorithm>,
 }
 
 /// Bandwidth limits in bytes per second; `None` is unlimited.

@@ -60,6 +60,7 @@ pub fn resolve(cli: &Cli, file: &ConfigFile) -> Result<Config, UsageError> {
         retries: cli.retries,
         connect_timeout: cli.connect_timeout,
         stall_timeout: cli.stall_timeout,
+        digest: cli.digest,
     }
     .validate()
 }

@@ -404,6 +404,7 @@ impl Sides {
         }
         let options = MoveOptions {
             parallel: config.parallel,
+            digest: config.digest,
             ..MoveOptions::default()
         };
         let summary = realize_core::move_files(

@@ -183,6 +183,7 @@ mod tests {
                 offset: 0,
                 file_size: 3,
                 whole_file: false,
+                digest_algorithm: pb::DigestAlgorithm::Sha256.into(),
             })),
         };
         let data = pb::WriteRequest {
@@ -197,7 +198,7 @@ mod tests {
         let finish = pb::FinishRequest {
             dir: DIR.into(),
             path: "a/f".into(),
-            sha256: Bytes::new(),
+            digest: None,
         };
         let finish = frame(&[finish.encode_to_vec()]);
         assert_eq!(harness.call("Finish", finish).await.status, Some(0));

@@ -7,7 +7,7 @@ use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt, future, ready, stream};
 use realize_core::{
     ByteRange, ByteStream, DirId, EntryStream, ExpectedHash, FileKind, FileStamp, HashResult,
-    MAX_WHOLE_FILE, RelPath, Service, ServiceError, ServiceInfo, Digest, WholeFile,
+    MAX_WHOLE_FILE, RelPath, Service, ServiceError, ServiceInfo, Digest, DigestAlgorithm, WholeFile,
 };
 use realize_proto::request::{self, ApplyDeltaHeader, WriteHeader, WritePiece};
 use realize_proto::{DecodeError, error_from_answer, error_from_status, pb};
@@ -334,7 +334,7 @@ impl Service for RemoteService {
             path: path.clone(),
             offset,
             file_size,
-            whole_file: false,
+            whole_file: None,
         };
         self.send_write(header, data, stream::empty()).await
     }
@@ -357,11 +357,11 @@ impl Service for RemoteService {
             path: path.clone(),
             offset: 0,
             file_size,
-            whole_file: true,
+            whole_file: Some(expected.algorithm),
         };
         // Sent after the data, once its hash is known; never if the
         // hash is not sent, and the daemon then renames nothing.
-        let finish = stream::once(expected).filter_map(|hash| {
+        let finish = stream::once(expected.value).filter_map(|hash| {
             future::ready(hash.ok().map(|hash| WritePiece::Finish(hash).into()))
         });
         self.send_write(header, data, finish).await
@@ -432,12 +432,14 @@ impl Service for RemoteService {
         path: &RelPath,
         kind: FileKind,
         range: Option<ByteRange>,
+        algorithm: DigestAlgorithm,
     ) -> Result<HashResult, ServiceError> {
         let request = pb::HashRequest::from(request::Hash {
             dir: dir.clone(),
             path: path.clone(),
             kind,
             range,
+            algorithm,
         });
         self.unary(request).await
     }
@@ -481,8 +483,9 @@ impl Service for RemoteService {
         &self,
         dir: &DirId,
         files: &[(RelPath, FileStamp)],
+        algorithm: DigestAlgorithm,
     ) -> Vec<Result<WholeFile, ServiceError>> {
-        self.read_whole_files(dir, files).await
+        self.read_whole_files(dir, files, algorithm).await
     }
 
     async fn delete_files(

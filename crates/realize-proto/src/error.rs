@@ -29,14 +29,14 @@ pub enum DecodeError {
     Missing(&'static str),
     #[error("invalid field {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
-    #[error("{dir}/{path}: sha256 must be 32 bytes, got {len}")]
+    #[error("{dir}/{path}: a digest must be 32 bytes, got {len}")]
     Digest {
         dir: DirId,
         path: RelPath,
         len: usize,
     },
     /// A digest in an answer of the daemon.
-    #[error("{dir}/{path}: SHA-256 of {len} bytes")]
+    #[error("{dir}/{path}: a digest of {len} bytes")]
     AnswerDigest {
         dir: DirId,
         path: RelPath,

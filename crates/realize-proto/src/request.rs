@@ -3,15 +3,15 @@
 //! [`DecodeError`]) and made into it (`From<…> for pb::…`).
 
 use bytes::Bytes;
-use realize_core::{ByteRange, DirId, FileKind, FileStamp, RelPath, Digest};
+use realize_core::{ByteRange, Digest, DigestAlgorithm, DirId, FileKind, FileStamp, RelPath};
 
-use crate::values::{digest, digest_bytes, dir_id, file_kind, target};
+use crate::values::{algorithm_value, digest, digest_algorithm, dir_id, file_kind, target};
 use crate::{DecodeError, pb};
 
 mod batch;
 mod stream;
 
-pub use batch::{FileRefs, Files, MAX_FILES_PER_CALL, Named, WriteFile};
+pub use batch::{FileRefs, Files, HashedFiles, MAX_FILES_PER_CALL, Named, ReadFiles, WriteFile};
 pub use stream::{ApplyDeltaHeader, ClientStream, MAX_CHUNK, WriteHeader, WritePiece};
 
 /// A range the request must have.
@@ -132,13 +132,14 @@ ranged_request!(
     Diff(DiffRequest).signature
 );
 
-/// Hash: the SHA-256 of one form of a file, or of a range of it.
+/// Hash: the digest of one form of a file, or of a range of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hash {
     pub dir: DirId,
     pub path: RelPath,
     pub kind: FileKind,
     pub range: Option<ByteRange>,
+    pub algorithm: DigestAlgorithm,
 }
 
 impl TryFrom<pb::HashRequest> for Hash {
@@ -150,6 +151,7 @@ impl TryFrom<pb::HashRequest> for Hash {
             path,
             kind: file_kind(m.kind)?,
             range: m.range.map(ByteRange::from),
+            algorithm: digest_algorithm("algorithm", m.algorithm)?,
         })
     }
 }
@@ -161,12 +163,13 @@ impl From<Hash> for pb::HashRequest {
             path: r.path.to_string(),
             range: r.range.map(Into::into),
             kind: pb::FileKind::from(r.kind).into(),
+            algorithm: algorithm_value(r.algorithm),
         }
     }
 }
 
-/// Finish: the partial file fsynced and renamed, with the SHA-256 the
-/// caller verified it against, if any.
+/// Finish: the partial file fsynced and renamed, checked first against the
+/// digest the caller verified, if any.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finish {
     pub dir: DirId,
@@ -178,9 +181,9 @@ impl TryFrom<pb::FinishRequest> for Finish {
     type Error = DecodeError;
     fn try_from(m: pb::FinishRequest) -> Result<Self, DecodeError> {
         let (dir, path) = target(&m.dir, &m.path)?;
-        let verified = match m.sha256.len() {
-            0 => None,
-            _ => Some(digest(&dir, &path, &m.sha256)?),
+        let verified = match m.digest {
+            None => None,
+            Some(d) => Some(digest(&dir, &path, Some(d))?),
         };
         Ok(Finish {
             dir,
@@ -195,7 +198,7 @@ impl From<Finish> for pb::FinishRequest {
         pb::FinishRequest {
             dir: r.dir.to_string(),
             path: r.path.to_string(),
-            sha256: r.verified.as_ref().map(digest_bytes).unwrap_or_default(),
+            digest: r.verified.map(Into::into),
         }
     }
 }

@@ -7,7 +7,6 @@ use realize_core::{DirId, RelPath, ServiceError, ServiceInfo, WholeFile};
 
 use crate::request::FileRefs;
 use crate::status::{code_and_message, outcome, status_from_error};
-use crate::values::digest_bytes;
 use crate::{DecodeError, pb};
 
 /// The answer for one file of a batch call: its path as its request gave
@@ -70,8 +69,8 @@ impl pb::WriteFilesResponse {
 impl From<FileAnswer<WholeFile>> for pb::ReadFilesResponse {
     fn from(answer: FileAnswer<WholeFile>) -> Self {
         let (code, message) = code_and_message(&answer.outcome);
-        let (data, sha256) = match answer.outcome {
-            Ok(whole) => (whole.data, digest_bytes(&whole.sha256)),
+        let (data, digest) = match answer.outcome {
+            Ok(whole) => (whole.data, Some(whole.digest.into())),
             Err(_) => Default::default(),
         };
         pb::ReadFilesResponse {
@@ -79,7 +78,7 @@ impl From<FileAnswer<WholeFile>> for pb::ReadFilesResponse {
             code,
             message,
             data,
-            sha256,
+            digest,
         }
     }
 }
@@ -88,17 +87,18 @@ impl pb::ReadFilesResponse {
     /// The file `path` of `dir` this answers for, or why it was not read.
     pub fn into_whole_file(self, dir: &DirId, path: &RelPath) -> Result<WholeFile, ServiceError> {
         outcome(self.code, self.message)?;
-        let sha256 = realize_core::Digest::from_slice(&self.sha256).ok_or_else(|| {
-            crate::error_from_answer(DecodeError::AnswerDigest {
-                dir: dir.clone(),
-                path: path.clone(),
-                len: self.sha256.len(),
+        let digest = crate::values::digest(dir, path, self.digest).map_err(|e| {
+            crate::error_from_answer(match e {
+                DecodeError::Digest { dir, path, len } => {
+                    DecodeError::AnswerDigest { dir, path, len }
+                }
+                other => other,
             })
         })?;
         Ok(WholeFile {
             path: path.clone(),
             data: self.data,
-            sha256,
+            digest,
         })
     }
 }

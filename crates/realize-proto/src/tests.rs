@@ -4,10 +4,14 @@
 
 use bytes::Bytes;
 use realize_core::{
-    ByteRange, DirId, ErrorCode, FileKind, FileStamp, RelPath, ServiceError, Digest, WholeFile,
+    ByteRange, Digest, DigestAlgorithm, DirId, ErrorCode, FileKind, FileStamp, RelPath,
+    ServiceError, WholeFile,
 };
 
-use crate::request::{self, FileRefs, Files, MAX_CHUNK, Named, WriteFile, WriteHeader, WritePiece};
+use crate::request::{
+    self, FileRefs, Files, HashedFiles, MAX_CHUNK, Named, ReadFiles, WriteFile, WriteHeader,
+    WritePiece,
+};
 use crate::response::FileAnswer;
 use crate::{DecodeError, pb};
 
@@ -27,6 +31,13 @@ fn stamp(size: u64) -> FileStamp {
     }
 }
 
+fn digest(algorithm: DigestAlgorithm, byte: u8) -> Digest {
+    Digest {
+        algorithm,
+        value: [byte; 32],
+    }
+}
+
 fn refused(error: DecodeError) -> (tonic::Code, String) {
     let status = tonic::Status::from(error);
     (status.code(), status.message().to_string())
@@ -39,6 +50,7 @@ fn requests_decode_to_what_was_encoded() {
         path: path("a/b"),
         kind: FileKind::Partial,
         range: Some(ByteRange::new(1, 5)),
+        algorithm: DigestAlgorithm::Blake3,
     };
     let wire = pb::HashRequest::from(hash.clone());
     assert_eq!(request::Hash::try_from(wire).ok(), Some(hash));
@@ -46,6 +58,13 @@ fn requests_decode_to_what_was_encoded() {
         dir: dir(),
         path: path("f"),
         verified: None,
+    };
+    let wire = pb::FinishRequest::from(finish.clone());
+    assert_eq!(request::Finish::try_from(wire).ok(), Some(finish));
+    let finish = request::Finish {
+        dir: dir(),
+        path: path("f"),
+        verified: Some(digest(DigestAlgorithm::Sha256, 9)),
     };
     let wire = pb::FinishRequest::from(finish.clone());
     assert_eq!(request::Finish::try_from(wire).ok(), Some(finish));
@@ -79,10 +98,44 @@ fn bad_fields_are_refused_with_their_message() {
     let short = pb::FinishRequest {
         dir: "d".into(),
         path: "f".into(),
-        sha256: Bytes::from_static(b"123"),
+        digest: Some(pb::Digest {
+            algorithm: pb::DigestAlgorithm::Blake3.into(),
+            value: Bytes::from_static(b"123"),
+        }),
     };
     let error = request::Finish::try_from(short).unwrap_err();
-    assert_eq!(refused(error).1, "d/f: sha256 must be 32 bytes, got 3");
+    assert_eq!(refused(error).1, "d/f: a digest must be 32 bytes, got 3");
+    let unknown = pb::FinishRequest {
+        dir: "d".into(),
+        path: "f".into(),
+        digest: Some(pb::Digest {
+            algorithm: 9,
+            value: Bytes::from_static(&[0; 32]),
+        }),
+    };
+    let error = request::Finish::try_from(unknown).unwrap_err();
+    assert_eq!(
+        refused(error),
+        (
+            tonic::Code::InvalidArgument,
+            "invalid field digest.algorithm: unknown digest algorithm 9".into()
+        )
+    );
+    let unnamed = pb::HashRequest {
+        dir: "d".into(),
+        path: "f".into(),
+        ..Default::default()
+    };
+    let error = request::Hash::try_from(unnamed).unwrap_err();
+    assert_eq!(refused(error).1, "missing field algorithm");
+    let whole_unnamed = pb::WriteHeader {
+        dir: "d".into(),
+        path: "f".into(),
+        whole_file: true,
+        ..Default::default()
+    };
+    let error = WriteHeader::try_from(whole_unnamed).unwrap_err();
+    assert_eq!(refused(error).1, "missing field digest_algorithm");
     let offset = pb::WriteHeader {
         dir: "d".into(),
         path: "f".into(),
@@ -106,14 +159,24 @@ fn a_stream_after_its_header_is_data_and_a_finish_only_when_whole() {
         file_size: 3,
         whole_file,
     };
-    let hash = Digest([7; 32]);
+    let whole = header(Some(DigestAlgorithm::Blake3));
+    let hash = digest(DigestAlgorithm::Blake3, 7);
     let finish = pb::WriteRequest::from(WritePiece::Finish(hash));
-    let piece = finish.clone().into_piece(&header(true));
+    let piece = finish.clone().into_piece(&whole);
     assert_eq!(piece.ok(), Some(WritePiece::Finish(hash)));
-    let error = finish.into_data(&header(false)).unwrap_err();
+    let error = finish.clone().into_data(&header(None)).unwrap_err();
     assert_eq!(refused(error).1, "d/f: expected data after the header");
+    // A finish must use the algorithm the header announced, the one the
+    // daemon hashed the data with.
+    let error = finish
+        .into_piece(&header(Some(DigestAlgorithm::Sha256)))
+        .unwrap_err();
+    assert_eq!(
+        refused(error).1,
+        "invalid field finish.digest.algorithm: blake3 is not the header's digest_algorithm"
+    );
     let big = pb::WriteRequest::from(WritePiece::Data(vec![0; MAX_CHUNK + 1].into()));
-    let error = big.into_data(&header(false)).unwrap_err();
+    let error = big.into_data(&header(None)).unwrap_err();
     assert_eq!(
         refused(error).1,
         "d/f: data chunk of 1048577 bytes is larger than 1048576 bytes"
@@ -123,9 +186,12 @@ fn a_stream_after_its_header_is_data_and_a_finish_only_when_whole() {
 #[test]
 fn batch_files_are_refused_alone_and_answered_in_order() {
     let files = [(path("a"), stamp(1)), (path("b"), stamp(2))];
-    let mut wire = pb::ReadFilesRequest::from(Files {
-        dir: &dir(),
-        files: &files,
+    let mut wire = pb::ReadFilesRequest::from(HashedFiles {
+        files: Files {
+            dir: &dir(),
+            files: &files,
+        },
+        algorithm: DigestAlgorithm::Sha256,
     });
     wire.files.insert(
         1,
@@ -134,13 +200,15 @@ fn batch_files_are_refused_alone_and_answered_in_order() {
             stamp: None,
         },
     );
-    let refs = FileRefs::try_from(wire).unwrap_or_else(|e| panic!("{e}"));
+    let read = ReadFiles::try_from(wire).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(read.algorithm, DigestAlgorithm::Sha256);
+    let refs = read.refs;
     assert_eq!(refs.valid(), files);
     let read = |p: &str| {
         Ok(WholeFile {
             path: path(p),
             data: Bytes::from_static(b"x"),
-            sha256: Digest([1; 32]),
+            digest: digest(DigestAlgorithm::Sha256, 1),
         })
     };
     let answers: Vec<pb::ReadFilesResponse> = refs
@@ -175,7 +243,7 @@ fn written_files_round_trip_and_their_outcomes_too() {
         file: WholeFile {
             path: path("f"),
             data: Bytes::from_static(b"abc"),
-            sha256: Digest([3; 32]),
+            digest: digest(DigestAlgorithm::Blake3, 3),
         },
     };
     let wire = pb::WriteFilesRequest::from(file.clone());

@@ -2,8 +2,8 @@
 //! hashes, directory information), both ways.
 
 use realize_core::{
-    ByteRange, DirId, DirInfo, Entry, FileKind, FileStamp, HashResult, RelPath, ServiceInfo,
-    Digest,
+    ByteRange, Digest, DigestAlgorithm, DirId, DirInfo, Entry, FileKind, FileStamp, HashResult,
+    RelPath, ServiceInfo,
 };
 
 use crate::{DecodeError, pb};
@@ -25,18 +25,55 @@ pub(crate) fn target(dir: &str, path: &str) -> Result<(DirId, RelPath), DecodeEr
     }
 }
 
-/// A SHA-256 a request carries, 32 bytes.
-pub(crate) fn digest(dir: &DirId, path: &RelPath, bytes: &[u8]) -> Result<Digest, DecodeError> {
-    Digest::from_slice(bytes).ok_or_else(|| DecodeError::Digest {
+impl From<DigestAlgorithm> for pb::DigestAlgorithm {
+    fn from(algorithm: DigestAlgorithm) -> Self {
+        match algorithm {
+            DigestAlgorithm::Blake3 => pb::DigestAlgorithm::Blake3,
+            DigestAlgorithm::Sha256 => pb::DigestAlgorithm::Sha256,
+        }
+    }
+}
+
+/// The wire value of an algorithm field.
+pub(crate) fn algorithm_value(algorithm: DigestAlgorithm) -> i32 {
+    pb::DigestAlgorithm::from(algorithm).into()
+}
+
+/// A required algorithm field: unset is missing, an unknown value invalid.
+pub(crate) fn digest_algorithm(field: &'static str, value: i32) -> Result<DigestAlgorithm, DecodeError> {
+    match pb::DigestAlgorithm::try_from(value) {
+        Ok(pb::DigestAlgorithm::Blake3) => Ok(DigestAlgorithm::Blake3),
+        Ok(pb::DigestAlgorithm::Sha256) => Ok(DigestAlgorithm::Sha256),
+        Ok(pb::DigestAlgorithm::Unspecified) => Err(DecodeError::Missing(field)),
+        Err(_) => Err(DecodeError::Invalid {
+            field,
+            reason: format!("unknown digest algorithm {value}"),
+        }),
+    }
+}
+
+/// The digest a request carries about a file: a known algorithm and 32 bytes.
+pub(crate) fn digest(
+    dir: &DirId,
+    path: &RelPath,
+    digest: Option<pb::Digest>,
+) -> Result<Digest, DecodeError> {
+    let digest = digest.ok_or(DecodeError::Missing("digest"))?;
+    let algorithm = digest_algorithm("digest.algorithm", digest.algorithm)?;
+    Digest::from_slice(algorithm, &digest.value).ok_or_else(|| DecodeError::Digest {
         dir: dir.clone(),
         path: path.clone(),
-        len: bytes.len(),
+        len: digest.value.len(),
     })
 }
 
-/// The bytes of a SHA-256 on the wire.
-pub(crate) fn digest_bytes(hash: &Digest) -> bytes::Bytes {
-    bytes::Bytes::copy_from_slice(&hash.0)
+impl From<Digest> for pb::Digest {
+    fn from(digest: Digest) -> Self {
+        pb::Digest {
+            algorithm: algorithm_value(digest.algorithm),
+            value: bytes::Bytes::copy_from_slice(&digest.value),
+        }
+    }
 }
 
 impl From<ByteRange> for pb::ByteRange {
@@ -126,7 +163,7 @@ impl TryFrom<pb::ListResponse> for Entry {
 impl From<HashResult> for pb::HashResponse {
     fn from(h: HashResult) -> Self {
         pb::HashResponse {
-            sha256: h.hash.0.to_vec().into(),
+            digest: Some(h.hash.into()),
             stamp: Some(h.stamp.into()),
         }
     }
@@ -135,10 +172,12 @@ impl From<HashResult> for pb::HashResponse {
 impl TryFrom<pb::HashResponse> for HashResult {
     type Error = DecodeError;
     fn try_from(h: pb::HashResponse) -> Result<Self, DecodeError> {
+        let digest = h.digest.ok_or(DecodeError::Missing("digest"))?;
+        let algorithm = digest_algorithm("digest.algorithm", digest.algorithm)?;
         Ok(HashResult {
-            hash: Digest::from_slice(&h.sha256).ok_or(DecodeError::Invalid {
-                field: "sha256",
-                reason: format!("{} bytes instead of 32", h.sha256.len()),
+            hash: Digest::from_slice(algorithm, &digest.value).ok_or(DecodeError::Invalid {
+                field: "digest",
+                reason: format!("{} bytes instead of 32", digest.value.len()),
             })?,
             stamp: h.stamp.ok_or(DecodeError::Missing("stamp"))?.into(),
         })
@@ -149,6 +188,7 @@ impl From<ServiceInfo> for pb::InfoResponse {
     fn from(info: ServiceInfo) -> Self {
         pb::InfoResponse {
             send_limit: None,
+            digests: info.digests.into_iter().map(algorithm_value).collect(),
             version: info.version,
             dirs: info
                 .dirs
@@ -181,6 +221,12 @@ impl TryFrom<pb::InfoResponse> for ServiceInfo {
                     })
                 })
                 .collect::<Result<_, DecodeError>>()?,
+            // A digest this build does not know is one it cannot use.
+            digests: info
+                .digests
+                .into_iter()
+                .filter_map(|value| digest_algorithm("digests", value).ok())
+                .collect(),
         })
     }
 }
@@ -212,7 +258,10 @@ mod tests {
     #[test]
     fn short_hash_is_refused() {
         let wire = pb::HashResponse {
-            sha256: vec![1, 2, 3].into(),
+            digest: Some(pb::Digest {
+                algorithm: pb::DigestAlgorithm::Sha256.into(),
+                value: vec![1, 2, 3].into(),
+            }),
             stamp: Some(pb::FileStamp::default()),
         };
         assert!(HashResult::try_from(wire).is_err());

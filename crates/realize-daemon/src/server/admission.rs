@@ -49,6 +49,12 @@ scoped_by_dir!(
     FileRefs
 );
 
+impl Scoped for request::ReadFiles {
+    fn dir(&self) -> Option<&DirId> {
+        Some(&self.refs.dir)
+    }
+}
+
 impl Scoped for request::Info {
     fn dir(&self) -> Option<&DirId> {
         None

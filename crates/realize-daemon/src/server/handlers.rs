@@ -77,8 +77,8 @@ impl pb::realize_server::Realize for Handler {
                         budgeted_body(data, &call.connection.budget, &self.live, WRITE_CHUNK);
                     cancellable_body(data, &call)
                 };
-                let result = if whole_file {
-                    let (data, expected) = whole_file_body(stream, header);
+                let result = if let Some(algorithm) = whole_file {
+                    let (data, expected) = whole_file_body(stream, header, algorithm);
                     call.service()
                         .write_file(&dir, &path, file_size, budgeted(data), expected)
                         .await
@@ -164,8 +164,9 @@ impl pb::realize_server::Realize for Handler {
         &self,
         request: Request<pb::ReadFilesRequest>,
     ) -> Result<Response<Self::ReadFilesStream>, Status> {
-        self.unary("ReadFiles", request, Need::Read, |call, refs: FileRefs| {
+        self.unary("ReadFiles", request, Need::Read, |call, read: request::ReadFiles| {
             async move {
+                let request::ReadFiles { refs, algorithm } = read;
                 let valid = refs.valid();
                 // Read whole before they are sent: what the stamps claim is
                 // what the call may make the daemon hold.
@@ -178,7 +179,7 @@ impl pb::realize_server::Realize for Handler {
                 let memory = self.reserve(&call, "a ReadFiles call", claimed).await?;
                 let reading = call
                     .service()
-                    .read_files(&refs.dir, &valid)
+                    .read_files(&refs.dir, &valid, algorithm)
                     .map(Ok::<_, CallError>);
                 let read = self.cancellable(&call, reading).await?;
                 let answers: Vec<Result<pb::ReadFilesResponse, Status>> = refs
@@ -296,7 +297,7 @@ impl pb::realize_server::Realize for Handler {
                 let _memory = self.reserve(&call, "a Hash", HASH_BUFFERED).await?;
                 let hashing = call
                     .service()
-                    .hash(&hash.dir, &hash.path, hash.kind, hash.range);
+                    .hash(&hash.dir, &hash.path, hash.kind, hash.range, hash.algorithm);
                 let result = self.cancellable(&call, hashing).await?;
                 Ok(pb::HashResponse::from(result))
             },

@@ -1,6 +1,7 @@
 //! What the store takes, made of what realize-proto decoded: a client
 //! stream's data, and the files of a WriteFiles call.
 
+use realize_core::DigestAlgorithm;
 use realize_proto::request::WritePiece;
 
 use super::*;
@@ -34,13 +35,16 @@ where
         .boxed()
 }
 
-/// The data of a whole-file Write, and the SHA-256 of its `finish` message,
-/// sent once the data has ended; never sent if the stream ends without one.
+/// The data of a whole-file Write, and the digest of its `finish` message
+/// (taken with `algorithm`, the header's), sent once the data has ended;
+/// never sent if the stream ends without one.
 pub(super) fn whole_file_body(
     stream: Streaming<pb::WriteRequest>,
     header: WriteHeader,
+    algorithm: DigestAlgorithm,
 ) -> (ByteStream, ExpectedHash) {
-    let (sender, expected) = tokio::sync::oneshot::channel();
+    let (sender, value) = tokio::sync::oneshot::channel();
+    let expected = ExpectedHash { algorithm, value };
     let header = Arc::new(header);
     // The sender is taken when the stream ends or fails: a stream that has
     // ended is never polled again.

@@ -6,7 +6,6 @@ use realize_core::testing::sha256;
 use std::time::Duration;
 
 use bytes::Bytes;
-use realize_core::Digest;
 use realize_net::connection::connect;
 use realize_net::throttle::SendLimit;
 use realize_net::tls::client_config;
@@ -47,13 +46,13 @@ async fn a_file_name_made_of_log_lines_stays_on_its_event_line() {
     let mut api = RealizeClient::new(channel);
 
     let content = b"forged\n";
-    let sha256 = Bytes::copy_from_slice(&sha256(content).0);
+    let digest = Some(sha256(content).into());
     let mut answers = api
         .write_files(futures::stream::iter([pb::WriteFilesRequest {
             dir: "d".into(),
             path: FORGED.into(),
             data: Bytes::from_static(content),
-            sha256,
+            digest,
         }]))
         .await
         .unwrap()
@@ -81,7 +80,7 @@ async fn a_file_name_made_of_log_lines_stays_on_its_event_line() {
     let peer = "peer=client";
     assert!(
         lines[0].contains(peer)
-            && lines[0].contains(&format!(": finished dir=d path={ESCAPED} size=7 sha256=")),
+            && lines[0].contains(&format!(": finished dir=d path={ESCAPED} size=7 digest=sha256:")),
         "{}",
         lines[0]
     );

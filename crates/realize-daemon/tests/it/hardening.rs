@@ -1,7 +1,6 @@
 //! The attacks of issue 14 (arithmetic on client numbers, memory, special
 //! files, deadlines), each performed through the real daemon over TLS.
 
-use realize_core::testing::sha256;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -29,6 +28,7 @@ async fn stamp(api: &mut RealizeClient<Channel>, path: &str) -> pb::FileStamp {
         path: path.into(),
         range: None,
         kind: 0,
+        algorithm: pb::DigestAlgorithm::Sha256.into(),
     });
     hash.await.unwrap().into_inner().stamp.unwrap()
 }
@@ -67,6 +67,7 @@ async fn read_files_sizes_whose_sum_overflows_are_refused() {
         .read_files(pb::ReadFilesRequest {
             dir: "d".into(),
             files,
+            digest_algorithm: pb::DigestAlgorithm::Sha256.into(),
         })
         .await;
     let status = result.expect_err("the call should have been refused");
@@ -138,6 +139,7 @@ async fn a_peer_cannot_make_the_daemon_hold_more_than_its_memory_budget() {
                 let request = pb::ReadFilesRequest {
                     dir: "d".into(),
                     files,
+                    digest_algorithm: pb::DigestAlgorithm::Sha256.into(),
                 };
                 match api.read_files(request).await {
                     Ok(response) => {
@@ -185,6 +187,7 @@ async fn a_peer_cannot_make_the_daemon_hold_more_than_its_memory_budget() {
         .read_files(pb::ReadFilesRequest {
             dir: "d".into(),
             files: refs("f.bin", real, FILES_PER_CALL),
+            digest_algorithm: pb::DigestAlgorithm::Sha256.into(),
         })
         .await
         .unwrap()
@@ -254,6 +257,7 @@ async fn call_timeout_caps_a_longer_client_deadline() {
         offset: 0,
         file_size: 100,
         whole_file: false,
+        digest_algorithm: pb::DigestAlgorithm::Sha256.into(),
     };
     tx.send(pb::WriteRequest {
         message: Some(pb::write_request::Message::Header(header)),
@@ -421,6 +425,7 @@ async fn a_write_whose_client_goes_silent_ends_at_the_stall_timeout() {
             offset: 0,
             file_size: 1 << 20,
             whole_file: false,
+            digest_algorithm: pb::DigestAlgorithm::Sha256.into(),
         })),
     };
     let chunk = pb::WriteRequest {
@@ -472,7 +477,7 @@ async fn a_write_files_call_idle_between_files_is_not_stalled() {
                 dir: "d".into(),
                 path: name.into(),
                 data: Bytes::copy_from_slice(data),
-                sha256: Bytes::copy_from_slice(&realize_core::sha256(data).0),
+                digest: Some(realize_core::testing::sha256(data).into()),
             })
             .await
             .unwrap();
@@ -507,8 +512,7 @@ async fn an_idle_write_files_call_ends_and_the_next_file_opens_another() {
     let dir = dir_id("d");
     let small = |name: &str| {
         let data = Bytes::from(name.as_bytes().to_vec());
-        let (send, expected) = tokio::sync::oneshot::channel();
-        send.send(realize_core::sha256(&data)).unwrap();
+        let expected = realize_core::ExpectedHash::known(realize_core::testing::sha256(&data));
         let path: realize_core::RelPath = name.parse().unwrap();
         (
             path,
@@ -529,7 +533,13 @@ async fn an_idle_write_files_call_ends_and_the_next_file_opens_another() {
     let hashed = tokio::time::timeout(HUNG, async {
         loop {
             match remote
-                .hash(&dir, &path, realize_core::FileKind::Final, None)
+                .hash(
+                    &dir,
+                    &path,
+                    realize_core::FileKind::Final,
+                    None,
+                    realize_core::DigestAlgorithm::Sha256,
+                )
                 .await
             {
                 Ok(result) => break result,
@@ -540,7 +550,7 @@ async fn an_idle_write_files_call_ends_and_the_next_file_opens_another() {
     })
     .await
     .expect("the WriteFiles call never ended");
-    assert_eq!(hashed.hash, realize_core::sha256(b"first"));
+    assert_eq!(hashed.hash, realize_core::testing::sha256(b"first"));
     let (path, size, data, expected) = small("second");
     assert_eq!(
         remote

@@ -135,6 +135,7 @@ impl OpenWrite {
                 offset: 0,
                 file_size,
                 whole_file: false,
+                digest_algorithm: pb::DigestAlgorithm::Sha256.into(),
             })),
         };
         tx.try_send(header).unwrap();
@@ -509,6 +510,7 @@ async fn sigterm_during_a_hash_of_a_large_file() {
             path: "big.bin".into(),
             range: None,
             kind: pb::FileKind::Partial.into(),
+            algorithm: pb::DigestAlgorithm::Sha256.into(),
         })
         .await
     });
@@ -544,14 +546,12 @@ async fn sigterm_during_a_hash_of_a_large_file() {
         }
         // ...but a hash that did finish first must be right, and in the grace period.
         Ok(response) => {
-            use sha2::Digest;
-            let mut zeros = sha2::Sha256::new();
+            let mut zeros = realize_core::Hasher::new(realize_core::DigestAlgorithm::Sha256);
             for _ in 0..size / CHUNK as u64 {
-                zeros.update([0u8; CHUNK]);
+                zeros.update(&[0u8; CHUNK]);
             }
-            let zeros = realize_core::Digest::from_hasher(zeros);
-            let hash = realize_core::Digest::from_slice(&response.into_inner().sha256);
-            assert_eq!(hash, Some(zeros));
+            let digest = response.into_inner().digest.map(|d| d.value);
+            assert_eq!(digest.as_deref(), Some(&zeros.finish().value[..]));
             assert_clean_shutdown(&daemon, 1, "0s", &["shutdown: all calls finished"]);
         }
     }

@@ -2,7 +2,6 @@
 //! scraping `realized`, a Pushgateway receiving `realize`'s push, and a
 //! parser reading every line of the JSON log.
 
-use realize_core::testing::sha256;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -297,7 +296,8 @@ async fn the_json_log_is_one_object_per_line_with_the_audit_events() {
             (
                 name.to_string(),
                 data.len(),
-                realize_core::sha256(&data).to_hex(),
+                // The default digest, as the audit log writes it.
+                realize_core::Digest::of(realize_core::DigestAlgorithm::Blake3, &data).to_string(),
             )
         })
         .collect();
@@ -331,12 +331,12 @@ async fn the_json_log_is_one_object_per_line_with_the_audit_events() {
             .unwrap_or_else(|| panic!("no {message} event for {path}"))
             .clone()
     };
-    for (name, size, sha256) in &expected {
+    for (name, size, digest) in &expected {
         let finished = audit("finished", name);
         assert_eq!(finished["level"], "INFO");
         assert_eq!(finished["fields"]["dir"], "d");
         assert_eq!(finished["fields"]["size"], *size as u64);
-        assert_eq!(finished["fields"]["sha256"], sha256.as_str());
+        assert_eq!(finished["fields"]["digest"], digest.as_str());
         assert_eq!(finished["span"]["peer"], "client", "{finished}");
         // A new small file is finished by the WriteFiles call that carries
         // it; one that was there is overwritten by a resume, then a Finish.

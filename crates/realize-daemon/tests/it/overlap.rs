@@ -159,6 +159,7 @@ fn header(dir: &str, path: &str, file_size: u64) -> pb::WriteRequest {
             offset: 0,
             file_size,
             whole_file: true,
+            digest_algorithm: pb::DigestAlgorithm::Sha256.into(),
         })),
     }
 }
@@ -174,7 +175,7 @@ fn data(chunk: &[u8]) -> pb::WriteRequest {
 fn finish(hash: Digest) -> pb::WriteRequest {
     pb::WriteRequest {
         message: Some(pb::write_request::Message::Finish(pb::WriteFinish {
-            sha256: Bytes::copy_from_slice(&hash.0),
+            digest: Some(hash.into()),
         })),
     }
 }
@@ -232,7 +233,7 @@ async fn two_daemons_on_one_directory_never_interleave_two_writes_of_one_path() 
         .finish(pb::FinishRequest {
             dir: "y".into(),
             path: "mix.bin".into(),
-            sha256: Bytes::copy_from_slice(&sha256(&a).0),
+            digest: Some(sha256(&a).into()),
         })
         .await
         .unwrap_err();

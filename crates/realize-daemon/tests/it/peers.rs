@@ -317,6 +317,7 @@ fn write_header(path: &str, file_size: u64) -> pb::WriteRequest {
             offset: 0,
             file_size,
             whole_file: false,
+            digest_algorithm: pb::DigestAlgorithm::Sha256.into(),
         })),
     }
 }

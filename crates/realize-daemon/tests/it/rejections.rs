@@ -133,6 +133,7 @@ async fn bad_paths_sent_to_the_api_are_invalid_and_touch_nothing() {
                 path: path.into(),
                 range: None,
                 kind: 0,
+                algorithm: pb::DigestAlgorithm::Sha256.into(),
             })
             .await;
         assert_eq!(
@@ -156,7 +157,7 @@ async fn bad_paths_sent_to_the_api_are_invalid_and_touch_nothing() {
             .finish(pb::FinishRequest {
                 dir: "d".into(),
                 path: path.into(),
-                sha256: Default::default(),
+                digest: None,
             })
             .await;
         assert_eq!(
@@ -171,6 +172,7 @@ async fn bad_paths_sent_to_the_api_are_invalid_and_touch_nothing() {
                 offset: 0,
                 file_size: 5,
                 whole_file: false,
+                digest_algorithm: pb::DigestAlgorithm::Sha256.into(),
             })),
         };
         let data = pb::WriteRequest {
@@ -326,6 +328,7 @@ async fn a_panic_in_a_call_is_internal_and_the_daemon_serves_on() {
         path: "f".into(),
         range: None,
         kind: 0,
+        algorithm: pb::DigestAlgorithm::Sha256.into(),
     };
     for _ in 0..2 {
         let status = api.hash(hash()).await.unwrap_err();

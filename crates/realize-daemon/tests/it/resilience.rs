@@ -328,8 +328,9 @@ impl realize_core::Service for StallingReads {
         path: &realize_core::RelPath,
         kind: realize_core::FileKind,
         range: Option<realize_core::ByteRange>,
+        algorithm: realize_core::DigestAlgorithm,
     ) -> Result<realize_core::HashResult, realize_core::ServiceError> {
-        self.0.hash(dir, path, kind, range).await
+        self.0.hash(dir, path, kind, range, algorithm).await
     }
     async fn finish(
         &self,

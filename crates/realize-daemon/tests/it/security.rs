@@ -2,7 +2,6 @@
 //! refusal gets its status and log line, changes nothing on disk, and leaves
 //! the daemon serving the next good client.
 
-use realize_core::testing::sha256;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -29,6 +28,7 @@ fn write_header(dir: &str, path: &str, offset: u64, file_size: u64) -> pb::Write
             offset,
             file_size,
             whole_file: false,
+            digest_algorithm: pb::DigestAlgorithm::Sha256.into(),
         })),
     }
 }
@@ -50,12 +50,16 @@ async fn write(
     Ok(api.write(stream).await?.into_inner().bytes_written)
 }
 
+/// A WriteFiles message whose SHA-256 is `sha256`, which may be the wrong length.
 fn whole_file(dir: &str, path: &str, data: &[u8], sha256: &[u8]) -> pb::WriteFilesRequest {
     pb::WriteFilesRequest {
         dir: dir.into(),
         path: path.into(),
         data: Bytes::copy_from_slice(data),
-        sha256: Bytes::copy_from_slice(sha256),
+        digest: Some(pb::Digest {
+            algorithm: pb::DigestAlgorithm::Sha256.into(),
+            value: Bytes::copy_from_slice(sha256),
+        }),
     }
 }
 
@@ -107,6 +111,7 @@ async fn a_read_only_peer_reads_but_changes_nothing() {
             path: "a/file.txt".into(),
             range: None,
             kind: 0,
+            algorithm: pb::DigestAlgorithm::Sha256.into(),
         })
         .await;
     assert!(hash.is_ok(), "{hash:?}");
@@ -130,7 +135,7 @@ async fn a_read_only_peer_reads_but_changes_nothing() {
     // Changing is not, and says which directory and why.
     let denied = "peer client may not change directory d: its access is read-only";
     let data = b"new";
-    let sha256 = realize_core::sha256(data).0;
+    let sha256 = realize_core::testing::sha256(data).value;
     let answers = write_files(&mut api, vec![whole_file("d", "a/new.txt", data, &sha256)]).await;
     assert_eq!(answers[0].0, tonic::Code::PermissionDenied, "{answers:?}");
     assert!(answers[0].1.contains(denied), "{answers:?}");
@@ -173,7 +178,7 @@ async fn a_read_only_peer_reads_but_changes_nothing() {
         api.finish(pb::FinishRequest {
             dir: "d".into(),
             path: "a/half.txt".into(),
-            sha256: Default::default(),
+            digest: None,
         })
         .await,
         tonic::Code::PermissionDenied,
@@ -240,7 +245,7 @@ async fn write_files_refuses_each_bad_file_alone_and_finishes_the_good_ones() {
     std::fs::create_dir_all(&root).unwrap();
     let daemon = Daemon::start(work.path(), &[("d", &root)], &client).await;
     let mut api = api(&daemon, &client).await;
-    let sha = |data: &[u8]| realize_core::sha256(data).0;
+    let sha = |data: &[u8]| realize_core::testing::sha256(data).value;
     let answers = write_files(
         &mut api,
         vec![
@@ -268,7 +273,7 @@ async fn write_files_refuses_each_bad_file_alone_and_finishes_the_good_ones() {
     );
     assert!(answers[1].1.contains("d/ok/wrong"), "{answers:?}");
     assert!(
-        answers[2].1.contains("sha256 must be 32 bytes"),
+        answers[2].1.contains("a digest must be 32 bytes"),
         "{answers:?}"
     );
     assert!(
@@ -291,6 +296,7 @@ async fn stamp(api: &mut RealizeClient<Channel>, dir: &str, path: &str) -> pb::F
         path: path.into(),
         range: None,
         kind: 0,
+        algorithm: pb::DigestAlgorithm::Sha256.into(),
     })
     .await
     .unwrap()
@@ -333,6 +339,7 @@ async fn read_files_and_delete_files_answer_each_file_and_check_its_version() {
                 file_ref("../x", Some(a)),
                 file_ref("a", None),
             ],
+            digest_algorithm: pb::DigestAlgorithm::Sha256.into(),
         })
         .await
         .unwrap()
@@ -353,7 +360,8 @@ async fn read_files_and_delete_files_answer_each_file_and_check_its_version() {
         "{read:?}"
     );
     assert_eq!(&read[0].data[..], b"first");
-    assert_eq!(read[0].sha256[..], realize_core::sha256(b"first").0);
+    let digest = read[0].digest.as_ref().map(|d| &d.value[..]);
+    assert_eq!(digest, Some(&realize_core::testing::sha256(b"first").value[..]));
 
     let results = api
         .delete_files(pb::DeleteFilesRequest {
@@ -385,6 +393,7 @@ async fn read_files_and_delete_files_answer_each_file_and_check_its_version() {
         api.read_files(pb::ReadFilesRequest {
             dir: "d".into(),
             files: many,
+            digest_algorithm: pb::DigestAlgorithm::Sha256.into(),
         })
         .await,
         tonic::Code::InvalidArgument,
@@ -395,6 +404,7 @@ async fn read_files_and_delete_files_answer_each_file_and_check_its_version() {
         api.read_files(pb::ReadFilesRequest {
             dir: "d".into(),
             files: vec![file_ref("b", Some(huge))],
+            digest_algorithm: pb::DigestAlgorithm::Sha256.into(),
         })
         .await,
         tonic::Code::InvalidArgument,
@@ -519,6 +529,7 @@ async fn a_symlinked_directory_pointing_outside_is_never_followed() {
             path: "link".into(),
             range: None,
             kind: 0,
+            algorithm: pb::DigestAlgorithm::Sha256.into(),
         })
         .await,
         tonic::Code::FailedPrecondition,
@@ -686,6 +697,7 @@ async fn bad_numbers_are_refused_and_change_nothing() {
                 end: u64::MAX,
             }),
             kind: 0,
+            algorithm: pb::DigestAlgorithm::Sha256.into(),
         })
         .await,
         tonic::Code::OutOfRange,

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use bytes::BytesMut;
 use futures::{StreamExt, TryStreamExt};
 use realize_core::{
-    ByteStream, DirId, ErrorCode, ExpectedHash, FileStamp, RelPath, ServiceError, WholeFile,
+    ByteStream, DigestAlgorithm, DirId, ErrorCode, ExpectedHash, FileStamp, RelPath, ServiceError, WholeFile,
 };
-use realize_proto::request::{Files, WriteFile};
+use realize_proto::request::{Files, HashedFiles, WriteFile};
 use realize_proto::{DecodeError, error_from_request, error_from_status, pb};
 use tokio::sync::{mpsc, oneshot};
 
@@ -71,7 +71,7 @@ impl RemoteService {
             };
             return Err(error_from_request(refused));
         }
-        let Ok(sha256) = expected.await else {
+        let Ok(digest) = expected.value.await else {
             return Err(error_from_request(DecodeError::NoDigest { dir, path }));
         };
         let data = match chunks.len() {
@@ -84,7 +84,7 @@ impl RemoteService {
                 })
                 .freeze(),
         };
-        let file = WholeFile { path, data, sha256 };
+        let file = WholeFile { path, data, digest };
         let request = pb::WriteFilesRequest::from(WriteFile { dir, file });
         let (reply, answer) = oneshot::channel();
         self.enqueue((request, reply)).await?;
@@ -122,8 +122,13 @@ impl RemoteService {
         &self,
         dir: &DirId,
         files: &[(RelPath, FileStamp)],
+        algorithm: DigestAlgorithm,
     ) -> Vec<Result<WholeFile, ServiceError>> {
-        let request = pb::ReadFilesRequest::from(Files { dir, files });
+        let files_of = Files { dir, files };
+        let request = pb::ReadFilesRequest::from(HashedFiles {
+            files: files_of,
+            algorithm,
+        });
         let answered = self
             .observed("ReadFiles", async {
                 let answers: tonic::Streaming<pb::ReadFilesResponse> = self.call(request).await?;

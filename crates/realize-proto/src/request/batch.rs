@@ -2,9 +2,9 @@
 //! named with their stamps to read or delete (ReadFiles, DeleteFiles).
 //! A file that breaks the contract is refused alone: its answer says why.
 
-use realize_core::{DirId, FileStamp, RelPath, WholeFile};
+use realize_core::{DigestAlgorithm, DirId, FileStamp, RelPath, WholeFile};
 
-use crate::values::{digest, digest_bytes, dir_id, target};
+use crate::values::{algorithm_value, digest, digest_algorithm, dir_id, target};
 use crate::{DecodeError, pb};
 
 /// Files a ReadFiles or DeleteFiles call may name at most.
@@ -28,11 +28,11 @@ pub struct WriteFile {
 impl From<pb::WriteFilesRequest> for Named<WriteFile> {
     fn from(m: pb::WriteFilesRequest) -> Self {
         let request = target(&m.dir, &m.path).and_then(|(dir, path)| {
-            let sha256 = digest(&dir, &path, &m.sha256)?;
+            let digest = digest(&dir, &path, m.digest)?;
             let file = WholeFile {
                 path,
                 data: m.data,
-                sha256,
+                digest,
             };
             Ok(WriteFile { dir, file })
         });
@@ -49,7 +49,7 @@ impl From<WriteFile> for pb::WriteFilesRequest {
             dir: r.dir.to_string(),
             path: r.file.path.to_string(),
             data: r.file.data,
-            sha256: digest_bytes(&r.file.sha256),
+            digest: Some(r.file.digest.into()),
         }
     }
 }
@@ -103,10 +103,21 @@ impl FileRefs {
     }
 }
 
-impl TryFrom<pb::ReadFilesRequest> for FileRefs {
+/// A ReadFiles request, as the daemon serves it: the files, and the digest
+/// each is sent with.
+#[derive(Debug)]
+pub struct ReadFiles {
+    pub refs: FileRefs,
+    pub algorithm: DigestAlgorithm,
+}
+
+impl TryFrom<pb::ReadFilesRequest> for ReadFiles {
     type Error = DecodeError;
     fn try_from(m: pb::ReadFilesRequest) -> Result<Self, DecodeError> {
-        FileRefs::decode(&m.dir, m.files)
+        Ok(ReadFiles {
+            refs: FileRefs::decode(&m.dir, m.files)?,
+            algorithm: digest_algorithm("digest_algorithm", m.digest_algorithm)?,
+        })
     }
 }
 
@@ -136,11 +147,20 @@ impl Files<'_> {
     }
 }
 
-impl From<Files<'_>> for pb::ReadFilesRequest {
-    fn from(r: Files<'_>) -> Self {
+/// A ReadFiles request, as the client makes it: the files, and the digest
+/// each is to be sent with.
+#[derive(Clone, Copy, Debug)]
+pub struct HashedFiles<'a> {
+    pub files: Files<'a>,
+    pub algorithm: DigestAlgorithm,
+}
+
+impl From<HashedFiles<'_>> for pb::ReadFilesRequest {
+    fn from(r: HashedFiles<'_>) -> Self {
         pb::ReadFilesRequest {
-            dir: r.dir.to_string(),
-            files: r.refs(),
+            dir: r.files.dir.to_string(),
+            files: r.files.refs(),
+            digest_algorithm: algorithm_value(r.algorithm),
         }
     }
 }

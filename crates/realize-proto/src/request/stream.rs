@@ -1,11 +1,11 @@
 //! The client-streaming requests, Write and ApplyDelta: a header first,
-//! then data (and for a whole-file Write, the SHA-256 it must have).
+//! then data (and for a whole-file Write, the digest it must have).
 
 use bytes::Bytes;
-use realize_core::{ByteRange, DirId, RelPath, Digest};
+use realize_core::{ByteRange, Digest, DigestAlgorithm, DirId, RelPath};
 
 use super::required_range;
-use crate::values::{digest, digest_bytes, target};
+use crate::values::{algorithm_value, digest, digest_algorithm, target};
 use crate::{DecodeError, pb};
 
 use pb::apply_delta_request::Message as DeltaMessage;
@@ -25,18 +25,19 @@ pub trait ClientStream: Sized {
 }
 
 /// Write: data at `offset` of the partial file, which ends `file_size` long.
-/// A whole-file write starts at 0 and ends with the file's SHA-256.
+/// A whole-file write starts at 0 and ends with the file's digest, taken
+/// with the algorithm `whole_file` names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WriteHeader {
     pub dir: DirId,
     pub path: RelPath,
     pub offset: u64,
     pub file_size: u64,
-    pub whole_file: bool,
+    pub whole_file: Option<DigestAlgorithm>,
 }
 
 /// What follows a Write's header: data, then for a whole-file write the
-/// SHA-256 the file must have.
+/// digest the file must have.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WritePiece {
     Data(Bytes),
@@ -64,12 +65,16 @@ impl TryFrom<pb::WriteHeader> for WriteHeader {
                 offset: m.offset,
             });
         }
+        let whole_file = match m.whole_file {
+            true => Some(digest_algorithm("digest_algorithm", m.digest_algorithm)?),
+            false => None,
+        };
         Ok(WriteHeader {
             dir,
             path,
             offset: m.offset,
             file_size: m.file_size,
-            whole_file: m.whole_file,
+            whole_file,
         })
     }
 }
@@ -81,7 +86,8 @@ impl From<WriteHeader> for pb::WriteRequest {
             path: h.path.to_string(),
             offset: h.offset,
             file_size: h.file_size,
-            whole_file: h.whole_file,
+            whole_file: h.whole_file.is_some(),
+            digest_algorithm: h.whole_file.map(algorithm_value).unwrap_or_default(),
         })
         .into()
     }
@@ -92,7 +98,7 @@ impl From<WritePiece> for pb::WriteRequest {
         match piece {
             WritePiece::Data(chunk) => WriteMessage::Data(chunk),
             WritePiece::Finish(hash) => WriteMessage::Finish(pb::WriteFinish {
-                sha256: digest_bytes(&hash),
+                digest: Some(hash.into()),
             }),
         }
         .into()
@@ -115,7 +121,14 @@ impl pb::WriteRequest {
         match self.message {
             Some(WriteMessage::Data(chunk)) => chunk_of(dir, path, chunk).map(WritePiece::Data),
             Some(WriteMessage::Finish(finish)) => {
-                digest(dir, path, &finish.sha256).map(WritePiece::Finish)
+                let digest = digest(dir, path, finish.digest)?;
+                if Some(digest.algorithm) != header.whole_file {
+                    return Err(DecodeError::Invalid {
+                        field: "finish.digest.algorithm",
+                        reason: format!("{} is not the header's digest_algorithm", digest.algorithm),
+                    });
+                }
+                Ok(WritePiece::Finish(digest))
             }
             _ => Err(unexpected(dir, path, "data or finish")),
         }
