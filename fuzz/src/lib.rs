@@ -140,15 +140,19 @@ pub enum DigestChoice {
 }
 
 impl DigestChoice {
-    fn get<'a>(&self, data: impl IntoIterator<Item = &'a Vec<u8>>) -> Bytes {
-        match self {
+    fn get<'a>(&self, data: impl IntoIterator<Item = &'a Vec<u8>>) -> Option<pb::Digest> {
+        let value = match self {
             DigestChoice::OfData => {
                 let mut hasher = Sha256::new();
                 data.into_iter().for_each(|d| hasher.update(d));
                 Bytes::copy_from_slice(&hasher.finalize())
             }
             DigestChoice::Any(d) => Bytes::from(d.clone()),
-        }
+        };
+        Some(pb::Digest {
+            algorithm: pb::DigestAlgorithm::Sha256.into(),
+            value,
+        })
     }
 }
 

@@ -94,7 +94,7 @@ pub(crate) fn request(op: &Op, root: &Path) -> (&'static str, Bytes) {
             }));
             if let Some(digest) = finish {
                 let finish = message(W::Finish(pb::WriteFinish {
-                    sha256: digest.get(chunks),
+                    digest: digest.get(chunks),
                 }));
                 messages.push(finish.encode_to_vec());
             }
@@ -112,7 +112,7 @@ pub(crate) fn request(op: &Op, root: &Path) -> (&'static str, Bytes) {
                         dir: file.dir.get(),
                         path: file.path.get(),
                         data: Bytes::from(file.data.clone()),
-                        sha256: file.digest.get([&file.data]),
+                        digest: file.digest.get([&file.data]),
                     };
                     if let Ok(decoded) = Named::<WriteFile>::from(message.clone()).request {
                         assert_eq!(pb::WriteFilesRequest::from(decoded), message);
@@ -213,7 +213,11 @@ pub(crate) fn request(op: &Op, root: &Path) -> (&'static str, Bytes) {
             one::<request::Finish, _>(pb::FinishRequest {
                 dir: dir.get(),
                 path: path.get(),
-                sha256: Bytes::from(sha256.clone()),
+                digest: (!sha256.is_empty()).then(|| pb::Digest {
+                    algorithm: pb::DigestAlgorithm::Sha256.into(),
+                    value: Bytes::from(sha256.clone()),
+                }),
+                legacy_sha256: Default::default(),
             }),
         ),
         Op::Delete {

@@ -269,7 +269,10 @@ mod tests {
     #[test]
     fn names_parse_back() {
         for algorithm in DigestAlgorithm::PREFERRED {
-            assert_eq!(algorithm.name().parse::<DigestAlgorithm>().ok(), Some(algorithm));
+            assert_eq!(
+                algorithm.name().parse::<DigestAlgorithm>().ok(),
+                Some(algorithm)
+            );
         }
         assert!("md5".parse::<DigestAlgorithm>().is_err());
     }

@@ -216,7 +216,10 @@ pub enum MoveError {
         Side::Destination => "no file could be written to it",
     })]
     ReadOnly { side: Side, dir: DirId },
-    #[error("{side} cannot verify with {digest} (it supports {}), refusing to move", names(supported))]
+    #[error(
+        "{side} cannot verify with {digest} (it supports {}), refusing to move",
+        names(supported)
+    )]
     UnsupportedDigest {
         side: Side,
         digest: DigestAlgorithm,

@@ -199,6 +199,7 @@ mod tests {
             dir: DIR.into(),
             path: "a/f".into(),
             digest: None,
+            legacy_sha256: Default::default(),
         };
         let finish = frame(&[finish.encode_to_vec()]);
         assert_eq!(harness.call("Finish", finish).await.status, Some(0));

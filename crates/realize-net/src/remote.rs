@@ -6,8 +6,8 @@ use futures::channel::oneshot;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt, future, ready, stream};
 use realize_core::{
-    ByteRange, ByteStream, DirId, EntryStream, ExpectedHash, FileKind, FileStamp, HashResult,
-    MAX_WHOLE_FILE, RelPath, Service, ServiceError, ServiceInfo, Digest, DigestAlgorithm, WholeFile,
+    ByteRange, ByteStream, Digest, DigestAlgorithm, DirId, EntryStream, ExpectedHash, FileKind,
+    FileStamp, HashResult, MAX_WHOLE_FILE, RelPath, Service, ServiceError, ServiceInfo, WholeFile,
 };
 use realize_proto::request::{self, ApplyDeltaHeader, WriteHeader, WritePiece};
 use realize_proto::{DecodeError, error_from_answer, error_from_status, pb};

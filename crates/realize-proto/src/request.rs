@@ -181,6 +181,12 @@ impl TryFrom<pb::FinishRequest> for Finish {
     type Error = DecodeError;
     fn try_from(m: pb::FinishRequest) -> Result<Self, DecodeError> {
         let (dir, path) = target(&m.dir, &m.path)?;
+        if !m.legacy_sha256.is_empty() {
+            return Err(DecodeError::Invalid {
+                field: "legacy_sha256",
+                reason: "a client older than 0.1.0 sends its digest here: upgrade it".into(),
+            });
+        }
         let verified = match m.digest {
             None => None,
             Some(d) => Some(digest(&dir, &path, Some(d))?),
@@ -199,6 +205,7 @@ impl From<Finish> for pb::FinishRequest {
             dir: r.dir.to_string(),
             path: r.path.to_string(),
             digest: r.verified.map(Into::into),
+            legacy_sha256: Default::default(),
         }
     }
 }

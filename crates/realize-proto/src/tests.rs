@@ -102,6 +102,7 @@ fn bad_fields_are_refused_with_their_message() {
             algorithm: pb::DigestAlgorithm::Blake3.into(),
             value: Bytes::from_static(b"123"),
         }),
+        legacy_sha256: Default::default(),
     };
     let error = request::Finish::try_from(short).unwrap_err();
     assert_eq!(refused(error).1, "d/f: a digest must be 32 bytes, got 3");
@@ -112,6 +113,7 @@ fn bad_fields_are_refused_with_their_message() {
             algorithm: 9,
             value: Bytes::from_static(&[0; 32]),
         }),
+        legacy_sha256: Default::default(),
     };
     let error = request::Finish::try_from(unknown).unwrap_err();
     assert_eq!(
@@ -262,4 +264,23 @@ fn written_files_round_trip_and_their_outcomes_too() {
         busy,
         Err(ServiceError::Remote { code: ErrorCode::Aborted, ref message }) if message == "d/f: busy"
     ));
+}
+
+#[test]
+fn a_finish_from_a_client_before_digests_is_refused_not_unchecked() {
+    let old = pb::FinishRequest {
+        dir: "d".into(),
+        path: "f".into(),
+        legacy_sha256: Bytes::from_static(&[1; 32]),
+        ..Default::default()
+    };
+    let error = request::Finish::try_from(old).unwrap_err();
+    assert_eq!(
+        refused(error),
+        (
+            tonic::Code::InvalidArgument,
+            "invalid field legacy_sha256: a client older than 0.1.0 sends its digest here: upgrade it"
+                .into()
+        )
+    );
 }

@@ -40,7 +40,10 @@ pub(crate) fn algorithm_value(algorithm: DigestAlgorithm) -> i32 {
 }
 
 /// A required algorithm field: unset is missing, an unknown value invalid.
-pub(crate) fn digest_algorithm(field: &'static str, value: i32) -> Result<DigestAlgorithm, DecodeError> {
+pub(crate) fn digest_algorithm(
+    field: &'static str,
+    value: i32,
+) -> Result<DigestAlgorithm, DecodeError> {
     match pb::DigestAlgorithm::try_from(value) {
         Ok(pb::DigestAlgorithm::Blake3) => Ok(DigestAlgorithm::Blake3),
         Ok(pb::DigestAlgorithm::Sha256) => Ok(DigestAlgorithm::Sha256),

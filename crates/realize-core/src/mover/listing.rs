@@ -56,14 +56,17 @@ pub async fn check_move(
 }
 
 /// `wanted` if both sides take it, else the preferred digest both take.
-fn choose_digest(
+pub(super) fn choose_digest(
     wanted: Option<DigestAlgorithm>,
     src: &crate::ServiceInfo,
     dst: &crate::ServiceInfo,
 ) -> Result<DigestAlgorithm, MoveError> {
     let sides = [(Side::Source, src), (Side::Destination, dst)];
     if let Some(digest) = wanted {
-        return match sides.iter().find(|(_, info)| !info.digests.contains(&digest)) {
+        return match sides
+            .iter()
+            .find(|(_, info)| !info.digests.contains(&digest))
+        {
             Some(&(side, info)) => Err(MoveError::UnsupportedDigest {
                 side,
                 digest,

@@ -6,6 +6,7 @@ use std::path::Path;
 use crate::stop::Stop;
 
 use super::{MoveError, MoveOptions, MoveSummary, Side, move_files};
+use crate::digest::DigestAlgorithm;
 use crate::error::ErrorCode;
 use crate::path::{DirId, RelPath};
 use crate::progress::NoProgress;
@@ -890,4 +891,41 @@ async fn a_batch_the_destination_finishes_after_a_hard_stop_is_reported_moved() 
         assert!(read_file(sides.dst(), &format!("f{i}")) == *bytes);
         assert!(!exists(sides.src(), &format!("f{i}")));
     }
+}
+
+#[test]
+fn the_digest_is_the_preferred_both_sides_take_or_the_one_asked_for() {
+    use super::listing::choose_digest;
+    let info = |digests: &[DigestAlgorithm]| crate::ServiceInfo {
+        version: String::new(),
+        dirs: Vec::new(),
+        digests: digests.to_vec(),
+    };
+    let (both, sha_only) = (
+        info(&DigestAlgorithm::PREFERRED),
+        info(&[DigestAlgorithm::Sha256]),
+    );
+    assert_eq!(
+        choose_digest(None, &both, &both).ok(),
+        Some(DigestAlgorithm::Blake3)
+    );
+    assert_eq!(
+        choose_digest(None, &both, &sha_only).ok(),
+        Some(DigestAlgorithm::Sha256)
+    );
+    let forced = Some(DigestAlgorithm::Sha256);
+    assert_eq!(
+        choose_digest(forced, &both, &both).ok(),
+        Some(DigestAlgorithm::Sha256)
+    );
+    let refused = choose_digest(Some(DigestAlgorithm::Blake3), &both, &sha_only).unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "destination cannot verify with blake3 (it supports sha256), refusing to move"
+    );
+    let none = choose_digest(None, &both, &info(&[])).unwrap_err();
+    assert_eq!(
+        none.to_string(),
+        "no digest both sides support (source: blake3, sha256; destination: none), refusing to move"
+    );
 }

@@ -22,10 +22,7 @@ impl Transfer<'_> {
     /// and has the destination check and finish it in the same call: one
     /// read of the source, one write of the destination, nothing read back.
     /// Returns the source's digest and the bytes sent.
-    pub(super) async fn whole_file(
-        &self,
-        stamp: FileStamp,
-    ) -> Result<(Digest, u64), MoveError> {
+    pub(super) async fn whole_file(&self, stamp: FileStamp) -> Result<(Digest, u64), MoveError> {
         if self.size > 0 {
             self.file.phase(Phase::Copying);
         }
@@ -160,10 +157,22 @@ impl Transfer<'_> {
             let range = ByteRange::new(offset, end);
             let (source, destination) = future::try_join(
                 self.src
-                    .hash(self.dir, self.path, FileKind::Final, Some(range), self.options.algorithm())
+                    .hash(
+                        self.dir,
+                        self.path,
+                        FileKind::Final,
+                        Some(range),
+                        self.options.algorithm(),
+                    )
                     .map_err(MoveError::source),
                 self.dst
-                    .hash(self.dir, self.path, kind, Some(range), self.options.algorithm())
+                    .hash(
+                        self.dir,
+                        self.path,
+                        kind,
+                        Some(range),
+                        self.options.algorithm(),
+                    )
                     .map_err(MoveError::destination),
             )
             .await?;
@@ -214,7 +223,13 @@ impl Transfer<'_> {
         let mut sent = signature_len + relay.bytes();
         let patched = self
             .dst
-            .hash(self.dir, self.path, FileKind::Partial, Some(range), self.options.algorithm())
+            .hash(
+                self.dir,
+                self.path,
+                FileKind::Partial,
+                Some(range),
+                self.options.algorithm(),
+            )
             .await
             .map_err(MoveError::destination)?;
         if patched.hash != expected {

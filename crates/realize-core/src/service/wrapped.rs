@@ -15,9 +15,9 @@ use super::{
     ByteRange, ByteStream, EntryStream, ExpectedHash, FileKind, FileStamp, HashResult, Service,
     ServiceInfo, WholeFile,
 };
-use crate::{Digest, DigestAlgorithm};
 use crate::error::ServiceError;
 use crate::path::{DirId, RelPath};
+use crate::{Digest, DigestAlgorithm};
 
 /// A method of [`Service`], to tell calls apart without their arguments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -61,7 +61,9 @@ impl LocalStore {
             if opened_tx.send(()).is_err() {
                 return Ok(());
             }
-            let (mut hasher, hash) = hash.map(|(algorithm, hash)| (Hasher::new(algorithm), hash)).unzip();
+            let (mut hasher, hash) = hash
+                .map(|(algorithm, hash)| (Hasher::new(algorithm), hash))
+                .unzip();
             let mut position = offset;
             while position < end {
                 let want = (end - position).min(CHUNK_SIZE as u64) as usize;

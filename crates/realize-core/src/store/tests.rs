@@ -405,7 +405,10 @@ fn expecting(hash: Digest) -> crate::service::ExpectedHash {
 }
 
 /// A SHA-256 a whole-file write waits for, and where to send it.
-fn awaiting() -> (tokio::sync::oneshot::Sender<Digest>, crate::service::ExpectedHash) {
+fn awaiting() -> (
+    tokio::sync::oneshot::Sender<Digest>,
+    crate::service::ExpectedHash,
+) {
     let (sender, value) = tokio::sync::oneshot::channel();
     let expected = crate::service::ExpectedHash {
         algorithm: DigestAlgorithm::Sha256,
@@ -490,13 +493,7 @@ async fn write_file_without_its_hash_or_all_its_data_renames_nothing() {
     ])
     .boxed();
     let result = store
-        .write_file(
-            &dir(),
-            &rel("h"),
-            3000,
-            failing,
-            expecting(sha256(&data)),
-        )
+        .write_file(&dir(), &rel("h"), 3000, failing, expecting(sha256(&data)))
         .await;
     assert!(
         matches!(&result, Err(ServiceError::Protocol(m)) if m == "boom"),
@@ -511,13 +508,7 @@ async fn write_file_of_an_empty_file_finishes_it() {
     let root = root.path();
     let store = store(root);
     store
-        .write_file(
-            &dir(),
-            &rel("e"),
-            0,
-            chunks([]),
-            expecting(sha256(b"")),
-        )
+        .write_file(&dir(), &rel("e"), 0, chunks([]), expecting(sha256(b"")))
         .await
         .unwrap();
     assert_eq!(read_file(root, "e"), b"");
@@ -579,7 +570,13 @@ async fn a_batch_of_whole_files_fails_only_the_files_that_fail() {
 
     // Read back whole, then deleted, each only in the version listed.
     let stamp = store
-        .hash(&dir(), &rel("d/good"), FileKind::Final, None, DigestAlgorithm::Sha256)
+        .hash(
+            &dir(),
+            &rel("d/good"),
+            FileKind::Final,
+            None,
+            DigestAlgorithm::Sha256,
+        )
         .await
         .unwrap()
         .stamp;
@@ -588,7 +585,11 @@ async fn a_batch_of_whole_files_fails_only_the_files_that_fail() {
         ..stamp
     };
     let read = store
-        .read_files(&dir(), &[(rel("d/good"), stamp), (rel("d/good"), stale)], DigestAlgorithm::Sha256)
+        .read_files(
+            &dir(),
+            &[(rel("d/good"), stamp), (rel("d/good"), stale)],
+            DigestAlgorithm::Sha256,
+        )
         .await;
     let file = read[0].as_ref().unwrap();
     assert_eq!(
@@ -707,7 +708,13 @@ async fn delete_with_a_stale_stamp_is_refused_and_deletes_nothing() {
     write_file(root, "sub/.f.part", b"partial");
     let store = store(root);
     let stamp = store
-        .hash(&dir(), &rel("sub/f"), FileKind::Final, None, DigestAlgorithm::Sha256)
+        .hash(
+            &dir(),
+            &rel("sub/f"),
+            FileKind::Final,
+            None,
+            DigestAlgorithm::Sha256,
+        )
         .await
         .unwrap()
         .stamp;
@@ -719,7 +726,13 @@ async fn delete_with_a_stale_stamp_is_refused_and_deletes_nothing() {
 
     // With the current stamp it goes through.
     let stamp = store
-        .hash(&dir(), &rel("sub/f"), FileKind::Final, None, DigestAlgorithm::Sha256)
+        .hash(
+            &dir(),
+            &rel("sub/f"),
+            FileKind::Final,
+            None,
+            DigestAlgorithm::Sha256,
+        )
         .await
         .unwrap()
         .stamp;
@@ -753,7 +766,13 @@ async fn hash_of_a_file_and_of_ranges_is_the_sha256_of_those_bytes() {
             };
             let range = range.map(|(s, e)| ByteRange::new(s as u64, e as u64));
             let got = store
-                .hash(&dir(), &rel("f"), FileKind::Final, range, DigestAlgorithm::Sha256)
+                .hash(
+                    &dir(),
+                    &rel("f"),
+                    FileKind::Final,
+                    range,
+                    DigestAlgorithm::Sha256,
+                )
                 .await
                 .unwrap();
             assert_eq!(got.hash, expected, "{range:?}");
@@ -767,7 +786,13 @@ async fn hash_of_a_file_and_of_ranges_is_the_sha256_of_those_bytes() {
     check(Some((data.len() - 5, data.len()))).await;
     check(Some((77, 77))).await;
     let empty = store
-        .hash(&dir(), &rel("empty"), FileKind::Final, None, DigestAlgorithm::Sha256)
+        .hash(
+            &dir(),
+            &rel("empty"),
+            FileKind::Final,
+            None,
+            DigestAlgorithm::Sha256,
+        )
         .await
         .unwrap();
     assert_eq!(empty.hash, sha256(b""));
@@ -779,12 +804,26 @@ async fn hash_past_the_end_is_out_of_range() {
     write_file(root.path(), "f", &[1; 100]);
     let store = store(root.path());
     let (d, f) = (dir(), rel("f"));
-    let hash = |start, end| store.hash(&d, &f, FileKind::Final, Some(ByteRange::new(start, end)), DigestAlgorithm::Sha256);
+    let hash = |start, end| {
+        store.hash(
+            &d,
+            &f,
+            FileKind::Final,
+            Some(ByteRange::new(start, end)),
+            DigestAlgorithm::Sha256,
+        )
+    };
     assert_eq!(code(hash(0, 101).await), ErrorCode::OutOfRange);
     assert_eq!(code(hash(200, 300).await), ErrorCode::OutOfRange);
     assert_eq!(code(hash(50, 10).await), ErrorCode::InvalidArgument);
     let missing = store
-        .hash(&dir(), &rel("nope"), FileKind::Final, None, DigestAlgorithm::Sha256)
+        .hash(
+            &dir(),
+            &rel("nope"),
+            FileKind::Final,
+            None,
+            DigestAlgorithm::Sha256,
+        )
         .await;
     assert_eq!(code(missing), ErrorCode::NotFound);
 }
@@ -797,13 +836,25 @@ async fn hash_of_the_partial_form_reads_the_partial_file() {
     write_file(root, "a/.f.part", b"the partial file");
     let store = store(root);
     let partial = store
-        .hash(&dir(), &rel("a/f"), FileKind::Partial, None, DigestAlgorithm::Sha256)
+        .hash(
+            &dir(),
+            &rel("a/f"),
+            FileKind::Partial,
+            None,
+            DigestAlgorithm::Sha256,
+        )
         .await
         .unwrap();
     assert_eq!(partial.hash, sha256(b"the partial file"));
     assert_eq!(partial.stamp.size, 16);
     let final_ = store
-        .hash(&dir(), &rel("a/f"), FileKind::Final, None, DigestAlgorithm::Sha256)
+        .hash(
+            &dir(),
+            &rel("a/f"),
+            FileKind::Final,
+            None,
+            DigestAlgorithm::Sha256,
+        )
         .await
         .unwrap();
     assert_eq!(final_.hash, sha256(b"the final file"));
@@ -857,7 +908,13 @@ async fn read_of_another_version_than_the_one_expected_is_refused() {
     write_file(root, "f", &random_bytes(26, 1000));
     let store = store(root);
     let listed = store
-        .hash(&dir(), &rel("f"), FileKind::Final, None, DigestAlgorithm::Sha256)
+        .hash(
+            &dir(),
+            &rel("f"),
+            FileKind::Final,
+            None,
+            DigestAlgorithm::Sha256,
+        )
         .await
         .unwrap()
         .stamp;
@@ -887,16 +944,28 @@ async fn read_hashed_sends_the_sha256_of_the_bytes_once_they_are_all_read() {
     write_file(root, "f", &data);
     let store = store(root);
     let stamp = store
-        .hash(&dir(), &rel("f"), FileKind::Final, None, DigestAlgorithm::Sha256)
+        .hash(
+            &dir(),
+            &rel("f"),
+            FileKind::Final,
+            None,
+            DigestAlgorithm::Sha256,
+        )
         .await
         .unwrap()
         .stamp;
-    let (stream, expected) = store.read_hashed(&dir(), &rel("f"), stamp, DigestAlgorithm::Sha256).await.unwrap();
+    let (stream, expected) = store
+        .read_hashed(&dir(), &rel("f"), stamp, DigestAlgorithm::Sha256)
+        .await
+        .unwrap();
     assert!(collect(stream).await.unwrap() == data);
     assert_eq!(expected.value.await.unwrap(), sha256(&data));
 
     // A stream dropped before the file is read to its end sends no hash.
-    let (stream, expected) = store.read_hashed(&dir(), &rel("f"), stamp, DigestAlgorithm::Sha256).await.unwrap();
+    let (stream, expected) = store
+        .read_hashed(&dir(), &rel("f"), stamp, DigestAlgorithm::Sha256)
+        .await
+        .unwrap();
     drop(stream);
     assert!(expected.value.await.is_err());
 }
@@ -1126,12 +1195,22 @@ async fn a_fifo_is_refused_without_blocking() {
         (
             "hash",
             "fifo",
-            Box::pin(async { store.hash(&d, &fifo, FileKind::Final, None, DigestAlgorithm::Sha256).await.map(drop) }),
+            Box::pin(async {
+                store
+                    .hash(&d, &fifo, FileKind::Final, None, DigestAlgorithm::Sha256)
+                    .await
+                    .map(drop)
+            }),
         ),
         (
             "hash of the partial form",
             ".p.part",
-            Box::pin(async { store.hash(&d, &p, FileKind::Partial, None, DigestAlgorithm::Sha256).await.map(drop) }),
+            Box::pin(async {
+                store
+                    .hash(&d, &p, FileKind::Partial, None, DigestAlgorithm::Sha256)
+                    .await
+                    .map(drop)
+            }),
         ),
         (
             "diff",
@@ -1204,7 +1283,9 @@ async fn a_symlinked_parent_leading_outside_the_root_is_refused() {
             .await;
         assert_eq!(code(write), ErrorCode::InvalidArgument, "write {path}");
         for kind in [FileKind::Final, FileKind::Partial] {
-            let hash = store.hash(&dir(), &path, kind, None, DigestAlgorithm::Sha256).await;
+            let hash = store
+                .hash(&dir(), &path, kind, None, DigestAlgorithm::Sha256)
+                .await;
             assert_eq!(code(hash), ErrorCode::InvalidArgument, "hash {path}");
         }
         let delete = store.delete(&dir(), &path, None).await;
@@ -1238,8 +1319,18 @@ async fn a_symlink_as_the_file_itself_is_never_followed() {
     let range = ByteRange::new(0, 4);
 
     assert!(store.read(&d, &f, 0, None, None).await.is_err());
-    assert!(store.hash(&d, &f, FileKind::Final, None, DigestAlgorithm::Sha256).await.is_err());
-    assert!(store.hash(&d, &g, FileKind::Partial, None, DigestAlgorithm::Sha256).await.is_err());
+    assert!(
+        store
+            .hash(&d, &f, FileKind::Final, None, DigestAlgorithm::Sha256)
+            .await
+            .is_err()
+    );
+    assert!(
+        store
+            .hash(&d, &g, FileKind::Partial, None, DigestAlgorithm::Sha256)
+            .await
+            .is_err()
+    );
     let signature = store
         .signature(&d, &rel("absent"), range, 1024)
         .await
@@ -1298,7 +1389,17 @@ async fn an_unknown_dir_id_is_invalid_argument() {
         ErrorCode::InvalidArgument
     );
     assert_eq!(
-        code(store.hash(&other, &path, FileKind::Final, None, DigestAlgorithm::Sha256).await),
+        code(
+            store
+                .hash(
+                    &other,
+                    &path,
+                    FileKind::Final,
+                    None,
+                    DigestAlgorithm::Sha256
+                )
+                .await
+        ),
         ErrorCode::InvalidArgument
     );
     assert_eq!(
@@ -1388,7 +1489,10 @@ async fn a_partial_file_held_by_another_writer_is_refused_to_every_writer_and_le
     assert!(!exists(root, "f"), "nothing was renamed");
 
     // Readers are not writers: they do not wait for the lock.
-    let hashed = store.hash(&d, &f, FileKind::Partial, None, DigestAlgorithm::Sha256).await.unwrap();
+    let hashed = store
+        .hash(&d, &f, FileKind::Partial, None, DigestAlgorithm::Sha256)
+        .await
+        .unwrap();
     assert_eq!(hashed.hash, sha256(&held));
     assert_eq!(
         list(&store, true).await,
@@ -1560,7 +1664,13 @@ async fn read_files_refuses_a_claimed_size_past_the_whole_file_limit() {
     write_file(root, "f", b"data");
     let store = store(root);
     let stamp = store
-        .hash(&dir(), &rel("f"), FileKind::Final, None, DigestAlgorithm::Sha256)
+        .hash(
+            &dir(),
+            &rel("f"),
+            FileKind::Final,
+            None,
+            DigestAlgorithm::Sha256,
+        )
         .await
         .unwrap()
         .stamp;
@@ -1569,7 +1679,11 @@ async fn read_files_refuses_a_claimed_size_past_the_whole_file_limit() {
         ..stamp
     };
     let read = store
-        .read_files(&dir(), &[(rel("f"), huge), (rel("f"), stamp)], DigestAlgorithm::Sha256)
+        .read_files(
+            &dir(),
+            &[(rel("f"), huge), (rel("f"), stamp)],
+            DigestAlgorithm::Sha256,
+        )
         .await;
     assert_eq!(read.len(), 2);
     assert!(matches!(&read[0], Err(e) if e.code() == ErrorCode::InvalidArgument));

@@ -10,9 +10,9 @@ use futures::{StreamExt, stream};
 use rustix::fs::{Dir, FileType, OFlags};
 
 use super::{LocalStore, resolve};
+use crate::digest::DigestAlgorithm;
 use crate::error::{ServiceError, StoreError};
 use crate::path::{DirId, RelPath, partial_target};
-use crate::digest::DigestAlgorithm;
 use crate::service::{DirInfo, Entry, EntryStream, FileKind, ServiceInfo};
 
 impl LocalStore {

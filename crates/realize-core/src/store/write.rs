@@ -232,7 +232,10 @@ impl LocalStore {
             let file = r.open_blocking(kind)?;
             r.lock_for_write(&file, kind)?;
             if let Some(expected) = expected {
-                r.check_hash(expected, hash_file(&file, None, expected.algorithm, r)?.hash)?;
+                r.check_hash(
+                    expected,
+                    hash_file(&file, None, expected.algorithm, r)?.hash,
+                )?;
             }
             let size = r.make_final(&file, kind)?;
             if kind == FileKind::Partial {
@@ -370,11 +373,7 @@ impl Resolved {
 
 /// Writes a whole file into a fresh partial file, checks its digest and
 /// renames it; the caller syncs the directory.
-pub(super) fn write_whole(
-    r: &Resolved,
-    data: &[u8],
-    expected: Digest,
-) -> Result<u64, StoreError> {
+pub(super) fn write_whole(r: &Resolved, data: &[u8], expected: Digest) -> Result<u64, StoreError> {
     let file = r.open_partial_for_write(true)?;
     file.write_all_at(data, 0).map_err(r.io("write"))?;
     // The bytes hashed are the bytes just written to this open file, the

@@ -164,33 +164,38 @@ impl pb::realize_server::Realize for Handler {
         &self,
         request: Request<pb::ReadFilesRequest>,
     ) -> Result<Response<Self::ReadFilesStream>, Status> {
-        self.unary("ReadFiles", request, Need::Read, |call, read: request::ReadFiles| {
-            async move {
-                let request::ReadFiles { refs, algorithm } = read;
-                let valid = refs.valid();
-                // Read whole before they are sent: what the stamps claim is
-                // what the call may make the daemon hold.
-                let claimed = claimed_bytes(&valid)
-                    .filter(|claimed| *claimed <= MAX_READ_BYTES_PER_CALL)
-                    .ok_or_else(|| CallError::ReadTooLarge {
-                        dir: refs.dir.clone(),
-                        claimed: claimed_bytes(&valid),
-                    })?;
-                let memory = self.reserve(&call, "a ReadFiles call", claimed).await?;
-                let reading = call
-                    .service()
-                    .read_files(&refs.dir, &valid, algorithm)
-                    .map(Ok::<_, CallError>);
-                let read = self.cancellable(&call, reading).await?;
-                let answers: Vec<Result<pb::ReadFilesResponse, Status>> = refs
-                    .answers(read)
-                    .into_iter()
-                    .map(|a| Ok(a.into()))
-                    .collect();
-                let stream = holding(stream::iter(answers).boxed(), memory);
-                Ok(self.cancellable_stream(call, stream))
-            }
-        })
+        self.unary(
+            "ReadFiles",
+            request,
+            Need::Read,
+            |call, read: request::ReadFiles| {
+                async move {
+                    let request::ReadFiles { refs, algorithm } = read;
+                    let valid = refs.valid();
+                    // Read whole before they are sent: what the stamps claim is
+                    // what the call may make the daemon hold.
+                    let claimed = claimed_bytes(&valid)
+                        .filter(|claimed| *claimed <= MAX_READ_BYTES_PER_CALL)
+                        .ok_or_else(|| CallError::ReadTooLarge {
+                            dir: refs.dir.clone(),
+                            claimed: claimed_bytes(&valid),
+                        })?;
+                    let memory = self.reserve(&call, "a ReadFiles call", claimed).await?;
+                    let reading = call
+                        .service()
+                        .read_files(&refs.dir, &valid, algorithm)
+                        .map(Ok::<_, CallError>);
+                    let read = self.cancellable(&call, reading).await?;
+                    let answers: Vec<Result<pb::ReadFilesResponse, Status>> = refs
+                        .answers(read)
+                        .into_iter()
+                        .map(|a| Ok(a.into()))
+                        .collect();
+                    let stream = holding(stream::iter(answers).boxed(), memory);
+                    Ok(self.cancellable_stream(call, stream))
+                }
+            },
+        )
         .await
     }
 
@@ -295,9 +300,13 @@ impl pb::realize_server::Realize for Handler {
             Need::Read,
             |call, hash: request::Hash| async move {
                 let _memory = self.reserve(&call, "a Hash", HASH_BUFFERED).await?;
-                let hashing = call
-                    .service()
-                    .hash(&hash.dir, &hash.path, hash.kind, hash.range, hash.algorithm);
+                let hashing = call.service().hash(
+                    &hash.dir,
+                    &hash.path,
+                    hash.kind,
+                    hash.range,
+                    hash.algorithm,
+                );
                 let result = self.cancellable(&call, hashing).await?;
                 Ok(pb::HashResponse::from(result))
             },

@@ -80,7 +80,9 @@ async fn a_file_name_made_of_log_lines_stays_on_its_event_line() {
     let peer = "peer=client";
     assert!(
         lines[0].contains(peer)
-            && lines[0].contains(&format!(": finished dir=d path={ESCAPED} size=7 digest=sha256:")),
+            && lines[0].contains(&format!(
+                ": finished dir=d path={ESCAPED} size=7 digest=sha256:"
+            )),
         "{}",
         lines[0]
     );

@@ -4,6 +4,7 @@
 
 mod audit_log;
 mod client_config;
+mod digest;
 mod dist;
 mod exit_status;
 mod fairness;

@@ -234,6 +234,7 @@ async fn two_daemons_on_one_directory_never_interleave_two_writes_of_one_path() 
             dir: "y".into(),
             path: "mix.bin".into(),
             digest: Some(sha256(&a).into()),
+            legacy_sha256: Default::default(),
         })
         .await
         .unwrap_err();

@@ -158,6 +158,7 @@ async fn bad_paths_sent_to_the_api_are_invalid_and_touch_nothing() {
                 dir: "d".into(),
                 path: path.into(),
                 digest: None,
+                legacy_sha256: Default::default(),
             })
             .await;
         assert_eq!(

@@ -179,6 +179,7 @@ async fn a_read_only_peer_reads_but_changes_nothing() {
             dir: "d".into(),
             path: "a/half.txt".into(),
             digest: None,
+            legacy_sha256: Default::default(),
         })
         .await,
         tonic::Code::PermissionDenied,
@@ -361,7 +362,10 @@ async fn read_files_and_delete_files_answer_each_file_and_check_its_version() {
     );
     assert_eq!(&read[0].data[..], b"first");
     let digest = read[0].digest.as_ref().map(|d| &d.value[..]);
-    assert_eq!(digest, Some(&realize_core::testing::sha256(b"first").value[..]));
+    assert_eq!(
+        digest,
+        Some(&realize_core::testing::sha256(b"first").value[..])
+    );
 
     let results = api
         .delete_files(pb::DeleteFilesRequest {

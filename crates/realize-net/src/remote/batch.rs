@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use bytes::BytesMut;
 use futures::{StreamExt, TryStreamExt};
 use realize_core::{
-    ByteStream, DigestAlgorithm, DirId, ErrorCode, ExpectedHash, FileStamp, RelPath, ServiceError, WholeFile,
+    ByteStream, DigestAlgorithm, DirId, ErrorCode, ExpectedHash, FileStamp, RelPath, ServiceError,
+    WholeFile,
 };
 use realize_proto::request::{Files, HashedFiles, WriteFile};
 use realize_proto::{DecodeError, error_from_request, error_from_status, pb};

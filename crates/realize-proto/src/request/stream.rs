@@ -125,7 +125,10 @@ impl pb::WriteRequest {
                 if Some(digest.algorithm) != header.whole_file {
                     return Err(DecodeError::Invalid {
                         field: "finish.digest.algorithm",
-                        reason: format!("{} is not the header's digest_algorithm", digest.algorithm),
+                        reason: format!(
+                            "{} is not the header's digest_algorithm",
+                            digest.algorithm
+                        ),
                     });
                 }
                 Ok(WritePiece::Finish(digest))

@@ -147,12 +147,7 @@ impl Service for Recording {
         })
     }
 
-    async fn finish(
-        &self,
-        _: &DirId,
-        _: &RelPath,
-        _: Option<Digest>,
-    ) -> Result<(), ServiceError> {
+    async fn finish(&self, _: &DirId, _: &RelPath, _: Option<Digest>) -> Result<(), ServiceError> {
         self.record(Method::Finish);
         Ok(())
     }
@@ -217,7 +212,11 @@ async fn call(service: &dyn Service, method: Method) {
         Method::Info => drop(service.info().await),
         Method::List => drop(service.list(&dir, false).await),
         Method::Read => drop(service.read(&dir, &path, 0, None, None).await),
-        Method::ReadHashed => drop(service.read_hashed(&dir, &path, stamp(), DigestAlgorithm::Sha256).await),
+        Method::ReadHashed => drop(
+            service
+                .read_hashed(&dir, &path, stamp(), DigestAlgorithm::Sha256)
+                .await,
+        ),
         Method::Write => drop(service.write(&dir, &path, 0, 0, empty()).await),
         Method::WriteFile => {
             let expected = ExpectedHash::known(sha256(b""));
@@ -226,10 +225,18 @@ async fn call(service: &dyn Service, method: Method) {
         Method::Signature => drop(service.signature(&dir, &path, range, 1024).await),
         Method::Diff => drop(service.diff(&dir, &path, range, Bytes::new()).await),
         Method::ApplyDelta => drop(service.apply_delta(&dir, &path, range, 1, empty()).await),
-        Method::Hash => drop(service.hash(&dir, &path, FileKind::Final, None, DigestAlgorithm::Sha256).await),
+        Method::Hash => drop(
+            service
+                .hash(&dir, &path, FileKind::Final, None, DigestAlgorithm::Sha256)
+                .await,
+        ),
         Method::Finish => drop(service.finish(&dir, &path, None).await),
         Method::Delete => drop(service.delete(&dir, &path, None).await),
-        Method::ReadFiles => drop(service.read_files(&dir, &files, DigestAlgorithm::Sha256).await),
+        Method::ReadFiles => drop(
+            service
+                .read_files(&dir, &files, DigestAlgorithm::Sha256)
+                .await,
+        ),
         Method::WriteFiles => drop(service.write_files(&dir, vec![whole]).await),
         Method::DeleteFiles => drop(service.delete_files(&dir, &files).await),
     }

@@ -157,7 +157,9 @@ async fn a_directory_swapped_for_a_symlink_outside_is_never_followed() {
             }
         };
         let hash = async {
-            let hash = store.hash(&d, &f, FileKind::Final, None, DigestAlgorithm::Sha256).await;
+            let hash = store
+                .hash(&d, &f, FileKind::Final, None, DigestAlgorithm::Sha256)
+                .await;
             if let Ok(hash) = &hash {
                 assert_eq!(hash.hash, sha_f, "hash of {f}");
             }
