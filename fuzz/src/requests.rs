@@ -7,7 +7,9 @@ use bytes::Bytes;
 use prost::Message;
 use realize_daemon::fuzzing::frame;
 use realize_proto::pb;
-use realize_proto::request::{self, FileRefs, Files, Named, WriteFile, WritePiece};
+use realize_proto::request::{
+    self, FileRefs, Files, HashedFiles, Named, ReadFiles, WriteFile, WritePiece,
+};
 
 use crate::{FileRef, MAX_REFS, MAX_WRITE_FILES, METHODS, Op};
 
@@ -122,14 +124,27 @@ pub(crate) fn request(op: &Op, root: &Path) -> (&'static str, Bytes) {
                 .collect();
             ("WriteFiles", frame(&messages))
         }
-        Op::ReadFiles { dir, files } => (
-            "ReadFiles",
-            files_one(pb::ReadFilesRequest {
+        Op::ReadFiles { dir, files } => {
+            let message = pb::ReadFilesRequest {
                 dir: dir.get(),
                 files: refs(root, files),
                 digest_algorithm: pb::DigestAlgorithm::Sha256.into(),
-            }),
-        ),
+            };
+            if let Ok(read) = ReadFiles::try_from(message.clone())
+                && read.refs.files.iter().all(|file| file.request.is_ok())
+            {
+                let files = read.refs.valid();
+                let again = pb::ReadFilesRequest::from(HashedFiles {
+                    files: Files {
+                        dir: &read.refs.dir,
+                        files: &files,
+                    },
+                    algorithm: read.algorithm,
+                });
+                assert_eq!(again, message, "realize-proto changed the request");
+            }
+            ("ReadFiles", frame(&[message.encode_to_vec()]))
+        }
         Op::DeleteFiles { dir, files } => (
             "DeleteFiles",
             files_one(pb::DeleteFilesRequest {
