@@ -13,30 +13,38 @@
 //! Start reading at [`mover::move_files`].
 
 mod chunks;
-pub mod delta;
-pub mod digest;
-pub mod error;
+mod delta;
+mod digest;
+mod error;
 mod metrics;
-pub mod mover;
-pub mod path;
-pub mod progress;
-pub mod service;
-pub mod stop;
-pub mod store;
+mod mover;
+mod path;
+mod progress;
+mod service;
+mod stop;
+mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use digest::Sha256Hash;
 pub use error::{ErrorChain, ErrorCode, MoveError, ServiceError, Side, StoreError};
-pub use mover::{MoveOptions, MoveSummary, check_distinct, move_files};
-pub use path::{DirId, RelPath};
+pub use mover::{Failure, MoveOptions, MoveSummary, check_distinct, move_files};
+pub use path::{DirId, InvalidDirId, InvalidPath, RelPath, partial_target};
 pub use progress::{FileProgress, NoProgress, Phase, Progress};
 pub use service::{
     ByteRange, ByteStream, Call, DirInfo, Entry, EntryStream, ExpectedHash, FileKind, FileStamp,
     Filter, HashResult, MAX_WHOLE_FILE, Method, Service, ServiceInfo, WholeFile, Wrapped,
 };
 pub use stop::Stop;
-pub use store::{LocalStore, PathLocks};
+pub use store::{LocalStore, PathLocks, overlapping_roots};
+
+/// What one call of a [`LocalStore`] holds in memory at most, for a server
+/// that budgets the memory of its callers (realize-daemon does).
+pub mod limits {
+    pub use crate::chunks::CHUNK_SIZE;
+    pub use crate::delta::{MAX_BLOCK_SIZE, MAX_RANGE, MIN_BLOCK_SIZE, max_delta_len};
+    pub use crate::store::{HASH_BUFFERED, READ_BUFFERED, WRITE_BUFFERED_CHUNKS};
+}
 
 /// The version every realize binary and daemon reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

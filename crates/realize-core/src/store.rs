@@ -33,7 +33,6 @@ mod stale;
 mod walk;
 mod write;
 
-pub use crate::chunks::CHUNK_SIZE;
 pub use locks::PathLocks;
 pub use read::{HASH_BUFFERED, READ_BUFFERED};
 pub use walk::overlapping_roots;

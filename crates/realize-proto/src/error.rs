@@ -1,6 +1,6 @@
 //! [`DecodeError`], the one error of a message that breaks the contract.
 
-use realize_core::path::{InvalidDirId, InvalidPath};
+use realize_core::{InvalidDirId, InvalidPath};
 use realize_core::{DirId, RelPath};
 
 use crate::request::{MAX_CHUNK, MAX_FILES_PER_CALL};
