@@ -16,18 +16,22 @@ use crate::service::{ByteStream, ExpectedHash};
 pub struct Sha256Hash(pub [u8; 32]);
 
 impl Sha256Hash {
+    /// The digest of `data`.
     pub fn of(data: &[u8]) -> Self {
         Self::from_hasher(Sha256::new_with_prefix(data))
     }
 
+    /// The digest a hasher fed with the data has computed.
     pub fn from_hasher(hasher: Sha256) -> Self {
         Sha256Hash(hasher.finalize().into())
     }
 
+    /// The digest in `bytes`, if they are exactly 32.
     pub fn from_slice(bytes: &[u8]) -> Option<Self> {
         bytes.try_into().ok().map(Sha256Hash)
     }
 
+    /// Lowercase hexadecimal, as `sha256sum` prints it.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }

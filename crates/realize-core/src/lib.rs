@@ -12,6 +12,8 @@
 //!
 //! Start reading at [`mover::move_files`].
 
+#![warn(missing_docs)]
+
 mod chunks;
 mod delta;
 mod digest;

@@ -102,15 +102,20 @@ impl MoveOptions {
 /// A file, or a whole directory, that could not be moved.
 #[derive(Debug)]
 pub struct Failure {
+    /// The directory.
     pub dir: DirId,
+    /// The file, or `None` when the whole directory failed (it could not be listed).
     pub path: Option<RelPath>,
+    /// Why.
     pub error: MoveError,
 }
 
 /// What a move did.
 #[derive(Debug, Default)]
 pub struct MoveSummary {
+    /// Files verified at the destination and deleted from the source.
     pub files_moved: u64,
+    /// Files that failed; their sources are intact (see [`MoveSummary::failures`]).
     pub files_failed: u64,
     /// Files left unmoved because the move was cancelled: those in flight
     /// (their partial files stay resumable) and those not started.

@@ -29,6 +29,7 @@ impl Default for Stop {
 }
 
 impl Stop {
+    /// A stop that has not been signalled, with no deadline.
     pub fn new() -> Self {
         Self::default()
     }
@@ -56,6 +57,7 @@ impl Stop {
         self.no_new_files.is_cancelled()
     }
 
+    /// Whether files in flight are being interrupted.
     pub fn is_interrupted(&self) -> bool {
         self.interrupt.is_cancelled()
     }

@@ -60,6 +60,7 @@ struct Inner {
 }
 
 impl LocalStore {
+    /// A store serving each `(id, root)` of `dirs`; roots are opened at each call, so one missing now fails only the calls on it.
     pub fn new(dirs: impl IntoIterator<Item = (DirId, PathBuf)>) -> Self {
         Self::with_locks(dirs, PathLocks::default())
     }

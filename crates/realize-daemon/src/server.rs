@@ -23,7 +23,9 @@ use std::time::Duration;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt, TryStreamExt, stream};
 use opentelemetry::KeyValue;
-use realize_core::limits::{CHUNK_SIZE, HASH_BUFFERED, MAX_RANGE, MIN_BLOCK_SIZE, READ_BUFFERED, max_delta_len};
+use realize_core::limits::{
+    CHUNK_SIZE, HASH_BUFFERED, MAX_RANGE, MIN_BLOCK_SIZE, READ_BUFFERED, max_delta_len,
+};
 use realize_core::{
     ByteRange, ByteStream, DirId, ExpectedHash, FileStamp, RelPath, Service, ServiceError,
     WholeFile,

@@ -10,6 +10,8 @@
 //! This crate moves bytes and never decides what moves: the algorithm is
 //! realize-core's, and it does not know whether a side is remote.
 
+#![warn(missing_docs)]
+
 pub mod connection;
 pub mod keys;
 pub mod metrics;

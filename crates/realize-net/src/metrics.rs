@@ -88,7 +88,9 @@ pub(crate) fn net() -> &'static NetMetrics {
 /// Which end of a call this process is.
 #[derive(Clone, Copy, Debug)]
 pub enum RpcSide {
+    /// This process made the call.
     Client,
+    /// This process serves the call.
     Server,
 }
 
@@ -112,6 +114,7 @@ pub struct RpcCall {
 }
 
 impl RpcCall {
+    /// Counts a call of `method` as started, in flight until it is finished or dropped.
     pub fn start(side: RpcSide, method: &'static str) -> Self {
         net().rpc_in_flight.add(1, &Self::labels(side, method));
         RpcCall {

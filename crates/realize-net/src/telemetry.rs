@@ -37,6 +37,7 @@ pub struct Build {
 /// What a binary exports, from its flags.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// Name and version of the binary.
     pub build: Build,
     /// `HOST:PORT` to serve Prometheus text on, at `/metrics`.
     pub metrics_addr: Option<String>,
@@ -60,41 +61,69 @@ impl Settings {
 #[non_exhaustive]
 pub enum TelemetryError {
     #[error("cannot install the log subscriber")]
+    /// A global subscriber was already installed.
     Subscriber(#[source] TryInitError),
     #[error("cannot export traces to {endpoint}")]
+    /// The span exporter could not be built.
     Traces {
+        /// The endpoint.
         endpoint: String,
         #[source]
+        /// The cause.
         source: opentelemetry_otlp::ExporterBuildError,
     },
     #[error("cannot set up the Prometheus exporter")]
+    /// The Prometheus exporter could not be built.
     Exporter(#[source] opentelemetry_sdk::error::OTelSdkError),
     #[error("cannot register the process metrics")]
+    /// The process collector could not be registered.
     Process(#[source] prometheus::Error),
     #[error("cannot export metrics to {endpoint}")]
+    /// The OTLP metrics exporter could not be built.
     Otlp {
+        /// The endpoint.
         endpoint: String,
         #[source]
+        /// The cause.
         source: opentelemetry_otlp::ExporterBuildError,
     },
     #[error("cannot serve metrics on {addr}")]
+    /// The metrics address cannot be bound.
     Serve {
+        /// The address.
         addr: String,
         #[source]
+        /// The cause.
         source: std::io::Error,
     },
     #[error("cannot encode metrics")]
+    /// The metrics could not be encoded as Prometheus text.
     Encode(#[source] prometheus::Error),
     #[error("invalid Pushgateway URL {url:?}: {reason}")]
-    PushUrl { url: String, reason: String },
+    /// The Pushgateway URL is not valid.
+    PushUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
     #[error("cannot push metrics to {url}")]
+    /// The push failed.
     Push {
+        /// The URL.
         url: String,
         #[source]
+        /// The cause.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("Pushgateway at {url} answered {status}")]
-    PushStatus { url: String, status: StatusCode },
+    /// The Pushgateway refused the push.
+    PushStatus {
+        /// The URL.
+        url: String,
+        /// Its HTTP status.
+        status: StatusCode,
+    },
 }
 
 /// Installs `subscriber` (the binary's logs) as the global one, with the

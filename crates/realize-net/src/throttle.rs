@@ -29,11 +29,19 @@ pub const MAX_RATE: u64 = 1_000_000_000_000;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RateError {
     #[error("rate must be greater than zero")]
+    /// Zero bytes per second would never send anything.
     Zero,
     #[error("rate {0} B/s is above the maximum of {MAX_RATE} B/s")]
+    /// Above [`MAX_RATE`].
     TooHigh(u64),
     #[error("invalid rate {input:?}: {reason} (examples: 1M, 512k, 10MiB)")]
-    Malformed { input: String, reason: String },
+    /// Not a rate.
+    Malformed {
+        /// The text given.
+        input: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// Checks a limit in bytes per second.
@@ -85,6 +93,7 @@ impl SendLimit {
         }
     }
 
+    /// The limit now.
     pub fn get(&self) -> Option<u64> {
         *self.current.borrow()
     }
@@ -137,6 +146,7 @@ impl<S> fmt::Debug for Throttled<S> {
 }
 
 impl<S> Throttled<S> {
+    /// The stream it wraps.
     pub fn get_ref(&self) -> &S {
         &self.inner
     }

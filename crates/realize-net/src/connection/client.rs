@@ -23,34 +23,50 @@ use crate::throttle::{SendLimit, Throttled};
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("invalid server address {addr:?}")]
+    /// The address is not a valid URI.
     InvalidAddress {
+        /// The address.
         addr: String,
         #[source]
+        /// The cause.
         source: tonic::transport::Error,
     },
     #[error("server at {addr} presented a key not in --peers")]
+    /// The daemon presented a key that is not pinned.
     UntrustedServer {
+        /// The address.
         addr: String,
         #[source]
+        /// The cause.
         source: tonic::transport::Error,
     },
     #[error("daemon at {addr} refused our key: it is not among the daemon's [peers]")]
+    /// The daemon refused this client's key.
     RefusedByServer {
+        /// The address.
         addr: String,
         #[source]
+        /// The cause.
         source: tonic::transport::Error,
     },
     #[error("timed out connecting to {addr} after {after:?}")]
+    /// No connection within the connect timeout.
     TimedOut {
+        /// The address.
         addr: String,
+        /// How long it waited.
         after: Duration,
         #[source]
+        /// The cause.
         source: tonic::transport::Error,
     },
     #[error("cannot connect to {addr}")]
+    /// The connection failed otherwise (refused, unreachable, broken handshake).
     Connect {
+        /// The address.
         addr: String,
         #[source]
+        /// The cause.
         source: tonic::transport::Error,
     },
 }

@@ -118,7 +118,9 @@ impl Drop for PeerCounted {
 /// Who is on the other end of a server connection; handlers get it from the request extensions.
 #[derive(Clone, Debug)]
 pub struct PeerInfo {
+    /// The peer id it authenticated as.
     pub peer_id: String,
+    /// Its address.
     pub addr: SocketAddr,
     /// What this server sends on this connection may be limited (Configure).
     pub send_limit: SendLimit,
@@ -137,6 +139,7 @@ pub struct ServerConn<S = Throttled<TcpStream>> {
 }
 
 impl<S> ServerConn<S> {
+    /// Who is on the other end.
     pub fn peer_info(&self) -> &PeerInfo {
         &self.info
     }

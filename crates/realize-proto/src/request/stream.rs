@@ -28,10 +28,15 @@ pub trait ClientStream: Sized {
 /// A whole-file write starts at 0 and ends with the file's SHA-256.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WriteHeader {
+    /// The directory.
     pub dir: DirId,
+    /// The path.
     pub path: RelPath,
+    /// The offset given.
     pub offset: u64,
+    /// The size the file was given.
     pub file_size: u64,
+    /// The data is the whole file, hashed as written and finished at its end.
     pub whole_file: bool,
 }
 
@@ -39,7 +44,9 @@ pub struct WriteHeader {
 /// SHA-256 the file must have.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WritePiece {
+    /// Bytes of the file, in order.
     Data(Bytes),
+    /// The SHA-256 the whole file must have: the last message.
     Finish(Sha256Hash),
 }
 
@@ -47,9 +54,13 @@ pub enum WritePiece {
 /// which ends `file_size` long.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApplyDeltaHeader {
+    /// The directory.
     pub dir: DirId,
+    /// The path.
     pub path: RelPath,
+    /// The byte range.
     pub range: ByteRange,
+    /// The size the file was given.
     pub file_size: u64,
 }
 
