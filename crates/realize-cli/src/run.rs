@@ -402,10 +402,8 @@ impl Sides {
                 Throttle(SendLimit::new(Some(rate))),
             ));
         }
-        let options = MoveOptions {
-            parallel: config.parallel,
-            ..MoveOptions::default()
-        };
+        let mut options = MoveOptions::default();
+        options.parallel = config.parallel;
         let summary = realize_core::move_files(
             &*source,
             &*destination,

@@ -30,7 +30,7 @@ pub mod testing;
 
 pub use digest::Sha256Hash;
 pub use error::{ErrorChain, ErrorCode, MoveError, ServiceError, Side, StoreError};
-pub use mover::{Failure, MoveOptions, MoveSummary, check_distinct, move_files};
+pub use mover::{Failure, Move, MoveOptions, MoveSummary, check_distinct, move_files};
 pub use path::{DirId, InvalidDirId, InvalidPath, RelPath, partial_target};
 pub use progress::{FileProgress, NoProgress, Phase, Progress};
 pub use service::{

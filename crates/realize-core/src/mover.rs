@@ -36,10 +36,12 @@ use crate::service::{ByteRange, ByteStream, Entry, FileKind, FileStamp, MAX_WHOL
 use crate::stop::Stop;
 
 mod batch;
+mod builder;
 mod listing;
 mod transfer;
 
 use batch::{Work, batched, move_batch};
+pub use builder::Move;
 pub use listing::check_distinct;
 use listing::{DESTINATION_LOOKS, DestinationState, destination_state, list_dir};
 use transfer::Transfer;
@@ -50,8 +52,9 @@ const SMALL_FILE: u64 = 1024 * 1024;
 /// when they are small.
 const SMALL_FILES_PER_SLOT: usize = 8;
 
-/// Tuning of a move.
+/// Tuning of a move; fields may be added, so start from [`MoveOptions::default`].
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct MoveOptions {
     /// Files of 1 MiB or more in flight at once; smaller files may be up to
     /// eight times as many, except with 1, which moves one file at a time;
@@ -101,6 +104,7 @@ impl MoveOptions {
 
 /// A file, or a whole directory, that could not be moved.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Failure {
     /// The directory.
     pub dir: DirId,
@@ -112,6 +116,7 @@ pub struct Failure {
 
 /// What a move did.
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct MoveSummary {
     /// Files verified at the destination and deleted from the source.
     pub files_moved: u64,

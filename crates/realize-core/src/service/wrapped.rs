@@ -21,6 +21,7 @@ use crate::path::{DirId, RelPath};
 
 /// A method of [`Service`], to tell calls apart without their arguments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Method {
     /// [`Service::info`].
     Info,
@@ -98,6 +99,7 @@ impl Method {
 
 /// A call about to be forwarded, with its arguments (data streams apart).
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub enum Call<'a> {
     /// A call of [`Service::info`].
     Info,
