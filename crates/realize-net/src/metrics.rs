@@ -187,3 +187,21 @@ impl Drop for OpenConnection {
         net().connections_open.add(-1, self.labels.as_slice());
     }
 }
+
+/// Counts a connection's wire bytes and the waits its send limit imposes.
+#[derive(Debug)]
+pub(crate) struct Wire;
+
+impl realize_core::Traffic for Wire {
+    fn received(&self, bytes: usize) {
+        net().wire_received.add(bytes as u64, &[]);
+    }
+
+    fn sent(&self, bytes: usize, wait: std::time::Duration) {
+        let metrics = net();
+        metrics.wire_sent.add(bytes as u64, &[]);
+        if !wait.is_zero() {
+            metrics.throttle_wait.add(wait.as_secs_f64(), &[]);
+        }
+    }
+}

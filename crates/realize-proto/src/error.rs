@@ -102,7 +102,7 @@ pub enum DecodeError {
         expected: &'static str,
     },
     #[error("{dir}/{path}: data chunk of {len} bytes is larger than {MAX_CHUNK} bytes")]
-    /// A data message larger than [`crate::MAX_CHUNK`].
+    /// A data message larger than [`crate::request::MAX_CHUNK`].
     ChunkTooLarge {
         /// The directory.
         dir: DirId,

@@ -74,7 +74,7 @@ pub enum ConnectError {
 /// Opens a gRPC channel to the daemon at `addr` (`host:port`) over mutual TLS.
 ///
 /// With TLS 1.3 the server checks the client's key after the client considers the
-/// handshake done, so [`dial`] waits for the daemon's first bytes: a daemon that does
+/// handshake done, so `dial` waits for the daemon's first bytes: a daemon that does
 /// not allow this client closes the connection instead, and that is reported here as
 /// [`ConnectError::RefusedByServer`] rather than as a puzzling failure of the first call.
 ///
@@ -152,7 +152,12 @@ async fn dial(
     tcp.set_nodelay(true)?;
     let name = ServerName::try_from(SERVER_NAME)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut tls = connector.connect(name, send_limit.wrap(tcp)).await?;
+    let mut tls = connector
+        .connect(
+            name,
+            send_limit.wrap_observed(tcp, std::sync::Arc::new(crate::metrics::Wire)),
+        )
+        .await?;
     let mut first = vec![0u8; FIRST_READ];
     match tls.read(&mut first).await {
         // A TLS alert is how the daemon refuses our certificate; a bare end or

@@ -409,7 +409,9 @@ async fn handshake(
     let (config, verdict) = tls
         .for_client(addr.ip())
         .map_err(HandshakeError::Settings)?;
-    let accepted = TlsAcceptor::from(config).accept(send_limit.wrap(tcp)).await;
+    let accepted = TlsAcceptor::from(config)
+        .accept(send_limit.wrap_observed(tcp, std::sync::Arc::new(crate::metrics::Wire)))
+        .await;
     // The verifier's decision, taken from the peers as they were at that moment,
     // names the peer; looking it up again could see a reloaded config.
     let (tls, key, peer_id) = match (accepted, verdict.get()) {
