@@ -47,6 +47,24 @@ use walk::host_identity;
 const AUDIT: &str = module_path!();
 
 /// Directories on the local filesystem, by id.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use futures::TryStreamExt;
+/// use realize_core::{DirId, LocalStore, Service};
+///
+/// let root = tempfile::tempdir()?;
+/// std::fs::write(root.path().join("notes.txt"), "hello")?;
+/// let notes = DirId::new("notes")?;
+/// let store = LocalStore::new([(notes.clone(), root.path().to_path_buf())]);
+///
+/// let entries: Vec<_> = store.list(&notes, false).await?.try_collect().await?;
+/// assert_eq!(entries[0].path.as_str(), "notes.txt");
+/// assert_eq!(entries[0].stamp.size, 5);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct LocalStore {
     inner: Arc<Inner>,

@@ -5,6 +5,12 @@
 //! Both binaries set it up with [`init`] and end it with [`Telemetry::finish`].
 //! What is measured is not here: the transport's instruments are in
 //! [`crate::metrics`], the trace context of each call in [`crate::traces`].
+//!
+//! **For binaries only.** [`init`] installs the global tracing subscriber
+//! and [`Telemetry::start`] the global meter provider: a library, or a
+//! program that embeds realize with telemetry of its own, must not call
+//! them. Nothing else in realize-net (or realize-core) installs a global
+//! subscriber, provider or signal handler.
 
 use http::StatusCode;
 use tokio_util::sync::{CancellationToken, DropGuard};
