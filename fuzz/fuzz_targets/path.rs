@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use realize_core::path::partial_target;
+use realize_core::partial_target;
 use realize_core::{DirId, RelPath};
 
 fuzz_target!(|input: &str| {

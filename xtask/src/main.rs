@@ -1,6 +1,8 @@
 //! `cargo xtask`: the project's automation, in Rust rather than shell scripts.
 //!
-//! - `cargo xtask ci`: what CI runs: formatting, clippy, every test, and a
+//! - `cargo xtask library`: the docs without a warning, the examples run, a
+//!   downstream crate built on realize-core's root re-exports, `cargo package`.
+//! - `cargo xtask ci`: what CI runs: formatting, clippy, every test, `library`, and a
 //!   short chaos run.
 //! - `cargo xtask demo`: a five-minute tour in one command: keys, a daemon on
 //!   loopback, and a verified move into it.
@@ -22,6 +24,7 @@ mod chaos;
 mod dist;
 mod fixture;
 mod fuzz;
+mod library;
 mod proxy;
 
 use std::io::{BufRead, BufReader};
@@ -40,8 +43,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// What CI runs: fmt --check, clippy -D warnings, all tests, chaos --iterations 5.
+    /// What CI runs: fmt --check, clippy -D warnings, all tests, `library`, chaos --iterations 5.
     Ci,
+    /// realize as a library: docs without warnings, the examples run, a
+    /// downstream crate built on the root re-exports, the crates packaged.
+    Library,
     /// Builds, makes keys, starts a daemon on loopback and moves a sample tree into it.
     Demo,
     /// Release binaries, man pages, completions and the systemd unit in target/dist/.
@@ -84,6 +90,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Ci => ci(&root),
         Task::Demo => demo(),
+        Task::Library => library::library(&root),
         Task::Dist => dist::dist(&root),
         Task::Fuzz { seconds } => fuzz::fuzz(&root, seconds),
         Task::Bench(options) => bench::bench(&root, &options),
@@ -166,6 +173,7 @@ fn ci(root: &Path) -> anyhow::Result<()> {
         ],
     )?;
     let (passed, failed) = cargo_test()?;
+    library::library(root)?;
     // A short run: every kind of fault at least once, in about a minute.
     chaos::chaos(
         root,

@@ -402,11 +402,9 @@ impl Sides {
                 Throttle(SendLimit::new(Some(rate))),
             ));
         }
-        let options = MoveOptions {
-            parallel: config.parallel,
-            digest: config.digest,
-            ..MoveOptions::default()
-        };
+        let mut options = MoveOptions::default();
+        options.parallel = config.parallel;
+        options.digest = config.digest;
         let summary = realize_core::move_files(
             &*source,
             &*destination,

@@ -8,7 +8,9 @@ use fast_rsync::{Signature, SignatureOptions};
 
 /// The largest range one Signature, Diff or ApplyDelta call may cover.
 pub const MAX_RANGE: u64 = 16 * 1024 * 1024;
+/// The smallest rsync block size a signature may use.
 pub const MIN_BLOCK_SIZE: u32 = 128;
+/// The largest rsync block size a signature may use.
 pub const MAX_BLOCK_SIZE: u32 = 1024 * 1024;
 /// Bytes of MD4 kept per block: 8 like rsync's, since SHA-256 has the last word.
 const CRYPTO_HASH_SIZE: u32 = 8;

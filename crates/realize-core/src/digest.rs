@@ -67,7 +67,9 @@ impl FromStr for DigestAlgorithm {
 /// Two digests are equal only if both the algorithm and the value are.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Digest {
+    /// The hash the value was taken with.
     pub algorithm: DigestAlgorithm,
+    /// The hash's 32 bytes.
     pub value: [u8; 32],
 }
 
@@ -85,6 +87,7 @@ impl Digest {
         Some(Digest { algorithm, value })
     }
 
+    /// Lowercase hexadecimal, as `sha256sum` prints it.
     pub fn to_hex(&self) -> String {
         hex::encode(self.value)
     }
@@ -115,6 +118,7 @@ enum HasherState {
 }
 
 impl Hasher {
+    /// A hasher of `algorithm`, fed nothing yet.
     pub fn new(algorithm: DigestAlgorithm) -> Self {
         Hasher(match algorithm {
             DigestAlgorithm::Blake3 => HasherState::Blake3(Box::default()),
@@ -122,6 +126,7 @@ impl Hasher {
         })
     }
 
+    /// Feeds the next bytes.
     pub fn update(&mut self, data: &[u8]) {
         match &mut self.0 {
             HasherState::Blake3(hasher) => {
@@ -131,6 +136,7 @@ impl Hasher {
         }
     }
 
+    /// The digest of every byte fed.
     pub fn finish(self) -> Digest {
         match self.0 {
             HasherState::Blake3(hasher) => Digest {

@@ -11,21 +11,37 @@ use crate::path::{DirId, InvalidDirId, InvalidPath, RelPath};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorCode {
+    /// The operation was cancelled, by the caller or a shutdown.
     Cancelled,
+    /// An error of no other category.
     Unknown,
+    /// The request is malformed: a bad directory id, path, range or size.
     InvalidArgument,
+    /// The deadline passed before the call completed.
     DeadlineExceeded,
+    /// The directory or file does not exist.
     NotFound,
+    /// What the call would create already exists.
     AlreadyExists,
+    /// The caller may not do this (filesystem permissions, or a daemon's access rules).
     PermissionDenied,
+    /// Out of space, quota, memory or call budget; may succeed later.
     ResourceExhausted,
+    /// The files are not in the state the call needs (changed, hash mismatch, not a regular file); retrying as is fails again.
     FailedPrecondition,
+    /// A conflict with another writer of the same file; worth a retry.
     Aborted,
+    /// A range past the end of a file.
     OutOfRange,
+    /// The service does not implement the call.
     Unimplemented,
+    /// A bug or broken invariant on the side that answered.
     Internal,
+    /// The service cannot be reached or its directory is unavailable; worth a retry.
     Unavailable,
+    /// Data was lost or corrupted.
     DataLoss,
+    /// The caller could not be authenticated.
     Unauthenticated,
 }
 
@@ -35,79 +51,139 @@ pub enum ErrorCode {
 #[non_exhaustive]
 pub enum StoreError {
     #[error(transparent)]
+    /// The directory id is not valid.
     InvalidDirId(#[from] InvalidDirId),
     #[error("{dir}: {source}")]
+    /// The path is not valid.
     InvalidPath {
+        /// The directory id.
         dir: String,
         #[source]
+        /// Why the path was refused.
         source: InvalidPath,
     },
     #[error("unknown directory {dir}")]
-    UnknownDir { dir: String },
+    /// No root is configured for this directory id.
+    UnknownDir {
+        /// The directory id.
+        dir: String,
+    },
     #[error("{dir}: root directory is unavailable")]
+    /// The root of the directory cannot be opened.
     RootUnavailable {
+        /// The directory id.
         dir: String,
         #[source]
+        /// Why it cannot be opened.
         source: io::Error,
     },
     #[error("{dir}/{path}: not found")]
-    NotFound { dir: String, path: String },
-    #[error("{dir}/{path}: not a regular file")]
-    NotAFile { dir: String, path: String },
-    #[error("{dir}/{path}: goes through a symlink or non-directory at {component:?}")]
-    NotBeneathRoot {
+    /// The file does not exist.
+    NotFound {
+        /// The directory id.
         dir: String,
+        /// The path beneath the root.
         path: String,
+    },
+    #[error("{dir}/{path}: not a regular file")]
+    /// The path names something other than a regular file.
+    NotAFile {
+        /// The directory id.
+        dir: String,
+        /// The path beneath the root.
+        path: String,
+    },
+    #[error("{dir}/{path}: goes through a symlink or non-directory at {component:?}")]
+    /// The path goes through a symlink or something that is not a directory.
+    NotBeneathRoot {
+        /// The directory id.
+        dir: String,
+        /// The path beneath the root.
+        path: String,
+        /// The component that is not a directory.
         component: String,
     },
     #[error("{dir}/{path}: range {start}..{end} is past the end of the file ({size} bytes)")]
+    /// The range asked for goes past the end of the file.
     OutOfRange {
+        /// The directory id.
         dir: String,
+        /// The path beneath the root.
         path: String,
+        /// Start of the range.
         start: u64,
+        /// End of the range.
         end: u64,
+        /// Size of the file.
         size: u64,
     },
     #[error("{dir}/{path}: {reason}")]
+    /// The request makes no sense for this file (a size or range that cannot be).
     InvalidRequest {
+        /// The directory id.
         dir: String,
+        /// The path beneath the root.
         path: String,
+        /// What is wrong.
         reason: String,
     },
     #[error("{dir}/{path}: file changed ({what})")]
+    /// The file changed while the call used it.
     Changed {
+        /// The directory id.
         dir: String,
+        /// The path beneath the root.
         path: String,
+        /// What changed.
         what: &'static str,
     },
     /// Another writer holds the file's write lock: a call on another
     /// directory id for the same files, another daemon or another process.
     #[error("{dir}/{path}: being written by another client")]
-    Busy { dir: String, path: String },
-    #[error("{dir}/{path}: SHA-256 is {actual}, expected {expected}")]
-    HashMismatch {
+    Busy {
+        /// The directory id.
         dir: String,
+        /// The path beneath the root.
         path: String,
+    },
+    #[error("{dir}/{path}: digest is {actual}, expected {expected}")]
+    /// The file's digest is not the one expected: nothing was finished.
+    HashMismatch {
+        /// The directory id.
+        dir: String,
+        /// The path beneath the root.
+        path: String,
+        /// The digest expected.
         expected: Digest,
+        /// The digest of the file.
         actual: Digest,
     },
     #[error("{dir}/{path}: {op} failed")]
+    /// A filesystem operation failed.
     Io {
+        /// The directory id.
         dir: String,
+        /// The path beneath the root.
         path: String,
+        /// The operation that failed.
         op: &'static str,
         #[source]
+        /// The error of the operation.
         source: io::Error,
     },
     #[error("{dir}: background task failed")]
+    /// The blocking task doing the call's I/O failed (it panicked).
     Task {
+        /// The directory id.
         dir: String,
         #[source]
+        /// How the task failed.
         source: tokio::task::JoinError,
     },
 }
 
 impl StoreError {
+    /// The category of the error, which a daemon sends as the gRPC status code.
     pub fn code(&self) -> ErrorCode {
         match self {
             StoreError::InvalidDirId(_)
@@ -152,12 +228,19 @@ pub enum ServiceError {
     Store(#[from] StoreError),
     /// The remote service answered with an error status.
     #[error("{message}")]
-    Remote { code: ErrorCode, message: String },
+    Remote {
+        /// The status code of the answer.
+        code: ErrorCode,
+        /// The message of the answer.
+        message: String,
+    },
     /// The call could not reach the remote service, or the connection broke.
     #[error("{context}")]
     Transport {
+        /// What was being done.
         context: String,
         #[source]
+        /// The transport error.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The remote service answered something that breaks the contract.
@@ -166,6 +249,7 @@ pub enum ServiceError {
 }
 
 impl ServiceError {
+    /// The category of the error: the store's, the remote's, or Unavailable for a transport failure.
     pub fn code(&self) -> ErrorCode {
         match self {
             ServiceError::Store(e) => e.code(),
@@ -179,7 +263,9 @@ impl ServiceError {
 /// Which end of a move an error came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
+    /// The side files are moved from.
     Source,
+    /// The side files are moved to.
     Destination,
 }
 
@@ -200,29 +286,52 @@ impl std::fmt::Display for Side {
 #[non_exhaustive]
 pub enum MoveError {
     #[error("{side}")]
+    /// A call to one side failed.
     Service {
+        /// The side whose call failed.
         side: Side,
         #[source]
+        /// The error of the call.
         source: ServiceError,
     },
     #[error("{side} does not serve directory {dir}")]
-    MissingDir { side: Side, dir: DirId },
+    /// A side does not serve a directory of the move.
+    MissingDir {
+        /// The side that lacks it.
+        side: Side,
+        /// The directory.
+        dir: DirId,
+    },
     #[error(
         "{dir}: source and destination are the same directory or one contains the other, refusing to move"
     )]
-    Overlap { dir: DirId },
+    /// The two sides serve the same directory, or one contains the other.
+    Overlap {
+        /// The directory.
+        dir: DirId,
+    },
     #[error("{side} gives read-only access to {dir}: {consequence}, refusing to move", consequence = match side {
         Side::Source => "no file could be deleted from it",
         Side::Destination => "no file could be written to it",
     })]
-    ReadOnly { side: Side, dir: DirId },
+    /// A side gives the caller read-only access to a directory of the move.
+    ReadOnly {
+        /// The read-only side.
+        side: Side,
+        /// The directory.
+        dir: DirId,
+    },
     #[error(
         "{side} cannot verify with {digest} (it supports {}), refusing to move",
         names(supported)
     )]
+    /// A side cannot take the digest asked for ([`MoveOptions::digest`](crate::MoveOptions::digest)).
     UnsupportedDigest {
+        /// The side that refused.
         side: Side,
+        /// The digest asked for.
         digest: DigestAlgorithm,
+        /// The digests that side takes.
         supported: Vec<DigestAlgorithm>,
     },
     #[error(
@@ -230,22 +339,37 @@ pub enum MoveError {
         names(source_digests),
         names(destination_digests)
     )]
+    /// The two sides have no digest in common.
     NoCommonDigest {
+        /// The digests the source takes.
         source_digests: Vec<DigestAlgorithm>,
+        /// The digests the destination takes.
         destination_digests: Vec<DigestAlgorithm>,
     },
     #[error(
         "destination hash {destination_hash} does not match source hash {source_hash}, source kept"
     )]
+    /// The destination's digest differs from the source's: the source is kept.
     HashMismatch {
+        /// The directory.
         dir: DirId,
+        /// The file.
         path: RelPath,
+        /// The source's digest.
         source_hash: Digest,
+        /// The destination's digest.
         destination_hash: Digest,
     },
     #[error("source changed while being moved, not deleted")]
-    SourceChanged { dir: DirId, path: RelPath },
+    /// The source changed while it was moved: it is not deleted.
+    SourceChanged {
+        /// The directory.
+        dir: DirId,
+        /// The file.
+        path: RelPath,
+    },
     #[error("move cancelled")]
+    /// The move was stopped before it could compare the two sides.
     Cancelled,
 }
 

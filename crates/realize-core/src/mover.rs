@@ -38,10 +38,12 @@ use crate::service::{
 use crate::stop::Stop;
 
 mod batch;
+mod builder;
 mod listing;
 mod transfer;
 
 use batch::{Work, batched, move_batch};
+pub use builder::Move;
 pub use listing::check_move;
 use listing::{DESTINATION_LOOKS, DestinationState, destination_state, list_dir};
 use transfer::Transfer;
@@ -52,8 +54,9 @@ const SMALL_FILE: u64 = 1024 * 1024;
 /// when they are small.
 const SMALL_FILES_PER_SLOT: usize = 8;
 
-/// Tuning of a move.
+/// Tuning of a move; fields may be added, so start from [`MoveOptions::default`].
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct MoveOptions {
     /// Files of 1 MiB or more in flight at once; smaller files may be up to
     /// eight times as many, except with 1, which moves one file at a time;
@@ -114,16 +117,23 @@ impl MoveOptions {
 
 /// A file, or a whole directory, that could not be moved.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Failure {
+    /// The directory.
     pub dir: DirId,
+    /// The file, or `None` when the whole directory failed (it could not be listed).
     pub path: Option<RelPath>,
+    /// Why.
     pub error: MoveError,
 }
 
 /// What a move did.
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct MoveSummary {
+    /// Files verified at the destination and deleted from the source.
     pub files_moved: u64,
+    /// Files that failed; their sources are intact (see [`MoveSummary::failures`]).
     pub files_failed: u64,
     /// Files left unmoved because the move was cancelled: those in flight
     /// (their partial files stay resumable) and those not started.

@@ -11,10 +11,12 @@ pub struct DirId(String);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid directory id {id:?}: must be 1 to 64 characters from A-Z a-z 0-9 . _ -")]
 pub struct InvalidDirId {
+    /// The id as given.
     pub id: String,
 }
 
 impl DirId {
+    /// Validates `id`: 1 to 64 characters of `[A-Za-z0-9._-]`.
     pub fn new(id: &str) -> Result<Self, InvalidDirId> {
         let valid = (1..=64).contains(&id.len())
             && id
@@ -27,6 +29,7 @@ impl DirId {
         }
     }
 
+    /// The id as a string.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -54,7 +57,9 @@ pub struct RelPath(String);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid path {path:?}: {reason}")]
 pub struct InvalidPath {
+    /// The path as given.
     pub path: String,
+    /// What is wrong with it.
     pub reason: &'static str,
 }
 
@@ -62,6 +67,7 @@ const PARTIAL_PREFIX: &str = ".";
 const PARTIAL_SUFFIX: &str = ".part";
 
 impl RelPath {
+    /// Validates `path`: relative, `/`-separated, no empty, `.` or `..` component, no NUL, not the name of a partial file.
     pub fn new(path: &str) -> Result<Self, InvalidPath> {
         let reject = |reason| {
             Err(InvalidPath {
@@ -93,6 +99,7 @@ impl RelPath {
         Ok(RelPath(path.to_string()))
     }
 
+    /// The path as a string.
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -22,6 +22,50 @@ pub enum Phase {
 }
 
 /// Receives the events of a whole move.
+///
+/// Only [`Progress::file`] is required; the other methods do nothing unless
+/// overridden. A progress that counts the files moved:
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+///
+/// use realize_core::{DirId, FileProgress, Progress, RelPath};
+///
+/// #[derive(Default)]
+/// struct Counter(Arc<AtomicU64>);
+///
+/// struct OneFile(Arc<AtomicU64>);
+///
+/// impl Progress for Counter {
+///     fn totals(&self, files: u64, bytes: u64) {
+///         println!("{files} files, {bytes} bytes to move");
+///     }
+///
+///     fn file(&self, _dir: &DirId, _path: &RelPath, _size: u64) -> Arc<dyn FileProgress> {
+///         Arc::new(OneFile(self.0.clone()))
+///     }
+/// }
+///
+/// impl FileProgress for OneFile {
+///     fn moved(&self) {
+///         self.0.fetch_add(1, Ordering::Relaxed);
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (from, to) = (tempfile::tempdir()?, tempfile::tempdir()?);
+/// # std::fs::write(from.path().join("a"), "a")?;
+/// # let dir = DirId::new("d")?;
+/// # let src = realize_core::LocalStore::new([(dir.clone(), from.path().to_path_buf())]);
+/// # let dst = realize_core::LocalStore::new([(dir.clone(), to.path().to_path_buf())]);
+/// let counter = Counter::default();
+/// realize_core::Move::new(&src, &dst).dirs([dir]).progress(&counter).run().await?;
+/// assert_eq!(counter.0.load(Ordering::Relaxed), 1);
+/// # Ok(())
+/// # }
+/// ```
 pub trait Progress: Send + Sync {
     /// The files of `dir` are being listed on both sides.
     fn listing(&self, _dir: &DirId) {}

@@ -23,7 +23,9 @@ pub type EntryStream = BoxStream<'static, Result<Entry, ServiceError>>;
 /// vouched for).
 #[derive(Debug)]
 pub struct ExpectedHash {
+    /// The hash the writer takes as it writes.
     pub algorithm: DigestAlgorithm,
+    /// The digest, once the data has all gone by.
     pub value: tokio::sync::oneshot::Receiver<Digest>,
 }
 
@@ -42,19 +44,24 @@ impl ExpectedHash {
 /// Half-open byte range `[start, end)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ByteRange {
+    /// First byte of the range.
     pub start: u64,
+    /// One past the last byte of the range.
     pub end: u64,
 }
 
 impl ByteRange {
+    /// The range `[start, end)`.
     pub fn new(start: u64, end: u64) -> Self {
         ByteRange { start, end }
     }
 
+    /// Bytes in the range; 0 if `end` is before `start`.
     pub fn len(&self) -> u64 {
         self.end.saturating_sub(self.start)
     }
 
+    /// Whether the range holds no byte.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -63,36 +70,47 @@ impl ByteRange {
 /// Which form of a file: `NAME` or `.NAME.part`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FileKind {
+    /// The final file, `NAME`.
     Final,
+    /// The partial file, `.NAME.part`, which writes go to until it is finished.
     Partial,
 }
 
 /// One version of a file: if any field changes, the file changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FileStamp {
+    /// Size in bytes.
     pub size: u64,
+    /// Modification time, in nanoseconds since the Unix epoch.
     pub mtime_unix_nanos: i64,
+    /// Inode number, so a file replaced by another of the same size and time is told apart.
     pub inode: u64,
 }
 
 /// A file in a listing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
+    /// The path of the file; for a partial file, that of its final form.
     pub path: RelPath,
+    /// Which form of the file this is.
     pub kind: FileKind,
+    /// Its version.
     pub stamp: FileStamp,
 }
 
 /// The digest of a file or range, and the file's stamp while it was read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HashResult {
+    /// Digest of the bytes read.
     pub hash: Digest,
+    /// The stamp of the file while it was read; unchanged from start to end.
     pub stamp: FileStamp,
 }
 
 /// A directory a service serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirInfo {
+    /// The directory id.
     pub id: DirId,
     /// Host, device and inode of the root, to detect a move onto itself.
     pub identity: String,
@@ -116,8 +134,11 @@ impl DirInfo {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+/// What a service is and serves: [`Service::info`]'s answer.
 pub struct ServiceInfo {
+    /// Version of realize the service runs.
     pub version: String,
+    /// The directories it serves to the caller.
     pub dirs: Vec<DirInfo>,
     /// The digests this service can take and check.
     pub digests: Vec<DigestAlgorithm>,
@@ -126,8 +147,11 @@ pub struct ServiceInfo {
 /// A small file held whole in memory, with the digest of its bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WholeFile {
+    /// The path of the file.
     pub path: RelPath,
+    /// Its bytes.
     pub data: Bytes,
+    /// Digest of `data`.
     pub digest: Digest,
 }
 
@@ -149,6 +173,7 @@ pub const MAX_WHOLE_FILE: u64 = 256 * 1024;
 /// fails when a method is added here and not to [`Method`].
 #[async_trait]
 pub trait Service: Send + Sync + std::fmt::Debug {
+    /// The version of the service and the directories it serves, with their identities.
     async fn info(&self) -> Result<ServiceInfo, ServiceError>;
 
     /// Regular files under `dir`, sorted by path; partial files only if asked.

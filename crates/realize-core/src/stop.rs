@@ -6,6 +6,31 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 /// The stop signals of one move, shared by whoever may stop it (signal
 /// handlers, a deadline timer) and [`crate::move_files`].
+///
+/// Clones share the signals: keep one for the move, hand others out.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use realize_core::{DirId, LocalStore, Move, Stop};
+///
+/// # let (from, to) = (tempfile::tempdir()?, tempfile::tempdir()?);
+/// # std::fs::write(from.path().join("a"), "a")?;
+/// # let dir = DirId::new("d")?;
+/// # let src = LocalStore::new([(dir.clone(), from.path().to_path_buf())]);
+/// # let dst = LocalStore::new([(dir.clone(), to.path().to_path_buf())]);
+/// let stop = Stop::new();
+/// // Whoever decides to stop (here, before the move starts) holds a clone.
+/// let handle = stop.clone();
+/// handle.soft();
+/// let summary = Move::new(&src, &dst).dirs([dir]).stop(&stop).run().await?;
+/// // Soft: no file started, so none moved and the source is intact.
+/// assert_eq!(summary.files_moved, 0);
+/// assert!(from.path().join("a").exists());
+/// assert!(stop.is_stopping() && !stop.is_interrupted());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Stop {
     /// Files in flight are interrupted; implies `no_new_files`.
@@ -29,6 +54,7 @@ impl Default for Stop {
 }
 
 impl Stop {
+    /// A stop that has not been signalled, with no deadline.
     pub fn new() -> Self {
         Self::default()
     }
@@ -56,6 +82,7 @@ impl Stop {
         self.no_new_files.is_cancelled()
     }
 
+    /// Whether files in flight are being interrupted.
     pub fn is_interrupted(&self) -> bool {
         self.interrupt.is_cancelled()
     }

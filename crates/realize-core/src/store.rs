@@ -33,7 +33,6 @@ mod stale;
 mod walk;
 mod write;
 
-pub use crate::chunks::CHUNK_SIZE;
 pub use locks::PathLocks;
 pub use read::{HASH_BUFFERED, READ_BUFFERED};
 pub use walk::overlapping_roots;
@@ -48,6 +47,24 @@ use walk::host_identity;
 const AUDIT: &str = module_path!();
 
 /// Directories on the local filesystem, by id.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use futures::TryStreamExt;
+/// use realize_core::{DirId, LocalStore, Service};
+///
+/// let root = tempfile::tempdir()?;
+/// std::fs::write(root.path().join("notes.txt"), "hello")?;
+/// let notes = DirId::new("notes")?;
+/// let store = LocalStore::new([(notes.clone(), root.path().to_path_buf())]);
+///
+/// let entries: Vec<_> = store.list(&notes, false).await?.try_collect().await?;
+/// assert_eq!(entries[0].path.as_str(), "notes.txt");
+/// assert_eq!(entries[0].stamp.size, 5);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct LocalStore {
     inner: Arc<Inner>,
@@ -61,6 +78,7 @@ struct Inner {
 }
 
 impl LocalStore {
+    /// A store serving each `(id, root)` of `dirs`; roots are opened at each call, so one missing now fails only the calls on it.
     pub fn new(dirs: impl IntoIterator<Item = (DirId, PathBuf)>) -> Self {
         Self::with_locks(dirs, PathLocks::default())
     }

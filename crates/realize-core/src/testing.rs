@@ -20,10 +20,12 @@ pub use faulty::{Fault, Faulty};
 pub struct Rng(u64);
 
 impl Rng {
+    /// A generator seeded with `seed`: the same seed, the same numbers.
     pub fn new(seed: u64) -> Self {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
 
+    /// The next number.
     pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
@@ -49,6 +51,7 @@ impl Rng {
         (lo + (hi - lo) * self.unit()).exp().round() as u64
     }
 
+    /// Fills `buf` with random bytes.
     pub fn fill(&mut self, buf: &mut [u8]) {
         for chunk in buf.chunks_mut(8) {
             let word = self.next_u64().to_le_bytes();
@@ -78,6 +81,7 @@ pub fn write_file(root: &Path, rel: &str, data: &[u8]) {
     std::fs::write(&path, data).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
 
+/// The bytes of the file `rel` beneath `root`; panics if it cannot be read.
 pub fn read_file(root: &Path, rel: &str) -> Vec<u8> {
     let path = root.join(rel);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use realize_core::DirId;
-use realize_core::path::InvalidDirId;
+use realize_core::InvalidDirId;
 use realize_net::keys::KeyError;
 use serde::Deserialize;
 
@@ -363,7 +363,7 @@ impl Config {
             }
         }
         let roots = self.dirs.iter().map(|(id, root)| (id, root.as_path()));
-        match realize_core::store::overlapping_roots(roots) {
+        match realize_core::overlapping_roots(roots) {
             Some((dir, other)) => Err(ConfigError::OverlappingRoots {
                 path: self.dirs[&dir].clone(),
                 other_path: self.dirs[&other].clone(),

@@ -54,7 +54,7 @@ impl LogFilter {
 
 /// The fields of the text log format, messages included, for events and
 /// spans alike, with every character that could end, hide or reorder a line
-/// escaped ([`escape`]), so that one event is always one line whatever a
+/// escaped (`escape`), so that one event is always one line whatever a
 /// client names its files.
 ///
 /// It escapes at the layer, not at the event sites: an event added later

@@ -1,20 +1,20 @@
 //! The gRPC handler: admits calls, decodes requests, calls realize-core's `Service`, encodes answers.
 //!
-//! Every call takes one path in ([`admission`]): it is observed (a span and
+//! Every call takes one path in (`admission`): it is observed (a span and
 //! its measurement), admitted against the live config and the daemon's state
 //! (a peer no longer in the config is refused, and so is every call once
 //! shutdown has started, a call past the connection's
 //! `max_calls_per_connection` or its peer's call rate), its request decoded
 //! by realize-proto's conversions, and authorized against the peer's `dirs`
 //! and `access` before anything touches the disk. Each method then is the
-//! store call and nothing else ([`handlers`]). Every error becomes a status
-//! in one place, [`From<CallError> for Status`](CallError).
+//! store call and nothing else (`handlers`). Every error becomes a status
+//! in one place, `From<CallError> for Status`.
 //!
 //! An admitted call runs until its deadline (the client's `grpc-timeout` or
 //! `call_timeout`, whichever is sooner) or until its connection's cancel
 //! token fires (end of the grace period, or its peer removed); how it stops
 //! then depends on what it does, so that nothing on disk is left half-done
-//! (see [`Handler::cancellable`]).
+//! (see `Handler::cancellable`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,8 +23,9 @@ use std::time::Duration;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt, TryStreamExt, stream};
 use opentelemetry::KeyValue;
-use realize_core::delta::{MAX_RANGE, MIN_BLOCK_SIZE, max_delta_len};
-use realize_core::store::{CHUNK_SIZE, HASH_BUFFERED, READ_BUFFERED};
+use realize_core::limits::{
+    CHUNK_SIZE, HASH_BUFFERED, MAX_RANGE, MIN_BLOCK_SIZE, READ_BUFFERED, max_delta_len,
+};
 use realize_core::{
     ByteRange, ByteStream, DirId, ExpectedHash, FileStamp, RelPath, Service, ServiceError,
     WholeFile,

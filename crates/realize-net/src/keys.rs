@@ -29,37 +29,55 @@ const ED25519_PKCS8_V1_PREFIX: [u8; 16] = [
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("cannot read {}", path.display())]
+    /// The key file cannot be read.
     Read {
+        /// The path.
         path: PathBuf,
         #[source]
+        /// The cause.
         source: std::io::Error,
     },
     #[error("invalid key file {}", path.display())]
+    /// The key file does not hold a valid key.
     File {
+        /// The path.
         path: PathBuf,
         #[source]
+        /// Why.
         source: Box<KeyError>,
     },
     #[error("malformed pem")]
+    /// The text is not valid PEM.
     Pem(#[source] rustls_pki_types::pem::Error),
     #[error("no {0} block found")]
+    /// No PEM block of the kind named.
     NoBlock(&'static str),
     #[error("expected exactly one PUBLIC KEY block, found {0}")]
+    /// A public key file must hold exactly one key.
     NotOnePublicKey(usize),
     #[error(
         "found a PRIVATE KEY block where a PUBLIC KEY was expected \
          (derive it with `openssl pkey -in KEY -pubout`)"
     )]
+    /// A private key given where a public key was expected.
     PrivateWherePublicExpected,
     #[error("expected an ed25519 key, found {found}")]
-    NotEd25519 { found: &'static str },
+    /// The key is of another algorithm.
+    NotEd25519 {
+        /// The algorithm found.
+        found: &'static str,
+    },
     #[error("invalid ed25519 private key")]
+    /// The private key is not a valid ed25519 key.
     InvalidPrivateKey(#[source] rcgen::Error),
     #[error("invalid ed25519 public key")]
+    /// The public key is not a valid ed25519 key.
     InvalidPublicKey,
     #[error("cannot generate an ed25519 key")]
+    /// The system could not generate a key.
     Generate(#[source] rustls::Error),
     #[error("cannot make a self-signed certificate")]
+    /// The self-signed certificate could not be made.
     Certificate(#[source] rcgen::Error),
 }
 
@@ -70,6 +88,7 @@ pub struct PrivateKey {
 }
 
 impl PrivateKey {
+    /// A new random key.
     pub fn generate() -> Result<Self, KeyError> {
         // Built from a seed rather than by ring's generator, whose PKCS#8 v2 output
         // OpenSSL cannot read; v1 is what `openssl genpkey` writes.
@@ -142,10 +161,12 @@ impl PrivateKey {
         Self { key_pair, public }
     }
 
+    /// The key as a PKCS#8 `PRIVATE KEY` PEM block.
     pub fn to_pem(&self) -> String {
         self.key_pair.serialize_pem()
     }
 
+    /// Its public half.
     pub fn public_key(&self) -> PublicKey {
         self.public.clone()
     }
@@ -160,6 +181,7 @@ impl PrivateKey {
         Ok(self.certificate()?.der().to_vec())
     }
 
+    /// The self-signed certificate of this key, as PEM, for clients that want to pin it.
     pub fn certificate_pem(&self) -> Result<String, KeyError> {
         Ok(self.certificate()?.pem())
     }
@@ -233,10 +255,12 @@ impl PublicKey {
         }
     }
 
+    /// Every `PUBLIC KEY` block of `pem`.
     pub fn parse_pem_all(pem: &str) -> Result<Vec<PublicKey>, KeyError> {
         Self::parse_pem_bytes(pem.as_bytes())
     }
 
+    /// Every `PUBLIC KEY` block of the file at `path`.
     pub fn load_all(path: &Path) -> Result<Vec<PublicKey>, KeyError> {
         let bytes = read(path)?;
         Self::parse_pem_bytes(&bytes).map_err(|e| in_file(path, e))
@@ -261,6 +285,7 @@ impl PublicKey {
         Ok(keys)
     }
 
+    /// The key of a DER SubjectPublicKeyInfo, if it is ed25519.
     pub fn from_spki_der(der: Vec<u8>) -> Result<Self, KeyError> {
         if der.len() == ED25519_SPKI_PREFIX.len() + 32 && der.starts_with(&ED25519_SPKI_PREFIX) {
             return Ok(Self(der));
@@ -271,10 +296,12 @@ impl PublicKey {
         }
     }
 
+    /// Its DER SubjectPublicKeyInfo.
     pub fn spki_der(&self) -> &[u8] {
         &self.0
     }
 
+    /// The key as a `PUBLIC KEY` PEM block.
     pub fn to_pem(&self) -> String {
         let pem = pem::Pem::new("PUBLIC KEY", self.0.clone());
         pem::encode_config(

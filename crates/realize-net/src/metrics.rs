@@ -88,7 +88,9 @@ pub(crate) fn net() -> &'static NetMetrics {
 /// Which end of a call this process is.
 #[derive(Clone, Copy, Debug)]
 pub enum RpcSide {
+    /// This process made the call.
     Client,
+    /// This process serves the call.
     Server,
 }
 
@@ -112,6 +114,7 @@ pub struct RpcCall {
 }
 
 impl RpcCall {
+    /// Counts a call of `method` as started, in flight until it is finished or dropped.
     pub fn start(side: RpcSide, method: &'static str) -> Self {
         net().rpc_in_flight.add(1, &Self::labels(side, method));
         RpcCall {
@@ -182,5 +185,23 @@ impl OpenConnection {
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         net().connections_open.add(-1, self.labels.as_slice());
+    }
+}
+
+/// Counts a connection's wire bytes and the waits its send limit imposes.
+#[derive(Debug)]
+pub(crate) struct Wire;
+
+impl realize_core::Traffic for Wire {
+    fn received(&self, bytes: usize) {
+        net().wire_received.add(bytes as u64, &[]);
+    }
+
+    fn sent(&self, bytes: usize, wait: std::time::Duration) {
+        let metrics = net();
+        metrics.wire_sent.add(bytes as u64, &[]);
+        if !wait.is_zero() {
+            metrics.throttle_wait.add(wait.as_secs_f64(), &[]);
+        }
     }
 }

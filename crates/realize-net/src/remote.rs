@@ -42,6 +42,7 @@ pub struct RemoteService {
 }
 
 impl RemoteService {
+    /// A service over `channel`, a connection to a daemon made by [`crate::connection::connect`].
     pub fn new(channel: Channel) -> Self {
         RemoteService {
             client: Client::new(channel),

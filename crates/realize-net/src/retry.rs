@@ -28,6 +28,7 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// The default backoff.
     pub fn new() -> Self {
         Self::default()
     }

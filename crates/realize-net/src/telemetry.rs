@@ -5,6 +5,12 @@
 //! Both binaries set it up with [`init`] and end it with [`Telemetry::finish`].
 //! What is measured is not here: the transport's instruments are in
 //! [`crate::metrics`], the trace context of each call in [`crate::traces`].
+//!
+//! **For binaries only.** [`init`] installs the global tracing subscriber
+//! and [`Telemetry::start`] the global meter provider: a library, or a
+//! program that embeds realize with telemetry of its own, must not call
+//! them. Nothing else in realize-net (or realize-core) installs a global
+//! subscriber, provider or signal handler.
 
 use http::StatusCode;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -37,6 +43,7 @@ pub struct Build {
 /// What a binary exports, from its flags.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// Name and version of the binary.
     pub build: Build,
     /// `HOST:PORT` to serve Prometheus text on, at `/metrics`.
     pub metrics_addr: Option<String>,
@@ -60,41 +67,69 @@ impl Settings {
 #[non_exhaustive]
 pub enum TelemetryError {
     #[error("cannot install the log subscriber")]
+    /// A global subscriber was already installed.
     Subscriber(#[source] TryInitError),
     #[error("cannot export traces to {endpoint}")]
+    /// The span exporter could not be built.
     Traces {
+        /// The endpoint.
         endpoint: String,
         #[source]
+        /// The cause.
         source: opentelemetry_otlp::ExporterBuildError,
     },
     #[error("cannot set up the Prometheus exporter")]
+    /// The Prometheus exporter could not be built.
     Exporter(#[source] opentelemetry_sdk::error::OTelSdkError),
     #[error("cannot register the process metrics")]
+    /// The process collector could not be registered.
     Process(#[source] prometheus::Error),
     #[error("cannot export metrics to {endpoint}")]
+    /// The OTLP metrics exporter could not be built.
     Otlp {
+        /// The endpoint.
         endpoint: String,
         #[source]
+        /// The cause.
         source: opentelemetry_otlp::ExporterBuildError,
     },
     #[error("cannot serve metrics on {addr}")]
+    /// The metrics address cannot be bound.
     Serve {
+        /// The address.
         addr: String,
         #[source]
+        /// The cause.
         source: std::io::Error,
     },
     #[error("cannot encode metrics")]
+    /// The metrics could not be encoded as Prometheus text.
     Encode(#[source] prometheus::Error),
     #[error("invalid Pushgateway URL {url:?}: {reason}")]
-    PushUrl { url: String, reason: String },
+    /// The Pushgateway URL is not valid.
+    PushUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
     #[error("cannot push metrics to {url}")]
+    /// The push failed.
     Push {
+        /// The URL.
         url: String,
         #[source]
+        /// The cause.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("Pushgateway at {url} answered {status}")]
-    PushStatus { url: String, status: StatusCode },
+    /// The Pushgateway refused the push.
+    PushStatus {
+        /// The URL.
+        url: String,
+        /// Its HTTP status.
+        status: StatusCode,
+    },
 }
 
 /// Installs `subscriber` (the binary's logs) as the global one, with the

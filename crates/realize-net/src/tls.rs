@@ -19,12 +19,16 @@ use rustls::{
 use crate::keys::{KeyError, PrivateKey, PublicKey};
 
 #[derive(Debug, thiserror::Error)]
+/// Why a TLS configuration could not be built.
 pub enum TlsError {
     #[error("cannot make our certificate")]
+    /// This side's certificate could not be made.
     Key(#[from] KeyError),
     #[error("invalid tls configuration")]
+    /// rustls refused the configuration.
     Rustls(#[from] rustls::Error),
     #[error("no peer keys given, so every connection would be refused")]
+    /// No peer key was given.
     NoPeers,
 }
 
@@ -51,7 +55,10 @@ pub enum Refusal {
     /// No peer has this key.
     UnknownKey,
     /// The key is `peer`'s, but the address is outside the networks it may connect from.
-    Network { peer: String },
+    Network {
+        /// The peer id of the key.
+        peer: String,
+    },
 }
 
 /// What the daemon's verifier decided about one connection's client key; the
@@ -123,6 +130,7 @@ pub struct PinnedKeys {
 }
 
 impl PinnedKeys {
+    /// Trusts exactly `keys`, with the crypto of `provider`.
     pub fn new(keys: impl IntoIterator<Item = PublicKey>, provider: &CryptoProvider) -> Self {
         Self {
             keys: Pins::Fixed(keys.into_iter().collect()),

@@ -9,9 +9,12 @@
 //! hashes) and fail with [`DecodeError`]; [`status`] is the one place where
 //! errors become gRPC statuses and back.
 
+#![warn(missing_docs)]
+
 /// The generated realize.v1 messages, client and server.
 pub mod pb {
-    #![allow(clippy::all, missing_debug_implementations)]
+    // Generated: documented where the .proto has comments, which is its contract.
+    #![allow(clippy::all, missing_debug_implementations, missing_docs)]
     tonic::include_proto!("realize.v1");
 }
 

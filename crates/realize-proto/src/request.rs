@@ -24,7 +24,9 @@ fn required_range(range: Option<pb::ByteRange>) -> Result<ByteRange, DecodeError
 /// List: the files of `dir`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct List {
+    /// The directory.
     pub dir: DirId,
+    /// Whether partial files are listed too.
     pub include_partial: bool,
 }
 
@@ -50,10 +52,15 @@ impl From<List> for pb::ListRequest {
 /// Read: bytes of a final file, from `offset`, up to its end without a `length`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Read {
+    /// The directory.
     pub dir: DirId,
+    /// The path.
     pub path: RelPath,
+    /// The offset given.
     pub offset: u64,
+    /// Bytes to read at most; `None`: to the end.
     pub length: Option<u64>,
+    /// The stamp the file must still have, if any.
     pub if_stamp: Option<FileStamp>,
 }
 
@@ -86,18 +93,26 @@ impl From<Read> for pb::ReadRequest {
 /// Signature: the rsync signature of a range of the working copy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Signature {
+    /// The directory.
     pub dir: DirId,
+    /// The path.
     pub path: RelPath,
+    /// The byte range.
     pub range: ByteRange,
+    /// rsync block size.
     pub block_size: u32,
 }
 
 /// Diff: the delta that turns the signed bytes into a range of the final file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Diff {
+    /// The directory.
     pub dir: DirId,
+    /// The path.
     pub path: RelPath,
+    /// The byte range.
     pub range: ByteRange,
+    /// The signature of the bytes the destination has.
     pub signature: Bytes,
 }
 
@@ -135,10 +150,15 @@ ranged_request!(
 /// Hash: the digest of one form of a file, or of a range of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hash {
+    /// The directory.
     pub dir: DirId,
+    /// The path.
     pub path: RelPath,
+    /// Which form of the file.
     pub kind: FileKind,
+    /// The byte range.
     pub range: Option<ByteRange>,
+    /// The hash to take.
     pub algorithm: DigestAlgorithm,
 }
 
@@ -172,8 +192,11 @@ impl From<Hash> for pb::HashRequest {
 /// digest the caller verified, if any.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finish {
+    /// The directory.
     pub dir: DirId,
+    /// The path.
     pub path: RelPath,
+    /// The digest the file must have, if checked before finishing.
     pub verified: Option<Digest>,
 }
 
@@ -213,8 +236,11 @@ impl From<Finish> for pb::FinishRequest {
 /// Delete: both forms of a file, the final one only if it still has `if_stamp`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delete {
+    /// The directory.
     pub dir: DirId,
+    /// The path.
     pub path: RelPath,
+    /// The stamp the file must still have, if any.
     pub if_stamp: Option<FileStamp>,
 }
 
@@ -260,6 +286,7 @@ impl From<Info> for pb::InfoRequest {
 /// (`None`: no limit). The daemon checks the rate against its own bounds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Configure {
+    /// Bytes per second; `None`: no limit.
     pub send_limit: Option<u64>,
 }
 

@@ -13,7 +13,9 @@ use crate::{DecodeError, pb};
 /// it, and what became of it.
 #[derive(Debug)]
 pub struct FileAnswer<T> {
+    /// The path as the request gave it.
     pub path: String,
+    /// What became of it.
     pub outcome: Result<T, tonic::Status>,
 }
 
@@ -206,7 +208,9 @@ impl From<pb::ConfigureResponse> for Option<u64> {
 /// connection (`None`: no limit).
 #[derive(Clone, Debug)]
 pub struct Info {
+    /// The service.
     pub service: ServiceInfo,
+    /// Bytes per second; `None`: no limit.
     pub send_limit: Option<u64>,
 }
 

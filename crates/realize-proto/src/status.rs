@@ -100,6 +100,7 @@ impl std::error::Error for TransportCause {
     }
 }
 
+/// The gRPC status code of an error's category.
 pub fn grpc_code(code: ErrorCode) -> tonic::Code {
     match code {
         ErrorCode::Cancelled => tonic::Code::Cancelled,
@@ -121,6 +122,7 @@ pub fn grpc_code(code: ErrorCode) -> tonic::Code {
     }
 }
 
+/// The category of a gRPC status code.
 pub fn error_code(code: tonic::Code) -> ErrorCode {
     match code {
         tonic::Code::Cancelled => ErrorCode::Cancelled,

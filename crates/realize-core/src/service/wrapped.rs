@@ -21,21 +21,37 @@ use crate::{Digest, DigestAlgorithm};
 
 /// A method of [`Service`], to tell calls apart without their arguments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Method {
+    /// [`Service::info`].
     Info,
+    /// [`Service::list`].
     List,
+    /// [`Service::read`].
     Read,
+    /// [`Service::read_hashed`].
     ReadHashed,
+    /// [`Service::write`].
     Write,
+    /// [`Service::write_file`].
     WriteFile,
+    /// [`Service::signature`].
     Signature,
+    /// [`Service::diff`].
     Diff,
+    /// [`Service::apply_delta`].
     ApplyDelta,
+    /// [`Service::hash`].
     Hash,
+    /// [`Service::finish`].
     Finish,
+    /// [`Service::delete`].
     Delete,
+    /// [`Service::read_files`].
     ReadFiles,
+    /// [`Service::write_files`].
     WriteFiles,
+    /// [`Service::delete_files`].
     DeleteFiles,
 }
 
@@ -83,87 +99,152 @@ impl Method {
 
 /// A call about to be forwarded, with its arguments (data streams apart).
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub enum Call<'a> {
+    /// A call of [`Service::info`].
     Info,
+    /// A call of [`Service::list`].
     List {
+        /// The directory.
         dir: &'a DirId,
+        /// Its `include_partial` argument.
         include_partial: bool,
     },
+    /// A call of [`Service::read`].
     Read {
+        /// The directory.
         dir: &'a DirId,
+        /// The file.
         path: &'a RelPath,
+        /// Its `offset` argument.
         offset: u64,
+        /// Its `length` argument.
         length: Option<u64>,
+        /// Its `if_stamp` argument.
         if_stamp: Option<FileStamp>,
     },
+    /// A call of [`Service::read_hashed`].
     ReadHashed {
+        /// The directory.
         dir: &'a DirId,
+        /// The file.
         path: &'a RelPath,
+        /// Its `stamp` argument.
         stamp: FileStamp,
+        /// Its `algorithm` argument.
         algorithm: DigestAlgorithm,
     },
+    /// A call of [`Service::write`].
     Write {
+        /// The directory.
         dir: &'a DirId,
+        /// The file.
         path: &'a RelPath,
+        /// Its `offset` argument.
         offset: u64,
+        /// Its `file_size` argument.
         file_size: u64,
     },
+    /// A call of [`Service::write_file`].
     WriteFile {
+        /// The directory.
         dir: &'a DirId,
+        /// The file.
         path: &'a RelPath,
+        /// Its `file_size` argument.
         file_size: u64,
+        /// The algorithm of its `expected` digest.
         algorithm: DigestAlgorithm,
     },
+    /// A call of [`Service::signature`].
     Signature {
+        /// The directory.
         dir: &'a DirId,
+        /// The file.
         path: &'a RelPath,
+        /// Its `range` argument.
         range: ByteRange,
+        /// Its `block_size` argument.
         block_size: u32,
     },
+    /// A call of [`Service::diff`].
     Diff {
+        /// The directory.
         dir: &'a DirId,
+        /// The file.
         path: &'a RelPath,
+        /// Its `range` argument.
         range: ByteRange,
     },
+    /// A call of [`Service::apply_delta`].
     ApplyDelta {
+        /// The directory.
         dir: &'a DirId,
+        /// The file.
         path: &'a RelPath,
+        /// Its `range` argument.
         range: ByteRange,
+        /// Its `file_size` argument.
         file_size: u64,
     },
+    /// A call of [`Service::hash`].
     Hash {
+        /// The directory.
         dir: &'a DirId,
+        /// The file.
         path: &'a RelPath,
+        /// Its `kind` argument.
         kind: FileKind,
+        /// Its `range` argument.
         range: Option<ByteRange>,
+        /// Its `algorithm` argument.
         algorithm: DigestAlgorithm,
     },
+    /// A call of [`Service::finish`].
     Finish {
+        /// The directory.
         dir: &'a DirId,
+        /// The file.
         path: &'a RelPath,
+        /// Its `expected` argument.
         expected: Option<Digest>,
     },
+    /// A call of [`Service::delete`].
     Delete {
+        /// The directory.
         dir: &'a DirId,
+        /// The file.
         path: &'a RelPath,
+        /// Its `if_stamp` argument.
         if_stamp: Option<FileStamp>,
     },
+    /// A call of [`Service::read_files`].
     ReadFiles {
+        /// The directory.
         dir: &'a DirId,
+        /// The files, in order.
         files: &'a [(RelPath, FileStamp)],
+        /// Its `algorithm` argument.
         algorithm: DigestAlgorithm,
     },
+    /// A call of [`Service::write_files`].
     WriteFiles {
+        /// The directory.
         dir: &'a DirId,
+        /// The files, in order.
         files: &'a [WholeFile],
     },
+    /// A call of [`Service::delete_files`].
     DeleteFiles {
+        /// The directory.
         dir: &'a DirId,
+        /// The files, in order.
         files: &'a [(RelPath, FileStamp)],
     },
 }
 
 impl Call<'_> {
+    /// The method this call is for.
     pub fn method(&self) -> Method {
         match self {
             Call::Info => Method::Info,
@@ -229,6 +310,7 @@ pub struct Wrapped<S: ?Sized, F> {
 }
 
 impl<S: ?Sized, F> Wrapped<S, F> {
+    /// `inner`, its calls passed through `filter`.
     pub fn new(inner: Arc<S>, filter: F) -> Self {
         Wrapped { filter, inner }
     }

@@ -23,34 +23,50 @@ use crate::throttle::{SendLimit, Throttled};
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("invalid server address {addr:?}")]
+    /// The address is not a valid URI.
     InvalidAddress {
+        /// The address.
         addr: String,
         #[source]
+        /// The cause.
         source: tonic::transport::Error,
     },
     #[error("server at {addr} presented a key not in --peers")]
+    /// The daemon presented a key that is not pinned.
     UntrustedServer {
+        /// The address.
         addr: String,
         #[source]
+        /// The cause.
         source: tonic::transport::Error,
     },
     #[error("daemon at {addr} refused our key: it is not among the daemon's [peers]")]
+    /// The daemon refused this client's key.
     RefusedByServer {
+        /// The address.
         addr: String,
         #[source]
+        /// The cause.
         source: tonic::transport::Error,
     },
     #[error("timed out connecting to {addr} after {after:?}")]
+    /// No connection within the connect timeout.
     TimedOut {
+        /// The address.
         addr: String,
+        /// How long it waited.
         after: Duration,
         #[source]
+        /// The cause.
         source: tonic::transport::Error,
     },
     #[error("cannot connect to {addr}")]
+    /// The connection failed otherwise (refused, unreachable, broken handshake).
     Connect {
+        /// The address.
         addr: String,
         #[source]
+        /// The cause.
         source: tonic::transport::Error,
     },
 }
@@ -58,7 +74,7 @@ pub enum ConnectError {
 /// Opens a gRPC channel to the daemon at `addr` (`host:port`) over mutual TLS.
 ///
 /// With TLS 1.3 the server checks the client's key after the client considers the
-/// handshake done, so [`dial`] waits for the daemon's first bytes: a daemon that does
+/// handshake done, so `dial` waits for the daemon's first bytes: a daemon that does
 /// not allow this client closes the connection instead, and that is reported here as
 /// [`ConnectError::RefusedByServer`] rather than as a puzzling failure of the first call.
 ///
@@ -136,7 +152,12 @@ async fn dial(
     tcp.set_nodelay(true)?;
     let name = ServerName::try_from(SERVER_NAME)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut tls = connector.connect(name, send_limit.wrap(tcp)).await?;
+    let mut tls = connector
+        .connect(
+            name,
+            send_limit.wrap_observed(tcp, std::sync::Arc::new(crate::metrics::Wire)),
+        )
+        .await?;
     let mut first = vec![0u8; FIRST_READ];
     match tls.read(&mut first).await {
         // A TLS alert is how the daemon refuses our certificate; a bare end or

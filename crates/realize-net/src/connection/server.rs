@@ -118,7 +118,9 @@ impl Drop for PeerCounted {
 /// Who is on the other end of a server connection; handlers get it from the request extensions.
 #[derive(Clone, Debug)]
 pub struct PeerInfo {
+    /// The peer id it authenticated as.
     pub peer_id: String,
+    /// Its address.
     pub addr: SocketAddr,
     /// What this server sends on this connection may be limited (Configure).
     pub send_limit: SendLimit,
@@ -137,6 +139,7 @@ pub struct ServerConn<S = Throttled<TcpStream>> {
 }
 
 impl<S> ServerConn<S> {
+    /// Who is on the other end.
     pub fn peer_info(&self) -> &PeerInfo {
         &self.info
     }
@@ -406,7 +409,9 @@ async fn handshake(
     let (config, verdict) = tls
         .for_client(addr.ip())
         .map_err(HandshakeError::Settings)?;
-    let accepted = TlsAcceptor::from(config).accept(send_limit.wrap(tcp)).await;
+    let accepted = TlsAcceptor::from(config)
+        .accept(send_limit.wrap_observed(tcp, std::sync::Arc::new(crate::metrics::Wire)))
+        .await;
     // The verifier's decision, taken from the peers as they were at that moment,
     // names the peer; looking it up again could see a reloaded config.
     let (tls, key, peer_id) = match (accepted, verdict.get()) {

@@ -14,14 +14,18 @@ pub const MAX_FILES_PER_CALL: usize = 1024;
 /// repeats, and what is asked of it, or why that is refused.
 #[derive(Debug)]
 pub struct Named<T> {
+    /// The path as sent.
     pub path: String,
+    /// What is asked of the file, or why it is refused.
     pub request: Result<T, DecodeError>,
 }
 
 /// One message of WriteFiles: a whole file of `dir`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WriteFile {
+    /// The directory.
     pub dir: DirId,
+    /// The file.
     pub file: WholeFile,
 }
 
@@ -58,7 +62,9 @@ impl From<WriteFile> for pb::WriteFilesRequest {
 /// directory, and each file with its stamp.
 #[derive(Debug)]
 pub struct FileRefs {
+    /// The directory.
     pub dir: DirId,
+    /// The files, in order.
     pub files: Vec<Named<(RelPath, FileStamp)>>,
 }
 
@@ -107,7 +113,9 @@ impl FileRefs {
 /// each is sent with.
 #[derive(Debug)]
 pub struct ReadFiles {
+    /// The files, each with its stamp.
     pub refs: FileRefs,
+    /// The digest each file is sent with.
     pub algorithm: DigestAlgorithm,
 }
 
@@ -131,7 +139,9 @@ impl TryFrom<pb::DeleteFilesRequest> for FileRefs {
 /// A ReadFiles or DeleteFiles request, as the client makes it.
 #[derive(Clone, Copy, Debug)]
 pub struct Files<'a> {
+    /// The directory.
     pub dir: &'a DirId,
+    /// The files, in order.
     pub files: &'a [(RelPath, FileStamp)],
 }
 
@@ -151,7 +161,9 @@ impl Files<'_> {
 /// each is to be sent with.
 #[derive(Clone, Copy, Debug)]
 pub struct HashedFiles<'a> {
+    /// The files, each with its stamp.
     pub files: Files<'a>,
+    /// The digest each file is to be sent with.
     pub algorithm: DigestAlgorithm,
 }
 

@@ -29,10 +29,16 @@ pub trait ClientStream: Sized {
 /// with the algorithm `whole_file` names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WriteHeader {
+    /// The directory.
     pub dir: DirId,
+    /// The path.
     pub path: RelPath,
+    /// The offset given.
     pub offset: u64,
+    /// The size the file was given.
     pub file_size: u64,
+    /// With an algorithm: the data is the whole file, hashed with it as
+    /// written and finished at its end.
     pub whole_file: Option<DigestAlgorithm>,
 }
 
@@ -40,7 +46,9 @@ pub struct WriteHeader {
 /// digest the file must have.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WritePiece {
+    /// Bytes of the file, in order.
     Data(Bytes),
+    /// The digest the whole file must have: the last message.
     Finish(Digest),
 }
 
@@ -48,9 +56,13 @@ pub enum WritePiece {
 /// which ends `file_size` long.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApplyDeltaHeader {
+    /// The directory.
     pub dir: DirId,
+    /// The path.
     pub path: RelPath,
+    /// The byte range.
     pub range: ByteRange,
+    /// The size the file was given.
     pub file_size: u64,
 }
 
