@@ -308,6 +308,7 @@ fn request(op: &Op, root: &Path) -> (&'static str, Bytes) {
             "List",
             one::<request::List, _>(pb::ListRequest {
                 dir: dir.get(),
+                prefix: String::new(),
                 include_partial: *include_partial,
             }),
         ),

@@ -11,7 +11,7 @@ use opentelemetry::KeyValue;
 use realize_core::ErrorChain;
 use realize_core::{
     DirId, FileKind, LocalStore, MoveError, MoveOptions, MoveSummary, Service, ServiceError, Side,
-    Stop,
+    Stop, Subtree,
 };
 use realize_net::connection::ConnectError;
 use realize_net::metrics::record_limit;
@@ -380,7 +380,8 @@ impl Sides {
                 {
                     // Every check that can refuse the move runs before the
                     // destination is created.
-                    realize_core::check_distinct(&*source, &*destination, &config.dirs).await?;
+                    let dirs: Vec<DirId> = config.roots.iter().map(|r| r.dir.clone()).collect();
+                    realize_core::check_distinct(&*source, &*destination, &dirs).await?;
                     std::fs::create_dir(root).with_context(|| {
                         format!("cannot create the destination {}", root.display())
                     })?;
@@ -409,14 +410,14 @@ impl Sides {
         let summary = realize_core::move_files(
             &*source,
             &*destination,
-            &config.dirs,
+            &config.roots,
             &options,
             output,
             stop,
         )
         .await?;
         let partials = if summary.files_failed + summary.files_interrupted > 0 {
-            partial_files(&*destination, &config.dirs).await
+            partial_files(&*destination, &config.roots).await
         } else {
             Vec::new()
         };
@@ -427,7 +428,11 @@ impl Sides {
         match config.endpoint(side) {
             Endpoint::Local(root) => {
                 check_local_root(root, side)?;
-                let dir = config.dirs.first().cloned().context("no directory id")?;
+                let dir = config
+                    .roots
+                    .first()
+                    .map(|root| root.dir.clone())
+                    .context("no directory id")?;
                 Ok(Arc::new(LocalStore::new([(dir, root.clone())])))
             }
             Endpoint::Remote(addr) => {
@@ -474,14 +479,19 @@ impl Sides {
 /// interrupted run must still exit promptly.
 const PARTIALS_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// The partial files `destination` holds in each of `dirs` that has any;
+/// The partial files `destination` holds in each of `roots` that has any;
 /// a directory that cannot be listed in time is left out.
-async fn partial_files(destination: &dyn Service, dirs: &[DirId]) -> Vec<(DirId, u64)> {
+async fn partial_files(destination: &dyn Service, roots: &[Subtree]) -> Vec<(DirId, u64)> {
     let mut found = Vec::new();
-    for dir in dirs {
+    for Subtree {
+        dir,
+        destination: sub,
+        ..
+    } in roots
+    {
         let listing = async {
             destination
-                .list(dir, true)
+                .list(dir, sub.as_ref(), true)
                 .await?
                 .try_collect::<Vec<_>>()
                 .await

@@ -37,11 +37,13 @@ use crate::stop::Stop;
 
 mod batch;
 mod listing;
+mod subtree;
 mod transfer;
 
 use batch::{Work, batched, move_batch};
 pub use listing::check_distinct;
 use listing::{DESTINATION_LOOKS, DestinationState, destination_state, list_dir};
+pub use subtree::Subtree;
 use transfer::Transfer;
 
 /// Files below this size do not count against `MoveOptions::parallel`.
@@ -126,10 +128,15 @@ pub struct MoveSummary {
     pub failures: Vec<Failure>,
 }
 
-/// A file to move: its listing on the source and what the destination has.
+/// A file to move: its listing on the source, where it goes on the
+/// destination and what the destination has there.
 struct Job<'a> {
     dir: &'a DirId,
     entry: Entry,
+    /// The destination's path, `entry.path` but for a sub-path move.
+    target: RelPath,
+    /// The destination's subtree, listed again when it changes under the move.
+    dst_prefix: Option<&'a RelPath>,
     state: DestinationState,
 }
 
@@ -207,7 +214,8 @@ impl FileTracker {
     }
 }
 
-/// Moves every file of `dirs` from `src` to `dst`, reporting to `progress`.
+/// Moves every file of `roots` (directory ids, or subtrees of them: see
+/// [`Subtree`]) from `src` to `dst`, reporting to `progress`.
 ///
 /// Fails as a whole only if the two sides cannot be compared (an `info`
 /// call fails, a directory is missing, both sides overlap) or the move is
@@ -221,21 +229,23 @@ impl FileTracker {
 pub async fn move_files(
     src: &dyn Service,
     dst: &dyn Service,
-    dirs: &[DirId],
+    roots: &[Subtree],
     options: &MoveOptions,
     progress: &dyn Progress,
     stop: &Stop,
 ) -> Result<MoveSummary, MoveError> {
+    let dirs: Vec<DirId> = roots.iter().map(|root| root.dir.clone()).collect();
     tokio::select! {
-        checked = check_distinct(src, dst, dirs) => checked?,
+        checked = check_distinct(src, dst, &dirs) => checked?,
         () = stop.interrupted() => return Err(MoveError::Cancelled),
     }
     let options = &options.clamped();
     let mut summary = MoveSummary::default();
     let mut jobs = Vec::new();
-    for dir in dirs {
+    for root in roots {
+        let dir = &root.dir;
         progress.listing(dir);
-        let listing = list_dir(src, dst, dir).instrument(tracing::info_span!("dir", %dir));
+        let listing = list_dir(src, dst, root).instrument(tracing::info_span!("dir", %dir));
         let listed = tokio::select! {
             listed = listing => listed,
             () = stop.interrupted() => return Ok(summary),
@@ -362,7 +372,7 @@ async fn move_one<'a>(
             progress.file(job.dir, &job.entry.path, job.entry.stamp.size),
             Arc::clone(&meter.sent),
         );
-        let moving = move_file(src, dst, job.dir, &job.entry, job.state, options, &file);
+        let moving = move_file(src, dst, &job, options, &file);
         let outcome = tokio::select! {
             moved = moving => match moved {
                 Ok(sent) => {
@@ -391,12 +401,11 @@ async fn move_one<'a>(
 async fn move_file(
     src: &dyn Service,
     dst: &dyn Service,
-    dir: &DirId,
-    entry: &Entry,
-    state: DestinationState,
+    job: &Job<'_>,
     options: &MoveOptions,
     file: &FileTracker,
 ) -> Result<u64, MoveError> {
+    let (dir, entry) = (job.dir, &job.entry);
     let path = &entry.path;
     let size = entry.stamp.size;
     let transfer = Transfer {
@@ -404,11 +413,12 @@ async fn move_file(
         dst,
         dir,
         path,
+        target: &job.target,
         size,
         options,
         file,
     };
-    let mut state = state;
+    let mut state = job.state;
     let mut looks = 0;
     let (source_hash, sent) = loop {
         let transferred = if state.partial_stamp.is_none() && state.final_stamp.is_none() {
@@ -425,7 +435,7 @@ async fn move_file(
             }) if source.code() == ErrorCode::NotFound && looks < DESTINATION_LOOKS => {
                 looks += 1;
                 tracing::info!(error = %ErrorChain(&source), "destination changed while being moved, looking again");
-                state = destination_state(dst, dir, path).await?;
+                state = destination_state(dst, dir, job.dst_prefix, &job.target).await?;
             }
             transferred => break transferred?,
         }

@@ -11,7 +11,10 @@ pub(super) struct Transfer<'a> {
     pub(super) src: &'a dyn Service,
     pub(super) dst: &'a dyn Service,
     pub(super) dir: &'a DirId,
+    /// The file on the source.
     pub(super) path: &'a RelPath,
+    /// Where it goes on the destination (the same path but for a sub-path move).
+    pub(super) target: &'a RelPath,
     pub(super) size: u64,
     pub(super) options: &'a MoveOptions,
     pub(super) file: &'a FileTracker,
@@ -50,7 +53,7 @@ impl Transfer<'_> {
         };
         let writing = self
             .dst
-            .write_file(self.dir, self.path, self.size, data, expected);
+            .write_file(self.dir, self.target, self.size, data, expected);
         let ((), written) = future::join(forwarding, writing).await;
         match (written, kept.get().copied()) {
             (Ok(_), Some(source_hash)) => Ok((source_hash, relay.bytes())),
@@ -72,6 +75,7 @@ impl Transfer<'_> {
         state: DestinationState,
     ) -> Result<(Sha256Hash, u64), MoveError> {
         let (src, dst, dir, path, size) = (self.src, self.dst, self.dir, self.path, self.size);
+        let target = self.target;
         let source_hash = async {
             let result = src
                 .hash(dir, path, FileKind::Final, None)
@@ -94,7 +98,7 @@ impl Transfer<'_> {
             {
                 self.file.phase(Phase::Hashing);
                 let result = dst
-                    .hash(dir, path, FileKind::Final, None)
+                    .hash(dir, target, FileKind::Final, None)
                     .await
                     .map_err(MoveError::destination)?;
                 return Ok((Some(result.hash), 0));
@@ -123,7 +127,7 @@ impl Transfer<'_> {
         }
         // The destination checks its SHA-256 against the source's on disk,
         // then fsyncs and renames, in one call.
-        if let Err(error) = dst.finish(dir, path, expected).await {
+        if let Err(error) = dst.finish(dir, target, expected).await {
             return Err(self.finish_error(error, source_hash).await);
         }
         Ok((source_hash, sent))
@@ -134,7 +138,7 @@ impl Transfer<'_> {
     }
 
     async fn finish_error(&self, error: ServiceError, source_hash: Sha256Hash) -> MoveError {
-        finish_error(self.dst, self.dir, self.path, error, source_hash).await
+        finish_error(self.dst, self.dir, self.target, error, source_hash).await
     }
 
     /// `working` is the destination's working copy (form and length) if it
@@ -158,7 +162,7 @@ impl Transfer<'_> {
                     .hash(self.dir, self.path, FileKind::Final, Some(range))
                     .map_err(MoveError::source),
                 self.dst
-                    .hash(self.dir, self.path, kind, Some(range))
+                    .hash(self.dir, self.target, kind, Some(range))
                     .map_err(MoveError::destination),
             )
             .await?;
@@ -192,7 +196,7 @@ impl Transfer<'_> {
     async fn patch(&self, range: ByteRange, expected: Sha256Hash) -> Result<u64, MoveError> {
         let signature = self
             .dst
-            .signature(self.dir, self.path, range, self.options.block_size)
+            .signature(self.dir, self.target, range, self.options.block_size)
             .await
             .map_err(MoveError::destination)?;
         let signature_len = signature.len() as u64;
@@ -203,13 +207,13 @@ impl Transfer<'_> {
             .map_err(MoveError::source)?;
         let (delta, relay) = Relay::new(delta, self.file, false);
         self.dst
-            .apply_delta(self.dir, self.path, range, self.size, delta)
+            .apply_delta(self.dir, self.target, range, self.size, delta)
             .await
             .map_err(|e| relay.error(e))?;
         let mut sent = signature_len + relay.bytes();
         let patched = self
             .dst
-            .hash(self.dir, self.path, FileKind::Partial, Some(range))
+            .hash(self.dir, self.target, FileKind::Partial, Some(range))
             .await
             .map_err(MoveError::destination)?;
         if patched.hash != expected {
@@ -233,7 +237,7 @@ impl Transfer<'_> {
             .map_err(MoveError::source)?;
         let (data, relay) = Relay::new(data, self.file, report);
         self.dst
-            .write(self.dir, self.path, range.start, self.size, data)
+            .write(self.dir, self.target, range.start, self.size, data)
             .await
             .map_err(|e| relay.error(e))?;
         Ok(relay.bytes())

@@ -87,6 +87,7 @@ pub enum Call<'a> {
     Info,
     List {
         dir: &'a DirId,
+        prefix: Option<&'a RelPath>,
         include_partial: bool,
     },
     Read {
@@ -241,14 +242,20 @@ where
         self.inner.info().await
     }
 
-    async fn list(&self, dir: &DirId, include_partial: bool) -> Result<EntryStream, ServiceError> {
+    async fn list(
+        &self,
+        dir: &DirId,
+        prefix: Option<&RelPath>,
+        include_partial: bool,
+    ) -> Result<EntryStream, ServiceError> {
         self.filter
             .before(Call::List {
                 dir,
+                prefix,
                 include_partial,
             })
             .await;
-        self.inner.list(dir, include_partial).await
+        self.inner.list(dir, prefix, include_partial).await
     }
 
     async fn read(

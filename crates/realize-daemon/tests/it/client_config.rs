@@ -2,29 +2,10 @@
 //! `realize SRC box:DIR` and `realize://` moves, all from a throwaway HOME.
 
 use std::path::Path;
-use std::process::Output;
 
 use tempfile::TempDir;
-use tokio::process::Command;
 
 use crate::util::*;
-
-/// `realize` with `home` as HOME and no other config location.
-async fn realize_at(home: &Path, args: &[&str]) -> Output {
-    let output = Command::new(realize_bin())
-        .args(args)
-        .current_dir(home)
-        .env("HOME", home)
-        .env_remove("XDG_CONFIG_HOME")
-        .env_remove("REALIZE_CONFIG")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(std::time::Duration::from_secs(60), output)
-        .await
-        .expect("realize hung")
-        .unwrap()
-}
 
 fn config_text(home: &Path) -> String {
     std::fs::read_to_string(home.join(".config/realize/config.toml")).unwrap()

@@ -373,6 +373,23 @@ pub async fn realize(args: &[&std::ffi::OsStr]) -> Output {
         .unwrap()
 }
 
+/// `realize` with `home` as HOME and no other config location.
+pub async fn realize_at(home: &Path, args: &[&str]) -> Output {
+    let output = Command::new(realize_bin())
+        .args(args)
+        .current_dir(home)
+        .env("HOME", home)
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("REALIZE_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(PROCESS_TIMEOUT, output)
+        .await
+        .expect("realize hung")
+        .unwrap()
+}
+
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }

@@ -1,0 +1,116 @@
+//! Sub-path moves: only the subtree is listed and moved, and it lands where
+//! rclone would put the contents of SRC in DST.
+
+use super::*;
+use crate::mover::Subtree;
+
+fn path(p: &str) -> RelPath {
+    RelPath::new(p).unwrap()
+}
+
+fn subtree(source: Option<&str>, destination: Option<&str>) -> Subtree {
+    Subtree {
+        dir: dir(),
+        source: source.map(path),
+        destination: destination.map(path),
+    }
+}
+
+async fn run(sides: &Sides, root: Subtree) -> MoveSummary {
+    let (src, dst) = (store(sides.src()), store(sides.dst()));
+    move_files(&src, &dst, &[root], &options(), &NoProgress, &Stop::new())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_source_sub_path_moves_its_contents_into_the_destination_root() {
+    let sides = Sides::new();
+    write_file(sides.src(), "2024/a.jpg", b"a");
+    write_file(sides.src(), "2024/may/b.jpg", &random_bytes(1, 2 * MIB));
+    write_file(sides.src(), "2023/old.jpg", b"old");
+    write_file(sides.src(), "2024-bis/c.jpg", b"c");
+    write_file(sides.src(), "top.txt", b"top");
+    write_file(sides.dst(), "kept.txt", b"kept");
+
+    let summary = run(&sides, subtree(Some("2024"), None)).await;
+
+    assert_all_moved(&summary, 2);
+    assert_eq!(tree(sides.dst()), ["a.jpg", "kept.txt", "may", "may/b.jpg"]);
+    // The rest of the source stays; the moved subtree's root, emptied, goes.
+    assert_eq!(
+        tree(sides.src()),
+        [
+            "2023",
+            "2023/old.jpg",
+            "2024-bis",
+            "2024-bis/c.jpg",
+            "top.txt"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_destination_sub_path_receives_the_whole_source() {
+    let sides = Sides::new();
+    write_file(sides.src(), "a.jpg", b"a");
+    write_file(sides.src(), "may/b.jpg", b"b");
+    write_file(sides.dst(), "2023/old.jpg", b"old");
+    write_file(sides.dst(), "a.jpg", b"not the same file");
+
+    let summary = run(&sides, subtree(None, Some("photos/2024"))).await;
+
+    assert_all_moved(&summary, 2);
+    assert_eq!(read_file(sides.dst(), "photos/2024/a.jpg"), b"a");
+    assert_eq!(read_file(sides.dst(), "photos/2024/may/b.jpg"), b"b");
+    // Outside the destination's subtree nothing is looked at or changed.
+    assert_eq!(read_file(sides.dst(), "a.jpg"), b"not the same file");
+    assert_eq!(read_file(sides.dst(), "2023/old.jpg"), b"old");
+    // A directory id's root is never removed.
+    assert!(tree(sides.src()).is_empty());
+    assert!(sides.src().exists());
+}
+
+#[tokio::test]
+async fn a_partial_file_at_the_target_path_is_resumed() {
+    let sides = Sides::new();
+    let size = 2 * MIB;
+    let data = random_bytes(7, size);
+    write_file(sides.src(), "new/f", &data);
+    write_file(sides.src(), "new/small", b"small");
+    write_file(sides.dst(), "old/.f.part", &data[..size / 2]);
+    write_file(sides.dst(), "old/small", b"small");
+
+    let summary = run(&sides, subtree(Some("new"), Some("old"))).await;
+
+    assert_all_moved(&summary, 2);
+    let sent = summary.bytes_sent as f64;
+    assert!(sent < 0.55 * size as f64, "sent {sent}");
+    assert_eq!(read_file(sides.dst(), "old/f"), data);
+    assert_eq!(tree(sides.dst()), ["old", "old/f", "old/small"]);
+    assert!(tree(sides.src()).is_empty());
+}
+
+#[tokio::test]
+async fn a_missing_sub_path_moves_nothing_and_a_file_is_refused() {
+    let sides = Sides::new();
+    write_file(sides.src(), "file", b"f");
+
+    let summary = run(&sides, subtree(Some("nope/deeper"), None)).await;
+    assert_all_moved(&summary, 0);
+    assert!(summary.failures.is_empty());
+
+    let summary = run(&sides, subtree(Some("file"), None)).await;
+    assert_eq!(summary.files_moved, 0);
+    let [failure] = summary.failures.as_slice() else {
+        panic!("{:?}", summary.failures);
+    };
+    assert!(failure.path.is_none());
+    assert!(
+        matches!(&failure.error, MoveError::Service { side: Side::Source, source } if source.code() == ErrorCode::FailedPrecondition),
+        "{:?}",
+        failure.error
+    );
+    assert_eq!(tree(sides.src()), ["file"]);
+    assert!(tree(sides.dst()).is_empty());
+}

@@ -1,0 +1,108 @@
+//! Which files a move takes: `REMOTE:DIR/SUB` sub-paths both ways, with a
+//! daemon that lists only the subtree and refuses a hostile prefix.
+
+use std::path::{Path, PathBuf};
+
+use realize_proto::pb;
+use tempfile::TempDir;
+
+use crate::util::*;
+
+/// A throwaway HOME with a key and the remote `server`, a daemon serving
+/// `box` from the returned root and trusting that key.
+async fn home_with_server(home: &Path) -> (Daemon, PathBuf) {
+    let keygen = realize_at(home, &["keygen"]).await;
+    assert!(keygen.status.success(), "{}", stderr(&keygen));
+    let ours = home.join(".config/realize/client.pub.pem");
+    let placeholder = KeyFiles::new(home, "placeholder");
+    let root = home.join("served");
+    std::fs::create_dir(&root).unwrap();
+    let daemon = Daemon::start_with(home, &[("box", &root)], &placeholder, |config| {
+        config.peers = vec![("laptop".to_string(), ours.clone())];
+    })
+    .await;
+    let fingerprint = daemon.key.public_key().fingerprint();
+    let added = realize_at(
+        home,
+        &[
+            "remote",
+            "add",
+            "server",
+            &daemon.addr,
+            "--fingerprint",
+            &fingerprint,
+        ],
+    )
+    .await;
+    assert!(added.status.success(), "{}", stderr(&added));
+    (daemon, root)
+}
+
+#[tokio::test]
+async fn a_sub_path_moves_only_that_subtree_both_ways() {
+    let work = TempDir::new().unwrap();
+    let home = work.path();
+    let (daemon, root) = home_with_server(home).await;
+    write_file(&root, "sub/a.txt", b"a");
+    write_file(&root, "sub/deep/b.bin", &random_bytes(3, 3 * 1024 * 1024));
+    write_file(&root, "sibling/c.txt", b"c");
+    write_file(&root, "sub-not/d.txt", b"d");
+    write_file(&root, "top.txt", b"top");
+    let subtree = manifest(&root.join("sub"));
+    let siblings = |root: &Path| {
+        let mut all = manifest(root);
+        all.retain(|path, _| !path.starts_with("sub/"));
+        all
+    };
+    let untouched = siblings(&root);
+
+    // Pull: the contents of box/sub go into ./local, the rest of box stays.
+    let pull = realize_at(home, &["server:box/sub", "local"]).await;
+    assert!(pull.status.success(), "{}", stderr(&pull));
+    assert_eq!(manifest(&home.join("local")), subtree);
+    assert_eq!(manifest(&root), untouched);
+    assert!(!root.join("sub").exists(), "the moved subtree's root stays");
+
+    // Push into another sub-path: it lands under it, the rest stays again.
+    let push = realize_at(home, &["local", "server:box/new/place"]).await;
+    assert!(push.status.success(), "{}", stderr(&push));
+    assert_eq!(manifest(&root.join("new/place")), subtree);
+    assert_eq!(siblings(&root).len(), untouched.len() + subtree.len());
+    assert!(manifest(&home.join("local")).is_empty());
+    assert!(home.join("local").exists(), "a local root is never removed");
+
+    // A sub-path that does not exist moves nothing and is no failure.
+    let nothing = realize_at(home, &["server:box/nope", "elsewhere"]).await;
+    assert!(nothing.status.success(), "{}", stderr(&nothing));
+    assert!(manifest(&home.join("elsewhere")).is_empty());
+    assert_eq!(siblings(&root).len(), untouched.len() + subtree.len());
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_hostile_list_prefix_is_invalid_argument() {
+    let work = TempDir::new().unwrap();
+    let root = work.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    write_file(work.path(), "outside/secret", b"secret");
+    let client = KeyFiles::new(work.path(), "client");
+    let daemon = Daemon::start(work.path(), &[("d", &root)], &client).await;
+    let mut api = api(&daemon, &client).await;
+    for prefix in ["..", "../outside", "/etc", "a/../..", "a//b"] {
+        let listed = api
+            .list(pb::ListRequest {
+                dir: "d".into(),
+                prefix: prefix.into(),
+                include_partial: true,
+            })
+            .await;
+        let status = listed.map(|_| ()).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{prefix}");
+        assert!(
+            status.message().contains("invalid path"),
+            "{prefix}: {}",
+            status.message()
+        );
+    }
+    daemon.stop().await;
+}
