@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 use realize_core::Stop;
 use realize_net::telemetry::Telemetry;
 
@@ -36,7 +36,7 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_millis(500);
 /// Parses the command line; usage errors and --help/--version are printed
 /// here and become the exit code.
 pub fn parse() -> Result<Cli, ExitCode> {
-    match Cli::try_parse() {
+    match Cli::try_parse_ordered(std::env::args_os()) {
         Ok(cli) => Ok(cli),
         Err(e) if e.use_stderr() => {
             // Every error of the command starts `realize: error:`, so a

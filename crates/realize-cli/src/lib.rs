@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use realize_core::{DirId, Subtree};
+use realize_core::{DirId, FilterRules, Subtree};
 use realize_net::keys::{PrivateKey, PublicKey};
 
 pub mod app;
@@ -54,6 +54,8 @@ pub struct Config {
     /// config's remotes.
     pub server_keys: Vec<PublicKey>,
     pub parallel: usize,
+    /// Which files move (--include, --exclude, --exclude-from).
+    pub filter: FilterRules,
     pub limits: BandwidthLimits,
     /// Wall-clock budget of the whole run.
     pub max_duration: Option<Duration>,

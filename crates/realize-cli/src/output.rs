@@ -195,6 +195,7 @@ impl Output {
                 "failed": failed,
                 "interrupted": summary.files_interrupted,
                 "skipped": summary.files_skipped,
+                "excluded": summary.files_excluded,
                 "finished": matches!(run.ending, Ending::Finished),
                 "bytes_moved": summary.bytes_moved,
                 "bytes_sent": summary.bytes_sent,
@@ -263,10 +264,13 @@ impl Output {
             ));
         } else {
             let elapsed = Duration::from_millis(elapsed.as_millis() as u64);
-            let skipped = match summary.files_skipped {
+            let mut skipped = match summary.files_skipped {
                 0 => String::new(),
                 n => format!(", {n} skipped"),
             };
+            if summary.files_excluded > 0 {
+                skipped += &format!(", {} excluded", summary.files_excluded);
+            }
             self.line_out(&format!(
                 "Moved {} ({}) in {}{skipped}",
                 files(summary.files_moved),
@@ -338,6 +342,18 @@ impl Progress for Output {
                     .yellow()
                     .for_stderr(),
             )),
+        }
+    }
+
+    fn excluded(&self, dir: &DirId, path: &RelPath) {
+        // Only for scripts: a text run says how many in its summary, as
+        // rclone does, rather than a line per file left by choice.
+        if let Mode::Json = self.mode {
+            print_json(json!({
+                "event": "excluded",
+                "dir": dir.as_str(),
+                "path": path.as_str(),
+            }));
         }
     }
 

@@ -1,10 +1,10 @@
 //! The command line and the client config made into one [`Config`]: flags
 //! override the file, positional sides name remotes from it.
 
-use realize_core::{DirId, Subtree};
+use realize_core::{DirId, ErrorChain, FilterRules, Rule, Subtree};
 
 use crate::config_file::ConfigFile;
-use crate::flags::{Cli, Cutoff};
+use crate::flags::{Cli, Cutoff, FilterFlag};
 use crate::sides::{DirPath, SideArg};
 use crate::{BandwidthLimits, Config, CutoffMode, Endpoint, UsageError};
 
@@ -47,6 +47,7 @@ pub fn resolve(cli: &Cli, file: &ConfigFile) -> Result<Config, UsageError> {
         peers: cli.peers.clone(),
         server_keys,
         parallel: cli.parallel,
+        filter: filter_rules(&cli.filters)?,
         limits: BandwidthLimits {
             upload: cli.throttle.or(cli.throttle_up),
             download: cli.throttle.or(cli.throttle_down),
@@ -65,6 +66,33 @@ pub fn resolve(cli: &Cli, file: &ConfigFile) -> Result<Config, UsageError> {
 }
 
 type Resolved = (Endpoint, Endpoint, Vec<Subtree>);
+
+/// The filter flags made into rules, in the order given; each line of an
+/// --exclude-from file is an --exclude at that place.
+fn filter_rules(flags: &[FilterFlag]) -> Result<FilterRules, UsageError> {
+    let mut rules = Vec::new();
+    for flag in flags {
+        match flag {
+            FilterFlag::Include(glob) => rules.push(Rule::Include(glob.clone())),
+            FilterFlag::Exclude(glob) => rules.push(Rule::Exclude(glob.clone())),
+            FilterFlag::ExcludeFrom(file) => {
+                let text = std::fs::read_to_string(file).map_err(|e| {
+                    UsageError(format!(
+                        "cannot read --exclude-from {}: {e}",
+                        file.display()
+                    ))
+                })?;
+                rules.extend(
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+                        .map(|line| Rule::Exclude(line.to_string())),
+                );
+            }
+        }
+    }
+    FilterRules::new(rules).map_err(|e| UsageError(ErrorChain(&e).to_string()))
+}
 
 /// `--src-*`/`--dst-*` with DIR_ID arguments, as before positional sides.
 fn from_flags(cli: &Cli) -> Result<Resolved, UsageError> {

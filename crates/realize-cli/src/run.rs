@@ -154,6 +154,7 @@ pub async fn run_move(
                 total.files_failed = summary.files_failed;
                 total.files_interrupted = summary.files_interrupted;
                 total.files_skipped = summary.files_skipped;
+                total.files_excluded = summary.files_excluded;
                 total.failures = summary.failures;
                 match total
                     .failures
@@ -405,6 +406,7 @@ impl Sides {
         }
         let options = MoveOptions {
             parallel: config.parallel,
+            filter: config.filter.clone(),
             ..MoveOptions::default()
         };
         let summary = realize_core::move_files(

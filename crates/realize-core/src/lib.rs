@@ -28,7 +28,9 @@ pub mod testing;
 
 pub use digest::Sha256Hash;
 pub use error::{ErrorChain, ErrorCode, MoveError, ServiceError, Side, StoreError};
-pub use mover::{MoveOptions, MoveSummary, Subtree, check_distinct, move_files};
+pub use mover::{
+    FilterRules, InvalidRule, MoveOptions, MoveSummary, Rule, Subtree, check_distinct, move_files,
+};
 pub use path::{DirId, RelPath};
 pub use progress::{FileProgress, NoProgress, Phase, Progress};
 pub use service::{

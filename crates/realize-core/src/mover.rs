@@ -37,12 +37,14 @@ use crate::stop::Stop;
 
 mod batch;
 mod listing;
+mod rules;
 mod subtree;
 mod transfer;
 
 use batch::{Work, batched, move_batch};
 pub use listing::check_distinct;
 use listing::{DESTINATION_LOOKS, DestinationState, destination_state, list_dir};
+pub use rules::{FilterRules, InvalidRule, Rule};
 pub use subtree::Subtree;
 use transfer::Transfer;
 
@@ -64,6 +66,9 @@ pub struct MoveOptions {
     pub range_size: u64,
     /// rsync block size of the signatures.
     pub block_size: u32,
+    /// Which files are moved, by their path relative to the moved root (a
+    /// sub-path's root for a sub-path move); the others stay at the source.
+    pub filter: FilterRules,
 }
 
 impl Default for MoveOptions {
@@ -72,6 +77,7 @@ impl Default for MoveOptions {
             parallel: 4,
             range_size: 8 * 1024 * 1024,
             block_size: 4096,
+            filter: FilterRules::default(),
         }
     }
 }
@@ -97,6 +103,7 @@ impl MoveOptions {
                 .range_size
                 .clamp(u64::from(block_size), delta::MAX_RANGE),
             block_size,
+            filter: self.filter.clone(),
         }
     }
 }
@@ -120,6 +127,8 @@ pub struct MoveSummary {
     /// Regular files the source has under a partial file's name
     /// (`.NAME.part`): never moved, since a partial file is never a source.
     pub files_skipped: u64,
+    /// Source files the rules (`MoveOptions::filter`) leave where they are.
+    pub files_excluded: u64,
     /// Size of the files moved.
     pub bytes_moved: u64,
     /// File, delta and signature bytes that crossed between the two sides.
@@ -245,7 +254,8 @@ pub async fn move_files(
     for root in roots {
         let dir = &root.dir;
         progress.listing(dir);
-        let listing = list_dir(src, dst, root).instrument(tracing::info_span!("dir", %dir));
+        let listing =
+            list_dir(src, dst, root, &options.filter).instrument(tracing::info_span!("dir", %dir));
         let listed = tokio::select! {
             listed = listing => listed,
             () = stop.interrupted() => return Ok(summary),
@@ -256,6 +266,11 @@ pub async fn move_files(
                     tracing::warn!(%dir, %path, "named like a partial file, not moved");
                     progress.skipped(dir, &path);
                     summary.files_skipped += 1;
+                }
+                for path in listed.excluded {
+                    tracing::debug!(%dir, %path, "excluded by the rules, not moved");
+                    progress.excluded(dir, &path);
+                    summary.files_excluded += 1;
                 }
                 jobs.extend(listed.jobs);
             }

@@ -33,6 +33,9 @@ pub trait Progress: Send + Sync {
     /// (`path` is its name on disk, `.NAME.part`), so it is not moved.
     fn skipped(&self, _dir: &DirId, _path: &RelPath) {}
 
+    /// A source file the move's rules exclude: it stays where it is.
+    fn excluded(&self, _dir: &DirId, _path: &RelPath) {}
+
     /// The totals, once every directory is listed.
     fn totals(&self, _files: u64, _bytes: u64) {}
 

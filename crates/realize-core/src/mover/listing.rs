@@ -62,6 +62,8 @@ pub(super) struct Listed<'a> {
     pub(super) jobs: Vec<Job<'a>>,
     /// Source files named like partial files, as they are named on disk.
     pub(super) skipped: Vec<RelPath>,
+    /// Source files the rules exclude.
+    pub(super) excluded: Vec<RelPath>,
 }
 
 /// How many times a file's destination is listed again when another client
@@ -105,6 +107,7 @@ pub(super) async fn list_dir<'a>(
     src: &dyn Service,
     dst: &dyn Service,
     root: &'a Subtree,
+    filter: &FilterRules,
 ) -> Result<Listed<'a>, MoveError> {
     let dir = &root.dir;
     // The source's partial files are listed only to be reported: a file
@@ -131,6 +134,7 @@ pub(super) async fn list_dir<'a>(
         .into_iter()
         .partition(|e| e.kind == FileKind::Final);
     let mut jobs = Vec::with_capacity(finals.len());
+    let mut excluded = Vec::new();
     for entry in finals {
         let Some(relative) = root.relative(&entry.path) else {
             return Err(MoveError::source(ServiceError::Protocol(format!(
@@ -138,6 +142,10 @@ pub(super) async fn list_dir<'a>(
                 entry.path
             ))));
         };
+        if !filter.includes(&relative) {
+            excluded.push(entry.path);
+            continue;
+        }
         let target = root.target(&relative);
         jobs.push(Job {
             dir,
@@ -149,6 +157,7 @@ pub(super) async fn list_dir<'a>(
     }
     Ok(Listed {
         jobs,
+        excluded,
         skipped: partials.iter().map(|e| e.path.partial_path()).collect(),
     })
 }

@@ -29,6 +29,7 @@ fn options() -> MoveOptions {
         parallel: 3,
         range_size: 64 * KIB as u64,
         block_size: 1024,
+        ..MoveOptions::default()
     }
 }
 
@@ -948,4 +949,4 @@ async fn a_batch_the_destination_finishes_after_a_hard_stop_is_reported_moved() 
     }
 }
 
-mod subtree;
+mod selection;

@@ -104,6 +104,7 @@ fn options() -> MoveOptions {
         parallel: 1,
         range_size: 64 * KIB as u64,
         block_size: 1024,
+        ..MoveOptions::default()
     }
 }
 

@@ -106,3 +106,70 @@ async fn a_hostile_list_prefix_is_invalid_argument() {
     }
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn filters_leave_excluded_files_at_the_source_in_command_line_order() {
+    let work = TempDir::new().unwrap();
+    let home = work.path();
+    let (daemon, root) = home_with_server(home).await;
+    let local = home.join("local");
+    write_file(&local, "a.jpg", b"a");
+    write_file(&local, "scratch.tmp", b"s");
+    write_file(&local, "deep/keep.tmp", b"k");
+    write_file(&local, "deep/b.tmp", b"b");
+    write_file(&local, "cache/c.jpg", b"c");
+    std::fs::write(home.join("excludes"), "# editor files\n\n/cache/\n").unwrap();
+
+    // keep.tmp is included before *.tmp excludes it, cache/c.jpg excluded
+    // before *.jpg includes it; what stays is counted, and the run succeeds.
+    let push = realize_at(
+        home,
+        &[
+            "--include",
+            "keep.tmp",
+            "--exclude",
+            "*.tmp",
+            "--exclude-from",
+            "excludes",
+            "--include",
+            "*.jpg",
+            "--output",
+            "json",
+            "local",
+            "server:box/in",
+        ],
+    )
+    .await;
+    assert!(push.status.success(), "{}", stderr(&push));
+    let moved: Vec<String> = manifest(&root).into_keys().collect();
+    assert_eq!(moved, ["in/a.jpg", "in/deep/keep.tmp"]);
+    let left: Vec<String> = manifest(&local).into_keys().collect();
+    assert_eq!(left, ["cache/c.jpg", "deep/b.tmp", "scratch.tmp"]);
+    let out = stdout(&push);
+    let summary = out.lines().last().unwrap();
+    assert!(
+        summary.contains(r#""excluded":3"#) && summary.contains(r#""failed":0"#),
+        "{summary}"
+    );
+    assert_eq!(out.matches(r#""event":"excluded""#).count(), 3, "{out}");
+
+    // The other order: *.tmp matches first, so keep.tmp stays too, and
+    // c.jpg, which no rule matches, stays because there is an --include.
+    write_file(&local, "deep/keep.tmp", b"k");
+    let again = realize_at(
+        home,
+        &[
+            "--exclude",
+            "*.tmp",
+            "--include",
+            "keep.tmp",
+            "local",
+            "server:box/again",
+        ],
+    )
+    .await;
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(stdout(&again).contains("4 excluded"), "{}", stdout(&again));
+    assert!(!root.join("again").exists());
+    daemon.stop().await;
+}

@@ -1,8 +1,8 @@
-//! Sub-path moves: only the subtree is listed and moved, and it lands where
-//! rclone would put the contents of SRC in DST.
+//! Which files a move takes: a sub-path's subtree only, landing where
+//! rclone would put the contents of SRC in DST; the files the rules include.
 
 use super::*;
-use crate::mover::Subtree;
+use crate::mover::{FilterRules, Rule, Subtree};
 
 fn path(p: &str) -> RelPath {
     RelPath::new(p).unwrap()
@@ -17,8 +17,12 @@ fn subtree(source: Option<&str>, destination: Option<&str>) -> Subtree {
 }
 
 async fn run(sides: &Sides, root: Subtree) -> MoveSummary {
+    run_with(sides, root, &options()).await
+}
+
+async fn run_with(sides: &Sides, root: Subtree, options: &MoveOptions) -> MoveSummary {
     let (src, dst) = (store(sides.src()), store(sides.dst()));
-    move_files(&src, &dst, &[root], &options(), &NoProgress, &Stop::new())
+    move_files(&src, &dst, &[root], options, &NoProgress, &Stop::new())
         .await
         .unwrap()
 }
@@ -113,4 +117,53 @@ async fn a_missing_sub_path_moves_nothing_and_a_file_is_refused() {
     );
     assert_eq!(tree(sides.src()), ["file"]);
     assert!(tree(sides.dst()).is_empty());
+}
+
+#[tokio::test]
+async fn excluded_files_stay_and_are_counted_not_failed() {
+    let sides = Sides::new();
+    write_file(sides.src(), "sub/a.jpg", b"a");
+    write_file(sides.src(), "sub/x/b.tmp", b"b");
+    write_file(sides.src(), "sub/keep.tmp", b"k");
+    write_file(sides.src(), "sub/x/c.txt", b"c");
+    write_file(sides.src(), "outside.tmp", b"o");
+    let rules = |rules: &[Rule]| MoveOptions {
+        filter: FilterRules::new(rules.to_vec()).unwrap(),
+        ..options()
+    };
+    // Matched against the path below the moved root: `/x/` is sub/x.
+    let excluding = rules(&[Rule::Exclude("*.tmp".into()), Rule::Exclude("/x/".into())]);
+
+    let summary = run_with(&sides, subtree(Some("sub"), None), &excluding).await;
+
+    assert_all_moved(&summary, 1);
+    assert_eq!(summary.files_excluded, 3);
+    assert_eq!(tree(sides.dst()), ["a.jpg"]);
+    assert_eq!(
+        tree(sides.src()),
+        [
+            "outside.tmp",
+            "sub",
+            "sub/keep.tmp",
+            "sub/x",
+            "sub/x/b.tmp",
+            "sub/x/c.txt"
+        ]
+    );
+
+    // Included, then excluded: the first rule that matches decides, and
+    // with an include rule what none matches stays.
+    let ordered = rules(&[
+        Rule::Include("keep.tmp".into()),
+        Rule::Exclude("*.tmp".into()),
+        Rule::Include("c.txt".into()),
+    ]);
+    let summary = run_with(&sides, subtree(Some("sub"), None), &ordered).await;
+    assert_all_moved(&summary, 2);
+    assert_eq!(summary.files_excluded, 1);
+    assert_eq!(tree(sides.dst()), ["a.jpg", "keep.tmp", "x", "x/c.txt"]);
+    assert_eq!(
+        tree(sides.src()),
+        ["outside.tmp", "sub", "sub/x", "sub/x/b.tmp"]
+    );
 }
