@@ -60,7 +60,9 @@ pub fn output(cli: &Cli) -> Output {
         OutputFormat::Text => Format::Text,
         OutputFormat::Json => Format::Json,
     };
-    Output::new(format, cli.quiet, std::io::stdout().is_terminal())
+    let terminal = std::io::stdout().is_terminal();
+    // A dry run's per-file lines are its output: no bars.
+    Output::new(format, cli.quiet, terminal && !cli.dry_run).with_dry_run(cli.dry_run)
 }
 
 /// The log filter by -v count; per-file outcomes are the output's job, the

@@ -96,6 +96,10 @@ pub struct Cli {
     /// --exclude each line of FILE (blank lines and `#` comments skipped).
     #[arg(long, value_name = "FILE")]
     pub exclude_from: Vec<PathBuf>,
+    /// List what each file would become (move, overwrite, identical,
+    /// excluded) and the total, changing nothing on either side.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
     /// --include, --exclude and --exclude-from in the order given, which
     /// decides which rule applies first; filled by [`Cli::try_parse_ordered`].
     #[arg(skip)]

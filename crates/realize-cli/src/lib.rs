@@ -56,6 +56,8 @@ pub struct Config {
     pub parallel: usize,
     /// Which files move (--include, --exclude, --exclude-from).
     pub filter: FilterRules,
+    /// Say what would move, change nothing (--dry-run).
+    pub dry_run: bool,
     pub limits: BandwidthLimits,
     /// Wall-clock budget of the whole run.
     pub max_duration: Option<Duration>,

@@ -48,6 +48,7 @@ pub fn resolve(cli: &Cli, file: &ConfigFile) -> Result<Config, UsageError> {
         server_keys,
         parallel: cli.parallel,
         filter: filter_rules(&cli.filters)?,
+        dry_run: cli.dry_run,
         limits: BandwidthLimits {
             upload: cli.throttle.or(cli.throttle_up),
             download: cli.throttle.or(cli.throttle_down),

@@ -155,6 +155,7 @@ pub async fn run_move(
                 total.files_interrupted = summary.files_interrupted;
                 total.files_skipped = summary.files_skipped;
                 total.files_excluded = summary.files_excluded;
+                total.planned = summary.planned;
                 total.failures = summary.failures;
                 match total
                     .failures
@@ -376,8 +377,11 @@ impl Sides {
             opened = async {
                 let source = self.open(config, Side::Source).await?;
                 let destination = self.open(config, Side::Destination).await?;
+                // A dry run creates nothing: the mover takes a missing
+                // destination for an empty one.
                 if let Endpoint::Local(root) = &config.destination
                     && !root.exists()
+                    && !config.dry_run
                 {
                     // Every check that can refuse the move runs before the
                     // destination is created.
@@ -407,6 +411,7 @@ impl Sides {
         let options = MoveOptions {
             parallel: config.parallel,
             filter: config.filter.clone(),
+            dry_run: config.dry_run,
             ..MoveOptions::default()
         };
         let summary = realize_core::move_files(
@@ -460,7 +465,7 @@ impl Sides {
                 if let Some(deadline) = self.rpc_deadline {
                     remote = remote.with_deadline(deadline.into());
                 }
-                if let Some(rate) = self.download {
+                if let Some(rate) = self.download.filter(|_| !config.dry_run) {
                     // Set on every new connection: the limit belongs to the connection.
                     remote.configure(Some(rate)).await.map_err(|source| {
                         AttemptError::Configure {

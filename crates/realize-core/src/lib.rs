@@ -29,7 +29,8 @@ pub mod testing;
 pub use digest::Sha256Hash;
 pub use error::{ErrorChain, ErrorCode, MoveError, ServiceError, Side, StoreError};
 pub use mover::{
-    FilterRules, InvalidRule, MoveOptions, MoveSummary, Rule, Subtree, check_distinct, move_files,
+    FilterRules, InvalidRule, MoveOptions, MoveSummary, Plan, Planned, Rule, Subtree,
+    check_distinct, move_files,
 };
 pub use path::{DirId, RelPath};
 pub use progress::{FileProgress, NoProgress, Phase, Progress};

@@ -37,6 +37,7 @@ use crate::stop::Stop;
 
 mod batch;
 mod listing;
+mod plan;
 mod rules;
 mod subtree;
 mod transfer;
@@ -44,6 +45,7 @@ mod transfer;
 use batch::{Work, batched, move_batch};
 pub use listing::check_distinct;
 use listing::{DESTINATION_LOOKS, DestinationState, destination_state, list_dir};
+pub use plan::{Plan, Planned};
 pub use rules::{FilterRules, InvalidRule, Rule};
 pub use subtree::Subtree;
 use transfer::Transfer;
@@ -69,6 +71,10 @@ pub struct MoveOptions {
     /// Which files are moved, by their path relative to the moved root (a
     /// sub-path's root for a sub-path move); the others stay at the source.
     pub filter: FilterRules,
+    /// Change nothing on either side: list, compare, and report each
+    /// file's [`Plan`] (`Progress::planned`) and their count
+    /// ([`MoveSummary::planned`]) instead of moving it.
+    pub dry_run: bool,
 }
 
 impl Default for MoveOptions {
@@ -78,6 +84,7 @@ impl Default for MoveOptions {
             range_size: 8 * 1024 * 1024,
             block_size: 4096,
             filter: FilterRules::default(),
+            dry_run: false,
         }
     }
 }
@@ -104,6 +111,7 @@ impl MoveOptions {
                 .clamp(u64::from(block_size), delta::MAX_RANGE),
             block_size,
             filter: self.filter.clone(),
+            dry_run: self.dry_run,
         }
     }
 }
@@ -129,6 +137,8 @@ pub struct MoveSummary {
     pub files_skipped: u64,
     /// Source files the rules (`MoveOptions::filter`) leave where they are.
     pub files_excluded: u64,
+    /// With [`MoveOptions::dry_run`], what the move would have done.
+    pub planned: Planned,
     /// Size of the files moved.
     pub bytes_moved: u64,
     /// File, delta and signature bytes that crossed between the two sides.
@@ -255,7 +265,7 @@ pub async fn move_files(
         let dir = &root.dir;
         progress.listing(dir);
         let listing =
-            list_dir(src, dst, root, &options.filter).instrument(tracing::info_span!("dir", %dir));
+            list_dir(src, dst, root, options).instrument(tracing::info_span!("dir", %dir));
         let listed = tokio::select! {
             listed = listing => listed,
             () = stop.interrupted() => return Ok(summary),
@@ -289,6 +299,10 @@ pub async fn move_files(
         jobs.len() as u64,
         jobs.iter().map(|job| job.entry.stamp.size).sum(),
     );
+    if options.dry_run {
+        plan::plan_jobs(src, dst, jobs, options, progress, stop, &mut summary).await;
+        return Ok(summary);
+    }
     let meter = Meter::new();
     // `parallel` bounds the large files in flight; small ones are bound by
     // round trips, not bandwidth, so many more of them may go at once.

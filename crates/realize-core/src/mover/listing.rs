@@ -107,7 +107,7 @@ pub(super) async fn list_dir<'a>(
     src: &dyn Service,
     dst: &dyn Service,
     root: &'a Subtree,
-    filter: &FilterRules,
+    options: &MoveOptions,
 ) -> Result<Listed<'a>, MoveError> {
     let dir = &root.dir;
     // The source's partial files are listed only to be reported: a file
@@ -121,10 +121,18 @@ pub(super) async fn list_dir<'a>(
         }
         .map_err(MoveError::source),
         async {
-            dst.list(dir, root.destination.as_ref(), true)
-                .await?
-                .try_collect::<Vec<_>>()
-                .await
+            let listing = async {
+                dst.list(dir, root.destination.as_ref(), true)
+                    .await?
+                    .try_collect::<Vec<_>>()
+                    .await
+            };
+            match listing.await {
+                // A dry run creates no destination: one not there yet has
+                // no files.
+                Err(e) if options.dry_run && e.code() == ErrorCode::NotFound => Ok(Vec::new()),
+                listed => listed,
+            }
         }
         .map_err(MoveError::destination),
     )
@@ -142,7 +150,7 @@ pub(super) async fn list_dir<'a>(
                 entry.path
             ))));
         };
-        if !filter.includes(&relative) {
+        if !options.filter.includes(&relative) {
             excluded.push(entry.path);
             continue;
         }

@@ -173,3 +173,94 @@ async fn filters_leave_excluded_files_at_the_source_in_command_line_order() {
     assert!(!root.join("again").exists());
     daemon.stop().await;
 }
+
+/// Every file and directory under `root`, partial files included, with the
+/// content of each file: what must not change in a dry run.
+fn snapshot(
+    root: &Path,
+) -> (
+    Vec<String>,
+    std::collections::BTreeMap<String, realize_core::Sha256Hash>,
+) {
+    (realize_core::testing::tree(root), manifest(root))
+}
+
+#[tokio::test]
+async fn a_dry_run_changes_nothing_on_either_side() {
+    let work = TempDir::new().unwrap();
+    let home = work.path();
+    let (daemon, root) = home_with_server(home).await;
+    write_file(&root, "sub/new.bin", &random_bytes(5, 300_000));
+    write_file(&root, "sub/same.txt", b"same");
+    write_file(&root, "sub/differs.txt", b"mine");
+    write_file(&root, "sub/.resumed.part", b"half");
+    write_file(&root, "sub/resumed", b"whole file");
+    write_file(&root, "sub/x.tmp", b"t");
+    write_file(&root, "other/kept.txt", b"kept");
+    let local = home.join("local");
+    write_file(&local, "same.txt", b"same");
+    write_file(&local, "differs.txt", b"your");
+    write_file(&local, ".resumed.part", b"whole");
+    let (remote_before, local_before) = (snapshot(&root), snapshot(&local));
+
+    let pull = realize_at(
+        home,
+        &[
+            "-n",
+            "--exclude",
+            "*.tmp",
+            "--throttle-down",
+            "1M",
+            "server:box/sub",
+            "local",
+        ],
+    )
+    .await;
+    assert!(pull.status.success(), "{}", stderr(&pull));
+    let out = stdout(&pull);
+    for line in [
+        "MOVE      box/sub/new.bin (300.0 kB)",
+        "IDENTICAL box/sub/same.txt (4 B)",
+        "OVERWRITE box/sub/differs.txt (4 B)",
+        "MOVE      box/sub/resumed (10 B)",
+        "EXCLUDED  box/sub/x.tmp",
+        "Would move 4 files (300.0 kB): 2 new, 1 overwritten, 1 identical, 1 excluded, 1 skipped; nothing changed",
+    ] {
+        assert!(out.lines().any(|l| l == line), "{line:?} not in:\n{out}");
+    }
+    assert_eq!(snapshot(&root), remote_before);
+    assert_eq!(snapshot(&local), local_before);
+    assert!(
+        daemon.log_line(&["send limit changed"]).is_none(),
+        "a dry run configures nothing:\n{}",
+        daemon.log()
+    );
+
+    // Pushing into a sub-path the daemon lacks, and pulling into a local
+    // directory that does not exist: nothing is created either.
+    let push = realize_at(
+        home,
+        &["--dry-run", "--output", "json", "local", "server:box/new"],
+    )
+    .await;
+    assert!(push.status.success(), "{}", stderr(&push));
+    let out = stdout(&push);
+    let summary = out.lines().last().unwrap();
+    assert!(
+        summary.contains(r#""dry_run":true"#) && summary.contains(r#""would_move":2"#),
+        "{out}"
+    );
+    assert_eq!(out.matches(r#""event":"planned""#).count(), 2, "{out}");
+    let missing = home.join("missing");
+    let pull = realize_at(home, &["-n", "server:box", missing.to_str().unwrap()]).await;
+    assert!(pull.status.success(), "{}", stderr(&pull));
+    assert!(
+        stdout(&pull).contains("Would move 6 files"),
+        "{}",
+        stdout(&pull)
+    );
+    assert!(!missing.exists());
+    assert_eq!(snapshot(&root), remote_before);
+    assert_eq!(snapshot(&local), local_before);
+    daemon.stop().await;
+}

@@ -167,3 +167,57 @@ async fn excluded_files_stay_and_are_counted_not_failed() {
         ["outside.tmp", "sub", "sub/x", "sub/x/b.tmp"]
     );
 }
+
+#[tokio::test]
+async fn a_dry_run_plans_each_file_and_changes_nothing() {
+    let sides = Sides::new();
+    write_file(sides.src(), "sub/new", b"new");
+    write_file(sides.src(), "sub/same", b"same");
+    write_file(sides.src(), "sub/differs", b"aaaa");
+    write_file(sides.src(), "sub/longer", b"longer");
+    write_file(sides.src(), "sub/resumed", &random_bytes(1, 1000));
+    write_file(sides.src(), "sub/skip.tmp", b"t");
+    write_file(sides.dst(), "to/same", b"same");
+    write_file(sides.dst(), "to/differs", b"bbbb");
+    write_file(sides.dst(), "to/longer", b"short");
+    write_file(sides.dst(), "to/.resumed.part", b"partial");
+    let before = (contents(sides.src()), contents(sides.dst()));
+    let trees = (tree(sides.src()), tree(sides.dst()));
+    let options = MoveOptions {
+        dry_run: true,
+        filter: FilterRules::new(vec![Rule::Exclude("*.tmp".into())]).unwrap(),
+        ..options()
+    };
+
+    let summary = run_with(&sides, subtree(Some("sub"), Some("to")), &options).await;
+
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    assert_eq!(summary.files_moved, 0);
+    assert_eq!(summary.files_excluded, 1);
+    let planned = summary.planned;
+    assert_eq!(
+        (planned.moved, planned.overwritten, planned.identical),
+        (2, 2, 1)
+    );
+    assert_eq!(planned.files(), 5);
+    assert_eq!(planned.bytes, 3 + 4 + 4 + 6 + 1000);
+    assert_eq!((contents(sides.src()), contents(sides.dst())), before);
+    assert_eq!((tree(sides.src()), tree(sides.dst())), trees);
+
+    // A destination not created yet has nothing, and stays uncreated.
+    let missing = sides.dst().join("missing");
+    let (src, dst) = (store(sides.src()), store(&missing));
+    let summary = move_files(
+        &src,
+        &dst,
+        &[dir().into()],
+        &options,
+        &NoProgress,
+        &Stop::new(),
+    )
+    .await
+    .unwrap();
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    assert_eq!(summary.planned.moved, 5);
+    assert!(!missing.exists());
+}
