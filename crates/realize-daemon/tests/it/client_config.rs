@@ -78,30 +78,7 @@ async fn remote_add_checks_the_fingerprint_before_the_daemon_knows_us() {
 async fn remote_dir_and_url_sides_push_and_pull() {
     let work = TempDir::new().unwrap();
     let home = work.path();
-    assert!(realize_at(home, &["keygen"]).await.status.success());
-    let ours = home.join(".config/realize/client.pub.pem");
-    let placeholder = KeyFiles::new(home, "placeholder");
-    let root = home.join("served");
-    std::fs::create_dir(&root).unwrap();
-    let daemon = Daemon::start_with(home, &[("box", &root)], &placeholder, |config| {
-        config.peers = vec![("laptop".to_string(), ours.clone())];
-    })
-    .await;
-    let fingerprint = daemon.key.public_key().fingerprint();
-    let added = realize_at(
-        home,
-        &[
-            "remote",
-            "add",
-            "server",
-            &daemon.addr,
-            "--fingerprint",
-            &fingerprint,
-            "--inline",
-        ],
-    )
-    .await;
-    assert!(added.status.success(), "{}", stderr(&added));
+    let (daemon, root) = home_with_server(home, &["--inline"]).await;
     assert!(
         config_text(home).contains("public_key = \"\"\""),
         "{}",

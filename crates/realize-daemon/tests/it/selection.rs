@@ -1,48 +1,18 @@
 //! Which files a move takes: `REMOTE:DIR/SUB` sub-paths both ways, with a
 //! daemon that lists only the subtree and refuses a hostile prefix.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use realize_proto::pb;
 use tempfile::TempDir;
 
 use crate::util::*;
 
-/// A throwaway HOME with a key and the remote `server`, a daemon serving
-/// `box` from the returned root and trusting that key.
-async fn home_with_server(home: &Path) -> (Daemon, PathBuf) {
-    let keygen = realize_at(home, &["keygen"]).await;
-    assert!(keygen.status.success(), "{}", stderr(&keygen));
-    let ours = home.join(".config/realize/client.pub.pem");
-    let placeholder = KeyFiles::new(home, "placeholder");
-    let root = home.join("served");
-    std::fs::create_dir(&root).unwrap();
-    let daemon = Daemon::start_with(home, &[("box", &root)], &placeholder, |config| {
-        config.peers = vec![("laptop".to_string(), ours.clone())];
-    })
-    .await;
-    let fingerprint = daemon.key.public_key().fingerprint();
-    let added = realize_at(
-        home,
-        &[
-            "remote",
-            "add",
-            "server",
-            &daemon.addr,
-            "--fingerprint",
-            &fingerprint,
-        ],
-    )
-    .await;
-    assert!(added.status.success(), "{}", stderr(&added));
-    (daemon, root)
-}
-
 #[tokio::test]
 async fn a_sub_path_moves_only_that_subtree_both_ways() {
     let work = TempDir::new().unwrap();
     let home = work.path();
-    let (daemon, root) = home_with_server(home).await;
+    let (daemon, root) = home_with_server(home, &[]).await;
     write_file(&root, "sub/a.txt", b"a");
     write_file(&root, "sub/deep/b.bin", &random_bytes(3, 3 * 1024 * 1024));
     write_file(&root, "sibling/c.txt", b"c");
@@ -111,7 +81,7 @@ async fn a_hostile_list_prefix_is_invalid_argument() {
 async fn filters_leave_excluded_files_at_the_source_in_command_line_order() {
     let work = TempDir::new().unwrap();
     let home = work.path();
-    let (daemon, root) = home_with_server(home).await;
+    let (daemon, root) = home_with_server(home, &[]).await;
     let local = home.join("local");
     write_file(&local, "a.jpg", b"a");
     write_file(&local, "scratch.tmp", b"s");
@@ -189,7 +159,7 @@ fn snapshot(
 async fn a_dry_run_changes_nothing_on_either_side() {
     let work = TempDir::new().unwrap();
     let home = work.path();
-    let (daemon, root) = home_with_server(home).await;
+    let (daemon, root) = home_with_server(home, &[]).await;
     write_file(&root, "sub/new.bin", &random_bytes(5, 300_000));
     write_file(&root, "sub/same.txt", b"same");
     write_file(&root, "sub/differs.txt", b"mine");
