@@ -48,6 +48,7 @@ pub(crate) fn request(op: &Op, root: &Path) -> (&'static str, Bytes) {
             one::<request::List, _>(pb::ListRequest {
                 dir: dir.get(),
                 include_partial: *include_partial,
+                prefix: String::new(),
             }),
         ),
         Op::Read {

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 use realize_core::Stop;
 use realize_net::telemetry::Telemetry;
 
@@ -36,7 +36,7 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_millis(500);
 /// Parses the command line; usage errors and --help/--version are printed
 /// here and become the exit code.
 pub fn parse() -> Result<Cli, ExitCode> {
-    match Cli::try_parse() {
+    match Cli::try_parse_ordered(std::env::args_os()) {
         Ok(cli) => Ok(cli),
         Err(e) if e.use_stderr() => {
             // Every error of the command starts `realize: error:`, so a
@@ -60,7 +60,9 @@ pub fn output(cli: &Cli) -> Output {
         OutputFormat::Text => Format::Text,
         OutputFormat::Json => Format::Json,
     };
-    Output::new(format, cli.quiet, std::io::stdout().is_terminal())
+    let terminal = std::io::stdout().is_terminal();
+    // A dry run's per-file lines are its output: no bars.
+    Output::new(format, cli.quiet, terminal && !cli.dry_run).with_dry_run(cli.dry_run)
 }
 
 /// The log filter by -v count; per-file outcomes are the output's job, the

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgGroup, Parser, Subcommand};
+use clap::{ArgGroup, ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use realize_net::throttle::parse_rate;
 
 /// Moves files between realize daemons and local directories, verifying
@@ -90,6 +90,26 @@ pub struct Cli {
     /// the move before anything is copied.
     #[arg(long, value_name = "ALGORITHM")]
     pub digest: Option<realize_core::DigestAlgorithm>,
+    /// Move only the files matching GLOB (rclone's globs: `*` within a
+    /// component, `**` across; `/GLOB` from the moved root, else at any
+    /// depth). Repeatable; with --exclude, the first that matches in
+    /// command-line order decides, and what none matches stays.
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Leave the files matching GLOB at the source; repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// --exclude each line of FILE (blank lines and `#` comments skipped).
+    #[arg(long, value_name = "FILE")]
+    pub exclude_from: Vec<PathBuf>,
+    /// List what each file would become (move, overwrite, identical,
+    /// excluded) and the total, changing nothing on either side.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// --include, --exclude and --exclude-from in the order given, which
+    /// decides which rule applies first; filled by [`Cli::try_parse_ordered`].
+    #[arg(skip)]
+    pub filters: Vec<FilterFlag>,
     /// Print only errors and the summary.
     #[arg(short, long)]
     pub quiet: bool,
@@ -119,6 +139,49 @@ pub struct Cli {
     /// Log detail on stderr: -v info, -vv debug (RUST_LOG overrides).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// A filter flag, in command-line order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FilterFlag {
+    Include(String),
+    Exclude(String),
+    ExcludeFrom(PathBuf),
+}
+
+impl Cli {
+    /// Parses `args` as [`Parser::try_parse_from`] does, and keeps the
+    /// order of the filter flags among themselves, which a derived parser
+    /// loses (each flag has its own list).
+    pub fn try_parse_ordered<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Cli::command().try_get_matches_from(args)?;
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        cli.filters = filter_flags(&matches);
+        Ok(cli)
+    }
+}
+
+fn filter_flags(matches: &ArgMatches) -> Vec<FilterFlag> {
+    fn each<T: Clone + Send + Sync + 'static>(
+        matches: &ArgMatches,
+        id: &str,
+        flag: fn(T) -> FilterFlag,
+        into: &mut Vec<(usize, FilterFlag)>,
+    ) {
+        if let (Some(indices), Some(values)) = (matches.indices_of(id), matches.get_many::<T>(id)) {
+            into.extend(indices.zip(values.cloned().map(flag)));
+        }
+    }
+    let mut flags = Vec::new();
+    each(matches, "include", FilterFlag::Include, &mut flags);
+    each(matches, "exclude", FilterFlag::Exclude, &mut flags);
+    each(matches, "exclude_from", FilterFlag::ExcludeFrom, &mut flags);
+    flags.sort_by_key(|(index, _)| *index);
+    flags.into_iter().map(|(_, flag)| flag).collect()
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -185,4 +248,36 @@ pub enum RemoteCommand {
         #[arg(long)]
         inline: bool,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_flags_keep_their_command_line_order() {
+        let cli = Cli::try_parse_ordered([
+            "realize",
+            "--exclude",
+            "a",
+            "--include=b",
+            "src",
+            "--exclude-from",
+            "list",
+            "--exclude",
+            "c",
+            "dst",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.filters,
+            [
+                FilterFlag::Exclude("a".into()),
+                FilterFlag::Include("b".into()),
+                FilterFlag::ExcludeFrom("list".into()),
+                FilterFlag::Exclude("c".into()),
+            ]
+        );
+        assert_eq!(cli.args, ["src", "dst"]);
+    }
 }

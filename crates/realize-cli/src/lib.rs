@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use realize_core::DirId;
+use realize_core::{DirId, FilterRules, Subtree};
 use realize_net::keys::{PrivateKey, PublicKey};
 
 pub mod app;
@@ -46,13 +46,18 @@ pub enum Endpoint {
 pub struct Config {
     pub source: Endpoint,
     pub destination: Endpoint,
-    pub dirs: Vec<DirId>,
+    /// The directory ids moved, each whole or a subtree of it (`REMOTE:DIR/SUB`).
+    pub roots: Vec<Subtree>,
     pub privkey: Option<PathBuf>,
     pub peers: Option<PathBuf>,
     /// Daemon keys to trust when `peers` is not given: those of the client
     /// config's remotes.
     pub server_keys: Vec<PublicKey>,
     pub parallel: usize,
+    /// Which files move (--include, --exclude, --exclude-from).
+    pub filter: FilterRules,
+    /// Say what would move, change nothing (--dry-run).
+    pub dry_run: bool,
     pub limits: BandwidthLimits,
     /// Wall-clock budget of the whole run.
     pub max_duration: Option<Duration>,
@@ -114,10 +119,10 @@ impl Config {
     pub fn validate(mut self) -> Result<Config, UsageError> {
         let local = |e: &Endpoint| matches!(e, Endpoint::Local(_));
         let (source_local, destination_local) = (local(&self.source), local(&self.destination));
-        match (source_local, destination_local, self.dirs.len()) {
+        match (source_local, destination_local, self.roots.len()) {
             (true, true, 0) => {
-                self.dirs =
-                    vec![DirId::new(DEFAULT_LOCAL_DIR).map_err(|e| UsageError(e.to_string()))?];
+                let dir = DirId::new(DEFAULT_LOCAL_DIR).map_err(|e| UsageError(e.to_string()))?;
+                self.roots = vec![dir.into()];
             }
             (true, _, 1) | (_, true, 1) | (false, false, 1..) => {}
             (true, _, n) | (_, true, n) => {

@@ -12,10 +12,12 @@ use std::time::Duration;
 use console::style;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use realize_core::ErrorChain;
-use realize_core::{DirId, FileProgress, MoveError, Phase, Progress, RelPath};
+use realize_core::{DirId, FileProgress, MoveError, Phase, Plan, Progress, RelPath};
 use serde_json::json;
 
 use crate::run::{Ending, Run};
+
+mod plan;
 
 /// How to show a move.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +34,8 @@ pub struct Output {
     /// Files finished (moved or failed) in this try: the `[n/total]` counter.
     done: Arc<AtomicU64>,
     total: AtomicU64,
+    /// A dry run: each file's plan and a `Would move` summary.
+    dry_run: bool,
 }
 
 /// Per-file bars drawn at once, for the largest files in flight; the overall
@@ -94,7 +98,14 @@ impl Output {
             started: AtomicU64::new(0),
             done: Arc::default(),
             total: AtomicU64::new(0),
+            dry_run: false,
         }
+    }
+
+    /// The output of a dry run (`--dry-run`).
+    pub fn with_dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
     }
 
     /// Where log lines go: stderr, with the bars out of the way while each
@@ -182,6 +193,9 @@ impl Output {
     pub fn summary(&self, run: &Run, elapsed: Duration) {
         self.clear_listing();
         self.clear_overall();
+        if self.dry_run && self.plan_summary(run, elapsed) {
+            return;
+        }
         let summary = &run.summary;
         let failed = summary.failures.len() as u64;
         let gave_up = match &run.ending {
@@ -195,6 +209,7 @@ impl Output {
                 "failed": failed,
                 "interrupted": summary.files_interrupted,
                 "skipped": summary.files_skipped,
+                "excluded": summary.files_excluded,
                 "finished": matches!(run.ending, Ending::Finished),
                 "bytes_moved": summary.bytes_moved,
                 "bytes_sent": summary.bytes_sent,
@@ -263,10 +278,13 @@ impl Output {
             ));
         } else {
             let elapsed = Duration::from_millis(elapsed.as_millis() as u64);
-            let skipped = match summary.files_skipped {
+            let mut skipped = match summary.files_skipped {
                 0 => String::new(),
                 n => format!(", {n} skipped"),
             };
+            if summary.files_excluded > 0 {
+                skipped += &format!(", {} excluded", summary.files_excluded);
+            }
             self.line_out(&format!(
                 "Moved {} ({}) in {}{skipped}",
                 files(summary.files_moved),
@@ -339,6 +357,24 @@ impl Progress for Output {
                     .for_stderr(),
             )),
         }
+    }
+
+    fn excluded(&self, dir: &DirId, path: &RelPath) {
+        // A text run says how many in its summary, as rclone does, rather
+        // than a line per file left by choice; a dry run lists them all.
+        match self.mode {
+            Mode::Json => print_json(json!({
+                "event": "excluded",
+                "dir": dir.as_str(),
+                "path": path.as_str(),
+            })),
+            _ if self.dry_run => self.plan_line("EXCLUDED", dir, path, None),
+            _ => {}
+        }
+    }
+
+    fn planned(&self, dir: &DirId, path: &RelPath, size: u64, plan: Plan) {
+        self.planned_file(dir, path, size, plan);
     }
 
     fn totals(&self, files: u64, bytes: u64) {

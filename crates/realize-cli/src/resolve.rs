@@ -1,10 +1,10 @@
 //! The command line and the client config made into one [`Config`]: flags
 //! override the file, positional sides name remotes from it.
 
-use realize_core::DirId;
+use realize_core::{DirId, ErrorChain, FilterRules, Rule, Subtree};
 
 use crate::config_file::ConfigFile;
-use crate::flags::{Cli, Cutoff};
+use crate::flags::{Cli, Cutoff, FilterFlag};
 use crate::sides::{DirPath, SideArg};
 use crate::{BandwidthLimits, Config, CutoffMode, Endpoint, UsageError};
 
@@ -13,7 +13,7 @@ use crate::{BandwidthLimits, Config, CutoffMode, Endpoint, UsageError};
 pub fn resolve(cli: &Cli, file: &ConfigFile) -> Result<Config, UsageError> {
     let flags = [&cli.src_path, &cli.dst_path].iter().any(|p| p.is_some())
         || [&cli.src_addr, &cli.dst_addr].iter().any(|a| a.is_some());
-    let (source, destination, dirs) = if flags {
+    let (source, destination, roots) = if flags {
         from_flags(cli)?
     } else {
         match cli.args.as_slice() {
@@ -42,11 +42,13 @@ pub fn resolve(cli: &Cli, file: &ConfigFile) -> Result<Config, UsageError> {
     Config {
         source,
         destination,
-        dirs,
+        roots,
         privkey: cli.privkey.clone().or_else(|| file.privkey.clone()),
         peers: cli.peers.clone(),
         server_keys,
         parallel: cli.parallel,
+        filter: filter_rules(&cli.filters)?,
+        dry_run: cli.dry_run,
         limits: BandwidthLimits {
             upload: cli.throttle.or(cli.throttle_up),
             download: cli.throttle.or(cli.throttle_down),
@@ -65,7 +67,34 @@ pub fn resolve(cli: &Cli, file: &ConfigFile) -> Result<Config, UsageError> {
     .validate()
 }
 
-type Resolved = (Endpoint, Endpoint, Vec<DirId>);
+type Resolved = (Endpoint, Endpoint, Vec<Subtree>);
+
+/// The filter flags made into rules, in the order given; each line of an
+/// --exclude-from file is an --exclude at that place.
+fn filter_rules(flags: &[FilterFlag]) -> Result<FilterRules, UsageError> {
+    let mut rules = Vec::new();
+    for flag in flags {
+        match flag {
+            FilterFlag::Include(glob) => rules.push(Rule::Include(glob.clone())),
+            FilterFlag::Exclude(glob) => rules.push(Rule::Exclude(glob.clone())),
+            FilterFlag::ExcludeFrom(file) => {
+                let text = std::fs::read_to_string(file).map_err(|e| {
+                    UsageError(format!(
+                        "cannot read --exclude-from {}: {e}",
+                        file.display()
+                    ))
+                })?;
+                rules.extend(
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+                        .map(|line| Rule::Exclude(line.to_string())),
+                );
+            }
+        }
+    }
+    FilterRules::new(rules).map_err(|e| UsageError(ErrorChain(&e).to_string()))
+}
 
 /// `--src-*`/`--dst-*` with DIR_ID arguments, as before positional sides.
 fn from_flags(cli: &Cli) -> Result<Resolved, UsageError> {
@@ -78,20 +107,32 @@ fn from_flags(cli: &Cli) -> Result<Resolved, UsageError> {
     };
     let source = endpoint(&cli.src_path, &cli.src_addr, "src")?;
     let destination = endpoint(&cli.dst_path, &cli.dst_addr, "dst")?;
-    let dirs = cli
+    let roots = cli
         .args
         .iter()
-        .map(|id| DirId::new(id).map_err(|e| UsageError(e.to_string())))
+        .map(|id| {
+            DirId::new(id)
+                .map(Subtree::from)
+                .map_err(|e| UsageError(e.to_string()))
+        })
         .collect::<Result<_, _>>()?;
-    Ok((source, destination, dirs))
+    Ok((source, destination, roots))
 }
 
 fn from_sides(file: &ConfigFile, src: &SideArg, dst: &SideArg) -> Result<Resolved, UsageError> {
     let (source, src_at) = endpoint(file, src)?;
     let (destination, dst_at) = endpoint(file, dst)?;
-    let dirs = match (src_at, dst_at) {
+    // A local side is a directory served under the daemon side's id, so its
+    // path is its root: only a daemon side has a sub-path.
+    let root = |dir: &DirId, src: Option<&DirPath>, dst: Option<&DirPath>| Subtree {
+        dir: dir.clone(),
+        source: src.and_then(|at| at.sub.clone()),
+        destination: dst.and_then(|at| at.sub.clone()),
+    };
+    let roots = match (src_at, dst_at) {
         (None, None) => Vec::new(),
-        (Some(at), None) | (None, Some(at)) => vec![whole_directory(at)?],
+        (Some(at), None) => vec![root(&at.dir, Some(at), None)],
+        (None, Some(at)) => vec![root(&at.dir, None, Some(at))],
         (Some(a), Some(b)) => {
             if a.dir != b.dir {
                 return Err(UsageError(format!(
@@ -99,25 +140,10 @@ fn from_sides(file: &ConfigFile, src: &SideArg, dst: &SideArg) -> Result<Resolve
                     a.dir, b.dir
                 )));
             }
-            whole_directory(b)?;
-            vec![whole_directory(a)?]
+            vec![root(&a.dir, Some(a), Some(b))]
         }
     };
-    Ok((source, destination, dirs))
-}
-
-/// The directory id to move. Moving a sub-path needs the daemon to list only
-/// that subtree (a `List` prefix in the contract): until then it is refused.
-fn whole_directory(at: &DirPath) -> Result<DirId, UsageError> {
-    match &at.sub {
-        None => Ok(at.dir.clone()),
-        Some(sub) => Err(UsageError(format!(
-            "moving a sub-path ({}/{}) is not supported yet: move the whole directory {}",
-            at.dir,
-            sub.as_str(),
-            at.dir
-        ))),
-    }
+    Ok((source, destination, roots))
 }
 
 fn endpoint<'a>(

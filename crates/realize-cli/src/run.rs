@@ -11,7 +11,7 @@ use opentelemetry::KeyValue;
 use realize_core::ErrorChain;
 use realize_core::{
     DirId, FileKind, LocalStore, MoveError, MoveOptions, MoveSummary, Service, ServiceError, Side,
-    Stop,
+    Stop, Subtree,
 };
 use realize_net::connection::ConnectError;
 use realize_net::metrics::record_limit;
@@ -154,6 +154,8 @@ pub async fn run_move(
                 total.files_failed = summary.files_failed;
                 total.files_interrupted = summary.files_interrupted;
                 total.files_skipped = summary.files_skipped;
+                total.files_excluded = summary.files_excluded;
+                total.planned = summary.planned;
                 total.failures = summary.failures;
                 match total
                     .failures
@@ -375,12 +377,16 @@ impl Sides {
             opened = async {
                 let source = self.open(config, Side::Source).await?;
                 let destination = self.open(config, Side::Destination).await?;
+                // A dry run creates nothing: the mover takes a missing
+                // destination for an empty one.
                 if let Endpoint::Local(root) = &config.destination
                     && !root.exists()
+                    && !config.dry_run
                 {
                     // Every check that can refuse the move runs before the
                     // destination is created.
-                    realize_core::check_move(&*source, &*destination, &config.dirs, config.digest).await?;
+                    let dirs: Vec<DirId> = config.roots.iter().map(|r| r.dir.clone()).collect();
+                    realize_core::check_move(&*source, &*destination, &dirs, config.digest).await?;
                     std::fs::create_dir(root).with_context(|| {
                         format!("cannot create the destination {}", root.display())
                     })?;
@@ -405,17 +411,19 @@ impl Sides {
         let mut options = MoveOptions::default();
         options.parallel = config.parallel;
         options.digest = config.digest;
+        options.filter = config.filter.clone();
+        options.dry_run = config.dry_run;
         let summary = realize_core::move_files(
             &*source,
             &*destination,
-            &config.dirs,
+            &config.roots,
             &options,
             output,
             stop,
         )
         .await?;
         let partials = if summary.files_failed + summary.files_interrupted > 0 {
-            partial_files(&*destination, &config.dirs).await
+            partial_files(&*destination, &config.roots).await
         } else {
             Vec::new()
         };
@@ -426,7 +434,11 @@ impl Sides {
         match config.endpoint(side) {
             Endpoint::Local(root) => {
                 check_local_root(root, side)?;
-                let dir = config.dirs.first().cloned().context("no directory id")?;
+                let dir = config
+                    .roots
+                    .first()
+                    .map(|root| root.dir.clone())
+                    .context("no directory id")?;
                 Ok(Arc::new(LocalStore::new([(dir, root.clone())])))
             }
             Endpoint::Remote(addr) => {
@@ -452,7 +464,7 @@ impl Sides {
                 if let Some(deadline) = self.rpc_deadline {
                     remote = remote.with_deadline(deadline.into());
                 }
-                if let Some(rate) = self.download {
+                if let Some(rate) = self.download.filter(|_| !config.dry_run) {
                     // Set on every new connection: the limit belongs to the connection.
                     remote.configure(Some(rate)).await.map_err(|source| {
                         AttemptError::Configure {
@@ -473,14 +485,19 @@ impl Sides {
 /// interrupted run must still exit promptly.
 const PARTIALS_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// The partial files `destination` holds in each of `dirs` that has any;
+/// The partial files `destination` holds in each of `roots` that has any;
 /// a directory that cannot be listed in time is left out.
-async fn partial_files(destination: &dyn Service, dirs: &[DirId]) -> Vec<(DirId, u64)> {
+async fn partial_files(destination: &dyn Service, roots: &[Subtree]) -> Vec<(DirId, u64)> {
     let mut found = Vec::new();
-    for dir in dirs {
+    for Subtree {
+        dir,
+        destination: sub,
+        ..
+    } in roots
+    {
         let listing = async {
             destination
-                .list(dir, true)
+                .list(dir, sub.as_ref(), true)
                 .await?
                 .try_collect::<Vec<_>>()
                 .await

@@ -131,7 +131,10 @@ mod throttle;
 
 pub use digest::{Digest, DigestAlgorithm, Hasher, UnknownDigest};
 pub use error::{ErrorChain, ErrorCode, MoveError, ServiceError, Side, StoreError};
-pub use mover::{Failure, Move, MoveOptions, MoveSummary, check_move, move_files};
+pub use mover::{
+    Failure, FilterRules, InvalidRule, Move, MoveOptions, MoveSummary, Plan, Planned, Rule,
+    Subtree, check_move, move_files,
+};
 pub use path::{DirId, InvalidDirId, InvalidPath, RelPath, partial_target};
 pub use progress::{FileProgress, NoProgress, Phase, Progress};
 pub use service::{

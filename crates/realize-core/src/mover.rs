@@ -40,12 +40,18 @@ use crate::stop::Stop;
 mod batch;
 mod builder;
 mod listing;
+mod plan;
+mod rules;
+mod subtree;
 mod transfer;
 
 use batch::{Work, batched, move_batch};
 pub use builder::Move;
 pub use listing::check_move;
 use listing::{DESTINATION_LOOKS, DestinationState, destination_state, list_dir};
+pub use plan::{Plan, Planned};
+pub use rules::{FilterRules, InvalidRule, Rule};
+pub use subtree::Subtree;
 use transfer::Transfer;
 
 /// Files below this size do not count against `MoveOptions::parallel`.
@@ -70,6 +76,13 @@ pub struct MoveOptions {
     /// The digest that verifies each file; `None`: the first of
     /// [`DigestAlgorithm::PREFERRED`] both sides support.
     pub digest: Option<DigestAlgorithm>,
+    /// Which files are moved, by their path relative to the moved root (a
+    /// sub-path's root for a sub-path move); the others stay at the source.
+    pub filter: FilterRules,
+    /// Change nothing on either side: list, compare, and report each
+    /// file's [`Plan`] (`Progress::planned`) and their count
+    /// ([`MoveSummary::planned`]) instead of moving it.
+    pub dry_run: bool,
 }
 
 impl Default for MoveOptions {
@@ -79,6 +92,8 @@ impl Default for MoveOptions {
             range_size: 8 * 1024 * 1024,
             block_size: 4096,
             digest: None,
+            filter: FilterRules::default(),
+            dry_run: false,
         }
     }
 }
@@ -111,6 +126,8 @@ impl MoveOptions {
                 .clamp(u64::from(block_size), delta::MAX_RANGE),
             block_size,
             digest: Some(digest),
+            filter: self.filter.clone(),
+            dry_run: self.dry_run,
         }
     }
 }
@@ -141,6 +158,10 @@ pub struct MoveSummary {
     /// Regular files the source has under a partial file's name
     /// (`.NAME.part`): never moved, since a partial file is never a source.
     pub files_skipped: u64,
+    /// Source files the rules (`MoveOptions::filter`) leave where they are.
+    pub files_excluded: u64,
+    /// With [`MoveOptions::dry_run`], what the move would have done.
+    pub planned: Planned,
     /// Size of the files moved.
     pub bytes_moved: u64,
     /// File, delta and signature bytes that crossed between the two sides.
@@ -149,10 +170,15 @@ pub struct MoveSummary {
     pub failures: Vec<Failure>,
 }
 
-/// A file to move: its listing on the source and what the destination has.
+/// A file to move: its listing on the source, where it goes on the
+/// destination and what the destination has there.
 struct Job<'a> {
     dir: &'a DirId,
     entry: Entry,
+    /// The destination's path, `entry.path` but for a sub-path move.
+    target: RelPath,
+    /// The destination's subtree, listed again when it changes under the move.
+    dst_prefix: Option<&'a RelPath>,
     state: DestinationState,
 }
 
@@ -230,7 +256,8 @@ impl FileTracker {
     }
 }
 
-/// Moves every file of `dirs` from `src` to `dst`, reporting to `progress`.
+/// Moves every file of `roots` (directory ids, or subtrees of them: see
+/// [`Subtree`]) from `src` to `dst`, reporting to `progress`.
 ///
 /// Fails as a whole only if the two sides cannot be compared (an `info`
 /// call fails, a directory is missing, both sides overlap) or the move is
@@ -244,21 +271,24 @@ impl FileTracker {
 pub async fn move_files(
     src: &dyn Service,
     dst: &dyn Service,
-    dirs: &[DirId],
+    roots: &[Subtree],
     options: &MoveOptions,
     progress: &dyn Progress,
     stop: &Stop,
 ) -> Result<MoveSummary, MoveError> {
+    let dirs: Vec<DirId> = roots.iter().map(|root| root.dir.clone()).collect();
     let digest = tokio::select! {
-        checked = check_move(src, dst, dirs, options.digest) => checked?,
+        checked = check_move(src, dst, &dirs, options.digest) => checked?,
         () = stop.interrupted() => return Err(MoveError::Cancelled),
     };
     let options = &options.clamped(digest);
     let mut summary = MoveSummary::default();
     let mut jobs = Vec::new();
-    for dir in dirs {
+    for root in roots {
+        let dir = &root.dir;
         progress.listing(dir);
-        let listing = list_dir(src, dst, dir).instrument(tracing::info_span!("dir", %dir));
+        let listing =
+            list_dir(src, dst, root, options).instrument(tracing::info_span!("dir", %dir));
         let listed = tokio::select! {
             listed = listing => listed,
             () = stop.interrupted() => return Ok(summary),
@@ -269,6 +299,11 @@ pub async fn move_files(
                     tracing::warn!(%dir, %path, "named like a partial file, not moved");
                     progress.skipped(dir, &path);
                     summary.files_skipped += 1;
+                }
+                for path in listed.excluded {
+                    tracing::debug!(%dir, %path, "excluded by the rules, not moved");
+                    progress.excluded(dir, &path);
+                    summary.files_excluded += 1;
                 }
                 jobs.extend(listed.jobs);
             }
@@ -287,6 +322,10 @@ pub async fn move_files(
         jobs.len() as u64,
         jobs.iter().map(|job| job.entry.stamp.size).sum(),
     );
+    if options.dry_run {
+        plan::plan_jobs(src, dst, jobs, options, progress, stop, &mut summary).await;
+        return Ok(summary);
+    }
     let meter = Meter::new();
     // `parallel` bounds the large files in flight; small ones are bound by
     // round trips, not bandwidth, so many more of them may go at once.
@@ -385,7 +424,7 @@ async fn move_one<'a>(
             progress.file(job.dir, &job.entry.path, job.entry.stamp.size),
             Arc::clone(&meter.sent),
         );
-        let moving = move_file(src, dst, job.dir, &job.entry, job.state, options, &file);
+        let moving = move_file(src, dst, &job, options, &file);
         let outcome = tokio::select! {
             moved = moving => match moved {
                 Ok(sent) => {
@@ -414,12 +453,11 @@ async fn move_one<'a>(
 async fn move_file(
     src: &dyn Service,
     dst: &dyn Service,
-    dir: &DirId,
-    entry: &Entry,
-    state: DestinationState,
+    job: &Job<'_>,
     options: &MoveOptions,
     file: &FileTracker,
 ) -> Result<u64, MoveError> {
+    let (dir, entry) = (job.dir, &job.entry);
     let path = &entry.path;
     let size = entry.stamp.size;
     let transfer = Transfer {
@@ -427,11 +465,12 @@ async fn move_file(
         dst,
         dir,
         path,
+        target: &job.target,
         size,
         options,
         file,
     };
-    let mut state = state;
+    let mut state = job.state;
     let mut looks = 0;
     let (source_hash, sent) = loop {
         let transferred = if state.partial_stamp.is_none() && state.final_stamp.is_none() {
@@ -448,7 +487,7 @@ async fn move_file(
             }) if source.code() == ErrorCode::NotFound && looks < DESTINATION_LOOKS => {
                 looks += 1;
                 tracing::info!(error = %ErrorChain(&source), "destination changed while being moved, looking again");
-                state = destination_state(dst, dir, path).await?;
+                state = destination_state(dst, dir, job.dst_prefix, &job.target).await?;
             }
             transferred => break transferred?,
         }

@@ -128,6 +128,26 @@ impl RelPath {
         RelPath::join_unchecked(parent.as_ref(), &self.partial_name())
     }
 
+    /// `self` below `parent`; `self` itself without one.
+    pub fn under(&self, parent: Option<&RelPath>) -> RelPath {
+        match parent {
+            Some(parent) => RelPath(format!("{}/{}", parent.0, self.0)),
+            None => self.clone(),
+        }
+    }
+
+    /// The rest of `self` below `parent` (`self` itself without one), or
+    /// `None` if `self` is not below it.
+    pub fn below(&self, parent: Option<&RelPath>) -> Option<RelPath> {
+        let Some(parent) = parent else {
+            return Some(self.clone());
+        };
+        self.0
+            .strip_prefix(&parent.0)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .map(|rest| RelPath(rest.to_string()))
+    }
+
     /// `self` joined with a child component that the caller read from disk.
     pub(crate) fn join_unchecked(parent: Option<&RelPath>, name: &str) -> RelPath {
         match parent {
@@ -165,6 +185,18 @@ mod tests {
     fn check(path: &str, expected: Result<(), &str>) {
         let got = RelPath::new(path).map(|_| ()).map_err(|e| e.reason);
         assert_eq!(got, expected, "{path:?}");
+    }
+
+    #[test]
+    fn paths_under_and_below_a_parent() {
+        let p = |s: &str| RelPath::new(s).unwrap();
+        assert_eq!(p("b/c").under(Some(&p("a"))), p("a/b/c"));
+        assert_eq!(p("b").under(None), p("b"));
+        assert_eq!(p("a/b/c").below(Some(&p("a"))), Some(p("b/c")));
+        assert_eq!(p("a/b").below(None), Some(p("a/b")));
+        // A sibling that starts with the same letters is not below it.
+        assert_eq!(p("ab/c").below(Some(&p("a"))), None);
+        assert_eq!(p("a").below(Some(&p("a"))), None);
     }
 
     #[test]

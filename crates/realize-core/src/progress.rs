@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use crate::error::MoveError;
+use crate::mover::Plan;
 use crate::path::{DirId, RelPath};
 
 /// What is happening to a file.
@@ -76,6 +77,12 @@ pub trait Progress: Send + Sync {
     /// A regular file of the source is named like a partial file
     /// (`path` is its name on disk, `.NAME.part`), so it is not moved.
     fn skipped(&self, _dir: &DirId, _path: &RelPath) {}
+
+    /// A source file the move's rules exclude: it stays where it is.
+    fn excluded(&self, _dir: &DirId, _path: &RelPath) {}
+
+    /// In a dry run, what the move would do to a source file.
+    fn planned(&self, _dir: &DirId, _path: &RelPath, _size: u64, _plan: Plan) {}
 
     /// The totals, once every directory is listed.
     fn totals(&self, _files: u64, _bytes: u64) {}

@@ -176,8 +176,16 @@ pub trait Service: Send + Sync + std::fmt::Debug {
     /// The version of the service and the directories it serves, with their identities.
     async fn info(&self) -> Result<ServiceInfo, ServiceError>;
 
-    /// Regular files under `dir`, sorted by path; partial files only if asked.
-    async fn list(&self, dir: &DirId, include_partial: bool) -> Result<EntryStream, ServiceError>;
+    /// Regular files under `dir`, or only under its subdirectory `prefix`,
+    /// sorted by path (relative to `dir`'s root, the prefix included);
+    /// partial files only if asked. A `prefix` that does not exist lists
+    /// nothing; one that is not a directory is an error.
+    async fn list(
+        &self,
+        dir: &DirId,
+        prefix: Option<&RelPath>,
+        include_partial: bool,
+    ) -> Result<EntryStream, ServiceError>;
 
     /// Bytes of the final file from `offset`, up to `length` or the end.
     /// The stream fails (FailedPrecondition) if the file changes while it is

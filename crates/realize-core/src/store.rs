@@ -158,8 +158,13 @@ impl Service for LocalStore {
         self.service_info().await
     }
 
-    async fn list(&self, dir: &DirId, include_partial: bool) -> Result<EntryStream, ServiceError> {
-        self.list_entries(dir, include_partial).await
+    async fn list(
+        &self,
+        dir: &DirId,
+        prefix: Option<&RelPath>,
+        include_partial: bool,
+    ) -> Result<EntryStream, ServiceError> {
+        self.list_entries(dir, prefix, include_partial).await
     }
 
     async fn read(

@@ -63,7 +63,7 @@ async fn local_sizes(
     dir: &DirId,
 ) -> Result<Vec<(String, u64)>, realize_core::ServiceError> {
     service
-        .list(dir, false)
+        .list(dir, None, false)
         .await?
         .map_ok(|entry| (entry.path.to_string(), entry.stamp.size))
         .try_collect()

@@ -294,9 +294,15 @@ impl Service for RemoteService {
         self.unary(request).await
     }
 
-    async fn list(&self, dir: &DirId, include_partial: bool) -> Result<EntryStream, ServiceError> {
+    async fn list(
+        &self,
+        dir: &DirId,
+        prefix: Option<&RelPath>,
+        include_partial: bool,
+    ) -> Result<EntryStream, ServiceError> {
         let request = pb::ListRequest::from(request::List {
             dir: dir.clone(),
+            prefix: prefix.cloned(),
             include_partial,
         });
         let entries = self.unary(request).await?;

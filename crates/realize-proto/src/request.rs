@@ -21,11 +21,13 @@ fn required_range(range: Option<pb::ByteRange>) -> Result<ByteRange, DecodeError
         .ok_or(DecodeError::Missing("range"))
 }
 
-/// List: the files of `dir`.
+/// List: the files of `dir`, or of its subtree `prefix`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct List {
     /// The directory.
     pub dir: DirId,
+    /// Only the subtree below this path; `None`: the whole directory.
+    pub prefix: Option<RelPath>,
     /// Whether partial files are listed too.
     pub include_partial: bool,
 }
@@ -33,8 +35,16 @@ pub struct List {
 impl TryFrom<pb::ListRequest> for List {
     type Error = DecodeError;
     fn try_from(m: pb::ListRequest) -> Result<Self, DecodeError> {
+        let (dir, prefix) = match m.prefix.as_str() {
+            "" => (dir_id(&m.dir)?, None),
+            prefix => {
+                let (dir, prefix) = target(&m.dir, prefix)?;
+                (dir, Some(prefix))
+            }
+        };
         Ok(List {
-            dir: dir_id(&m.dir)?,
+            dir,
+            prefix,
             include_partial: m.include_partial,
         })
     }
@@ -45,6 +55,7 @@ impl From<List> for pb::ListRequest {
         pb::ListRequest {
             dir: r.dir.to_string(),
             include_partial: r.include_partial,
+            prefix: r.prefix.map(|p| p.to_string()).unwrap_or_default(),
         }
     }
 }

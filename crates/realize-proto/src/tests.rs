@@ -76,6 +76,32 @@ fn requests_decode_to_what_was_encoded() {
     };
     let wire = pb::DiffRequest::from(diff.clone());
     assert_eq!(request::Diff::try_from(wire).ok(), Some(diff));
+    for prefix in [None, Some(path("2024/may"))] {
+        let list = request::List {
+            dir: dir(),
+            prefix,
+            include_partial: true,
+        };
+        let wire = pb::ListRequest::from(list.clone());
+        assert_eq!(request::List::try_from(wire).ok(), Some(list));
+    }
+}
+
+#[test]
+fn a_hostile_list_prefix_is_refused() {
+    for prefix in ["..", "../x", "/etc", "a//b", "a/./b"] {
+        let wire = pb::ListRequest {
+            dir: "d".into(),
+            prefix: prefix.into(),
+            include_partial: false,
+        };
+        let (code, message) = refused(request::List::try_from(wire).unwrap_err());
+        assert_eq!(code, tonic::Code::InvalidArgument, "{prefix}");
+        assert!(
+            message.starts_with("d: invalid path"),
+            "{prefix}: {message}"
+        );
+    }
 }
 
 #[test]

@@ -132,7 +132,7 @@ fn a_bad_config_names_the_file_line_and_field() {
 }
 
 #[test]
-fn local_sides_move_contents_and_sub_paths_wait_for_the_daemon_side() {
+fn local_sides_move_contents_and_bad_sides_are_usage_errors() {
     let work = TempDir::new().unwrap();
     write_file(work.path(), "a:b/x/f", b"data");
     // A path with a colon is written ./a:b; contents of SRC go into DST.
@@ -142,10 +142,6 @@ fn local_sides_move_contents_and_sub_paths_wait_for_the_daemon_side() {
 
     config_in(&work.path().join(".config/realize"));
     for (args, expected) in [
-        (
-            vec!["dst", "s:d/sub"],
-            "moving a sub-path (d/sub) is not supported yet",
-        ),
         (vec!["dst", "s:d/../x"], "invalid path"),
         (vec!["dst", "nope:d"], "realize remote add nope"),
         (vec!["dst"], "expected SRC and DST, got 1"),

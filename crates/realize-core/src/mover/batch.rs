@@ -96,8 +96,9 @@ pub(super) async fn move_batch<'a>(
         let mut sent_index = Vec::new();
         for (index, result) in read.into_iter().enumerate() {
             match result {
-                Ok(file) => {
+                Ok(mut file) => {
                     sent_index.push(index);
+                    file.path = jobs[index].target.clone();
                     sending.push(file);
                 }
                 Err(error) => {
@@ -122,8 +123,7 @@ pub(super) async fn move_batch<'a>(
                 }
                 Err(error) => {
                     let job = &jobs[index];
-                    let error =
-                        finish_error(dst, job.dir, &job.entry.path, error, source_hash).await;
+                    let error = finish_error(dst, job.dir, &job.target, error, source_hash).await;
                     outcomes[index] = Some(Outcome::Failed(error));
                 }
             }

@@ -1,8 +1,8 @@
 //! [`Move`], the entry point that reads at the call site: each setting named, the rest left to defaults.
 
+use super::Subtree;
 use super::{MoveOptions, MoveSummary, move_files};
 use crate::error::MoveError;
-use crate::path::DirId;
 use crate::progress::{NoProgress, Progress};
 use crate::service::Service;
 use crate::stop::Stop;
@@ -47,7 +47,7 @@ use crate::stop::Stop;
 pub struct Move<'a> {
     src: &'a dyn Service,
     dst: &'a dyn Service,
-    dirs: Vec<DirId>,
+    dirs: Vec<Subtree>,
     options: MoveOptions,
     progress: &'a dyn Progress,
     stop: Option<&'a Stop>,
@@ -78,9 +78,10 @@ impl<'a> Move<'a> {
         }
     }
 
-    /// Adds directories to move; both sides must serve each of them.
-    pub fn dirs(mut self, dirs: impl IntoIterator<Item = DirId>) -> Self {
-        self.dirs.extend(dirs);
+    /// Adds directories to move, whole ([`DirId`]) or a subtree of one
+    /// ([`Subtree`]); both sides must serve each of them.
+    pub fn dirs(mut self, dirs: impl IntoIterator<Item = impl Into<Subtree>>) -> Self {
+        self.dirs.extend(dirs.into_iter().map(Into::into));
         self
     }
 

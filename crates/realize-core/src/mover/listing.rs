@@ -96,21 +96,29 @@ pub(super) struct Listed<'a> {
     pub(super) jobs: Vec<Job<'a>>,
     /// Source files named like partial files, as they are named on disk.
     pub(super) skipped: Vec<RelPath>,
+    /// Source files the rules exclude.
+    pub(super) excluded: Vec<RelPath>,
 }
 
 /// How many times a file's destination is listed again when another client
 /// changes it under the move (see [`move_file`]).
 pub(super) const DESTINATION_LOOKS: u32 = 3;
 
-/// What the destination has at `path` now.
+/// What the destination has at `path` now, listing the subtree `prefix` it is in.
 pub(super) async fn destination_state(
     dst: &dyn Service,
     dir: &DirId,
+    prefix: Option<&RelPath>,
     path: &RelPath,
 ) -> Result<DestinationState, MoveError> {
-    let entries = async { dst.list(dir, true).await?.try_collect::<Vec<_>>().await }
-        .await
-        .map_err(MoveError::destination)?;
+    let entries = async {
+        dst.list(dir, prefix, true)
+            .await?
+            .try_collect::<Vec<_>>()
+            .await
+    }
+    .await
+    .map_err(MoveError::destination)?;
     Ok(destination_states(entries).remove(path).unwrap_or_default())
 }
 
@@ -127,35 +135,71 @@ fn destination_states(entries: Vec<Entry>) -> HashMap<RelPath, DestinationState>
     destination
 }
 
-/// Lists a directory on both sides and pairs each source file with what
-/// the destination has at its path.
+/// Lists a directory, or the subtree of it `root` names, on both sides and
+/// pairs each source file with what the destination has where it lands.
 pub(super) async fn list_dir<'a>(
     src: &dyn Service,
     dst: &dyn Service,
-    dir: &'a DirId,
+    root: &'a Subtree,
+    options: &MoveOptions,
 ) -> Result<Listed<'a>, MoveError> {
+    let dir = &root.dir;
     // The source's partial files are listed only to be reported: a file
     // that silently stays behind would look moved to whoever ran the move.
     let (src_entries, dst_entries) = future::try_join(
-        async { src.list(dir, true).await?.try_collect::<Vec<_>>().await }
-            .map_err(MoveError::source),
-        async { dst.list(dir, true).await?.try_collect::<Vec<_>>().await }
-            .map_err(MoveError::destination),
+        async {
+            src.list(dir, root.source.as_ref(), true)
+                .await?
+                .try_collect::<Vec<_>>()
+                .await
+        }
+        .map_err(MoveError::source),
+        async {
+            let listing = async {
+                dst.list(dir, root.destination.as_ref(), true)
+                    .await?
+                    .try_collect::<Vec<_>>()
+                    .await
+            };
+            match listing.await {
+                // A dry run creates no destination: one not there yet has
+                // no files.
+                Err(e) if options.dry_run && e.code() == ErrorCode::NotFound => Ok(Vec::new()),
+                listed => listed,
+            }
+        }
+        .map_err(MoveError::destination),
     )
     .await?;
     let mut destination = destination_states(dst_entries);
     let (finals, partials): (Vec<_>, Vec<_>) = src_entries
         .into_iter()
         .partition(|e| e.kind == FileKind::Final);
+    let mut jobs = Vec::with_capacity(finals.len());
+    let mut excluded = Vec::new();
+    for entry in finals {
+        let Some(relative) = root.relative(&entry.path) else {
+            return Err(MoveError::source(ServiceError::Protocol(format!(
+                "listed {dir}/{} outside the subtree asked for",
+                entry.path
+            ))));
+        };
+        if !options.filter.includes(&relative) {
+            excluded.push(entry.path);
+            continue;
+        }
+        let target = root.target(&relative);
+        jobs.push(Job {
+            dir,
+            state: destination.remove(&target).unwrap_or_default(),
+            dst_prefix: root.destination.as_ref(),
+            target,
+            entry,
+        });
+    }
     Ok(Listed {
-        jobs: finals
-            .into_iter()
-            .map(|entry| Job {
-                dir,
-                state: destination.remove(&entry.path).unwrap_or_default(),
-                entry,
-            })
-            .collect(),
+        jobs,
+        excluded,
         skipped: partials.iter().map(|e| e.path.partial_path()).collect(),
     })
 }

@@ -30,7 +30,7 @@ fn options() -> MoveOptions {
         parallel: 3,
         range_size: 64 * KIB as u64,
         block_size: 1024,
-        digest: None,
+        ..MoveOptions::default()
     }
 }
 
@@ -74,9 +74,16 @@ impl Sides {
 
     async fn run_with(&self, options: &MoveOptions) -> MoveSummary {
         let (src, dst) = (store(self.src()), store(self.dst()));
-        move_files(&src, &dst, &[dir()], options, &NoProgress, &Stop::new())
-            .await
-            .unwrap()
+        move_files(
+            &src,
+            &dst,
+            &[dir().into()],
+            options,
+            &NoProgress,
+            &Stop::new(),
+        )
+        .await
+        .unwrap()
     }
 }
 
@@ -381,7 +388,14 @@ async fn a_zero_range_size_does_not_hang_a_resume() {
     };
     let moved = tokio::time::timeout(
         std::time::Duration::from_secs(5),
-        move_files(&src, &dst, &[dir()], &options, &NoProgress, &Stop::new()),
+        move_files(
+            &src,
+            &dst,
+            &[dir().into()],
+            &options,
+            &NoProgress,
+            &Stop::new(),
+        ),
     )
     .await;
     let Ok(result) = moved else {
@@ -443,9 +457,16 @@ async fn a_corrupted_copy_fails_the_hash_check_and_keeps_the_source() {
     let src = store(sides.src());
     let dst = Faulty::new(sides.dst(), Fault::FlipWrittenBytes);
 
-    let summary = move_files(&src, &dst, &[dir()], &options(), &NoProgress, &Stop::new())
-        .await
-        .unwrap();
+    let summary = move_files(
+        &src,
+        &dst,
+        &[dir().into()],
+        &options(),
+        &NoProgress,
+        &Stop::new(),
+    )
+    .await
+    .unwrap();
 
     assert_eq!(summary.files_moved, 0);
     assert_eq!(summary.files_failed, 1);
@@ -476,9 +497,16 @@ async fn a_source_changed_before_it_is_hashed_is_not_deleted() {
     let src = Faulty::new(sides.src(), Fault::ChangeBeforeRead);
     let dst = store(sides.dst());
 
-    let summary = move_files(&src, &dst, &[dir()], &options(), &NoProgress, &Stop::new())
-        .await
-        .unwrap();
+    let summary = move_files(
+        &src,
+        &dst,
+        &[dir().into()],
+        &options(),
+        &NoProgress,
+        &Stop::new(),
+    )
+    .await
+    .unwrap();
 
     assert_eq!(summary.files_moved, 0);
     assert_eq!(summary.files_failed, 1);
@@ -507,9 +535,16 @@ async fn a_source_changed_before_it_is_deleted_is_kept() {
     let src = Faulty::new(sides.src(), Fault::ChangeBeforeDelete);
     let dst = store(sides.dst());
 
-    let summary = move_files(&src, &dst, &[dir()], &options(), &NoProgress, &Stop::new())
-        .await
-        .unwrap();
+    let summary = move_files(
+        &src,
+        &dst,
+        &[dir().into()],
+        &options(),
+        &NoProgress,
+        &Stop::new(),
+    )
+    .await
+    .unwrap();
 
     assert_eq!(summary.files_moved, 0);
     assert_eq!(summary.files_failed, 1);
@@ -543,7 +578,7 @@ async fn batch_with(fault: Fault, faulty_source: bool) -> (Sides, Vec<Vec<u8>>, 
         move_files(
             &src,
             &store(sides.dst()),
-            &[dir()],
+            &[dir().into()],
             &options(),
             &NoProgress,
             &Stop::new(),
@@ -554,7 +589,7 @@ async fn batch_with(fault: Fault, faulty_source: bool) -> (Sides, Vec<Vec<u8>>, 
         move_files(
             &store(sides.src()),
             &dst,
-            &[dir()],
+            &[dir().into()],
             &options(),
             &NoProgress,
             &Stop::new(),
@@ -635,7 +670,7 @@ async fn a_batch_stopped_hard_while_it_is_written_deletes_no_source() {
     let summary = move_files(
         &store(sides.src()),
         &dst,
-        &[dir()],
+        &[dir().into()],
         &options(),
         &NoProgress,
         &stop,
@@ -662,7 +697,15 @@ async fn a_directory_is_never_moved_onto_itself() {
 
     for dst_root in [root.path(), link.as_path()] {
         let (src, dst) = (store(root.path()), store(dst_root));
-        let result = move_files(&src, &dst, &[dir()], &options(), &NoProgress, &Stop::new()).await;
+        let result = move_files(
+            &src,
+            &dst,
+            &[dir().into()],
+            &options(),
+            &NoProgress,
+            &Stop::new(),
+        )
+        .await;
         assert!(
             matches!(&result, Err(MoveError::Overlap { dir: d }) if *d == dir()),
             "{result:?}"
@@ -678,9 +721,16 @@ async fn a_missing_destination_root_fails_the_directory_and_deletes_nothing() {
     let src = store(sides.src());
     let dst = store(&sides.dst().join("no-such-root"));
 
-    let summary = move_files(&src, &dst, &[dir()], &options(), &NoProgress, &Stop::new())
-        .await
-        .unwrap();
+    let summary = move_files(
+        &src,
+        &dst,
+        &[dir().into()],
+        &options(),
+        &NoProgress,
+        &Stop::new(),
+    )
+    .await
+    .unwrap();
 
     assert_eq!(summary.files_moved, 0);
     assert_eq!(summary.failures.len(), 1);
@@ -711,7 +761,7 @@ async fn a_directory_one_side_does_not_serve_is_refused() {
     let result = move_files(
         &served,
         &not_served,
-        &[dir()],
+        &[dir().into()],
         &options(),
         &NoProgress,
         &Stop::new(),
@@ -724,7 +774,7 @@ async fn a_directory_one_side_does_not_serve_is_refused() {
     let result = move_files(
         &not_served,
         &served,
-        &[dir()],
+        &[dir().into()],
         &options(),
         &NoProgress,
         &Stop::new(),
@@ -779,7 +829,7 @@ async fn check_overlap(src_root: &str, dst_root: &str, files: &[(&str, &[u8])]) 
     let result = move_files(
         &src,
         &dst,
-        &[dir()],
+        &[dir().into()],
         &one_at_a_time,
         &NoProgress,
         &Stop::new(),
@@ -852,9 +902,16 @@ async fn a_partial_file_another_client_finishes_under_the_move_is_looked_at_agai
     write_file(sides.dst(), ".f.part", &random_bytes(32, MIB));
     let src = store(sides.src());
     let dst = Faulty::new(sides.dst(), Fault::FinishedByAnotherClient);
-    let summary = move_files(&src, &dst, &[dir()], &options(), &NoProgress, &Stop::new())
-        .await
-        .unwrap();
+    let summary = move_files(
+        &src,
+        &dst,
+        &[dir().into()],
+        &options(),
+        &NoProgress,
+        &Stop::new(),
+    )
+    .await
+    .unwrap();
     assert_all_moved(&summary, 1);
     assert_eq!(read_file(sides.dst(), "f"), data);
     assert!(!exists(sides.dst(), ".f.part"));
@@ -879,7 +936,7 @@ async fn a_batch_the_destination_finishes_after_a_hard_stop_is_reported_moved() 
     let summary = move_files(
         &store(sides.src()),
         &dst,
-        &[dir()],
+        &[dir().into()],
         &options(),
         &NoProgress,
         &stop,
@@ -929,3 +986,5 @@ fn the_digest_is_the_preferred_both_sides_take_or_the_one_asked_for() {
         "no digest both sides support (source: blake3, sha256; destination: none), refusing to move"
     );
 }
+
+mod selection;

@@ -11,7 +11,10 @@ pub(super) struct Transfer<'a> {
     pub(super) src: &'a dyn Service,
     pub(super) dst: &'a dyn Service,
     pub(super) dir: &'a DirId,
+    /// The file on the source.
     pub(super) path: &'a RelPath,
+    /// Where it goes on the destination (the same path but for a sub-path move).
+    pub(super) target: &'a RelPath,
     pub(super) size: u64,
     pub(super) options: &'a MoveOptions,
     pub(super) file: &'a FileTracker,
@@ -51,7 +54,7 @@ impl Transfer<'_> {
         };
         let writing = self
             .dst
-            .write_file(self.dir, self.path, self.size, data, expected);
+            .write_file(self.dir, self.target, self.size, data, expected);
         let ((), written) = future::join(forwarding, writing).await;
         match (written, kept.get().copied()) {
             (Ok(_), Some(source_hash)) => Ok((source_hash, relay.bytes())),
@@ -74,6 +77,7 @@ impl Transfer<'_> {
     ) -> Result<(Digest, u64), MoveError> {
         let (src, dst, dir, path, size) = (self.src, self.dst, self.dir, self.path, self.size);
         let algorithm = self.options.algorithm();
+        let target = self.target;
         let source_hash = async {
             let result = src
                 .hash(dir, path, FileKind::Final, None, algorithm)
@@ -96,7 +100,7 @@ impl Transfer<'_> {
             {
                 self.file.phase(Phase::Hashing);
                 let result = dst
-                    .hash(dir, path, FileKind::Final, None, algorithm)
+                    .hash(dir, target, FileKind::Final, None, algorithm)
                     .await
                     .map_err(MoveError::destination)?;
                 return Ok((Some(result.hash), 0));
@@ -125,7 +129,7 @@ impl Transfer<'_> {
         }
         // The destination checks its digest against the source's on disk,
         // then fsyncs and renames, in one call.
-        if let Err(error) = dst.finish(dir, path, expected).await {
+        if let Err(error) = dst.finish(dir, target, expected).await {
             return Err(self.finish_error(error, source_hash).await);
         }
         Ok((source_hash, sent))
@@ -136,7 +140,7 @@ impl Transfer<'_> {
     }
 
     async fn finish_error(&self, error: ServiceError, source_hash: Digest) -> MoveError {
-        finish_error(self.dst, self.dir, self.path, error, source_hash).await
+        finish_error(self.dst, self.dir, self.target, error, source_hash).await
     }
 
     /// `working` is the destination's working copy (form and length) if it
@@ -168,7 +172,7 @@ impl Transfer<'_> {
                 self.dst
                     .hash(
                         self.dir,
-                        self.path,
+                        self.target,
                         kind,
                         Some(range),
                         self.options.algorithm(),
@@ -206,7 +210,7 @@ impl Transfer<'_> {
     async fn patch(&self, range: ByteRange, expected: Digest) -> Result<u64, MoveError> {
         let signature = self
             .dst
-            .signature(self.dir, self.path, range, self.options.block_size)
+            .signature(self.dir, self.target, range, self.options.block_size)
             .await
             .map_err(MoveError::destination)?;
         let signature_len = signature.len() as u64;
@@ -217,7 +221,7 @@ impl Transfer<'_> {
             .map_err(MoveError::source)?;
         let (delta, relay) = Relay::new(delta, self.file, false);
         self.dst
-            .apply_delta(self.dir, self.path, range, self.size, delta)
+            .apply_delta(self.dir, self.target, range, self.size, delta)
             .await
             .map_err(|e| relay.error(e))?;
         let mut sent = signature_len + relay.bytes();
@@ -225,7 +229,7 @@ impl Transfer<'_> {
             .dst
             .hash(
                 self.dir,
-                self.path,
+                self.target,
                 FileKind::Partial,
                 Some(range),
                 self.options.algorithm(),
@@ -253,7 +257,7 @@ impl Transfer<'_> {
             .map_err(MoveError::source)?;
         let (data, relay) = Relay::new(data, self.file, report);
         self.dst
-            .write(self.dir, self.path, range.start, self.size, data)
+            .write(self.dir, self.target, range.start, self.size, data)
             .await
             .map_err(|e| relay.error(e))?;
         Ok(relay.bytes())

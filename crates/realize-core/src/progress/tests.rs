@@ -104,7 +104,7 @@ fn options() -> MoveOptions {
         parallel: 1,
         range_size: 64 * KIB as u64,
         block_size: 1024,
-        digest: None,
+        ..MoveOptions::default()
     }
 }
 
@@ -129,7 +129,7 @@ async fn events_of_copied_resumed_present_and_failed_files() {
     let summary = move_files(
         &store(src_root),
         &store(dst_root),
-        &[dir()],
+        &[dir().into()],
         &options(),
         &recorder,
         &Stop::new(),
@@ -202,7 +202,7 @@ async fn cancelling_interrupts_the_file_in_flight_and_starts_no_other() {
     let summary = move_files(
         &store(src.path()),
         &destination,
-        &[dir()],
+        &[dir().into()],
         &options(),
         &recorder,
         &stop,
@@ -240,7 +240,7 @@ async fn a_cancelled_move_changes_nothing_before_it_starts() {
     let result = move_files(
         &store(src.path()),
         &store(dst.path()),
-        &[dir()],
+        &[dir().into()],
         &options(),
         &Recorder::default(),
         &stop,
@@ -262,7 +262,7 @@ async fn a_soft_stop_lets_the_file_in_flight_finish_and_starts_no_other() {
     let summary = move_files(
         &store(src.path()),
         &destination,
-        &[dir()],
+        &[dir().into()],
         &options(),
         &Recorder::default(),
         &stop,
@@ -298,7 +298,7 @@ async fn a_file_that_cannot_finish_before_the_deadline_does_not_start() {
     let summary = move_files(
         &store(src.path()),
         &store(dst.path()),
-        &[dir()],
+        &[dir().into()],
         &options(),
         &recorder,
         &stop,

@@ -107,6 +107,8 @@ pub enum Call<'a> {
     List {
         /// The directory.
         dir: &'a DirId,
+        /// Its `prefix` argument.
+        prefix: Option<&'a RelPath>,
         /// Its `include_partial` argument.
         include_partial: bool,
     },
@@ -327,14 +329,20 @@ where
         self.inner.info().await
     }
 
-    async fn list(&self, dir: &DirId, include_partial: bool) -> Result<EntryStream, ServiceError> {
+    async fn list(
+        &self,
+        dir: &DirId,
+        prefix: Option<&RelPath>,
+        include_partial: bool,
+    ) -> Result<EntryStream, ServiceError> {
         self.filter
             .before(Call::List {
                 dir,
+                prefix,
                 include_partial,
             })
             .await;
-        self.inner.list(dir, include_partial).await
+        self.inner.list(dir, prefix, include_partial).await
     }
 
     async fn read(

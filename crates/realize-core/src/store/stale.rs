@@ -26,7 +26,7 @@ impl LocalStore {
         let mut removed = 0;
         for (dir, root) in dirs {
             let task_dir = dir.clone();
-            let walked = tokio::task::spawn_blocking(move || walk(&task_dir, &root, true))
+            let walked = tokio::task::spawn_blocking(move || walk(&task_dir, &root, None, true))
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|walked| walked.map_err(|e| e.to_string()));

@@ -47,7 +47,7 @@ fn code<T>(result: Result<T, ServiceError>) -> ErrorCode {
 
 async fn list(store: &LocalStore, include_partial: bool) -> Vec<(String, FileKind, u64)> {
     store
-        .list(&dir(), include_partial)
+        .list(&dir(), None, include_partial)
         .await
         .unwrap()
         .map_ok(|e| (e.path.to_string(), e.kind, e.stamp.size))
@@ -137,9 +137,52 @@ async fn list_of_an_unknown_dir_is_invalid_argument() {
     let store = store(root.path());
     let other = DirId::new("other").unwrap();
     assert_eq!(
-        code(store.list(&other, false).await),
+        code(store.list(&other, None, false).await),
         ErrorCode::InvalidArgument
     );
+}
+
+#[tokio::test]
+async fn list_of_a_prefix_walks_only_that_subtree() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    write_file(root, "a/b/c.txt", b"hello");
+    write_file(root, "a/z.txt", &[7; 10]);
+    write_file(root, "a/.p.part", &[1; 7]);
+    write_file(root, "ab/not-below-a", b"x");
+    write_file(root, "top", b"t");
+    symlink(root.join("a"), root.join("link")).unwrap();
+    let store = store(root);
+    let listed = |prefix: &'static str| {
+        let store = store.clone();
+        async move {
+            let prefix = RelPath::new(prefix).unwrap();
+            let entries = store.list(&dir(), Some(&prefix), true).await?;
+            entries
+                .map_ok(|e| (e.path.to_string(), e.kind))
+                .try_collect::<Vec<_>>()
+                .await
+        }
+    };
+    assert_eq!(
+        listed("a").await.unwrap(),
+        vec![
+            ("a/b/c.txt".to_string(), FileKind::Final),
+            ("a/p".to_string(), FileKind::Partial),
+            ("a/z.txt".to_string(), FileKind::Final),
+        ]
+    );
+    assert_eq!(
+        listed("a/b").await.unwrap(),
+        vec![("a/b/c.txt".to_string(), FileKind::Final)]
+    );
+    // Missing: nothing to move. A file, or a symlink (never followed): the
+    // caller named a directory that is not one.
+    assert_eq!(listed("nope/deeper").await.unwrap(), Vec::new());
+    assert_eq!(code(listed("top").await), ErrorCode::FailedPrecondition);
+    assert_eq!(code(listed("link").await), ErrorCode::FailedPrecondition);
+    assert_eq!(code(listed("link/b").await), ErrorCode::FailedPrecondition);
+    assert_eq!(code(listed("top/x").await), ErrorCode::FailedPrecondition);
 }
 
 // ---------------------------------------------------------------- write

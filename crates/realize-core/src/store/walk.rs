@@ -42,53 +42,66 @@ impl LocalStore {
         })
     }
 
-    /// [`Service::list`](crate::Service::list): the root walked in the
-    /// blocking pool.
+    /// [`Service::list`](crate::Service::list): the root, or the subtree
+    /// `prefix` of it, walked in the blocking pool.
     pub(super) async fn list_entries(
         &self,
         dir: &DirId,
+        prefix: Option<&RelPath>,
         include_partial: bool,
     ) -> Result<EntryStream, ServiceError> {
         let root = self.root(dir)?.to_path_buf();
         let dir = dir.clone();
         let task_dir = dir.clone();
-        let entries = tokio::task::spawn_blocking(move || walk(&task_dir, &root, include_partial))
-            .await
-            .map_err(|source| StoreError::Task {
-                dir: dir.to_string(),
-                source,
-            })??;
+        let prefix = prefix.cloned();
+        let entries = tokio::task::spawn_blocking(move || {
+            walk(&task_dir, &root, prefix.as_ref(), include_partial)
+        })
+        .await
+        .map_err(|source| StoreError::Task {
+            dir: dir.to_string(),
+            source,
+        })??;
         Ok(stream::iter(entries.into_iter().map(Ok)).boxed())
     }
 }
 
-/// Walks a root without following symlinks; what is not a regular file or a
-/// directory is skipped with a warning. Each directory is opened beneath the
-/// root as a path's parent is ([`resolve::open_dir`]) and its entries are
-/// looked at through it, so a directory swapped for a symlink meanwhile is
-/// skipped, never listed.
+/// Walks a root, or the subtree `prefix` of it, without following symlinks;
+/// what is not a regular file or a directory is skipped with a warning. Each
+/// directory is opened beneath the root as a path's parent is
+/// ([`resolve::open_dir`]) and its entries are looked at through it, so a
+/// directory swapped for a symlink meanwhile is skipped, never listed.
+///
+/// A prefix that does not exist has no files; one that is a file, or goes
+/// through a symlink or a file, is refused: the caller named a directory.
 pub(super) fn walk(
     dir: &DirId,
     root: &Path,
+    prefix: Option<&RelPath>,
     include_partial: bool,
 ) -> Result<Vec<Entry>, StoreError> {
     let list_root = |source: io::Error| StoreError::Io {
         dir: dir.to_string(),
-        path: String::new(),
+        path: prefix.map(RelPath::to_string).unwrap_or_default(),
         op: "list root",
         source,
     };
     let root = resolve::open_root(root).map_err(list_root)?;
     let mut entries = Vec::new();
-    let mut pending: Vec<Option<RelPath>> = vec![None];
+    let mut pending: Vec<Option<RelPath>> = vec![prefix.cloned()];
     while let Some(rel) = pending.pop() {
         let components: Vec<&str> = rel.iter().flat_map(RelPath::components).collect();
-        let listing = resolve::open_dir(root.as_fd(), &components, OFlags::RDONLY)
-            .map_err(io::Error::from)
-            .and_then(|fd| Ok(Dir::new(fd)?));
+        let listing = match resolve::open_dir(root.as_fd(), &components, OFlags::RDONLY) {
+            Err(resolve::DirError::Missing) if rel.is_some() && rel.as_ref() == prefix => {
+                return Ok(Vec::new());
+            }
+            opened => opened
+                .map_err(io::Error::from)
+                .and_then(|fd| Ok(Dir::new(fd)?)),
+        };
         let mut listing = match listing {
             Ok(listing) => listing,
-            Err(source) if rel.is_none() => return Err(list_root(source)),
+            Err(source) if rel.as_ref() == prefix => return Err(list_root(source)),
             Err(e) => {
                 tracing::warn!(%dir, path = %rel.as_ref().map(RelPath::as_str).unwrap_or(""), error = %e, "cannot list directory, skipped");
                 continue;

@@ -21,7 +21,9 @@ impl pb::realize_server::Realize for Handler {
             request,
             Need::Read,
             |call, list: request::List| async move {
-                let listing = call.service().list(&list.dir, list.include_partial);
+                let listing =
+                    call.service()
+                        .list(&list.dir, list.prefix.as_ref(), list.include_partial);
                 let entries = self.cancellable(&call, listing).await?;
                 Ok(self.cancellable_stream(call, server_stream(entries)))
             },

@@ -2,29 +2,10 @@
 //! `realize SRC box:DIR` and `realize://` moves, all from a throwaway HOME.
 
 use std::path::Path;
-use std::process::Output;
 
 use tempfile::TempDir;
-use tokio::process::Command;
 
 use crate::util::*;
-
-/// `realize` with `home` as HOME and no other config location.
-async fn realize_at(home: &Path, args: &[&str]) -> Output {
-    let output = Command::new(realize_bin())
-        .args(args)
-        .current_dir(home)
-        .env("HOME", home)
-        .env_remove("XDG_CONFIG_HOME")
-        .env_remove("REALIZE_CONFIG")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(std::time::Duration::from_secs(60), output)
-        .await
-        .expect("realize hung")
-        .unwrap()
-}
 
 fn config_text(home: &Path) -> String {
     std::fs::read_to_string(home.join(".config/realize/config.toml")).unwrap()
@@ -97,30 +78,7 @@ async fn remote_add_checks_the_fingerprint_before_the_daemon_knows_us() {
 async fn remote_dir_and_url_sides_push_and_pull() {
     let work = TempDir::new().unwrap();
     let home = work.path();
-    assert!(realize_at(home, &["keygen"]).await.status.success());
-    let ours = home.join(".config/realize/client.pub.pem");
-    let placeholder = KeyFiles::new(home, "placeholder");
-    let root = home.join("served");
-    std::fs::create_dir(&root).unwrap();
-    let daemon = Daemon::start_with(home, &[("box", &root)], &placeholder, |config| {
-        config.peers = vec![("laptop".to_string(), ours.clone())];
-    })
-    .await;
-    let fingerprint = daemon.key.public_key().fingerprint();
-    let added = realize_at(
-        home,
-        &[
-            "remote",
-            "add",
-            "server",
-            &daemon.addr,
-            "--fingerprint",
-            &fingerprint,
-            "--inline",
-        ],
-    )
-    .await;
-    assert!(added.status.success(), "{}", stderr(&added));
+    let (daemon, root) = home_with_server(home, &["--inline"]).await;
     assert!(
         config_text(home).contains("public_key = \"\"\""),
         "{}",

@@ -74,6 +74,7 @@ async fn list(api: &mut RealizeClient<Channel>, dir: &str) -> Result<Vec<String>
     let mut stream = api
         .list(pb::ListRequest {
             dir: dir.into(),
+            prefix: String::new(),
             include_partial: false,
         })
         .await?

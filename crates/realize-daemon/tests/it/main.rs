@@ -19,6 +19,7 @@ mod python;
 mod rejections;
 mod resilience;
 mod security;
+mod selection;
 mod throttle;
 mod traces;
 mod util;

@@ -197,6 +197,7 @@ async fn bad_paths_sent_to_the_api_are_invalid_and_touch_nothing() {
     let unknown = api
         .list(pb::ListRequest {
             dir: "nope".into(),
+            prefix: String::new(),
             include_partial: false,
         })
         .await;

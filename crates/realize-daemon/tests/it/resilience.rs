@@ -258,9 +258,10 @@ impl realize_core::Service for StallingReads {
     async fn list(
         &self,
         dir: &realize_core::DirId,
+        prefix: Option<&realize_core::RelPath>,
         include_partial: bool,
     ) -> Result<realize_core::EntryStream, realize_core::ServiceError> {
-        self.0.list(dir, include_partial).await
+        self.0.list(dir, prefix, include_partial).await
     }
     async fn read(
         &self,

@@ -439,6 +439,7 @@ async fn a_peer_sees_and_reaches_only_its_directories() {
     assert_eq!(info_dirs(&mut api).await.unwrap(), ["mine"]);
     let list = |dir: &str| pb::ListRequest {
         dir: dir.into(),
+        prefix: String::new(),
         include_partial: false,
     };
     assert!(api.list(list("mine")).await.is_ok());
@@ -542,6 +543,7 @@ async fn a_symlinked_directory_pointing_outside_is_never_followed() {
     let mut entries = api
         .list(pb::ListRequest {
             dir: "d".into(),
+            prefix: String::new(),
             include_partial: true,
         })
         .await

@@ -373,6 +373,52 @@ pub async fn realize(args: &[&std::ffi::OsStr]) -> Output {
         .unwrap()
 }
 
+/// `realize` with `home` as HOME and no other config location.
+pub async fn realize_at(home: &Path, args: &[&str]) -> Output {
+    let output = Command::new(realize_bin())
+        .args(args)
+        .current_dir(home)
+        .env("HOME", home)
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("REALIZE_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(PROCESS_TIMEOUT, output)
+        .await
+        .expect("realize hung")
+        .unwrap()
+}
+
+/// A throwaway HOME with a key and the remote `server`, a daemon serving
+/// `box` from the returned root and trusting that key; `add_args` go to
+/// `realize remote add`.
+pub async fn home_with_server(home: &Path, add_args: &[&str]) -> (Daemon, PathBuf) {
+    let keygen = realize_at(home, &["keygen"]).await;
+    assert!(keygen.status.success(), "{}", stderr(&keygen));
+    let ours = home.join(".config/realize/client.pub.pem");
+    let placeholder = KeyFiles::new(home, "placeholder");
+    let root = home.join("served");
+    std::fs::create_dir(&root).unwrap();
+    let daemon = Daemon::start_with(home, &[("box", &root)], &placeholder, |config| {
+        config.peers = vec![("laptop".to_string(), ours.clone())];
+    })
+    .await;
+    let fingerprint = daemon.key.public_key().fingerprint();
+    let mut args = vec![
+        "remote",
+        "add",
+        "server",
+        &daemon.addr,
+        "--fingerprint",
+        &fingerprint,
+    ];
+    args.extend_from_slice(add_args);
+    let added = realize_at(home, &args).await;
+    assert!(added.status.success(), "{}", stderr(&added));
+    (daemon, root)
+}
+
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }

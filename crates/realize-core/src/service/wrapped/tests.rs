@@ -45,7 +45,12 @@ impl Service for Recording {
         })
     }
 
-    async fn list(&self, _: &DirId, _: bool) -> Result<EntryStream, ServiceError> {
+    async fn list(
+        &self,
+        _: &DirId,
+        _: Option<&RelPath>,
+        _: bool,
+    ) -> Result<EntryStream, ServiceError> {
         self.record(Method::List);
         Ok(futures::stream::empty().boxed())
     }
@@ -210,7 +215,7 @@ async fn call(service: &dyn Service, method: Method) {
     };
     match method {
         Method::Info => drop(service.info().await),
-        Method::List => drop(service.list(&dir, false).await),
+        Method::List => drop(service.list(&dir, Some(&path), false).await),
         Method::Read => drop(service.read(&dir, &path, 0, None, None).await),
         Method::ReadHashed => drop(
             service

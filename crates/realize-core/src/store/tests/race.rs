@@ -214,7 +214,7 @@ async fn a_directory_swapped_for_a_symlink_outside_is_never_followed() {
             }
         };
         let list = async {
-            let listed: Result<Vec<_>, ServiceError> = match store.list(&d, true).await {
+            let listed: Result<Vec<_>, ServiceError> = match store.list(&d, None, true).await {
                 Ok(entries) => entries.try_collect().await,
                 Err(e) => Err(e),
             };
