@@ -59,7 +59,7 @@ const AUDIT: &str = module_path!();
 /// let notes = DirId::new("notes")?;
 /// let store = LocalStore::new([(notes.clone(), root.path().to_path_buf())]);
 ///
-/// let entries: Vec<_> = store.list(&notes, false).await?.try_collect().await?;
+/// let entries: Vec<_> = store.list(&notes, None, false).await?.try_collect().await?;
 /// assert_eq!(entries[0].path.as_str(), "notes.txt");
 /// assert_eq!(entries[0].stamp.size, 5);
 /// # Ok(())

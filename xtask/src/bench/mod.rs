@@ -63,6 +63,10 @@ pub struct Options {
     /// and ratios without measuring memory, resume or latency: a check while optimising.
     #[arg(long)]
     quick: bool,
+    /// Time the realize and realized found in DIR instead of this checkout's
+    /// (an earlier build kept aside), to compare a change with --quick.
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -137,7 +141,13 @@ pub fn bench(root: &Path, options: &Options) -> anyhow::Result<()> {
         return Ok(());
     }
     // A no-op after the build above, but keeps `cargo run --release -p xtask` honest.
-    let bins = Binaries::build(root, true)?;
+    let bins = match &options.bin_dir {
+        Some(dir) => Binaries {
+            realize: dir.join("realize"),
+            realized: dir.join("realized"),
+        },
+        None => Binaries::build(root, true)?,
+    };
     if let Some(Only::Throttle) = options.only {
         return throttle::throttle(root, bins);
     }

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
-use futures::stream::BoxStream;
+use futures::stream::{BoxStream, Fuse};
 use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 
@@ -100,7 +100,9 @@ impl Pacing {
 pub(super) struct Replay<M>(Arc<Mutex<Kept<M>>>);
 
 struct Kept<M> {
-    source: BoxStream<'static, M>,
+    /// Fused: an attempt that replaces one that read the source to its end
+    /// polls it again, and most streams must not be polled past their end.
+    source: Fuse<BoxStream<'static, M>>,
     /// What `source` has given so far, while under [`REPLAY_LIMIT`].
     messages: Vec<M>,
     bytes: usize,
@@ -124,7 +126,7 @@ impl<M> std::fmt::Debug for Kept<M> {
 impl<M: prost::Message + Clone + Send + 'static> Replay<M> {
     pub(super) fn new(source: impl Stream<Item = M> + Send + 'static) -> Self {
         Replay(Arc::new(Mutex::new(Kept {
-            source: source.boxed(),
+            source: source.boxed().fuse(),
             messages: Vec::new(),
             bytes: 0,
             committed: false,
@@ -224,6 +226,21 @@ mod tests {
         assert_eq!(second, (0..4).map(|n| data(n, 10)).collect::<Vec<_>>());
         // The first attempt gives nothing more once replaced.
         assert!(futures::poll!(first.next()).is_pending());
+    }
+
+    #[tokio::test]
+    async fn a_stream_read_to_its_end_is_sent_again_whole() {
+        // unfold panics when polled past its end, as the WriteFiles queue does.
+        let source =
+            futures::stream::unfold(
+                0u8,
+                |n| async move { (n < 2).then(|| (data(n, 10), n + 1)) },
+            );
+        let replay = Replay::new(source);
+        let first: Vec<_> = replay.attempt().collect().await;
+        assert_eq!(first, vec![data(0, 10), data(1, 10)]);
+        let second: Vec<_> = replay.attempt().collect().await;
+        assert_eq!(second, first);
     }
 
     #[tokio::test]
