@@ -78,7 +78,7 @@ impl<'a> Move<'a> {
         }
     }
 
-    /// Adds directories to move, whole ([`DirId`]) or a subtree of one
+    /// Adds directories to move, whole ([`DirId`](crate::DirId)) or a subtree of one
     /// ([`Subtree`]); both sides must serve each of them.
     pub fn dirs(mut self, dirs: impl IntoIterator<Item = impl Into<Subtree>>) -> Self {
         self.dirs.extend(dirs.into_iter().map(Into::into));
