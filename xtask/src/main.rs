@@ -26,6 +26,7 @@ mod fixture;
 mod fuzz;
 mod library;
 mod proxy;
+mod tidy;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
