@@ -104,9 +104,11 @@
 //! The move and the store count what they do (files moved, failed and
 //! interrupted, bytes moved and saved by deltas, bytes written, files
 //! finished and deleted) with OpenTelemetry instruments made from the
-//! global meter provider, `opentelemetry::global::meter("realize")`. That
-//! provider is a no-op unless the program installs one, so an embedder
-//! that does nothing records nothing and pays almost nothing. This crate
+//! `Meter` the program passes ([`Move::meter`], [`LocalStore::with_meter`],
+//! [`MoveOptions::meter`]), or else from the global meter provider,
+//! `opentelemetry::global::meter("realize")`. That provider is a no-op
+//! unless the program installs one, so an embedder that does nothing
+//! records nothing and pays almost nothing. This crate
 //! installs no global subscriber, provider or signal handler: it logs
 //! through `tracing`, to whatever subscriber the program installed.
 //!

@@ -1,25 +1,24 @@
-//! The move's instruments, made from OpenTelemetry's global meter: no-ops
-//! unless the program installed a meter provider.
+//! The instruments of moves and stores, made from the `Meter` the program
+//! passes ([`Move::meter`](crate::Move::meter),
+//! [`LocalStore::with_meter`](crate::LocalStore::with_meter)), or else from
+//! OpenTelemetry's global meter provider, a no-op unless the program
+//! installed one.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-use opentelemetry::metrics::Counter;
+use opentelemetry::metrics::{Counter, Meter};
 
+/// What a move records.
 pub(crate) struct MoveMetrics {
     pub files_moved: Counter<u64>,
     pub files_failed: Counter<u64>,
     pub files_interrupted: Counter<u64>,
     pub bytes_moved: Counter<u64>,
     pub delta_saved: Counter<u64>,
-    pub store_written: Counter<u64>,
-    pub store_finished: Counter<u64>,
-    pub store_deleted: Counter<u64>,
 }
 
-pub(crate) fn metrics() -> &'static MoveMetrics {
-    static METRICS: OnceLock<MoveMetrics> = OnceLock::new();
-    METRICS.get_or_init(|| {
-        let meter = opentelemetry::global::meter("realize");
+impl MoveMetrics {
+    pub(crate) fn new(meter: &Meter) -> Self {
         MoveMetrics {
             files_moved: meter
                 .u64_counter("realize.files.moved")
@@ -45,6 +44,32 @@ pub(crate) fn metrics() -> &'static MoveMetrics {
                     "bytes not sent because the destination already had them (equal ranges, deltas)",
                 )
                 .build(),
+        }
+    }
+
+    /// The global meter provider's, made once.
+    pub(crate) fn global() -> Arc<Self> {
+        static GLOBAL: OnceLock<Arc<MoveMetrics>> = OnceLock::new();
+        Arc::clone(GLOBAL.get_or_init(|| Arc::new(MoveMetrics::new(&global_meter()))))
+    }
+}
+
+impl std::fmt::Debug for MoveMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MoveMetrics")
+    }
+}
+
+/// What a store records.
+pub(crate) struct StoreMetrics {
+    pub store_written: Counter<u64>,
+    pub store_finished: Counter<u64>,
+    pub store_deleted: Counter<u64>,
+}
+
+impl StoreMetrics {
+    pub(crate) fn new(meter: &Meter) -> Self {
+        StoreMetrics {
             store_written: meter
                 .u64_counter("realize.store.written")
                 .with_unit("By")
@@ -52,12 +77,30 @@ pub(crate) fn metrics() -> &'static MoveMetrics {
                 .build(),
             store_finished: meter
                 .u64_counter("realize.store.finished")
-                .with_description("partial files made final (fsynced and renamed) by this process's store")
+                .with_description(
+                    "partial files made final (fsynced and renamed) by this process's store",
+                )
                 .build(),
             store_deleted: meter
                 .u64_counter("realize.store.deleted")
                 .with_description("files deleted by this process's store")
                 .build(),
         }
-    })
+    }
+
+    /// The global meter provider's, made once.
+    pub(crate) fn global() -> Arc<Self> {
+        static GLOBAL: OnceLock<Arc<StoreMetrics>> = OnceLock::new();
+        Arc::clone(GLOBAL.get_or_init(|| Arc::new(StoreMetrics::new(&global_meter()))))
+    }
+}
+
+impl std::fmt::Debug for StoreMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreMetrics")
+    }
+}
+
+fn global_meter() -> Meter {
+    opentelemetry::global::meter("realize")
 }

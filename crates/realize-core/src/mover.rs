@@ -29,7 +29,7 @@ use crate::delta;
 use crate::digest::{Digest, DigestAlgorithm};
 use crate::error::{ErrorChain, ErrorCode, ServiceError};
 pub use crate::error::{MoveError, Side};
-use crate::metrics::metrics;
+use crate::metrics::MoveMetrics;
 use crate::path::{DirId, RelPath};
 use crate::progress::{FileProgress, Phase, Progress};
 use crate::service::{
@@ -83,6 +83,13 @@ pub struct MoveOptions {
     /// file's [`Plan`] (`Progress::planned`) and their count
     /// ([`MoveSummary::planned`]) instead of moving it.
     pub dry_run: bool,
+    /// Where the move's instruments (files moved, failed, interrupted,
+    /// bytes moved, bytes a resume did not send) are recorded; `None`:
+    /// OpenTelemetry's global meter provider, which records nothing unless
+    /// the program installed one.
+    pub meter: Option<opentelemetry::metrics::Meter>,
+    /// The instruments made from `meter`, once per move.
+    recorded: Option<Arc<MoveMetrics>>,
 }
 
 impl Default for MoveOptions {
@@ -94,6 +101,8 @@ impl Default for MoveOptions {
             digest: None,
             filter: FilterRules::default(),
             dry_run: false,
+            meter: None,
+            recorded: None,
         }
     }
 }
@@ -112,6 +121,11 @@ impl MoveOptions {
         self.digest.unwrap_or(DigestAlgorithm::PREFERRED[0])
     }
 
+    /// The instruments this move records to.
+    fn recorded(&self) -> Arc<MoveMetrics> {
+        self.recorded.clone().unwrap_or_else(MoveMetrics::global)
+    }
+
     /// The options with every field in the range the stores accept, so an
     /// embedding program cannot make a move loop (range 0) or always fail,
     /// and with the digest both sides agreed on.
@@ -128,6 +142,11 @@ impl MoveOptions {
             digest: Some(digest),
             filter: self.filter.clone(),
             dry_run: self.dry_run,
+            meter: self.meter.clone(),
+            recorded: Some(match &self.meter {
+                Some(meter) => Arc::new(MoveMetrics::new(meter)),
+                None => MoveMetrics::global(),
+            }),
         }
     }
 }
@@ -356,7 +375,7 @@ pub async fn move_files(
         })
         .buffer_unordered(options.files_in_flight())
         .flat_map(stream::iter);
-    let recorded = metrics();
+    let recorded = options.recorded();
     // Each outcome is reported from the start, at 0 until it happens, so a
     // run without failures still says so and a first failure is an increase.
     for counter in [

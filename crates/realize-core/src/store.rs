@@ -18,6 +18,7 @@ use bytes::Bytes;
 
 use crate::digest::{Digest, DigestAlgorithm};
 use crate::error::{ServiceError, StoreError};
+use crate::metrics::StoreMetrics;
 use crate::path::{DirId, RelPath};
 use crate::service::{
     ByteRange, ByteStream, EntryStream, ExpectedHash, FileKind, FileStamp, HashResult, Service,
@@ -75,6 +76,7 @@ struct Inner {
     dirs: BTreeMap<DirId, PathBuf>,
     host: String,
     locks: PathLocks,
+    metrics: Arc<StoreMetrics>,
 }
 
 impl LocalStore {
@@ -91,7 +93,29 @@ impl LocalStore {
                 dirs: dirs.into_iter().collect(),
                 host: host_identity(),
                 locks,
+                metrics: StoreMetrics::global(),
             }),
+        }
+    }
+
+    /// The same store, recording its instruments (bytes written, files
+    /// finished and deleted) with `meter` instead of OpenTelemetry's global
+    /// meter provider.
+    pub fn with_meter(self, meter: &opentelemetry::metrics::Meter) -> Self {
+        LocalStore {
+            inner: Arc::new(Inner {
+                dirs: self.inner.dirs.clone(),
+                host: self.inner.host.clone(),
+                locks: self.inner.locks.clone(),
+                metrics: Arc::new(StoreMetrics::new(meter)),
+            }),
+        }
+    }
+
+    /// Counts a final file deleted, if one was.
+    fn count_deleted(&self, final_deleted: bool) {
+        if final_deleted {
+            self.inner.metrics.store_deleted.add(1, &[]);
         }
     }
 
@@ -279,9 +303,11 @@ impl Service for LocalStore {
         path: &RelPath,
         if_stamp: Option<FileStamp>,
     ) -> Result<(), ServiceError> {
-        Ok(self
+        let final_deleted = self
             .on_blocking(dir, path, move |r| r.delete_blocking(if_stamp))
-            .await?)
+            .await?;
+        self.count_deleted(final_deleted);
+        Ok(())
     }
 
     async fn read_files(

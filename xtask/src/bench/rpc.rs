@@ -153,6 +153,7 @@ async fn call(client: &mut Client, method: Method, dir: &str, path: &str) -> any
                 .hash(pb::HashRequest {
                     dir: dir.to_owned(),
                     path: path.to_owned(),
+                    algorithm: pb::DigestAlgorithm::Blake3.into(),
                     ..Default::default()
                 })
                 .await?;

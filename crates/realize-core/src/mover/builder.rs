@@ -51,6 +51,7 @@ pub struct Move<'a> {
     options: MoveOptions,
     progress: &'a dyn Progress,
     stop: Option<&'a Stop>,
+    meter: Option<opentelemetry::metrics::Meter>,
 }
 
 impl std::fmt::Debug for Move<'_> {
@@ -75,6 +76,7 @@ impl<'a> Move<'a> {
             options: MoveOptions::default(),
             progress: &NoProgress,
             stop: None,
+            meter: None,
         }
     }
 
@@ -88,6 +90,14 @@ impl<'a> Move<'a> {
     /// How the move is tuned (files in flight, delta ranges).
     pub fn options(mut self, options: MoveOptions) -> Self {
         self.options = options;
+        self
+    }
+
+    /// Records the move's instruments with `meter` rather than
+    /// OpenTelemetry's global meter provider (see [`MoveOptions::meter`]),
+    /// whatever [`options`](Move::options) says.
+    pub fn meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {
+        self.meter = Some(meter);
         self
     }
 
@@ -108,11 +118,15 @@ impl<'a> Move<'a> {
     pub async fn run(self) -> Result<MoveSummary, MoveError> {
         let never = Stop::new();
         let stop = self.stop.unwrap_or(&never);
+        let mut options = self.options;
+        if let Some(meter) = self.meter {
+            options.meter = Some(meter);
+        }
         move_files(
             self.src,
             self.dst,
             &self.dirs,
-            &self.options,
+            &options,
             self.progress,
             stop,
         )

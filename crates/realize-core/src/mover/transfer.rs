@@ -149,6 +149,7 @@ impl Transfer<'_> {
         let (mut kind, base_len) = working.unwrap_or((FileKind::Partial, 0));
         let mut sent = 0;
         let mut offset = 0;
+        let recorded = self.options.recorded();
         if base_len > 0 && self.size > 0 {
             self.file.phase(Phase::Hashing);
         }
@@ -181,11 +182,11 @@ impl Transfer<'_> {
             )
             .await?;
             if destination.hash == source.hash {
-                metrics().delta_saved.add(range.len(), &[]);
+                recorded.delta_saved.add(range.len(), &[]);
             } else {
                 self.file.phase(Phase::Copying);
                 let patch_sent = self.patch(range, source.hash).await?;
-                metrics()
+                recorded
                     .delta_saved
                     .add(range.len().saturating_sub(patch_sent), &[]);
                 sent += patch_sent;

@@ -100,12 +100,11 @@ fn store(root: &Path) -> LocalStore {
 }
 
 fn options() -> MoveOptions {
-    MoveOptions {
-        parallel: 1,
-        range_size: 64 * KIB as u64,
-        block_size: 1024,
-        ..MoveOptions::default()
-    }
+    let mut options = MoveOptions::default();
+    options.parallel = 1;
+    options.range_size = 64 * KIB as u64;
+    options.block_size = 1024;
+    options
 }
 
 #[tokio::test]

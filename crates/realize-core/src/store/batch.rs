@@ -14,7 +14,6 @@ use super::write::{log_finished, write_whole};
 use super::{LocalStore, Resolved, resolve_blocking};
 use crate::digest::{Digest, DigestAlgorithm};
 use crate::error::{ErrorChain, ServiceError, StoreError};
-use crate::metrics::metrics;
 use crate::path::{DirId, RelPath};
 use crate::service::{FileStamp, MAX_WHOLE_FILE, WholeFile};
 
@@ -79,7 +78,9 @@ impl LocalStore {
                 .into_iter()
                 .map(|result| {
                     let size = result?;
-                    metrics().store_written.add(size, &[]);
+                    // A file answered Ok was renamed and its directory synced.
+                    self.inner.metrics.store_written.add(size, &[]);
+                    self.inner.metrics.store_finished.add(1, &[]);
                     Ok(size)
                 })
                 .collect(),
@@ -94,8 +95,13 @@ impl LocalStore {
         files: &[(RelPath, FileStamp)],
     ) -> Vec<Result<(), ServiceError>> {
         let items = files.to_vec();
-        self.on_blocking_each(dir, items, |r, stamp| r.delete_blocking(Some(stamp)))
-            .await
+        let deleted = self
+            .on_blocking_each(dir, items, |r, stamp| r.delete_blocking(Some(stamp)))
+            .await;
+        deleted
+            .into_iter()
+            .map(|result| result.map(|final_deleted| self.count_deleted(final_deleted)))
+            .collect()
     }
 
     /// Runs `op` on each of `paths`, resolved, in one blocking task.

@@ -6,13 +6,12 @@ use rustix::io::Errno;
 
 use super::{AUDIT, Resolved};
 use crate::error::StoreError;
-use crate::metrics::metrics;
 use crate::service::{FileKind, FileStamp};
 
 impl Resolved {
     /// See [`Service::delete`](crate::Service::delete); all of it in one
-    /// trip to the blocking pool.
-    pub(super) fn delete_blocking(&self, if_stamp: Option<FileStamp>) -> Result<(), StoreError> {
+    /// trip to the blocking pool. Returns whether a final file was deleted.
+    pub(super) fn delete_blocking(&self, if_stamp: Option<FileStamp>) -> Result<bool, StoreError> {
         // Both forms are checked before either goes: a symlink, FIFO or
         // device in the way is refused like every other call refuses it,
         // and nothing is removed.
@@ -29,6 +28,7 @@ impl Resolved {
         {
             return Err(self.changed("differs from the version that was verified"));
         }
+        let mut final_deleted = false;
         for (kind, meta) in [
             (FileKind::Final, final_meta),
             (FileKind::Partial, partial_meta),
@@ -38,15 +38,13 @@ impl Resolved {
             match unlinkat(self.parent_dir()?, self.name(kind), AtFlags::empty()) {
                 Ok(()) => {
                     tracing::info!(target: AUDIT, dir = %self.dir, path = %self.path, ?kind, size, "deleted");
-                    if kind == FileKind::Final {
-                        metrics().store_deleted.add(1, &[]);
-                    }
+                    final_deleted |= kind == FileKind::Final;
                 }
                 Err(Errno::NOENT) => {}
                 Err(e) => return Err(self.io("remove file")(e.into())),
             }
         }
         self.remove_empty_parents();
-        Ok(())
+        Ok(final_deleted)
     }
 }

@@ -13,7 +13,6 @@ use super::{AUDIT, LocalStore, Resolved, stamp_of};
 use crate::delta;
 use crate::digest::{Digest, Hasher};
 use crate::error::{ServiceError, StoreError};
-use crate::metrics::metrics;
 use crate::path::{DirId, RelPath};
 use crate::service::{ByteRange, ByteStream, ExpectedHash, FileKind};
 
@@ -69,7 +68,7 @@ impl LocalStore {
             // Nothing is taken from the data of a path that does not resolve.
             let _ = resolved_tx.send(());
             let Some(first) = pieces.blocking_recv() else {
-                return Ok(0);
+                return Ok((0, false));
             };
             let past_the_end = || r.invalid(format!("data goes past the file size {file_size}"));
             // The first chunk is checked before the partial file is opened, so a
@@ -112,12 +111,12 @@ impl LocalStore {
                         }
                         let size = r.make_final(&file, FileKind::Partial)?;
                         log_finished(&r.dir, &r.path, size, Some(expected));
-                        break;
+                        return Ok((written, true));
                     }
                 }
             }
             // Without End or Finish the caller gave up: what was written stays.
-            Ok(written)
+            Ok((written, false))
         });
         let feeding = async move {
             if resolved.await.is_err() {
@@ -147,8 +146,12 @@ impl LocalStore {
         };
         let (fed, written) = futures::join!(feeding, writer);
         fed?;
-        let written = written?;
-        metrics().store_written.add(written, &[]);
+        let (written, finished) = written?;
+        let recorded = &self.inner.metrics;
+        recorded.store_written.add(written, &[]);
+        if finished {
+            recorded.store_finished.add(1, &[]);
+        }
         Ok(written)
     }
 
@@ -205,7 +208,7 @@ impl LocalStore {
                 Ok(patched.len() as u64)
             })
             .await?;
-        metrics().store_written.add(written, &[]);
+        self.inner.metrics.store_written.add(written, &[]);
         Ok(written)
     }
 
@@ -217,33 +220,37 @@ impl LocalStore {
         expected: Option<Digest>,
     ) -> Result<(), ServiceError> {
         let _lock = self.exclusive(dir, path).await;
-        self.on_blocking(dir, path, move |r| {
-            let kind = match r.working_copy()? {
-                Some(kind) => kind,
-                None => {
-                    return Err(StoreError::NotFound {
-                        dir: r.dir.clone(),
-                        path: r.path.clone(),
-                    });
+        let finished_partial = self
+            .on_blocking(dir, path, move |r| {
+                let kind = match r.working_copy()? {
+                    Some(kind) => kind,
+                    None => {
+                        return Err(StoreError::NotFound {
+                            dir: r.dir.clone(),
+                            path: r.path.clone(),
+                        });
+                    }
+                };
+                // Verified and made durable through the same open file, under
+                // its write lock, so what is checked is what is renamed.
+                let file = r.open_blocking(kind)?;
+                r.lock_for_write(&file, kind)?;
+                if let Some(expected) = expected {
+                    r.check_hash(
+                        expected,
+                        hash_file(&file, None, expected.algorithm, r)?.hash,
+                    )?;
                 }
-            };
-            // Verified and made durable through the same open file, under
-            // its write lock, so what is checked is what is renamed.
-            let file = r.open_blocking(kind)?;
-            r.lock_for_write(&file, kind)?;
-            if let Some(expected) = expected {
-                r.check_hash(
-                    expected,
-                    hash_file(&file, None, expected.algorithm, r)?.hash,
-                )?;
-            }
-            let size = r.make_final(&file, kind)?;
-            if kind == FileKind::Partial {
-                log_finished(&r.dir, &r.path, size, expected);
-            }
-            Ok(())
-        })
-        .await?;
+                let size = r.make_final(&file, kind)?;
+                if kind == FileKind::Partial {
+                    log_finished(&r.dir, &r.path, size, expected);
+                }
+                Ok(kind == FileKind::Partial)
+            })
+            .await?;
+        if finished_partial {
+            self.inner.metrics.store_finished.add(1, &[]);
+        }
         Ok(())
     }
 }
@@ -395,5 +402,4 @@ pub(super) fn fits(offset: u64, len: usize, end: u64) -> bool {
 pub(super) fn log_finished(dir: &str, path: &str, size: u64, digest: Option<Digest>) {
     let digest = digest.map(|d| d.to_string()).unwrap_or_default();
     tracing::info!(target: AUDIT, %dir, %path, size, %digest, "finished");
-    metrics().store_finished.add(1, &[]);
 }
